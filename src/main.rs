@@ -1,1 +1,316 @@
-fn main() {}
+//! The `limedb` binary: parses the command line and configuration, sets up logging and the
+//! runtime, and starts a shard, a coordinator, a local cluster or the load generator.
+
+mod cli;
+
+use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use limedb_cluster::{ShardId, DEFAULT_VNODES_PER_SHARD};
+use limedb_server::config::{
+    parse_shard_list, CoordinatorConfig, Limits, ShardConfig, StorageKind,
+    DEFAULT_CONNECTIONS_PER_SHARD, DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SHARD_TIMEOUT, SEED_SHARD_URLS,
+};
+use limedb_server::coordinator::CoordinatorServer;
+use limedb_server::dev::{default_internal_port, DevCluster, DevConfig};
+use limedb_server::shard::ShardServer;
+use limedb_server::shutdown;
+use limedb_storage::SyncPolicy;
+
+use cli::{BenchArgs, Cli, Command, CoordinatorArgs, DevArgs, FileConfig, LimitArgs, ShardArgs};
+
+fn main() -> ExitCode {
+    let argv = cli::translate_seed_args(std::env::args().collect());
+    let cli = Cli::parse_from(argv);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    init_logging(cli.log_level.as_deref().or(file.log_level.as_deref()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    match cli.command {
+        Command::Shard(args) => {
+            let config = shard_config(cli::overlay(&args, &file.shard)?)?;
+            runtime.block_on(run_shard(config))
+        }
+        Command::Coordinator(args) => {
+            let config = coordinator_config(cli::overlay(&args, &file.coordinator)?)?;
+            runtime.block_on(run_coordinator(config))
+        }
+        Command::Dev(args) => {
+            let config = dev_config(cli::overlay(&args, &file.dev)?)?;
+            runtime.block_on(run_dev(config))
+        }
+        Command::Bench(args) => runtime.block_on(run_bench(args)),
+    }
+}
+
+/// `--log-level` (or LIMEDB_LOG_LEVEL) wins, then RUST_LOG, then the file's `log_level`, then info.
+fn init_logging(level: Option<&str>) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match (level, std::env::var("RUST_LOG").ok()) {
+        (Some(l), _) => {
+            EnvFilter::try_new(l).map_err(|e| format!("invalid --log-level {l:?}: {e}"))?
+        }
+        (None, Some(env)) if !env.is_empty() => {
+            EnvFilter::try_new(&env).map_err(|e| format!("invalid RUST_LOG {env:?}: {e}"))?
+        }
+        _ => EnvFilter::new("info"),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
+}
+
+/// Prints the machine-readable readiness line that scripts and tests wait for.
+fn announce(line: String) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Triggers shutdown on Ctrl-C or SIGTERM.
+fn shutdown_on_signal() -> shutdown::Shutdown {
+    let (trigger, handle) = shutdown::channel();
+    tokio::spawn(async move {
+        shutdown::os_signal().await;
+        trigger.trigger();
+    });
+    handle
+}
+
+fn parse_host(host: Option<String>) -> Result<IpAddr, String> {
+    match host.as_deref() {
+        None | Some("localhost") => Ok(IpAddr::from([127, 0, 0, 1])),
+        Some(h) => h
+            .parse()
+            .map_err(|_| format!("--host {h:?} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)")),
+    }
+}
+
+fn limits(args: &LimitArgs) -> Result<Limits, String> {
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_key_bytes: args.max_key_bytes.unwrap_or(defaults.max_key_bytes),
+        max_value_bytes: args.max_value_bytes.unwrap_or(defaults.max_value_bytes),
+    };
+    if limits.max_key_bytes == 0 {
+        return Err("--max-key-bytes must be at least 1".into());
+    }
+    // The internal protocol carries u32 lengths; keep a key and value well inside one frame.
+    if limits.max_value_bytes > 1 << 30 || limits.max_key_bytes > 16 << 20 {
+        return Err(
+            "--max-value-bytes may be at most 1 GiB and --max-key-bytes at most 16 MiB".into(),
+        );
+    }
+    Ok(limits)
+}
+
+fn sync_policy(policy: Option<&str>, interval_ms: Option<u64>) -> Result<SyncPolicy, String> {
+    let policy: SyncPolicy = match policy {
+        Some(p) => p.parse().map_err(|e| format!("--wal-sync: {e}"))?,
+        None => SyncPolicy::default(),
+    };
+    match (policy, interval_ms) {
+        (SyncPolicy::Interval(_), Some(0)) => {
+            Err("--wal-sync-interval-ms must be at least 1".into())
+        }
+        (SyncPolicy::Interval(_), Some(ms)) => Ok(SyncPolicy::Interval(Duration::from_millis(ms))),
+        (p, _) => Ok(p),
+    }
+}
+
+fn storage_kind(storage: Option<&str>) -> Result<StorageKind, String> {
+    storage
+        .unwrap_or("memory")
+        .parse()
+        .map_err(|e| format!("--storage: {e}"))
+}
+
+fn shard_config(args: ShardArgs) -> Result<ShardConfig, String> {
+    let id = args.id.unwrap_or(1);
+    if id == 0 {
+        return Err("--id: shard ids start at 1".into());
+    }
+    let host = parse_host(args.host)?;
+    let port = match args.port {
+        Some(p) => p,
+        None => u16::try_from(7000 + u64::from(id))
+            .map_err(|_| format!("shard id {id} has no default port; give --port"))?,
+    };
+    let internal_port = args.internal_port.unwrap_or(default_internal_port(port));
+    if port != 0 && port == internal_port {
+        return Err(format!("--port and --internal-port are both {port}"));
+    }
+    Ok(ShardConfig {
+        id: ShardId(id),
+        http_addr: SocketAddr::new(host, port),
+        internal_addr: SocketAddr::new(host, internal_port),
+        data_dir: args
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("limedb-data").join(format!("shard-{id}"))),
+        storage: storage_kind(args.storage.as_deref())?,
+        wal_sync: sync_policy(args.wal_sync.as_deref(), args.wal_sync_interval_ms)?,
+        limits: limits(&args.limits)?,
+        max_connections: args
+            .limits
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+    })
+}
+
+fn coordinator_config(args: CoordinatorArgs) -> Result<CoordinatorConfig, String> {
+    let shard_urls = args
+        .shards
+        .unwrap_or_else(|| SEED_SHARD_URLS.iter().map(|s| s.to_string()).collect());
+    let millis = |v: Option<u64>, default: Duration, name: &str| match v {
+        Some(0) => Err(format!("--{name} must be at least 1")),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Ok(default),
+    };
+    Ok(CoordinatorConfig {
+        http_addr: SocketAddr::new(parse_host(args.host)?, args.port.unwrap_or(8080)),
+        shards: parse_shard_list(&shard_urls).map_err(|e| format!("--shards: {e}"))?,
+        vnodes_per_shard: args.vnodes.unwrap_or(DEFAULT_VNODES_PER_SHARD),
+        shard_timeout: millis(
+            args.shard_timeout_ms,
+            DEFAULT_SHARD_TIMEOUT,
+            "shard-timeout-ms",
+        )?,
+        health_interval: millis(
+            args.health_interval_ms,
+            DEFAULT_HEALTH_INTERVAL,
+            "health-interval-ms",
+        )?,
+        connections_per_shard: args
+            .connections_per_shard
+            .unwrap_or(DEFAULT_CONNECTIONS_PER_SHARD)
+            .max(1),
+        limits: limits(&args.limits)?,
+        max_connections: args
+            .limits
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+    })
+}
+
+fn dev_config(args: DevArgs) -> Result<DevConfig, String> {
+    let defaults = DevConfig::default();
+    Ok(DevConfig {
+        host: parse_host(args.host)?,
+        coordinator_port: args.coordinator_port.unwrap_or(defaults.coordinator_port),
+        shard_ports: args.shard_ports.unwrap_or(defaults.shard_ports),
+        data_dir: args.data_dir.unwrap_or(defaults.data_dir),
+        storage: storage_kind(args.storage.as_deref())?,
+        wal_sync: sync_policy(args.wal_sync.as_deref(), None)?,
+        vnodes_per_shard: args.vnodes.unwrap_or(defaults.vnodes_per_shard),
+        limits: limits(&args.limits)?,
+        shard_timeout: defaults.shard_timeout,
+    })
+}
+
+async fn run_shard(config: ShardConfig) -> Result<(), String> {
+    let id = config.id;
+    let server = ShardServer::bind(config).await.map_err(|e| e.to_string())?;
+    announce(format!(
+        "LIMEDB_READY role=shard id={id} http={} internal={}",
+        server.http_addr(),
+        server.internal_addr()
+    ));
+    server
+        .run(shutdown_on_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn run_coordinator(config: CoordinatorConfig) -> Result<(), String> {
+    let server = CoordinatorServer::bind(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    announce(format!(
+        "LIMEDB_READY role=coordinator http={}",
+        server.http_addr()
+    ));
+    server
+        .run(shutdown_on_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn run_dev(config: DevConfig) -> Result<(), String> {
+    let data_dir = config.data_dir.clone();
+    let cluster = DevCluster::bind(config).await.map_err(|e| e.to_string())?;
+    let endpoints = cluster.endpoints();
+    let c = endpoints.coordinator;
+    let mut banner = String::new();
+    banner.push_str("LimeDB local cluster is running.\n\n");
+    banner.push_str(&format!("  coordinator  http://{c}\n"));
+    for (id, http, internal) in &endpoints.shards {
+        banner.push_str(&format!(
+            "  shard {id}      http://{http}  (internal protocol {internal}, data {})\n",
+            data_dir.join(format!("shard-{id}")).display()
+        ));
+    }
+    banner.push_str(&format!(
+        "\nTry:\n  curl -X POST http://{c}/api/v1/set -H 'content-type: application/json' -d '{{\"key\":\"hello\",\"value\":\"world\"}}'\n  curl http://{c}/api/v1/get/hello\n  curl -X DELETE http://{c}/api/v1/del/hello\n  curl http://{c}/api/v1/health\n  curl 'http://{c}/api/v1/keys?page=1&pageSize=20'\n  limedb bench --url http://{c} -c 64 -n 100000 -w mixed\n\nPress Ctrl-C to stop.\n"
+    ));
+    announce(format!("LIMEDB_READY role=dev http={c}"));
+    println!("{banner}");
+    cluster
+        .run(shutdown_on_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn run_bench(args: BenchArgs) -> Result<(), String> {
+    let options = limedb_bench::BenchOptions {
+        url: args.url,
+        connections: args.connections,
+        requests: args.requests,
+        workload: args
+            .workload
+            .parse()
+            .map_err(|e| format!("--workload: {e}"))?,
+        keyspace: args.keyspace,
+        value_size: args.value_size,
+        key_pattern: args
+            .key_pattern
+            .parse()
+            .map_err(|e| format!("--key-pattern: {e}"))?,
+        prefill: !args.no_prefill,
+        warmup_requests: args.warmup,
+        timeout_ms: args.timeout_ms,
+        progress: !args.json && std::io::stderr().is_terminal(),
+    };
+    let report = limedb_bench::run(&options)
+        .await
+        .map_err(|e| e.to_string())?;
+    if args.json {
+        let line = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+        announce(line);
+    } else {
+        println!("{}", report.to_table());
+    }
+    Ok(())
+}

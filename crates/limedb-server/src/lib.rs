@@ -1,1 +1,36 @@
-//! placeholder
+//! LimeDB's servers: the shard and coordinator services and everything that touches a socket.
+//!
+//! ```text
+//!  client ──HTTP/JSON──▶ coordinator ──internal binary protocol──▶ shard ──▶ storage engine
+//!                        (ring: key → shard)   (multiplexed TCP)     (HTTP API for direct access too)
+//! ```
+//!
+//! Tour:
+//! - [`shard`]: a storage engine served over HTTP and the internal protocol ([`shard::ShardServer`]).
+//! - [`coordinator`]: routes keys on the consistent-hash ring to shards ([`coordinator::CoordinatorServer`]),
+//!   with a supervised connection pool per shard ([`coordinator::link`]).
+//! - [`http`]: the JSON API router shared by both node kinds and the accept loop.
+//! - [`node`]: the [`node::KvNode`] trait the HTTP API is written against.
+//! - [`config`]: resolved configuration of each node kind; [`metrics`]: Prometheus metrics;
+//!   [`shutdown`]: the shutdown signal every loop listens to; [`dev`]: a whole local cluster in
+//!   one process.
+//!
+//! Engine calls never run on a runtime worker: they go through `spawn_blocking`. Every server
+//! takes a bound listener and a [`shutdown::Shutdown`], caps its connections, and drains
+//! in-flight requests before it returns.
+
+pub mod config;
+pub mod coordinator;
+pub mod dev;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod ring_json;
+pub mod shard;
+pub mod shutdown;
+
+/// Name and version reported by nodes.
+pub const SERVER_NAME: &str = concat!("limedb/", env!("CARGO_PKG_VERSION"));
+
+pub use error::{ApiError, ServerError};

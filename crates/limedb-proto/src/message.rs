@@ -1,0 +1,544 @@
+//! The messages carried in frames: [`Request`], [`Response`], [`ErrorCode`], their kind numbers
+//! ([`kind`]) and their body encodings.
+//!
+//! Body fields, in order (see `docs/protocol.md` for the full table):
+//!
+//! | kind | message | body |
+//! |---|---|---|
+//! | `0x01` | `Hello` | empty |
+//! | `0x02` | `Ping` | empty |
+//! | `0x03` | `Get` | `key: bytes` |
+//! | `0x04` | `Set` | `key: bytes, value: bytes, ttl_ms: opt<u64>` |
+//! | `0x05` | `Delete` | `key: bytes` |
+//! | `0x06` | `KeysPage` | `offset: u64, limit: u32` |
+//! | `0x81` | `HelloOk` | `shard_id: u32, protocol_version: u8, server: string` |
+//! | `0x82` | `Pong` | empty |
+//! | `0x83` | `Value` | `value: opt<bytes>` |
+//! | `0x84` | `Done` | empty |
+//! | `0x85` | `Deleted` | `deleted: u8 (0/1)` |
+//! | `0x86` | `KeysPage` | `total: u64, count: u32, count × (key: bytes, value: bytes)` |
+//! | `0xFF` | `Error` | `code: u16, message: string` |
+//!
+//! `bytes` and `string` are `u32 len` + that many bytes (strings UTF-8); `opt<T>` is a `u8`
+//! presence tag (0 = absent, 1 = present) followed by `T` when present. All integers are
+//! little-endian.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::coding::{bytes_field_len, put_bool, put_bytes, Reader};
+use crate::ProtoError;
+
+/// Kind numbers: the header byte that says which message a frame carries.
+///
+/// Requests use `0x01..=0x7F`, responses `0x80..=0xFF`. A normal reply is its request's kind with
+/// the high bit set (`GET` `0x03` → `VALUE` `0x83`); `ERROR` is `0xFF` and answers any request.
+///
+/// Reserved for later versions, not decodable today (a version-1 decoder rejects them with
+/// [`ProtoError::UnknownKind`]):
+///
+/// | kind | reserved for |
+/// |---|---|
+/// | `0x07..=0x0F` | more key-value requests (batch, range scan) |
+/// | `0x10`, `0x11`, `0x12` | transaction `Prepare`, `Commit`, `Abort` (by txn id) |
+/// | `0x20..=0x2F` | Raft transport (append entries, vote, install snapshot) |
+/// | `0x90`, `0x91`, `0x92` | `Prepared`, `Committed`, `Aborted` |
+/// | `0xA0..=0xAF` | Raft transport replies |
+/// | `0xFD` | `WrongShard { ring_epoch: u64 }`: the shard no longer owns the key |
+/// | `0xFE` | `NotLeader { leader_hint: opt<...> }`: retry at the replica group's leader |
+pub mod kind {
+    /// Request: `Hello` (handshake, must be the first frame a client sends).
+    pub const HELLO: u8 = 0x01;
+    /// Request: `Ping`.
+    pub const PING: u8 = 0x02;
+    /// Request: `Get`.
+    pub const GET: u8 = 0x03;
+    /// Request: `Set`.
+    pub const SET: u8 = 0x04;
+    /// Request: `Delete`.
+    pub const DELETE: u8 = 0x05;
+    /// Request: `KeysPage`.
+    pub const KEYS_PAGE: u8 = 0x06;
+
+    /// Response: `HelloOk`.
+    pub const HELLO_OK: u8 = 0x81;
+    /// Response: `Pong`.
+    pub const PONG: u8 = 0x82;
+    /// Response: `Value`.
+    pub const VALUE: u8 = 0x83;
+    /// Response: `Done`.
+    pub const DONE: u8 = 0x84;
+    /// Response: `Deleted`.
+    pub const DELETED: u8 = 0x85;
+    /// Response: `KeysPage`.
+    pub const KEYS_PAGE_OK: u8 = 0x86;
+    /// Response: `Error`, a valid answer to any request.
+    pub const ERROR: u8 = 0xFF;
+
+    // Reserved, see the module docs and docs/protocol.md: 0x07..=0x0F, 0x10 TxnPrepare,
+    // 0x11 TxnCommit, 0x12 TxnAbort, 0x20..=0x2F Raft, 0x90..=0x92 txn replies, 0xA0..=0xAF Raft
+    // replies, 0xFD WrongShard { ring_epoch }, 0xFE NotLeader { leader_hint }.
+
+    /// Whether `kind` is a request kind (high bit clear, not zero).
+    pub const fn is_request(kind: u8) -> bool {
+        kind != 0 && kind & 0x80 == 0
+    }
+
+    /// Whether this protocol version defines a message for `kind`.
+    pub const fn is_known(kind: u8) -> bool {
+        matches!(
+            kind,
+            HELLO
+                | PING
+                | GET
+                | SET
+                | DELETE
+                | KEYS_PAGE
+                | HELLO_OK
+                | PONG
+                | VALUE
+                | DONE
+                | DELETED
+                | KEYS_PAGE_OK
+                | ERROR
+        )
+    }
+}
+
+/// A request from the coordinator (client) to a shard (server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Handshake, the first frame on a connection. Answered by [`Response::HelloOk`].
+    Hello,
+    /// Liveness probe. Answered by [`Response::Pong`].
+    Ping,
+    /// Read one key. Answered by [`Response::Value`].
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// Write one key, optionally expiring `ttl_ms` milliseconds after the write. Answered by
+    /// [`Response::Done`].
+    Set {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+        /// Time to live in milliseconds; `None` means no expiry.
+        ttl_ms: Option<u64>,
+    },
+    /// Remove one key. Answered by [`Response::Deleted`].
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// One page of the shard's key-value pairs in key order: skip `offset`, return at most
+    /// `limit`. Answered by [`Response::KeysPage`].
+    KeysPage {
+        /// Pairs to skip.
+        offset: u64,
+        /// Most pairs to return. The server may return fewer to keep the reply under the frame
+        /// limit.
+        limit: u32,
+    },
+}
+
+impl Request {
+    /// Short lowercase name for metrics labels and logs: `"hello"`, `"ping"`, `"get"`, `"set"`,
+    /// `"delete"`, `"keys_page"`.
+    ///
+    /// ```
+    /// use limedb_proto::Request;
+    /// assert_eq!(Request::Ping.kind_name(), "ping");
+    /// ```
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Request::Hello => "hello",
+            Request::Ping => "ping",
+            Request::Get { .. } => "get",
+            Request::Set { .. } => "set",
+            Request::Delete { .. } => "delete",
+            Request::KeysPage { .. } => "keys_page",
+        }
+    }
+
+    /// The wire kind number (see [`kind`]).
+    pub fn kind(&self) -> u8 {
+        match self {
+            Request::Hello => kind::HELLO,
+            Request::Ping => kind::PING,
+            Request::Get { .. } => kind::GET,
+            Request::Set { .. } => kind::SET,
+            Request::Delete { .. } => kind::DELETE,
+            Request::KeysPage { .. } => kind::KEYS_PAGE,
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        match self {
+            Request::Hello | Request::Ping => 0,
+            Request::Get { key } | Request::Delete { key } => bytes_field_len(key.len()),
+            Request::Set { key, value, ttl_ms } => {
+                bytes_field_len(key.len())
+                    + bytes_field_len(value.len())
+                    + 1
+                    + if ttl_ms.is_some() { 8 } else { 0 }
+            }
+            Request::KeysPage { .. } => 8 + 4,
+        }
+    }
+
+    fn encode_body(&self, dst: &mut BytesMut) {
+        match self {
+            Request::Hello | Request::Ping => {}
+            Request::Get { key } | Request::Delete { key } => put_bytes(dst, key),
+            Request::Set { key, value, ttl_ms } => {
+                put_bytes(dst, key);
+                put_bytes(dst, value);
+                put_bool(dst, ttl_ms.is_some());
+                if let Some(ttl_ms) = ttl_ms {
+                    dst.put_u64_le(*ttl_ms);
+                }
+            }
+            Request::KeysPage { offset, limit } => {
+                dst.put_u64_le(*offset);
+                dst.put_u32_le(*limit);
+            }
+        }
+    }
+}
+
+/// A response from a shard, carrying the request id of the request it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Handshake accepted.
+    HelloOk {
+        /// The shard this server is.
+        shard_id: u32,
+        /// The highest protocol version the server speaks.
+        protocol_version: u8,
+        /// Free-form server name and version, for logs (e.g. `"limedb 0.1.0"`).
+        server: String,
+    },
+    /// Answer to [`Request::Ping`].
+    Pong,
+    /// Answer to [`Request::Get`]: the value, or `None` if the key is absent (or expired).
+    Value(Option<Bytes>),
+    /// Answer to [`Request::Set`]: the write is done.
+    Done,
+    /// Answer to [`Request::Delete`]: whether the key existed.
+    Deleted(bool),
+    /// Answer to [`Request::KeysPage`].
+    KeysPage {
+        /// Total number of pairs on the shard when the page was taken.
+        total: u64,
+        /// The page's pairs, in key order.
+        entries: Vec<(Bytes, Bytes)>,
+    },
+    /// The request failed. Valid as the answer to any request.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+impl Response {
+    /// Short lowercase name for metrics labels and logs: `"hello_ok"`, `"pong"`, `"value"`,
+    /// `"done"`, `"deleted"`, `"keys_page"`, `"error"`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Response::HelloOk { .. } => "hello_ok",
+            Response::Pong => "pong",
+            Response::Value(_) => "value",
+            Response::Done => "done",
+            Response::Deleted(_) => "deleted",
+            Response::KeysPage { .. } => "keys_page",
+            Response::Error { .. } => "error",
+        }
+    }
+
+    /// The wire kind number (see [`kind`]).
+    pub fn kind(&self) -> u8 {
+        match self {
+            Response::HelloOk { .. } => kind::HELLO_OK,
+            Response::Pong => kind::PONG,
+            Response::Value(_) => kind::VALUE,
+            Response::Done => kind::DONE,
+            Response::Deleted(_) => kind::DELETED,
+            Response::KeysPage { .. } => kind::KEYS_PAGE_OK,
+            Response::Error { .. } => kind::ERROR,
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        match self {
+            Response::HelloOk { server, .. } => 4 + 1 + bytes_field_len(server.len()),
+            Response::Pong | Response::Done => 0,
+            Response::Value(value) => 1 + value.as_ref().map_or(0, |v| bytes_field_len(v.len())),
+            Response::Deleted(_) => 1,
+            Response::KeysPage { entries, .. } => {
+                8 + 4
+                    + entries
+                        .iter()
+                        .map(|(k, v)| bytes_field_len(k.len()) + bytes_field_len(v.len()))
+                        .sum::<usize>()
+            }
+            Response::Error { message, .. } => 2 + bytes_field_len(message.len()),
+        }
+    }
+
+    fn encode_body(&self, dst: &mut BytesMut) {
+        match self {
+            Response::HelloOk {
+                shard_id,
+                protocol_version,
+                server,
+            } => {
+                dst.put_u32_le(*shard_id);
+                dst.put_u8(*protocol_version);
+                put_bytes(dst, server.as_bytes());
+            }
+            Response::Pong | Response::Done => {}
+            Response::Value(value) => {
+                put_bool(dst, value.is_some());
+                if let Some(value) = value {
+                    put_bytes(dst, value);
+                }
+            }
+            Response::Deleted(deleted) => put_bool(dst, *deleted),
+            Response::KeysPage { total, entries } => {
+                dst.put_u64_le(*total);
+                dst.put_u32_le(crate::coding::wire_len(entries.len()));
+                for (key, value) in entries {
+                    put_bytes(dst, key);
+                    put_bytes(dst, value);
+                }
+            }
+            Response::Error { code, message } => {
+                dst.put_u16_le(code.as_u16());
+                put_bytes(dst, message.as_bytes());
+            }
+        }
+    }
+}
+
+/// Why a request failed; the `code` of [`Response::Error`], a `u16` on the wire.
+///
+/// Codes may be added without a protocol version bump, so decoding never rejects a code: one this
+/// version does not know becomes [`ErrorCode::Unknown`] carrying the raw number, and the
+/// connection stays up. Use [`ErrorCode::as_u16`] / [`ErrorCode::from_u16`] for the wire value
+/// (an `as` cast does not compile because of `Unknown`). Code `0` is never sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// A bug or unexpected condition on the server.
+    Internal = 1,
+    /// The request is well-formed on the wire but makes no sense (e.g. `Hello` twice).
+    BadRequest = 2,
+    /// The key exceeds the server's key size limit.
+    KeyTooLarge = 3,
+    /// The value exceeds the server's value size limit.
+    ValueTooLarge = 4,
+    /// The storage engine failed (I/O error, poisoned after a failed fsync).
+    Storage = 5,
+    /// The shard cannot serve right now (starting up, overloaded); retry later.
+    Unavailable = 6,
+    /// The server is shutting down; retry on a new connection.
+    ShuttingDown = 7,
+    /// The server does not implement this request.
+    Unsupported = 8,
+    /// A code this version does not know, sent by a newer peer. Never produced for codes `1..=8`.
+    Unknown(u16),
+}
+
+impl ErrorCode {
+    /// The wire value.
+    ///
+    /// ```
+    /// use limedb_proto::ErrorCode;
+    /// assert_eq!(ErrorCode::KeyTooLarge.as_u16(), 3);
+    /// assert_eq!(ErrorCode::from_u16(3), ErrorCode::KeyTooLarge);
+    /// assert_eq!(ErrorCode::from_u16(900), ErrorCode::Unknown(900));
+    /// ```
+    pub const fn as_u16(self) -> u16 {
+        match self {
+            ErrorCode::Internal => 1,
+            ErrorCode::BadRequest => 2,
+            ErrorCode::KeyTooLarge => 3,
+            ErrorCode::ValueTooLarge => 4,
+            ErrorCode::Storage => 5,
+            ErrorCode::Unavailable => 6,
+            ErrorCode::ShuttingDown => 7,
+            ErrorCode::Unsupported => 8,
+            ErrorCode::Unknown(code) => code,
+        }
+    }
+
+    /// The code for a wire value; unknown values become [`ErrorCode::Unknown`].
+    pub const fn from_u16(code: u16) -> ErrorCode {
+        match code {
+            1 => ErrorCode::Internal,
+            2 => ErrorCode::BadRequest,
+            3 => ErrorCode::KeyTooLarge,
+            4 => ErrorCode::ValueTooLarge,
+            5 => ErrorCode::Storage,
+            6 => ErrorCode::Unavailable,
+            7 => ErrorCode::ShuttingDown,
+            8 => ErrorCode::Unsupported,
+            other => ErrorCode::Unknown(other),
+        }
+    }
+
+    /// Short lowercase name for metrics labels and logs (`"key_too_large"`; `"unknown"` for
+    /// [`ErrorCode::Unknown`]).
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Internal => "internal",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::KeyTooLarge => "key_too_large",
+            ErrorCode::ValueTooLarge => "value_too_large",
+            ErrorCode::Storage => "storage",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Unknown(_) => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorCode::Unknown(code) => write!(f, "unknown({code})"),
+            known => f.write_str(known.name()),
+        }
+    }
+}
+
+/// Either side of the conversation: what one frame carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A request (kinds `0x01..=0x7F`).
+    Request(Request),
+    /// A response (kinds `0x80..=0xFF`).
+    Response(Response),
+}
+
+impl Message {
+    /// The wire kind number (see [`kind`]).
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::Request(r) => r.kind(),
+            Message::Response(r) => r.kind(),
+        }
+    }
+
+    /// Short lowercase name for logs, e.g. `"get"` or `"value"`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Message::Request(r) => r.kind_name(),
+            Message::Response(r) => r.kind_name(),
+        }
+    }
+
+    /// Encoded size of the body (everything after the 16-byte header).
+    pub(crate) fn body_len(&self) -> usize {
+        match self {
+            Message::Request(r) => r.body_len(),
+            Message::Response(r) => r.body_len(),
+        }
+    }
+
+    /// Appends the body.
+    pub(crate) fn encode_body(&self, dst: &mut BytesMut) {
+        match self {
+            Message::Request(r) => r.encode_body(dst),
+            Message::Response(r) => r.encode_body(dst),
+        }
+    }
+
+    /// Decodes the body of a message of kind `kind` from exactly `body` (one frame's body).
+    pub(crate) fn decode_body(kind: u8, body: BytesMut) -> Result<Message, ProtoError> {
+        let mut r = Reader::new(body);
+        let message = match kind {
+            kind::HELLO => Message::Request(Request::Hello),
+            kind::PING => Message::Request(Request::Ping),
+            kind::GET => Message::Request(Request::Get {
+                key: r.bytes("key")?,
+            }),
+            kind::SET => {
+                let key = r.bytes("key")?;
+                let value = r.bytes("value")?;
+                let ttl_ms = if r.bool("ttl_ms presence tag")? {
+                    Some(r.u64("ttl_ms")?)
+                } else {
+                    None
+                };
+                Message::Request(Request::Set { key, value, ttl_ms })
+            }
+            kind::DELETE => Message::Request(Request::Delete {
+                key: r.bytes("key")?,
+            }),
+            kind::KEYS_PAGE => {
+                let offset = r.u64("offset")?;
+                let limit = r.u32("limit")?;
+                Message::Request(Request::KeysPage { offset, limit })
+            }
+            kind::HELLO_OK => {
+                let shard_id = r.u32("shard_id")?;
+                let protocol_version = r.u8("protocol_version")?;
+                let server = r.string("server")?;
+                Message::Response(Response::HelloOk {
+                    shard_id,
+                    protocol_version,
+                    server,
+                })
+            }
+            kind::PONG => Message::Response(Response::Pong),
+            kind::VALUE => {
+                let value = if r.bool("value presence tag")? {
+                    Some(r.bytes("value")?)
+                } else {
+                    None
+                };
+                Message::Response(Response::Value(value))
+            }
+            kind::DONE => Message::Response(Response::Done),
+            kind::DELETED => Message::Response(Response::Deleted(r.bool("deleted")?)),
+            kind::KEYS_PAGE_OK => {
+                let total = r.u64("total")?;
+                // Each entry is at least two empty byte strings: 4 + 4 bytes.
+                let count = r.count("entries", 8)?;
+                let mut entries = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let key = r.bytes("entry key")?;
+                    let value = r.bytes("entry value")?;
+                    entries.push((key, value));
+                }
+                Message::Response(Response::KeysPage { total, entries })
+            }
+            kind::ERROR => {
+                let code = ErrorCode::from_u16(r.u16("error code")?);
+                let message = r.string("message")?;
+                Message::Response(Response::Error { code, message })
+            }
+            other => return Err(ProtoError::UnknownKind(other)),
+        };
+        r.finish(kind)?;
+        Ok(message)
+    }
+}
+
+impl From<Request> for Message {
+    fn from(r: Request) -> Self {
+        Message::Request(r)
+    }
+}
+
+impl From<Response> for Message {
+    fn from(r: Response) -> Self {
+        Message::Response(r)
+    }
+}

@@ -1,0 +1,282 @@
+//! Resolved configuration of each kind of node, as plain data.
+//!
+//! The binary merges flags, `LIMEDB_*` environment variables, the TOML file and defaults into
+//! these structs; the server crate never parses command lines itself.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use limedb_cluster::ShardId;
+use limedb_storage::SyncPolicy;
+
+use crate::error::ApiError;
+
+/// Default largest key: 64 KiB.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 64 * 1024;
+/// Default largest value: 64 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
+/// Default cap on concurrently open client connections per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default time the coordinator waits for a shard before answering 503.
+pub const DEFAULT_SHARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default period of the coordinator's shard health checks.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default number of internal-protocol connections from the coordinator to each shard.
+pub const DEFAULT_CONNECTIONS_PER_SHARD: usize = 2;
+/// The seed prototype's three shards, used when the coordinator is given no `--shards`.
+pub const SEED_SHARD_URLS: [&str; 3] = [
+    "http://127.0.0.1:7001",
+    "http://127.0.0.1:7002",
+    "http://127.0.0.1:7003",
+];
+
+/// Size limits applied to every request, on every API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest accepted value, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+impl Limits {
+    /// Largest internal-protocol frame that a request within these limits can need.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_key_bytes
+            .saturating_add(self.max_value_bytes)
+            .saturating_add(64 * 1024)
+    }
+
+    /// Largest HTTP body accepted: a JSON `set` of a maximal key and value, plus room for quoting.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_frame_bytes()
+    }
+
+    /// Rejects an empty key (400) or one over the limit (413).
+    pub fn check_key(&self, key: &[u8]) -> Result<(), ApiError> {
+        if key.is_empty() {
+            return Err(ApiError::BadRequest("the key must not be empty".into()));
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(ApiError::KeyTooLarge {
+                len: key.len(),
+                max: self.max_key_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Rejects a value over the limit (413).
+    pub fn check_value(&self, len: usize) -> Result<(), ApiError> {
+        if len > self.max_value_bytes {
+            return Err(ApiError::ValueTooLarge {
+                what: "value",
+                len: len as u64,
+                max: self.max_value_bytes as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Rejects a zero time to live (400): "expire now" is a delete.
+    pub fn check_ttl(&self, ttl_ms: Option<u64>) -> Result<(), ApiError> {
+        if ttl_ms == Some(0) {
+            return Err(ApiError::BadRequest(
+                "ttl_ms must be a positive number of milliseconds".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which storage backend a shard uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageKind {
+    /// An ordered in-memory map made durable by an append-only log.
+    Memory,
+}
+
+impl std::str::FromStr for StorageKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "memory" => Ok(StorageKind::Memory),
+            other => Err(format!(
+                "unknown storage backend {other:?}: the available backend is \"memory\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for StorageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageKind::Memory => f.write_str("memory"),
+        }
+    }
+}
+
+/// Everything a shard needs to start.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// The shard's id (the seed's `--shard.id`).
+    pub id: ShardId,
+    /// Address for the HTTP API.
+    pub http_addr: SocketAddr,
+    /// Address for the internal binary protocol (port 0 picks a free port).
+    pub internal_addr: SocketAddr,
+    /// Directory holding this shard's data.
+    pub data_dir: PathBuf,
+    /// Storage backend.
+    pub storage: StorageKind,
+    /// When writes reach the disk.
+    pub wal_sync: SyncPolicy,
+    /// Key and value size limits.
+    pub limits: Limits,
+    /// Cap on open connections per listener.
+    pub max_connections: usize,
+}
+
+/// One shard as the coordinator knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardSpec {
+    /// The id the shard must report about itself.
+    pub id: ShardId,
+    /// Base URL of the shard's HTTP API, e.g. `http://127.0.0.1:7001`.
+    pub url: String,
+}
+
+/// Everything a coordinator needs to start.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// Address for the HTTP API.
+    pub http_addr: SocketAddr,
+    /// The shards to route to.
+    pub shards: Vec<ShardSpec>,
+    /// Virtual nodes per shard on the hash ring.
+    pub vnodes_per_shard: u32,
+    /// How long to wait for a shard before answering 503.
+    pub shard_timeout: Duration,
+    /// Period of shard health checks.
+    pub health_interval: Duration,
+    /// Internal-protocol connections kept open to each shard.
+    pub connections_per_shard: usize,
+    /// Key and value size limits.
+    pub limits: Limits,
+    /// Cap on open client connections.
+    pub max_connections: usize,
+}
+
+/// Parses a `--shards` entry: `URL` (its 1-based position in the list is its id) or `ID=URL`.
+/// A URL without a scheme gets `http://`; a trailing `/` is dropped.
+pub fn parse_shard_list(entries: &[String]) -> Result<Vec<ShardSpec>, String> {
+    let mut specs = Vec::with_capacity(entries.len());
+    for (position, raw) in entries.iter().enumerate() {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            continue;
+        }
+        let (id, url) = match raw.split_once('=') {
+            Some((id, url)) => {
+                let id: u32 = id
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("shard entry {raw:?}: {id:?} is not a shard id"))?;
+                (id, url.trim())
+            }
+            None => (position as u32 + 1, raw),
+        };
+        if id == 0 {
+            return Err(format!("shard entry {raw:?}: shard ids start at 1"));
+        }
+        let url = normalize_url(url).map_err(|e| format!("shard entry {raw:?}: {e}"))?;
+        if specs.iter().any(|s: &ShardSpec| s.id.0 == id) {
+            return Err(format!("shard id {id} appears twice in the shard list"));
+        }
+        specs.push(ShardSpec {
+            id: ShardId(id),
+            url,
+        });
+    }
+    if specs.is_empty() {
+        return Err("the shard list is empty".into());
+    }
+    Ok(specs)
+}
+
+fn normalize_url(url: &str) -> Result<String, String> {
+    let url = url.trim_end_matches('/');
+    let with_scheme = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    let rest = with_scheme
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?}: only http:// shard URLs are supported"))?;
+    if rest.is_empty() || rest.contains('/') {
+        return Err(format!("{url:?} is not a base URL like http://host:port"));
+    }
+    Ok(with_scheme)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn positions_are_ids_and_explicit_ids_win() {
+        let specs = parse_shard_list(&list(&["127.0.0.1:7001/", "http://h:2", "7=http://h:3"]))
+            .expect("valid list");
+        assert_eq!(
+            specs,
+            vec![
+                ShardSpec {
+                    id: ShardId(1),
+                    url: "http://127.0.0.1:7001".into()
+                },
+                ShardSpec {
+                    id: ShardId(2),
+                    url: "http://h:2".into()
+                },
+                ShardSpec {
+                    id: ShardId(7),
+                    url: "http://h:3".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_lists_are_rejected_with_reasons() {
+        assert!(parse_shard_list(&list(&[])).is_err());
+        assert!(parse_shard_list(&list(&["1=http://a:1", "1=http://b:1"]))
+            .expect_err("duplicate")
+            .contains("twice"));
+        assert!(parse_shard_list(&list(&["https://a:1"])).is_err());
+        assert!(parse_shard_list(&list(&["x=http://a:1"])).is_err());
+        assert!(parse_shard_list(&list(&["0=http://a:1"])).is_err());
+        assert!(parse_shard_list(&list(&["http://a:1/api"])).is_err());
+    }
+
+    #[test]
+    fn limits_leave_room_for_framing() {
+        let l = Limits::default();
+        assert!(l.max_frame_bytes() > l.max_key_bytes + l.max_value_bytes);
+    }
+}

@@ -1,0 +1,492 @@
+//! The coordinator's link to one shard: a small pool of internal-protocol connections, each
+//! carrying many requests at once, kept alive by a supervisor task.
+//!
+//! Each [`Conn`] has a writer task (which coalesces queued requests into one socket write) and a
+//! reader task (which hands each response to the caller waiting on its request id). The
+//! supervisor ([`ShardLink::supervise`]) connects, checks health every `health_interval` with a
+//! `Ping`, and reconnects with exponential backoff after any failure. While a link is down every
+//! request fails at once with the reason, instead of waiting for a timeout.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use limedb_cluster::ShardId;
+use limedb_proto::{decode, Frame, Message, Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::AbortHandle;
+
+use super::discover;
+use crate::metrics::ShardMetrics;
+use crate::shutdown::Shutdown;
+
+/// First reconnect delay after a failure; doubles up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest delay between reconnect attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Requests queued per connection before callers wait.
+const QUEUE_DEPTH: usize = 4096;
+/// The writer flushes once this many bytes are buffered.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why a request could not be answered by the shard.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The link is down; the reason is the last failure seen.
+    #[error("{0}")]
+    Down(String),
+    /// The connection broke while the request was in flight.
+    #[error("the connection to the shard was lost")]
+    ConnectionLost,
+    /// No answer within the configured timeout.
+    #[error("no answer within {0} ms")]
+    Timeout(u128),
+}
+
+/// Settings of a link.
+#[derive(Clone, Debug)]
+pub struct LinkOptions {
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Health check period.
+    pub health_interval: Duration,
+    /// Connections kept open.
+    pub connections: usize,
+    /// Largest frame accepted from the shard.
+    pub max_frame_bytes: usize,
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Response>>>;
+
+/// One internal-protocol connection.
+struct Conn {
+    requests: mpsc::Sender<(u64, Request)>,
+    pending: Pending,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl Conn {
+    /// Fails every waiting caller and stops both tasks.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        lock(&self.pending).clear();
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+
+    async fn call(&self, request: Request) -> Result<Response, LinkError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LinkError::ConnectionLost);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        // Removes the entry if this future is dropped (timeout) before the answer came.
+        let _forget = ForgetOnDrop {
+            pending: &self.pending,
+            id,
+        };
+        self.requests
+            .send((id, request))
+            .await
+            .map_err(|_| LinkError::ConnectionLost)?;
+        rx.await.map_err(|_| LinkError::ConnectionLost)
+    }
+}
+
+struct ForgetOnDrop<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+enum LinkState {
+    Down {
+        reason: String,
+    },
+    Up {
+        conns: Vec<Arc<Conn>>,
+        internal_addr: SocketAddr,
+    },
+}
+
+/// A snapshot of a link's state for health reports.
+#[derive(Clone, Debug)]
+pub struct LinkStatus {
+    /// Whether requests are being forwarded.
+    pub up: bool,
+    /// The shard's internal-protocol address, while up.
+    pub internal_addr: Option<SocketAddr>,
+    /// Why it is down.
+    pub reason: Option<String>,
+    /// Seconds since the last change of state.
+    pub since_secs: u64,
+}
+
+/// The coordinator's link to one shard.
+pub struct ShardLink {
+    id: ShardId,
+    url: String,
+    options: LinkOptions,
+    state: RwLock<LinkState>,
+    changed_at: Mutex<Instant>,
+    next: AtomicUsize,
+    broken: Notify,
+    metrics: ShardMetrics,
+}
+
+impl std::fmt::Debug for ShardLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardLink")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardLink {
+    /// A link that starts down until its supervisor connects.
+    pub fn new(id: ShardId, url: String, options: LinkOptions, metrics: ShardMetrics) -> Self {
+        metrics.up.set(0);
+        ShardLink {
+            id,
+            url,
+            options,
+            state: RwLock::new(LinkState::Down {
+                reason: "not connected yet".into(),
+            }),
+            changed_at: Mutex::new(Instant::now()),
+            next: AtomicUsize::new(0),
+            broken: Notify::new(),
+            metrics,
+        }
+    }
+
+    /// The shard's id.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// The shard's HTTP base URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Current state, for health reports.
+    pub fn status(&self) -> LinkStatus {
+        let since_secs = lock(&self.changed_at).elapsed().as_secs();
+        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
+            LinkState::Up { internal_addr, .. } => LinkStatus {
+                up: true,
+                internal_addr: Some(*internal_addr),
+                reason: None,
+                since_secs,
+            },
+            LinkState::Down { reason } => LinkStatus {
+                up: false,
+                internal_addr: None,
+                reason: Some(reason.clone()),
+                since_secs,
+            },
+        }
+    }
+
+    fn pick(&self) -> Result<Arc<Conn>, LinkError> {
+        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
+            LinkState::Up { conns, .. } if !conns.is_empty() => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % conns.len();
+                Ok(Arc::clone(&conns[i]))
+            }
+            LinkState::Up { .. } => Err(LinkError::Down("no open connection".into())),
+            LinkState::Down { reason } => Err(LinkError::Down(reason.clone())),
+        }
+    }
+
+    /// Sends one request and waits for its answer, at most the configured timeout.
+    pub async fn call(&self, request: Request) -> Result<Response, LinkError> {
+        let started = Instant::now();
+        let result = match self.pick() {
+            Ok(conn) => {
+                match tokio::time::timeout(self.options.timeout, conn.call(request)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(LinkError::Timeout(self.options.timeout.as_millis())),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        self.metrics
+            .forward_latency
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.metrics.forward_errors.inc();
+        }
+        result
+    }
+
+    fn set_state(&self, new: LinkState) {
+        let old = {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *state, new)
+        };
+        *lock(&self.changed_at) = Instant::now();
+        if let LinkState::Up { conns, .. } = old {
+            for conn in conns {
+                conn.close();
+            }
+        }
+        self.metrics.up.set(i64::from(self.status().up));
+    }
+
+    fn mark_down(&self, reason: String) {
+        let was_up = self.status().up;
+        if was_up {
+            tracing::warn!(shard = %self.id, url = %self.url, %reason, "shard is down");
+        }
+        self.set_state(LinkState::Down { reason });
+    }
+
+    /// Keeps the link connected until `shutdown`: connects, health-checks, reconnects.
+    pub async fn supervise(self: Arc<Self>, mut shutdown: Shutdown) {
+        let mut backoff = MIN_BACKOFF;
+        while !shutdown.is_triggered() {
+            if !self.status().up {
+                match self.connect().await {
+                    Ok((conns, internal_addr)) => {
+                        tracing::info!(shard = %self.id, url = %self.url, %internal_addr, "shard is up");
+                        self.set_state(LinkState::Up {
+                            conns,
+                            internal_addr,
+                        });
+                        backoff = MIN_BACKOFF;
+                    }
+                    Err(reason) => {
+                        tracing::debug!(shard = %self.id, %reason, "cannot reach shard");
+                        self.mark_down(reason);
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = shutdown.wait() => break,
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.options.health_interval) => {
+                    match self.call(Request::Ping).await {
+                        Ok(Response::Pong) => {}
+                        Ok(other) => self.mark_down(format!("unexpected answer to ping: {other:?}")),
+                        Err(e) => self.mark_down(format!("health check failed: {e}")),
+                    }
+                }
+                () = self.broken.notified() => {
+                    // A notice may come from a connection of an earlier generation that was
+                    // already replaced; only a broken current connection takes the link down.
+                    if self.any_conn_closed() {
+                        self.mark_down("the connection to the shard was lost".into());
+                    }
+                }
+                () = shutdown.wait() => break,
+            }
+        }
+        self.set_state(LinkState::Down {
+            reason: "the coordinator is shutting down".into(),
+        });
+    }
+
+    /// Learns the shard's internal port over HTTP, then opens and greets every connection.
+    async fn connect(self: &Arc<Self>) -> Result<(Vec<Arc<Conn>>, SocketAddr), String> {
+        let timeout = self.options.timeout;
+        let identity = discover::identify(&self.url, timeout).await?;
+        if identity.id != self.id {
+            return Err(format!(
+                "the shard at {} reports id {}, but the coordinator's shard list gives it id {}",
+                self.url, identity.id, self.id
+            ));
+        }
+        let host = discover::host(discover::authority(&self.url));
+        let target = format!("{host}:{}", identity.internal_port);
+        let internal_addr = tokio::net::lookup_host(&target)
+            .await
+            .map_err(|e| format!("cannot resolve {target}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{target} resolves to no address"))?;
+        let mut conns = Vec::with_capacity(self.options.connections);
+        if let Err(e) = self.open_conns(internal_addr, &mut conns).await {
+            for conn in &conns {
+                conn.close();
+            }
+            return Err(e);
+        }
+        Ok((conns, internal_addr))
+    }
+
+    async fn open_conns(
+        self: &Arc<Self>,
+        internal_addr: SocketAddr,
+        conns: &mut Vec<Arc<Conn>>,
+    ) -> Result<(), String> {
+        let timeout = self.options.timeout;
+        for _ in 0..self.options.connections.max(1) {
+            let stream = tokio::time::timeout(timeout, TcpStream::connect(internal_addr))
+                .await
+                .map_err(|_| format!("connecting to {internal_addr} timed out"))?
+                .map_err(|e| format!("cannot connect to {internal_addr}: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            let conn = self.start_conn(stream);
+            let hello = tokio::time::timeout(timeout, conn.call(Request::Hello)).await;
+            match hello {
+                Ok(Ok(Response::HelloOk { shard_id, .. })) if shard_id == self.id.0 => {
+                    conns.push(conn)
+                }
+                Ok(Ok(Response::HelloOk { shard_id, .. })) => {
+                    conn.close();
+                    return Err(format!(
+                        "the shard at {internal_addr} says it is shard {shard_id}, expected {}",
+                        self.id
+                    ));
+                }
+                Ok(Ok(other)) => {
+                    conn.close();
+                    return Err(format!("unexpected answer to hello: {other:?}"));
+                }
+                Ok(Err(e)) => {
+                    conn.close();
+                    return Err(format!("hello failed: {e}"));
+                }
+                Err(_) => {
+                    conn.close();
+                    return Err(format!(
+                        "no answer to hello within {} ms",
+                        timeout.as_millis()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_conn(self: &Arc<Self>, stream: TcpStream) -> Arc<Conn> {
+        let (reader, writer) = stream.into_split();
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let conn = Arc::new(Conn {
+            requests: tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::with_capacity(2)),
+        });
+        let write_task = tokio::spawn(write_requests(
+            writer,
+            rx,
+            Arc::clone(&conn),
+            Arc::clone(self),
+        ));
+        let read_task = tokio::spawn(read_responses(
+            reader,
+            Arc::clone(&conn),
+            Arc::clone(self),
+            self.options.max_frame_bytes,
+        ));
+        lock(&conn.tasks).extend([write_task.abort_handle(), read_task.abort_handle()]);
+        conn
+    }
+
+    fn any_conn_closed(&self) -> bool {
+        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
+            LinkState::Up { conns, .. } => conns.iter().any(|c| c.closed.load(Ordering::Acquire)),
+            LinkState::Down { .. } => false,
+        }
+    }
+
+    fn connection_broke(&self, conn: &Conn) {
+        // Only the first task to notice reports it; a closed conn was already handled.
+        if !conn.closed.swap(true, Ordering::AcqRel) {
+            lock(&conn.pending).clear();
+            self.broken.notify_one();
+        }
+    }
+}
+
+async fn write_requests(
+    mut writer: OwnedWriteHalf,
+    mut requests: mpsc::Receiver<(u64, Request)>,
+    conn: Arc<Conn>,
+    link: Arc<ShardLink>,
+) {
+    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    while let Some((id, request)) = requests.recv().await {
+        Frame::request(id, request).encode(&mut out);
+        while out.len() < WRITE_BATCH_BYTES {
+            match requests.try_recv() {
+                Ok((id, request)) => Frame::request(id, request).encode(&mut out),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = writer.write_all(&out).await {
+            tracing::debug!(shard = %link.id, error = %e, "write to shard failed");
+            break;
+        }
+        out.clear();
+    }
+    link.connection_broke(&conn);
+}
+
+async fn read_responses(
+    mut reader: OwnedReadHalf,
+    conn: Arc<Conn>,
+    link: Arc<ShardLink>,
+    max_frame_bytes: usize,
+) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    'read: loop {
+        loop {
+            match decode(&mut buf, max_frame_bytes) {
+                Ok(Some(Frame {
+                    request_id,
+                    message: Message::Response(response),
+                })) => {
+                    if let Some(waiter) = lock(&conn.pending).remove(&request_id) {
+                        let _ = waiter.send(response);
+                    }
+                }
+                Ok(Some(_)) => {
+                    tracing::warn!(shard = %link.id, "shard sent a request frame; closing the connection");
+                    break 'read;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(shard = %link.id, error = %e, "malformed frame from shard; closing the connection");
+                    break 'read;
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    link.connection_broke(&conn);
+}

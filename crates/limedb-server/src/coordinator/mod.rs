@@ -1,0 +1,393 @@
+//! The coordinator: routes every key to the shard that owns it on the consistent-hash ring and
+//! forwards the request over the internal binary protocol.
+//!
+//! The coordinator is configured with the shards' HTTP URLs only (as in the seed prototype); each
+//! [`link::ShardLink`] learns the shard's internal port from its health document and keeps a
+//! small pool of multiplexed connections to it. Requests for a shard that is down fail at once
+//! with 503 naming the shard; requests for the other shards go on unaffected.
+
+pub mod discover;
+pub mod link;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use limedb_cluster::{Ring, ShardId};
+use limedb_proto::{Request, Response};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::config::{CoordinatorConfig, Limits};
+use crate::error::{ApiError, ServerError};
+use crate::metrics::Metrics;
+use crate::node::{HealthReport, KeysPage, KvNode};
+use crate::ring_json::ring_json;
+use crate::shutdown::Shutdown;
+use link::{LinkError, LinkOptions, ShardLink};
+
+/// The coordinator's request handling. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CoordinatorNode {
+    inner: Arc<CoordinatorInner>,
+}
+
+#[derive(Debug)]
+struct CoordinatorInner {
+    ring: Ring,
+    /// Sorted by shard id.
+    links: Vec<Arc<ShardLink>>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    http_addr: SocketAddr,
+    started: Instant,
+}
+
+impl CoordinatorNode {
+    fn link(&self, shard: ShardId) -> Result<&Arc<ShardLink>, ApiError> {
+        self.inner
+            .links
+            .binary_search_by_key(&shard, |l| l.id())
+            .ok()
+            .and_then(|i| self.inner.links.get(i))
+            .ok_or_else(|| {
+                ApiError::Internal(format!("the ring names shard {shard}, which has no link"))
+            })
+    }
+
+    fn link_for_key(&self, key: &[u8]) -> Result<&Arc<ShardLink>, ApiError> {
+        self.link(self.inner.ring.shard_for_key(key))
+    }
+
+    /// The shard that owns `key` (for tests and tools).
+    pub fn shard_for_key(&self, key: &[u8]) -> ShardId {
+        self.inner.ring.shard_for_key(key)
+    }
+
+    async fn forward(link: &ShardLink, request: Request) -> Result<Response, ApiError> {
+        match link.call(request).await {
+            Ok(Response::Error { code, message }) => Err(ApiError::ShardRejected {
+                shard: link.id(),
+                code,
+                message,
+            }),
+            Ok(response) => Ok(response),
+            Err(e) => Err(unavailable(link, &e)),
+        }
+    }
+
+    fn links_json(&self) -> Vec<serde_json::Value> {
+        let ownership = self.inner.ring.ownership();
+        self.inner
+            .links
+            .iter()
+            .map(|link| {
+                let status = link.status();
+                serde_json::json!({
+                    "shardId": link.id().0,
+                    "url": link.url(),
+                    "status": if status.up { "up" } else { "down" },
+                    "internalAddr": status.internal_addr.map(|a| a.to_string()),
+                    "reason": status.reason,
+                    "sinceSecs": status.since_secs,
+                    "ringShare": ownership.get(&link.id()).copied().unwrap_or(0.0),
+                })
+            })
+            .collect()
+    }
+
+    fn up_count(&self) -> usize {
+        self.inner.links.iter().filter(|l| l.status().up).count()
+    }
+
+    fn status_word(&self) -> &'static str {
+        let up = self.up_count();
+        if up == self.inner.links.len() {
+            "healthy"
+        } else if up == 0 {
+            "unhealthy"
+        } else {
+            "degraded"
+        }
+    }
+
+    /// Live key count of every shard, in shard-id order (concurrently).
+    async fn shard_totals(&self) -> Vec<(Arc<ShardLink>, Result<u64, ApiError>)> {
+        let mut tasks = JoinSet::new();
+        for (i, link) in self.inner.links.iter().enumerate() {
+            let link = Arc::clone(link);
+            tasks.spawn(async move {
+                let total = match Self::forward(
+                    &link,
+                    Request::KeysPage {
+                        offset: 0,
+                        limit: 0,
+                    },
+                )
+                .await
+                {
+                    Ok(Response::KeysPage { total, .. }) => Ok(total),
+                    Ok(other) => Err(unexpected(&link, &other)),
+                    Err(e) => Err(e),
+                };
+                (i, link, total)
+            });
+        }
+        let mut totals: Vec<(usize, Arc<ShardLink>, Result<u64, ApiError>)> =
+            Vec::with_capacity(self.inner.links.len());
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(t) => totals.push(t),
+                Err(e) => tracing::warn!(error = %e, "shard count task failed"),
+            }
+        }
+        totals.sort_by_key(|(i, _, _)| *i);
+        totals.into_iter().map(|(_, l, t)| (l, t)).collect()
+    }
+}
+
+fn unavailable(link: &ShardLink, e: &LinkError) -> ApiError {
+    ApiError::ShardUnavailable {
+        shard: link.id(),
+        url: link.url().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn unexpected(link: &ShardLink, response: &Response) -> ApiError {
+    ApiError::Internal(format!(
+        "shard {} answered with an unexpected message: {response:?}",
+        link.id()
+    ))
+}
+
+impl KvNode for CoordinatorNode {
+    async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ApiError> {
+        let link = self.link_for_key(&key)?;
+        match Self::forward(link, Request::Get { key }).await? {
+            Response::Value(v) => Ok(v),
+            other => Err(unexpected(link, &other)),
+        }
+    }
+
+    async fn set(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>) -> Result<(), ApiError> {
+        let link = self.link_for_key(&key)?;
+        match Self::forward(link, Request::Set { key, value, ttl_ms }).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(link, &other)),
+        }
+    }
+
+    async fn delete(&self, key: Bytes) -> Result<bool, ApiError> {
+        let link = self.link_for_key(&key)?;
+        match Self::forward(link, Request::Delete { key }).await? {
+            Response::Deleted(existed) => Ok(existed),
+            other => Err(unexpected(link, &other)),
+        }
+    }
+
+    /// Keys are listed shard by shard in shard-id order (each shard's keys sorted), so a page is
+    /// found from the shards' counts without merging. Pages are not a snapshot: writes between
+    /// two page requests can shift keys across page boundaries.
+    async fn keys_page(&self, offset: u64, limit: u32) -> Result<KeysPage, ApiError> {
+        let totals = self.shard_totals().await;
+        let mut counted = Vec::with_capacity(totals.len());
+        for (link, total) in totals {
+            counted.push((link, total?));
+        }
+        let total: u64 = counted.iter().map(|(_, t)| t).sum();
+        let mut entries = Vec::with_capacity(limit as usize);
+        let mut skip = offset;
+        for (link, shard_total) in counted {
+            if entries.len() >= limit as usize {
+                break;
+            }
+            if skip >= shard_total {
+                skip -= shard_total;
+                continue;
+            }
+            let want = limit - entries.len() as u32;
+            match Self::forward(
+                &link,
+                Request::KeysPage {
+                    offset: skip,
+                    limit: want,
+                },
+            )
+            .await?
+            {
+                Response::KeysPage { entries: page, .. } => entries.extend(page),
+                other => return Err(unexpected(&link, &other)),
+            }
+            skip = 0;
+        }
+        entries.truncate(limit as usize);
+        Ok(KeysPage { total, entries })
+    }
+
+    async fn health(&self) -> HealthReport {
+        let up = self.up_count();
+        HealthReport {
+            serving: up > 0,
+            body: serde_json::json!({
+                "status": self.status_word(),
+                "type": "coordinator",
+                "shardCount": self.inner.links.len(),
+                "healthyShards": up,
+                "shards": self.links_json(),
+                "virtualNodesPerShard": self.inner.ring.vnodes_per_shard(),
+                "uptimeSecs": self.inner.started.elapsed().as_secs(),
+                "version": crate::SERVER_NAME,
+            }),
+        }
+    }
+
+    async fn cluster_state(&self) -> serde_json::Value {
+        let peers: Vec<&str> = self.inner.links.iter().map(|l| l.url()).collect();
+        serde_json::json!({
+            "nodeId": format!("coordinator@{}", self.inner.http_addr),
+            "type": "coordinator",
+            "peers": peers,
+            "totalNodes": self.inner.links.len(),
+            "status": self.status_word(),
+            "members": self.links_json(),
+        })
+    }
+
+    async fn ring(&self) -> serde_json::Value {
+        let label = |shard: ShardId| {
+            self.link(shard)
+                .map(|l| l.url().to_string())
+                .unwrap_or_else(|_| format!("shard-{shard}"))
+        };
+        let mut doc = ring_json(&self.inner.ring, &label);
+        // Where the keys actually are, next to the share of the hash space each shard owns.
+        let mut keys_per_node = serde_json::Map::new();
+        for (link, total) in self.shard_totals().await {
+            let count = total
+                .map(serde_json::Value::from)
+                .unwrap_or(serde_json::Value::Null);
+            keys_per_node.insert(link.url().to_string(), count);
+        }
+        if let Some(obj) = doc.as_object_mut() {
+            obj.insert(
+                "keysPerNode".into(),
+                serde_json::Value::Object(keys_per_node),
+            );
+        }
+        doc
+    }
+
+    fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+}
+
+/// A coordinator whose listener is bound, ready to [`run`](Self::run).
+pub struct CoordinatorServer {
+    node: CoordinatorNode,
+    http: TcpListener,
+    max_connections: usize,
+    health_interval: std::time::Duration,
+}
+
+impl CoordinatorServer {
+    /// Builds the ring and binds the HTTP listener. Shards need not be up yet.
+    pub async fn bind(config: CoordinatorConfig) -> Result<Self, ServerError> {
+        let ids: Vec<ShardId> = config.shards.iter().map(|s| s.id).collect();
+        let ring = Ring::new(&ids, config.vnodes_per_shard)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.http_addr.to_string(),
+                source,
+            })?;
+        let http_addr = http.local_addr().map_err(|source| ServerError::Io {
+            context: "cannot read the bound address".into(),
+            source,
+        })?;
+        let metrics = Arc::new(Metrics::new());
+        let options = LinkOptions {
+            timeout: config.shard_timeout,
+            health_interval: config.health_interval,
+            connections: config.connections_per_shard,
+            max_frame_bytes: config.limits.max_frame_bytes(),
+        };
+        let mut links: Vec<Arc<ShardLink>> = config
+            .shards
+            .iter()
+            .map(|spec| {
+                Arc::new(ShardLink::new(
+                    spec.id,
+                    spec.url.clone(),
+                    options.clone(),
+                    metrics.shard(&spec.id.to_string()),
+                ))
+            })
+            .collect();
+        links.sort_by_key(|l| l.id());
+        Ok(CoordinatorServer {
+            node: CoordinatorNode {
+                inner: Arc::new(CoordinatorInner {
+                    ring,
+                    links,
+                    limits: config.limits,
+                    metrics,
+                    http_addr,
+                    started: Instant::now(),
+                }),
+            },
+            http,
+            max_connections: config.max_connections,
+            health_interval: config.health_interval,
+        })
+    }
+
+    /// Address of the HTTP API.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.node.inner.http_addr
+    }
+
+    /// The coordinator's request handler.
+    pub fn node(&self) -> &CoordinatorNode {
+        &self.node
+    }
+
+    /// Serves until `shutdown` fires, then drains in-flight requests.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), ServerError> {
+        let CoordinatorServer {
+            node,
+            http,
+            max_connections,
+            health_interval,
+        } = self;
+        tracing::info!(
+            http = %node.inner.http_addr,
+            shards = node.inner.links.len(),
+            vnodes_per_shard = node.inner.ring.vnodes_per_shard(),
+            health_interval_ms = health_interval.as_millis() as u64,
+            "coordinator serving"
+        );
+        let mut supervisors = JoinSet::new();
+        for link in &node.inner.links {
+            supervisors.spawn(Arc::clone(link).supervise(shutdown.clone()));
+        }
+        crate::http::serve::serve(
+            http,
+            crate::http::api::router(node.clone()),
+            max_connections,
+            node.inner.metrics.connections("http"),
+            shutdown,
+        )
+        .await;
+        while supervisors.join_next().await.is_some() {}
+        tracing::info!("coordinator stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,164 @@
+//! `limedb dev`: a whole local cluster — N shards and a coordinator — in one process.
+//!
+//! Each shard keeps its data under `<data_dir>/shard-<id>`, exactly where a standalone
+//! `limedb shard` started from the same directory would, so the two can be used interchangeably.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use limedb_cluster::ShardId;
+use limedb_storage::SyncPolicy;
+use tokio::task::JoinSet;
+
+use crate::config::{
+    CoordinatorConfig, Limits, ShardConfig, ShardSpec, StorageKind, DEFAULT_CONNECTIONS_PER_SHARD,
+    DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHARD_TIMEOUT,
+};
+use crate::coordinator::CoordinatorServer;
+use crate::error::ServerError;
+use crate::shard::ShardServer;
+use crate::shutdown::Shutdown;
+
+/// Settings of a local cluster.
+#[derive(Clone, Debug)]
+pub struct DevConfig {
+    /// Interface every listener binds to.
+    pub host: IpAddr,
+    /// Coordinator HTTP port.
+    pub coordinator_port: u16,
+    /// One HTTP port per shard; shard ids are 1, 2, ... in this order.
+    pub shard_ports: Vec<u16>,
+    /// Parent directory of the shards' data directories.
+    pub data_dir: PathBuf,
+    /// Storage backend of every shard.
+    pub storage: StorageKind,
+    /// Sync policy of every shard.
+    pub wal_sync: SyncPolicy,
+    /// Virtual nodes per shard.
+    pub vnodes_per_shard: u32,
+    /// Key and value limits.
+    pub limits: Limits,
+    /// Coordinator's per-request shard timeout.
+    pub shard_timeout: Duration,
+}
+
+/// A bound local cluster.
+pub struct DevCluster {
+    shards: Vec<ShardServer>,
+    coordinator: CoordinatorServer,
+}
+
+/// Addresses of a running local cluster.
+#[derive(Clone, Debug)]
+pub struct DevEndpoints {
+    /// Coordinator HTTP address.
+    pub coordinator: SocketAddr,
+    /// `(id, http, internal)` of each shard.
+    pub shards: Vec<(ShardId, SocketAddr, SocketAddr)>,
+}
+
+/// The internal port a shard uses by default: its HTTP port + 10000, or any free port when the
+/// HTTP port is 0 or the sum would not fit.
+pub fn default_internal_port(http_port: u16) -> u16 {
+    if http_port == 0 {
+        0
+    } else {
+        http_port.checked_add(10_000).unwrap_or(0)
+    }
+}
+
+impl DevCluster {
+    /// Opens every shard's storage and binds every listener.
+    pub async fn bind(config: DevConfig) -> Result<Self, ServerError> {
+        if config.shard_ports.is_empty() {
+            return Err(ServerError::Config(
+                "a cluster needs at least one shard".into(),
+            ));
+        }
+        let mut shards = Vec::with_capacity(config.shard_ports.len());
+        for (i, port) in config.shard_ports.iter().enumerate() {
+            let id = ShardId(i as u32 + 1);
+            let shard = ShardServer::bind(ShardConfig {
+                id,
+                http_addr: SocketAddr::new(config.host, *port),
+                internal_addr: SocketAddr::new(config.host, default_internal_port(*port)),
+                data_dir: config.data_dir.join(format!("shard-{id}")),
+                storage: config.storage,
+                wal_sync: config.wal_sync,
+                limits: config.limits,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+            })
+            .await?;
+            shards.push(shard);
+        }
+        let specs = shards
+            .iter()
+            .map(|s| ShardSpec {
+                id: s.node().id(),
+                url: format!("http://{}", s.http_addr()),
+            })
+            .collect();
+        let coordinator = CoordinatorServer::bind(CoordinatorConfig {
+            http_addr: SocketAddr::new(config.host, config.coordinator_port),
+            shards: specs,
+            vnodes_per_shard: config.vnodes_per_shard,
+            shard_timeout: config.shard_timeout,
+            health_interval: DEFAULT_HEALTH_INTERVAL,
+            connections_per_shard: DEFAULT_CONNECTIONS_PER_SHARD,
+            limits: config.limits,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        })
+        .await?;
+        Ok(DevCluster {
+            shards,
+            coordinator,
+        })
+    }
+
+    /// Where everything listens.
+    pub fn endpoints(&self) -> DevEndpoints {
+        DevEndpoints {
+            coordinator: self.coordinator.http_addr(),
+            shards: self
+                .shards
+                .iter()
+                .map(|s| (s.node().id(), s.http_addr(), s.internal_addr()))
+                .collect(),
+        }
+    }
+
+    /// Runs until `shutdown`; the coordinator stops first, then every shard drains and syncs.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), ServerError> {
+        let coordinator = self.coordinator.run(shutdown.clone());
+        let mut shards = JoinSet::new();
+        for shard in self.shards {
+            shards.spawn(shard.run(shutdown.clone()));
+        }
+        let mut result = coordinator.await;
+        while let Some(joined) = shards.join_next().await {
+            let shard_result = joined.unwrap_or_else(|e| Err(ServerError::Task(e.to_string())));
+            if result.is_ok() {
+                result = shard_result;
+            }
+        }
+        result
+    }
+}
+
+/// Defaults of `limedb dev`: coordinator on 8080, shards on 7001-7003, data under ./limedb-data.
+impl Default for DevConfig {
+    fn default() -> Self {
+        DevConfig {
+            host: IpAddr::from([127, 0, 0, 1]),
+            coordinator_port: 8080,
+            shard_ports: vec![7001, 7002, 7003],
+            data_dir: PathBuf::from("limedb-data"),
+            storage: StorageKind::Memory,
+            wal_sync: SyncPolicy::default(),
+            vnodes_per_shard: limedb_cluster::DEFAULT_VNODES_PER_SHARD,
+            limits: Limits::default(),
+            shard_timeout: DEFAULT_SHARD_TIMEOUT,
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Errors of the server crate, and the one place where errors become HTTP statuses.
+//!
+//! [`ApiError`] is what a request can fail with, on a shard or on the coordinator; its
+//! [`IntoResponse`] impl turns it into the JSON body `{"error": "<code>", "message": "..."}` with
+//! the status documented in the README. [`ServerError`] is what starting or running a node can
+//! fail with (binding a port, opening storage); the binary prints it and exits non-zero.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use limedb_cluster::ShardId;
+use limedb_proto::ErrorCode;
+
+/// A request that failed. Client mistakes are 4xx, an unreachable shard is 503, and only a
+/// genuine server fault is a 500.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// Malformed JSON, a missing or mistyped field, a bad query parameter.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The key is over the configured limit.
+    #[error("key is {len} bytes, over the limit of {max} bytes")]
+    KeyTooLarge {
+        /// Size of the rejected key.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The value (or the whole request body) is over the configured limit.
+    #[error("{what} is {len} bytes, over the limit of {max} bytes")]
+    ValueTooLarge {
+        /// What was too large ("value", "request body").
+        what: &'static str,
+        /// Size of the rejected value, when known.
+        len: u64,
+        /// The configured limit.
+        max: u64,
+    },
+    /// The key does not exist (or has expired).
+    #[error("key not found")]
+    NotFound,
+    /// The shard that owns the key cannot be reached (down, timed out, shutting down).
+    #[error("shard {shard} ({url}) is unavailable: {reason}")]
+    ShardUnavailable {
+        /// The shard that owns the key.
+        shard: ShardId,
+        /// Its HTTP address as configured on the coordinator.
+        url: String,
+        /// Why it is unavailable.
+        reason: String,
+    },
+    /// This node is shutting down and no longer takes requests.
+    #[error("node is shutting down")]
+    ShuttingDown,
+    /// The storage engine failed (I/O error, poisoned after a failed fsync, ...).
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The shard refused the request; `code` is its internal-protocol error code.
+    #[error("shard {shard} refused the request: {message}")]
+    ShardRejected {
+        /// The shard that answered.
+        shard: ShardId,
+        /// Its error code.
+        code: ErrorCode,
+        /// Its error message.
+        message: String,
+    },
+    /// A fault in LimeDB itself, such as an unexpected answer from a shard.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::KeyTooLarge { .. } | ApiError::ValueTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::ShardUnavailable { .. } | ApiError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Storage(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ShardRejected { code, .. } => match code {
+                ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+                ErrorCode::KeyTooLarge | ErrorCode::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::Unavailable | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    /// Stable machine-readable code, the `"error"` field of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::KeyTooLarge { .. } => "key_too_large",
+            ApiError::ValueTooLarge { .. } => "value_too_large",
+            ApiError::NotFound => "not_found",
+            ApiError::ShardUnavailable { .. } => "shard_unavailable",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::Storage(_) => "storage_error",
+            ApiError::Internal(_) => "internal_error",
+            ApiError::ShardRejected { code, .. } => match code {
+                ErrorCode::BadRequest => "bad_request",
+                ErrorCode::KeyTooLarge => "key_too_large",
+                ErrorCode::ValueTooLarge => "value_too_large",
+                ErrorCode::Unavailable => "shard_unavailable",
+                ErrorCode::ShuttingDown => "shutting_down",
+                ErrorCode::Storage => "storage_error",
+                _ => "internal_error",
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+impl From<limedb_storage::StorageError> for ApiError {
+    fn from(e: limedb_storage::StorageError) -> Self {
+        ApiError::Storage(e.to_string())
+    }
+}
+
+/// Starting or running a node failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address that was asked for.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The storage engine could not be opened or closed cleanly.
+    #[error("storage: {0}")]
+    Storage(#[from] limedb_storage::StorageError),
+    /// The configuration is invalid (the message says which option and why).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A background task of the node failed (panicked or was cancelled).
+    #[error("{0}")]
+    Task(String),
+    /// Some other I/O failure.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,337 @@
+//! The HTTP/JSON API, the same on the coordinator and on every shard.
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `POST /api/v1/set` `{"key","value","ttl_ms"?}` | 200 `OK` |
+//! | `GET /api/v1/get/{key}` | 200 value, 404 when absent |
+//! | `DELETE /api/v1/del/{key}` | 200 `1` when it existed, `0` if not |
+//! | `PUT /api/v1/kv/{key}[?ttl_ms=N]` raw body | 200 `OK` (binary values) |
+//! | `GET /api/v1/kv/{key}` | 200 raw value (`application/octet-stream`), 404 |
+//! | `DELETE /api/v1/kv/{key}` | 200 `1` / `0` |
+//! | `GET /api/v1/keys?page=&pageSize=` | a page of keys with values |
+//! | `GET /api/v1/health`, `/api/v1/cluster/state`, `/api/v1/cluster/ring` | JSON |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Keys in paths are percent-decoded bytes; everything after the route prefix is the key, so an
+//! unencoded `/` is part of the key too. Errors are `{"error": code, "message": text}` (see
+//! [`ApiError`]).
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use percent_encoding::percent_decode_str;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::metrics::{Api, Op};
+use crate::node::KvNode;
+
+/// Default page size of `GET /api/v1/keys`.
+pub const DEFAULT_PAGE_SIZE: u64 = 20;
+/// Largest page size of `GET /api/v1/keys`.
+pub const MAX_PAGE_SIZE: u64 = 100;
+
+const TEXT_UTF8: &str = "text/plain; charset=utf-8";
+const OCTET_STREAM: &str = "application/octet-stream";
+
+/// Builds the router for `node`.
+pub fn router<N: KvNode>(node: N) -> Router {
+    Router::new()
+        .route("/api/v1/set", post(set_json::<N>))
+        .route("/api/v1/get/{*key}", get(get_text::<N>))
+        .route("/api/v1/del/{*key}", axum::routing::delete(delete::<N>))
+        .route(
+            "/api/v1/kv/{*key}",
+            get(get_binary::<N>)
+                .put(put_binary::<N>)
+                .delete(delete::<N>),
+        )
+        .route("/api/v1/keys", get(keys::<N>))
+        .route("/api/v1/health", get(health::<N>))
+        .route("/api/v1/cluster/state", get(cluster_state::<N>))
+        .route("/api/v1/cluster/ring", get(ring::<N>))
+        .route("/metrics", get(metrics::<N>))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(node)
+}
+
+#[derive(Deserialize)]
+struct SetBody {
+    key: String,
+    value: String,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, TEXT_UTF8)], body).into_response()
+}
+
+fn finish(
+    node: &impl KvNode,
+    op: Op,
+    started: Instant,
+    result: Result<Response, ApiError>,
+) -> Response {
+    let ok = match &result {
+        Ok(_) | Err(ApiError::NotFound) => true,
+        Err(_) => false,
+    };
+    node.metrics().record(Api::Http, op, started, ok);
+    match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The key of a `/api/v1/<route>/<key>` path: everything after the route prefix, percent-decoded.
+fn key_from_path(uri: &Uri, node: &impl KvNode) -> Result<Bytes, ApiError> {
+    let path = uri.path();
+    let raw = ["/api/v1/get/", "/api/v1/del/", "/api/v1/kv/"]
+        .iter()
+        .find_map(|prefix| path.strip_prefix(prefix))
+        .ok_or_else(|| ApiError::BadRequest(format!("no key in path {path:?}")))?;
+    let key: Vec<u8> = percent_decode_str(raw).collect();
+    node.limits().check_key(&key)?;
+    Ok(Bytes::from(key))
+}
+
+/// Reads the whole body, refusing more than `max` bytes (413) before buffering them.
+async fn read_body(body: Body, declared_len: Option<u64>, max: usize) -> Result<Bytes, ApiError> {
+    if let Some(len) = declared_len {
+        if len > max as u64 {
+            return Err(ApiError::ValueTooLarge {
+                what: "request body",
+                len,
+                max: max as u64,
+            });
+        }
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::ValueTooLarge {
+            what: "request body",
+            len: declared_len.unwrap_or(max as u64 + 1),
+            max: max as u64,
+        }),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
+}
+
+fn content_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn set_json<N: KvNode>(State(node): State<N>, req: Request) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let declared = content_length(&req);
+        let body = read_body(req.into_body(), declared, node.limits().max_body_bytes()).await?;
+        let parsed: SetBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        let limits = node.limits();
+        limits.check_key(parsed.key.as_bytes())?;
+        limits.check_value(parsed.value.len())?;
+        limits.check_ttl(parsed.ttl_ms)?;
+        node.set(
+            Bytes::from(parsed.key),
+            Bytes::from(parsed.value),
+            parsed.ttl_ms,
+        )
+        .await?;
+        Ok(text(StatusCode::OK, "OK"))
+    }
+    .await;
+    finish(&node, Op::Set, started, result)
+}
+
+async fn put_binary<N: KvNode>(State(node): State<N>, req: Request) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let key = key_from_path(req.uri(), &node)?;
+        let ttl_ms = match query_param(req.uri(), "ttl_ms")? {
+            Some(v) => Some(parse_number(&v, "ttl_ms")?),
+            None => None,
+        };
+        node.limits().check_ttl(ttl_ms)?;
+        let declared = content_length(&req);
+        let max_value = node.limits().max_value_bytes;
+        let value = read_body(req.into_body(), declared, max_value).await?;
+        node.limits().check_value(value.len())?;
+        node.set(key, value, ttl_ms).await?;
+        Ok(text(StatusCode::OK, "OK"))
+    }
+    .await;
+    finish(&node, Op::Set, started, result)
+}
+
+async fn get_value<N: KvNode>(node: &N, uri: &Uri, binary: bool) -> Result<Response, ApiError> {
+    let key = key_from_path(uri, node)?;
+    let value = node.get(key).await?.ok_or(ApiError::NotFound)?;
+    let content_type = if binary || std::str::from_utf8(&value).is_err() {
+        OCTET_STREAM
+    } else {
+        TEXT_UTF8
+    };
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        value,
+    )
+        .into_response())
+}
+
+async fn get_text<N: KvNode>(State(node): State<N>, uri: Uri) -> Response {
+    let started = Instant::now();
+    let result = get_value(&node, &uri, false).await;
+    finish(&node, Op::Get, started, result)
+}
+
+async fn get_binary<N: KvNode>(State(node): State<N>, uri: Uri) -> Response {
+    let started = Instant::now();
+    let result = get_value(&node, &uri, true).await;
+    finish(&node, Op::Get, started, result)
+}
+
+async fn delete<N: KvNode>(State(node): State<N>, uri: Uri) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let key = key_from_path(&uri, &node)?;
+        let existed = node.delete(key).await?;
+        Ok(text(StatusCode::OK, if existed { "1" } else { "0" }))
+    }
+    .await;
+    finish(&node, Op::Delete, started, result)
+}
+
+/// The first value of query parameter `name`, percent-decoded (`+` is a space).
+fn query_param(uri: &Uri, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(query) = uri.query() else {
+        return Ok(None);
+    };
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            let v = v.replace('+', " ");
+            let decoded = percent_decode_str(&v).decode_utf8().map_err(|_| {
+                ApiError::BadRequest(format!("query parameter {name} is not valid UTF-8"))
+            })?;
+            return Ok(Some(decoded.into_owned()));
+        }
+    }
+    Ok(None)
+}
+
+fn parse_number(value: &str, name: &str) -> Result<u64, ApiError> {
+    value.trim().parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "query parameter {name} must be a non-negative integer, got {value:?}"
+        ))
+    })
+}
+
+async fn keys<N: KvNode>(State(node): State<N>, uri: Uri) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let page = match query_param(&uri, "page")? {
+            Some(v) => parse_number(&v, "page")?,
+            None => 1,
+        };
+        let page_size = match query_param(&uri, "pageSize")? {
+            Some(v) => parse_number(&v, "pageSize")?,
+            None => DEFAULT_PAGE_SIZE,
+        };
+        if page == 0 {
+            return Err(ApiError::BadRequest("page starts at 1".into()));
+        }
+        if page_size == 0 || page_size > MAX_PAGE_SIZE {
+            return Err(ApiError::BadRequest(format!(
+                "pageSize must be between 1 and {MAX_PAGE_SIZE}"
+            )));
+        }
+        let offset = (page - 1).saturating_mul(page_size);
+        let listing = node.keys_page(offset, page_size as u32).await?;
+        let keys: Vec<serde_json::Value> = listing
+            .entries
+            .iter()
+            .map(|(k, v)| {
+                serde_json::json!({
+                    "key": String::from_utf8_lossy(k),
+                    "value": String::from_utf8_lossy(v),
+                    "size": v.len(),
+                })
+            })
+            .collect();
+        let total_pages = listing.total.div_ceil(page_size);
+        Ok(axum::Json(serde_json::json!({
+            "keys": keys,
+            "total": listing.total,
+            "page": page,
+            "pageSize": page_size,
+            "totalPages": total_pages,
+        }))
+        .into_response())
+    }
+    .await;
+    finish(&node, Op::Keys, started, result)
+}
+
+async fn health<N: KvNode>(State(node): State<N>) -> Response {
+    let report = node.health().await;
+    let status = if report.serving {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(report.body)).into_response()
+}
+
+async fn cluster_state<N: KvNode>(State(node): State<N>) -> Response {
+    axum::Json(node.cluster_state().await).into_response()
+}
+
+async fn ring<N: KvNode>(State(node): State<N>) -> Response {
+    axum::Json(node.ring().await).into_response()
+}
+
+async fn metrics<N: KvNode>(State(node): State<N>) -> Response {
+    node.refresh_metrics();
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        node.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn no_route(method: Method, uri: Uri) -> Response {
+    let body = serde_json::json!({
+        "error": "not_found",
+        "message": format!("no route for {method} {}", uri.path()),
+    });
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let body = serde_json::json!({
+        "error": "method_not_allowed",
+        "message": format!("{method} is not allowed on {}", uri.path()),
+    });
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}

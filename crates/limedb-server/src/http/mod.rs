@@ -1,0 +1,4 @@
+//! HTTP: the JSON API router shared by every node ([`api`]) and the accept loop ([`serve`]).
+
+pub mod api;
+pub mod serve;

@@ -1,0 +1,273 @@
+//! Prometheus metrics of a node, exposed as text on `GET /metrics`.
+//!
+//! Every node counts requests and errors per API and operation and keeps their latency
+//! histograms; a coordinator adds per-shard forwarding latency, errors and up/down state; a shard
+//! adds its storage figures. Handles for the hot path are resolved once at start-up, so recording
+//! a request is a few atomic operations and no label lookup.
+
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The API a request arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// The HTTP/JSON API.
+    Http = 0,
+    /// The internal binary protocol (coordinator to shard).
+    Internal = 1,
+}
+
+/// A client-visible operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Read one key.
+    Get = 0,
+    /// Write one key.
+    Set = 1,
+    /// Delete one key.
+    Delete = 2,
+    /// List a page of keys.
+    Keys = 3,
+}
+
+const APIS: [(Api, &str); 2] = [(Api::Http, "http"), (Api::Internal, "internal")];
+const OPS: [(Op, &str); 4] = [
+    (Op::Get, "get"),
+    (Op::Set, "set"),
+    (Op::Delete, "del"),
+    (Op::Keys, "keys"),
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    api: &'static str,
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    shard: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone)]
+struct OpHandles {
+    requests: Counter,
+    errors: Counter,
+    latency: Histogram,
+}
+
+/// Per-shard handles on the coordinator.
+#[derive(Clone, Debug)]
+pub struct ShardMetrics {
+    /// Latency of requests forwarded to this shard.
+    pub forward_latency: Histogram,
+    /// Forwarded requests that failed (unreachable, timeout, shard-side error).
+    pub forward_errors: Counter,
+    /// 1 while the shard is reachable, 0 while it is down.
+    pub up: Gauge,
+}
+
+/// All metrics of one node.
+pub struct Metrics {
+    registry: Registry,
+    ops: Vec<OpHandles>,
+    forward_latency: Family<ShardLabels, Histogram, fn() -> Histogram>,
+    forward_errors: Family<ShardLabels, Counter>,
+    shard_up: Family<ShardLabels, Gauge>,
+    connections: Family<ListenerLabels, Gauge>,
+    /// Live keys in this shard's storage (shards only).
+    pub storage_keys: Gauge,
+    /// Bytes of live keys and values (shards only).
+    pub storage_live_bytes: Gauge,
+    /// Bytes of the storage log on disk (shards only).
+    pub storage_log_bytes: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 20 µs .. ~21 s in powers of two.
+    Histogram::new(exponential_buckets(0.000_02, 2.0, 21))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<OpLabels, Counter>::default();
+        let errors = Family::<OpLabels, Counter>::default();
+        let latency = Family::<OpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "limedb_requests",
+            "Requests received, by API and operation",
+            requests.clone(),
+        );
+        registry.register(
+            "limedb_request_errors",
+            "Requests answered with an error (any 4xx/5xx or error frame), by API and operation",
+            errors.clone(),
+        );
+        registry.register(
+            "limedb_request_duration_seconds",
+            "Time to answer a request, by API and operation",
+            latency.clone(),
+        );
+        let mut ops = Vec::with_capacity(APIS.len() * OPS.len());
+        for (_, api) in APIS {
+            for (_, op) in OPS {
+                let labels = OpLabels { api, op };
+                ops.push(OpHandles {
+                    requests: requests.get_or_create(&labels).clone(),
+                    errors: errors.get_or_create(&labels).clone(),
+                    latency: latency.get_or_create(&labels).clone(),
+                });
+            }
+        }
+        let forward_latency =
+            Family::<ShardLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        let forward_errors = Family::<ShardLabels, Counter>::default();
+        let shard_up = Family::<ShardLabels, Gauge>::default();
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "limedb_shard_forward_duration_seconds",
+            "Coordinator: round-trip time of requests forwarded to each shard",
+            forward_latency.clone(),
+        );
+        registry.register(
+            "limedb_shard_forward_errors",
+            "Coordinator: forwarded requests that failed, by shard",
+            forward_errors.clone(),
+        );
+        registry.register(
+            "limedb_shard_up",
+            "Coordinator: 1 while the shard is reachable, 0 while it is down",
+            shard_up.clone(),
+        );
+        registry.register(
+            "limedb_open_connections",
+            "Client connections currently open, by listener",
+            connections.clone(),
+        );
+        let storage_keys = Gauge::default();
+        let storage_live_bytes = Gauge::default();
+        let storage_log_bytes = Gauge::default();
+        registry.register(
+            "limedb_storage_keys",
+            "Shard: live keys in storage",
+            storage_keys.clone(),
+        );
+        registry.register(
+            "limedb_storage_live_bytes",
+            "Shard: bytes of live keys and values",
+            storage_live_bytes.clone(),
+        );
+        registry.register(
+            "limedb_storage_log_bytes",
+            "Shard: bytes of the storage log on disk",
+            storage_log_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            ops,
+            forward_latency,
+            forward_errors,
+            shard_up,
+            connections,
+            storage_keys,
+            storage_live_bytes,
+            storage_log_bytes,
+        }
+    }
+
+    fn op(&self, api: Api, op: Op) -> Option<&OpHandles> {
+        self.ops.get(api as usize * OPS.len() + op as usize)
+    }
+
+    /// Records one finished request that started at `started`.
+    pub fn record(&self, api: Api, op: Op, started: Instant, ok: bool) {
+        if let Some(h) = self.op(api, op) {
+            h.requests.inc();
+            if !ok {
+                h.errors.inc();
+            }
+            h.latency.observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Handles for one shard, as seen from the coordinator.
+    pub fn shard(&self, shard: &str) -> ShardMetrics {
+        let labels = ShardLabels {
+            shard: shard.to_string(),
+        };
+        ShardMetrics {
+            forward_latency: self.forward_latency.get_or_create(&labels).clone(),
+            forward_errors: self.forward_errors.get_or_create(&labels).clone(),
+            up: self.shard_up.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// The open-connections gauge of one listener ("http", "internal").
+    pub fn connections(&self, listener: &'static str) -> Gauge {
+        self.connections
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
+    }
+
+    /// The whole registry in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_appear_in_the_exposition() {
+        let m = Metrics::new();
+        m.record(Api::Http, Op::Get, Instant::now(), true);
+        m.record(Api::Http, Op::Get, Instant::now(), false);
+        let s = m.shard("1");
+        s.up.set(1);
+        m.connections("http").inc();
+        let text = m.render();
+        assert!(
+            text.contains(r#"limedb_requests_total{api="http",op="get"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"limedb_request_errors_total{api="http",op="get"} 1"#));
+        assert!(text.contains(r#"limedb_shard_up{shard="1"} 1"#));
+        assert!(text.contains(r#"limedb_open_connections{listener="http"} 1"#));
+        assert!(text.contains("limedb_request_duration_seconds_bucket"));
+    }
+}

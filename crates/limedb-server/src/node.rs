@@ -1,0 +1,61 @@
+//! What the HTTP API needs from a node: the [`KvNode`] trait, implemented by a shard (which
+//! answers from its own storage) and by the coordinator (which routes to shards).
+
+use std::future::Future;
+
+use bytes::Bytes;
+
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// One page of keys with their values, in the node's listing order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeysPage {
+    /// Live keys in total on this node (all shards, on the coordinator).
+    pub total: u64,
+    /// The page's `(key, value)` pairs.
+    pub entries: Vec<(Bytes, Bytes)>,
+}
+
+/// Health as reported on `GET /api/v1/health`.
+#[derive(Clone, Debug)]
+pub struct HealthReport {
+    /// Whether the node can serve requests (a coordinator with every shard down cannot).
+    pub serving: bool,
+    /// The JSON body.
+    pub body: serde_json::Value,
+}
+
+/// A node that serves the key-value HTTP API.
+pub trait KvNode: Clone + Send + Sync + 'static {
+    /// Reads a key; `None` when absent or expired.
+    fn get(&self, key: Bytes) -> impl Future<Output = Result<Option<Bytes>, ApiError>> + Send;
+    /// Writes a key, with an optional time to live in milliseconds.
+    fn set(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        ttl_ms: Option<u64>,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Deletes a key; `true` when it existed.
+    fn delete(&self, key: Bytes) -> impl Future<Output = Result<bool, ApiError>> + Send;
+    /// Lists keys: skip `offset`, return at most `limit`.
+    fn keys_page(
+        &self,
+        offset: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<KeysPage, ApiError>> + Send;
+    /// The node's health.
+    fn health(&self) -> impl Future<Output = HealthReport> + Send;
+    /// Cluster membership as this node sees it.
+    fn cluster_state(&self) -> impl Future<Output = serde_json::Value> + Send;
+    /// The hash ring as this node sees it.
+    fn ring(&self) -> impl Future<Output = serde_json::Value> + Send;
+    /// Size limits of requests.
+    fn limits(&self) -> Limits;
+    /// The node's metrics.
+    fn metrics(&self) -> &Metrics;
+    /// Refreshes gauges that are sampled rather than counted (storage figures) before a scrape.
+    fn refresh_metrics(&self) {}
+}

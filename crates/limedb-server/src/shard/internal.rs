@@ -1,0 +1,190 @@
+//! The shard's side of the internal binary protocol (see `docs/protocol.md`).
+//!
+//! One task per connection reads frames; each request runs in its own task, so a slow request
+//! never holds up the ones behind it and answers go back in completion order, matched by request
+//! id. A writer task coalesces finished answers into as few socket writes as it can. At most
+//! [`MAX_IN_FLIGHT_PER_CONNECTION`] requests run per connection; past that the reader stops
+//! reading, which pushes back on the coordinator through TCP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use limedb_proto::{decode, ErrorCode, Frame, Message, Response};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use super::ShardNode;
+use crate::http::serve::DRAIN_TIMEOUT;
+use crate::shutdown::Shutdown;
+
+/// Requests one connection may have running at once.
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
+/// Read buffer grows in steps of this size.
+const READ_CHUNK: usize = 64 * 1024;
+/// Writer flushes once this many bytes are buffered even if more answers are ready.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Accepts internal-protocol connections until `shutdown`, then drains them.
+pub async fn serve(
+    listener: TcpListener,
+    node: ShardNode,
+    max_connections: usize,
+    open_connections: Gauge,
+    mut shutdown: Shutdown,
+) {
+    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    let mut connections = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = shutdown.wait() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "internal accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.wait() => break,
+        };
+        // Reap finished connection tasks so the set stays small.
+        while connections.try_join_next().is_some() {}
+        let node = node.clone();
+        let gauge = open_connections.clone();
+        let shutdown = shutdown.clone();
+        gauge.inc();
+        connections.spawn(async move {
+            if let Err(e) = serve_connection(stream, node, shutdown).await {
+                tracing::debug!(%peer, error = %e, "internal connection closed with an error");
+            }
+            gauge.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("internal connections still busy after the drain timeout; closing them");
+        connections.abort_all();
+    }
+}
+
+/// Serves one connection until the peer closes it, a malformed frame arrives, or shutdown.
+async fn serve_connection(
+    stream: TcpStream,
+    node: ShardNode,
+    mut shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let max_frame_bytes = node.inner.limits.max_frame_bytes();
+    let (mut reader, writer) = stream.into_split();
+    let (answers, answers_rx) = mpsc::channel::<Frame>(MAX_IN_FLIGHT_PER_CONNECTION);
+    let writer_task = tokio::spawn(write_answers(writer, answers_rx));
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut result = Ok(());
+    'read: loop {
+        loop {
+            match decode(&mut buf, max_frame_bytes) {
+                Ok(Some(Frame {
+                    request_id,
+                    message: Message::Request(request),
+                })) => {
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                        break 'read;
+                    };
+                    let node = node.clone();
+                    let answers = answers.clone();
+                    tokio::spawn(async move {
+                        let response = node.handle(request).await;
+                        // The writer is gone only if the connection broke; nothing to answer.
+                        let _ = answers.send(Frame::response(request_id, response)).await;
+                        drop(permit);
+                    });
+                }
+                Ok(Some(Frame { request_id, .. })) => {
+                    let message = "a shard accepts only requests on this connection".to_string();
+                    let _ = answers
+                        .send(Frame::response(
+                            request_id,
+                            Response::Error {
+                                code: ErrorCode::BadRequest,
+                                message,
+                            },
+                        ))
+                        .await;
+                    break 'read;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed internal frame; closing the connection");
+                    let _ = answers
+                        .send(Frame::response(
+                            0,
+                            Response::Error {
+                                code: ErrorCode::BadRequest,
+                                message: format!("malformed frame: {e}"),
+                            },
+                        ))
+                        .await;
+                    break 'read;
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            read = reader.read_buf(&mut buf) => match read {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            },
+            () = shutdown.wait() => break,
+        }
+    }
+    // Requests already running finish and are answered; then the writer flushes and closes.
+    drop(answers);
+    match writer_task.await {
+        Ok(Ok(())) => result,
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(std::io::Error::other(e)),
+    }
+}
+
+/// Writes answers as they complete, batching whatever is ready into one write.
+async fn write_answers(
+    mut writer: OwnedWriteHalf,
+    mut answers: mpsc::Receiver<Frame>,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    while let Some(frame) = answers.recv().await {
+        frame.encode(&mut out);
+        while out.len() < WRITE_BATCH_BYTES {
+            match answers.try_recv() {
+                Ok(frame) => frame.encode(&mut out),
+                Err(_) => break,
+            }
+        }
+        writer.write_all(&out).await?;
+        out.clear();
+    }
+    writer.shutdown().await
+}

@@ -1,0 +1,379 @@
+//! A shard: one storage engine served over HTTP (direct access) and over the internal binary
+//! protocol (traffic from the coordinator).
+//!
+//! [`ShardNode`] owns the engine and answers requests; every engine call runs on tokio's
+//! blocking pool so that disk I/O never stalls a runtime worker. [`ShardServer`] binds the two
+//! listeners, runs them until shutdown, drains in-flight requests and then syncs and closes the
+//! engine, so a clean stop never loses an acknowledged write.
+
+pub mod internal;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use limedb_cluster::{Ring, ShardId};
+use limedb_proto::{ErrorCode, Request, Response, PROTOCOL_VERSION};
+use limedb_storage::{now_ms, Engine, MemoryEngine, MemoryOptions};
+use tokio::net::TcpListener;
+
+use crate::config::{Limits, ShardConfig, StorageKind};
+use crate::error::{ApiError, ServerError};
+use crate::metrics::{Api, Metrics, Op};
+use crate::node::{HealthReport, KeysPage, KvNode};
+use crate::shutdown::Shutdown;
+use crate::{ring_json, SERVER_NAME};
+
+/// Largest page a shard returns to one `KeysPage` request.
+pub const MAX_KEYS_PER_PAGE: u32 = 1000;
+
+/// A shard's request handling, shared by its HTTP and internal listeners. Cheap to clone.
+#[derive(Clone)]
+pub struct ShardNode {
+    inner: Arc<ShardInner>,
+}
+
+struct ShardInner {
+    id: ShardId,
+    engine: Arc<dyn Engine>,
+    storage: StorageKind,
+    limits: Limits,
+    metrics: Metrics,
+    http_addr: SocketAddr,
+    internal_addr: SocketAddr,
+    started: Instant,
+}
+
+impl std::fmt::Debug for ShardNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardNode")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs a closure on the engine in tokio's blocking pool.
+async fn blocking<T, F>(engine: &Arc<dyn Engine>, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Engine) -> Result<T, limedb_storage::StorageError> + Send + 'static,
+{
+    let engine = Arc::clone(engine);
+    match tokio::task::spawn_blocking(move || f(engine.as_ref())).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::Internal(format!("storage task failed: {e}"))),
+    }
+}
+
+impl ShardNode {
+    /// This shard's id.
+    pub fn id(&self) -> ShardId {
+        self.inner.id
+    }
+
+    /// Answers one internal-protocol request.
+    pub async fn handle(&self, request: Request) -> Response {
+        let started = Instant::now();
+        let limits = self.inner.limits;
+        let (op, result) = match request {
+            Request::Hello => {
+                return Response::HelloOk {
+                    shard_id: self.inner.id.0,
+                    protocol_version: PROTOCOL_VERSION,
+                    server: SERVER_NAME.to_string(),
+                }
+            }
+            Request::Ping => return Response::Pong,
+            Request::Get { key } => (
+                Op::Get,
+                async {
+                    limits.check_key(&key)?;
+                    self.get(key).await.map(Response::Value)
+                }
+                .await,
+            ),
+            Request::Set { key, value, ttl_ms } => (
+                Op::Set,
+                async {
+                    limits.check_key(&key)?;
+                    limits.check_value(value.len())?;
+                    limits.check_ttl(ttl_ms)?;
+                    self.set(key, value, ttl_ms).await.map(|()| Response::Done)
+                }
+                .await,
+            ),
+            Request::Delete { key } => (
+                Op::Delete,
+                async {
+                    limits.check_key(&key)?;
+                    self.delete(key).await.map(Response::Deleted)
+                }
+                .await,
+            ),
+            Request::KeysPage { offset, limit } => (
+                Op::Keys,
+                self.keys_page(offset, limit.min(MAX_KEYS_PER_PAGE))
+                    .await
+                    .map(|page| Response::KeysPage {
+                        total: page.total,
+                        entries: page.entries,
+                    }),
+            ),
+        };
+        self.inner
+            .metrics
+            .record(Api::Internal, op, started, result.is_ok());
+        result.unwrap_or_else(|e| error_response(&e))
+    }
+
+    fn storage_json(&self) -> serde_json::Value {
+        let stats = self.inner.engine.stats();
+        serde_json::json!({
+            "backend": stats.backend,
+            "keys": stats.keys,
+            "liveBytes": stats.live_bytes,
+            "logBytes": stats.log_bytes,
+            "logRewrites": stats.log_rewrites,
+            "expiredReclaimed": stats.expired_reclaimed,
+        })
+    }
+}
+
+/// The internal-protocol form of an error.
+pub fn error_response(e: &ApiError) -> Response {
+    let code = match e {
+        ApiError::BadRequest(_) | ApiError::NotFound => ErrorCode::BadRequest,
+        ApiError::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
+        ApiError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
+        ApiError::ShardUnavailable { .. } => ErrorCode::Unavailable,
+        ApiError::ShuttingDown => ErrorCode::ShuttingDown,
+        ApiError::Storage(_) => ErrorCode::Storage,
+        ApiError::Internal(_) => ErrorCode::Internal,
+        ApiError::ShardRejected { code, .. } => *code,
+    };
+    Response::Error {
+        code,
+        message: e.to_string(),
+    }
+}
+
+impl KvNode for ShardNode {
+    async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ApiError> {
+        let value = blocking(&self.inner.engine, move |e| e.get(&key)).await?;
+        Ok(value.map(|v| v.data))
+    }
+
+    async fn set(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>) -> Result<(), ApiError> {
+        let expires_at_ms = ttl_ms.map(|ttl| now_ms().saturating_add(ttl));
+        blocking(&self.inner.engine, move |e| {
+            e.put(&key, &value, expires_at_ms)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: Bytes) -> Result<bool, ApiError> {
+        blocking(&self.inner.engine, move |e| e.delete(&key)).await
+    }
+
+    async fn keys_page(&self, offset: u64, limit: u32) -> Result<KeysPage, ApiError> {
+        let page = blocking(&self.inner.engine, move |e| e.page(offset, limit as usize)).await?;
+        Ok(KeysPage {
+            total: page.total,
+            entries: page.entries.into_iter().map(|(k, v)| (k, v.data)).collect(),
+        })
+    }
+
+    async fn health(&self) -> HealthReport {
+        HealthReport {
+            serving: true,
+            body: serde_json::json!({
+                "status": "healthy",
+                "type": "shard",
+                "shardId": self.inner.id.0,
+                "httpAddr": self.inner.http_addr.to_string(),
+                "internalAddr": self.inner.internal_addr.to_string(),
+                "internalPort": self.inner.internal_addr.port(),
+                "protocolVersion": PROTOCOL_VERSION,
+                "storage": self.storage_json(),
+                "uptimeSecs": self.inner.started.elapsed().as_secs(),
+                "version": SERVER_NAME,
+            }),
+        }
+    }
+
+    async fn cluster_state(&self) -> serde_json::Value {
+        let me = serde_json::json!({
+            "shardId": self.inner.id.0,
+            "url": format!("http://{}", self.inner.http_addr),
+            "status": "up",
+        });
+        serde_json::json!({
+            "nodeId": format!("shard-{}", self.inner.id),
+            "type": "shard",
+            "peers": [],
+            "totalNodes": 1,
+            "status": "healthy",
+            "members": [me],
+        })
+    }
+
+    async fn ring(&self) -> serde_json::Value {
+        // A shard does not route; it shows the trivial ring of itself, in the coordinator's format.
+        match Ring::new(&[self.inner.id], 1) {
+            Ok(ring) => {
+                let label = format!("shard-{}", self.inner.id);
+                ring_json::ring_json(&ring, &|_| label.clone())
+            }
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    fn refresh_metrics(&self) {
+        let stats = self.inner.engine.stats();
+        let m = &self.inner.metrics;
+        m.storage_keys
+            .set(i64::try_from(stats.keys).unwrap_or(i64::MAX));
+        m.storage_live_bytes
+            .set(i64::try_from(stats.live_bytes).unwrap_or(i64::MAX));
+        m.storage_log_bytes
+            .set(i64::try_from(stats.log_bytes).unwrap_or(i64::MAX));
+    }
+}
+
+/// A shard whose listeners are bound and whose storage is open, ready to [`run`](Self::run).
+pub struct ShardServer {
+    node: ShardNode,
+    http: TcpListener,
+    internal: TcpListener,
+    max_connections: usize,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+fn open_engine(config: &ShardConfig) -> Result<Arc<dyn Engine>, ServerError> {
+    match config.storage {
+        StorageKind::Memory => {
+            let options = MemoryOptions {
+                sync: config.wal_sync,
+                ..MemoryOptions::default()
+            };
+            Ok(Arc::new(MemoryEngine::open(&config.data_dir, options)?))
+        }
+    }
+}
+
+impl ShardServer {
+    /// Opens storage and binds both listeners.
+    pub async fn bind(config: ShardConfig) -> Result<Self, ServerError> {
+        let http = bind(config.http_addr).await?;
+        let internal = bind(config.internal_addr).await?;
+        let http_addr = local_addr(&http)?;
+        let internal_addr = local_addr(&internal)?;
+        let cfg = config.clone();
+        let engine = tokio::task::spawn_blocking(move || open_engine(&cfg))
+            .await
+            .map_err(|e| ServerError::Task(format!("storage open task failed: {e}")))??;
+        tracing::info!(
+            shard = %config.id,
+            storage = %config.storage,
+            data_dir = %config.data_dir.display(),
+            keys = engine.stats().keys,
+            "storage open"
+        );
+        let node = ShardNode {
+            inner: Arc::new(ShardInner {
+                id: config.id,
+                engine,
+                storage: config.storage,
+                limits: config.limits,
+                metrics: Metrics::new(),
+                http_addr,
+                internal_addr,
+                started: Instant::now(),
+            }),
+        };
+        Ok(ShardServer {
+            node,
+            http,
+            internal,
+            max_connections: config.max_connections,
+        })
+    }
+
+    /// Address of the HTTP API.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.node.inner.http_addr
+    }
+
+    /// Address of the internal protocol.
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.node.inner.internal_addr
+    }
+
+    /// The shard's request handler (for in-process use and tests).
+    pub fn node(&self) -> &ShardNode {
+        &self.node
+    }
+
+    /// Serves until `shutdown` fires, drains in-flight requests, then syncs and closes storage.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), ServerError> {
+        let ShardServer {
+            node,
+            http,
+            internal,
+            max_connections,
+        } = self;
+        tracing::info!(
+            shard = %node.inner.id,
+            storage = %node.inner.storage,
+            http = %node.inner.http_addr,
+            internal = %node.inner.internal_addr,
+            "shard serving"
+        );
+        let metrics = &node.inner.metrics;
+        let http_task = crate::http::serve::serve(
+            http,
+            crate::http::api::router(node.clone()),
+            max_connections,
+            metrics.connections("http"),
+            shutdown.clone(),
+        );
+        let internal_task = internal::serve(
+            internal,
+            node.clone(),
+            max_connections,
+            metrics.connections("internal"),
+            shutdown,
+        );
+        tokio::join!(http_task, internal_task);
+        let engine = Arc::clone(&node.inner.engine);
+        tokio::task::spawn_blocking(move || engine.close())
+            .await
+            .map_err(|e| ServerError::Task(format!("storage close task failed: {e}")))??;
+        tracing::info!(shard = %node.inner.id, "shard stopped; storage synced and closed");
+        Ok(())
+    }
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, ServerError> {
+    listener.local_addr().map_err(|source| ServerError::Io {
+        context: "cannot read the bound address".into(),
+        source,
+    })
+}

@@ -1,0 +1,99 @@
+//! The backend-agnostic [`Engine`] trait that shard servers call, and its plain data types.
+//!
+//! Every method is synchronous and may block on disk I/O: async callers run them through
+//! `tokio::task::spawn_blocking` or a dedicated thread, never on an async worker.
+
+use bytes::Bytes;
+
+use crate::Result;
+
+/// A stored value with its optional absolute expiry (milliseconds since the Unix epoch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Value {
+    /// The value bytes.
+    pub data: Bytes,
+    /// When the value stops existing, in ms since the Unix epoch; `None` lives forever.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl Value {
+    /// Whether the value has expired at `now_ms` (expiry is inclusive: `expires_at_ms <= now_ms`).
+    ///
+    /// ```
+    /// use limedb_storage::Value;
+    /// let v = Value { data: "x".into(), expires_at_ms: Some(10) };
+    /// assert!(!v.is_expired(9));
+    /// assert!(v.is_expired(10));
+    /// ```
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|t| t <= now_ms)
+    }
+}
+
+/// One page of a key listing, in ascending key order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The entries of this page, ascending by key.
+    pub entries: Vec<(Bytes, Value)>,
+    /// The number of live keys in the whole engine when the page was taken.
+    pub total: u64,
+}
+
+/// Figures describing an engine, for metrics and the admin API.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Name of the backend, e.g. `"memory"`.
+    pub backend: &'static str,
+    /// Live (unexpired) keys.
+    pub keys: u64,
+    /// Sum of key and value lengths of live entries, in bytes.
+    pub live_bytes: u64,
+    /// Size of the log on disk, in bytes.
+    pub log_bytes: u64,
+    /// How many times the log was rewritten to drop dead records since open.
+    pub log_rewrites: u64,
+    /// How many expired keys were reclaimed from memory since open.
+    pub expired_reclaimed: u64,
+}
+
+/// A key-value storage engine: an ordered map from byte keys to [`Value`]s with expiry.
+///
+/// Implementations are shared between threads (`&self` everywhere) and do their own locking.
+/// Keys with `expires_at_ms <= now_ms()` behave as absent for every method.
+pub trait Engine: Send + Sync + 'static {
+    /// The live value of `key`, or `None` if absent or expired.
+    fn get(&self, key: &[u8]) -> Result<Option<Value>>;
+
+    /// Stores `value` under `key`, replacing any previous value, with an optional absolute
+    /// expiry. Returns once the write is as durable as the engine's sync policy promises.
+    fn put(&self, key: &[u8], value: &[u8], expires_at_ms: Option<u64>) -> Result<()>;
+
+    /// Removes `key`; `true` if a live (unexpired) key was removed.
+    fn delete(&self, key: &[u8]) -> Result<bool>;
+
+    /// Live keys in ascending order, skipping `offset` of them and returning at most `limit`;
+    /// `total` is the number of live keys.
+    fn page(&self, offset: u64, limit: usize) -> Result<Page>;
+
+    /// At most `limit` live entries with keys `>= start` (from the first key if `None`),
+    /// ascending.
+    fn scan(&self, start: Option<&[u8]>, limit: usize) -> Result<Vec<(Bytes, Value)>>;
+
+    /// The number of live keys.
+    fn len(&self) -> Result<u64>;
+
+    /// Whether there are no live keys.
+    fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Current figures; cheap enough to call on every metrics scrape.
+    fn stats(&self) -> EngineStats;
+
+    /// Makes every write acknowledged so far durable (fsync), whatever the sync policy.
+    fn sync(&self) -> Result<()>;
+
+    /// Syncs, stops background work and releases the engine; every later call returns
+    /// [`crate::StorageError::Closed`].
+    fn close(&self) -> Result<()>;
+}

@@ -1,0 +1,81 @@
+//! [`StorageError`], the one error type every engine in this crate returns.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in a storage engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// An operating-system I/O call failed.
+    #[error("{context} {}: {source}", path.display())]
+    Io {
+        /// The file or directory the call was about.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+        /// What the engine was doing, e.g. "failed to append to log".
+        context: &'static str,
+    },
+    /// A file on disk is damaged in a way that recovery must not paper over.
+    #[error("corrupt file {} at byte offset {offset}: {reason}", path.display())]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset of the damaged record (or header) within the file.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The file was written by a format version this build does not understand.
+    #[error(
+        "{} has format version {found}, this build reads version {supported}",
+        path.display()
+    )]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version byte found in its header.
+        found: u8,
+        /// The version this build writes and reads.
+        supported: u8,
+    },
+    /// A key is longer than [`crate::MAX_KEY_BYTES`].
+    #[error("key of {len} bytes exceeds the limit of {max} bytes")]
+    KeyTooLarge {
+        /// Length of the rejected key.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value is longer than [`crate::MAX_VALUE_BYTES`].
+    #[error("value of {len} bytes exceeds the limit of {max} bytes")]
+    ValueTooLarge {
+        /// Length of the rejected value.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An earlier write or fsync failed, so durability can no longer be promised; writes are
+    /// refused until the engine is reopened. Reads still work.
+    #[error("storage engine is poisoned by an earlier write or fsync failure; writes are refused")]
+    Poisoned,
+    /// The engine was closed.
+    #[error("storage engine is closed")]
+    Closed,
+}
+
+impl StorageError {
+    /// Builds an [`StorageError::Io`].
+    pub(crate) fn io(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| StorageError::Io {
+            path,
+            source,
+            context,
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! Command-line interface of the `limedb` binary: subcommands, flags, and how flags, `LIMEDB_*`
+//! environment variables, the TOML file and defaults combine (in that order of precedence).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+/// LimeDB: a distributed key-value database.
+///
+/// A coordinator routes every key by consistent hashing to the shard that owns it; shards keep
+/// the data. Start a whole local cluster with `limedb dev`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "limedb",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// TOML configuration file. Flags and LIMEDB_* variables override its values.
+    #[arg(long, global = true, env = "LIMEDB_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log level: error, warn, info, debug, trace, or a tracing filter such as
+    /// "limedb_server=debug". Without it RUST_LOG is used, then "info". Logs go to stderr.
+    #[arg(long, global = true, env = "LIMEDB_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one shard: a storage engine served over HTTP and the internal binary protocol.
+    Shard(ShardArgs),
+    /// Run a coordinator: the HTTP API that routes every key to the shard that owns it.
+    Coordinator(CoordinatorArgs),
+    /// Run a whole local cluster in one process: a coordinator and 3 shards by default.
+    Dev(DevArgs),
+    /// Load generator: concurrent HTTP clients with latency percentiles.
+    Bench(BenchArgs),
+}
+
+/// Options of `limedb shard` (also the `[shard]` table of the TOML file).
+#[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShardArgs {
+    /// Shard id, a positive integer; the coordinator's shard list must give it the same id.
+    /// [default: 1]
+    #[arg(
+        long,
+        visible_alias = "shard-id",
+        env = "LIMEDB_SHARD_ID",
+        value_name = "N"
+    )]
+    pub id: Option<u32>,
+
+    /// Interface to listen on (both listeners). [default: 127.0.0.1]
+    #[arg(long, env = "LIMEDB_HOST", value_name = "IP")]
+    pub host: Option<String>,
+
+    /// HTTP port; 0 picks a free port. [default: 7000 + id]
+    #[arg(long, env = "LIMEDB_PORT", value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// Port of the internal binary protocol (coordinator traffic); 0 picks a free port. The
+    /// coordinator learns it from the shard's /api/v1/health. [default: HTTP port + 10000]
+    #[arg(long, env = "LIMEDB_INTERNAL_PORT", value_name = "PORT")]
+    pub internal_port: Option<u16>,
+
+    /// Data directory. [default: ./limedb-data/shard-<id>]
+    #[arg(long, env = "LIMEDB_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Storage backend: "memory" (an in-memory ordered map made durable by an append-only
+    /// log). [default: memory]
+    #[arg(long, env = "LIMEDB_STORAGE", value_name = "BACKEND")]
+    pub storage: Option<String>,
+
+    /// When acknowledged writes reach the disk: "always" (fsync before every acknowledgement,
+    /// concurrent writers share one fsync), "interval" (fsync every --wal-sync-interval-ms) or
+    /// "never" (leave it to the OS). Every acknowledged write survives a crash of the process
+    /// under all three; the policy decides what survives a crash of the machine.
+    /// [default: interval]
+    #[arg(long, env = "LIMEDB_WAL_SYNC", value_name = "POLICY")]
+    pub wal_sync: Option<String>,
+
+    /// Period of the "interval" sync policy, in milliseconds. [default: 1000]
+    #[arg(long, env = "LIMEDB_WAL_SYNC_INTERVAL_MS", value_name = "MS")]
+    pub wal_sync_interval_ms: Option<u64>,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Size and connection limits shared by every node kind.
+#[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitArgs {
+    /// Largest key in bytes; larger keys get 413. [default: 65536]
+    #[arg(long, env = "LIMEDB_MAX_KEY_BYTES", value_name = "BYTES")]
+    pub max_key_bytes: Option<usize>,
+
+    /// Largest value in bytes; larger values get 413. [default: 67108864]
+    #[arg(long, env = "LIMEDB_MAX_VALUE_BYTES", value_name = "BYTES")]
+    pub max_value_bytes: Option<usize>,
+
+    /// Most client connections open at once per listener; more wait to be accepted.
+    /// [default: 10000]
+    #[arg(long, env = "LIMEDB_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+}
+
+/// Options of `limedb coordinator` (also the `[coordinator]` table of the TOML file).
+#[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CoordinatorArgs {
+    /// Interface to listen on. [default: 127.0.0.1]
+    #[arg(long, env = "LIMEDB_HOST", value_name = "IP")]
+    pub host: Option<String>,
+
+    /// HTTP port; 0 picks a free port. [default: 8080]
+    #[arg(long, env = "LIMEDB_PORT", value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// Shards' HTTP base URLs, comma-separated. The n-th URL is shard id n unless written
+    /// ID=URL. [default: http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003]
+    #[arg(
+        long,
+        env = "LIMEDB_SHARDS",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    pub shards: Option<Vec<String>>,
+
+    /// Virtual nodes per shard on the consistent-hash ring. [default: 128]
+    #[arg(long, env = "LIMEDB_VNODES", value_name = "N")]
+    pub vnodes: Option<u32>,
+
+    /// How long to wait for a shard before answering 503, in milliseconds. [default: 2000]
+    #[arg(long, env = "LIMEDB_SHARD_TIMEOUT_MS", value_name = "MS")]
+    pub shard_timeout_ms: Option<u64>,
+
+    /// Period of shard health checks, in milliseconds. [default: 1000]
+    #[arg(long, env = "LIMEDB_HEALTH_INTERVAL_MS", value_name = "MS")]
+    pub health_interval_ms: Option<u64>,
+
+    /// Internal-protocol connections to each shard (each carries many requests at once).
+    /// [default: 2]
+    #[arg(long, env = "LIMEDB_CONNECTIONS_PER_SHARD", value_name = "N")]
+    pub connections_per_shard: Option<usize>,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Options of `limedb dev` (also the `[dev]` table of the TOML file).
+#[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DevArgs {
+    /// Interface to listen on. [default: 127.0.0.1]
+    #[arg(long, env = "LIMEDB_HOST", value_name = "IP")]
+    pub host: Option<String>,
+
+    /// Coordinator HTTP port. [default: 8080]
+    #[arg(long, env = "LIMEDB_COORDINATOR_PORT", value_name = "PORT")]
+    pub coordinator_port: Option<u16>,
+
+    /// Shard HTTP ports, comma-separated; one shard per port, ids 1, 2, ... in order.
+    /// Each shard's internal port is its HTTP port + 10000. [default: 7001,7002,7003]
+    #[arg(
+        long,
+        env = "LIMEDB_SHARD_PORTS",
+        value_name = "PORTS",
+        value_delimiter = ','
+    )]
+    pub shard_ports: Option<Vec<u16>>,
+
+    /// Parent data directory; shard n keeps its data in <DIR>/shard-<n>.
+    /// [default: ./limedb-data]
+    #[arg(long, env = "LIMEDB_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Storage backend of every shard (see `limedb shard --help`). [default: memory]
+    #[arg(long, env = "LIMEDB_STORAGE", value_name = "BACKEND")]
+    pub storage: Option<String>,
+
+    /// Sync policy of every shard (see `limedb shard --help`). [default: interval]
+    #[arg(long, env = "LIMEDB_WAL_SYNC", value_name = "POLICY")]
+    pub wal_sync: Option<String>,
+
+    /// Virtual nodes per shard. [default: 128]
+    #[arg(long, env = "LIMEDB_VNODES", value_name = "N")]
+    pub vnodes: Option<u32>,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Options of `limedb bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Base URL of a coordinator or shard.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    pub url: String,
+
+    /// Concurrent keep-alive connections, one request in flight on each.
+    #[arg(short = 'c', long, default_value_t = 64, value_name = "C")]
+    pub connections: usize,
+
+    /// Measured requests in total.
+    #[arg(short = 'n', long, default_value_t = 100_000, value_name = "N")]
+    pub requests: u64,
+
+    /// "set", "get", "mixed" (90% reads) or "mixed:P" (P% reads).
+    #[arg(short = 'w', long, default_value = "set", value_name = "WORKLOAD")]
+    pub workload: String,
+
+    /// Number of distinct keys (key:000000000000 ...).
+    #[arg(long, default_value_t = 100_000, value_name = "K")]
+    pub keyspace: u64,
+
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100, value_name = "BYTES")]
+    pub value_size: usize,
+
+    /// "random" or "sequential" key order.
+    #[arg(long, default_value = "random", value_name = "PATTERN")]
+    pub key_pattern: String,
+
+    /// Skip writing every key once before a run with reads.
+    #[arg(long)]
+    pub no_prefill: bool,
+
+    /// Unmeasured requests before the measured ones.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub warmup: u64,
+
+    /// Per-request timeout in milliseconds.
+    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    pub timeout_ms: u64,
+
+    /// Print the report as one line of JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The TOML configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Same as --log-level.
+    pub log_level: Option<String>,
+    /// `[shard]`
+    pub shard: ShardArgs,
+    /// `[coordinator]`
+    pub coordinator: CoordinatorArgs,
+    /// `[dev]`
+    pub dev: DevArgs,
+}
+
+impl FileConfig {
+    /// Reads and validates the file: unknown tables and keys are errors, so a typo is never
+    /// silently ignored.
+    pub fn load(path: &std::path::Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Parses the TOML text of a configuration file.
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (section, known) in [
+            ("shard", known_keys(&ShardArgs::default())),
+            ("coordinator", known_keys(&CoordinatorArgs::default())),
+            ("dev", known_keys(&DevArgs::default())),
+        ] {
+            if let Some(toml::Value::Table(t)) = table.get(section) {
+                if let Some(bad) = t.keys().find(|k| !known.contains(k)) {
+                    return Err(format!(
+                        "unknown key {bad:?} in [{section}]; known keys: {}",
+                        known.join(", ")
+                    ));
+                }
+            }
+        }
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Field names of a config section, as they appear in the file.
+fn known_keys<T: Serialize>(section: &T) -> Vec<String> {
+    serde_json::to_value(section)
+        .ok()
+        .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+        .unwrap_or_default()
+}
+
+/// Overlays `flags` (flags and environment, as parsed by clap) on `file`: a value given on the
+/// command line or in the environment wins over the file's.
+pub fn overlay<T: Serialize + serde::de::DeserializeOwned>(
+    flags: &T,
+    file: &T,
+) -> Result<T, String> {
+    let mut base = serde_json::to_value(file).map_err(|e| e.to_string())?;
+    let top = serde_json::to_value(flags).map_err(|e| e.to_string())?;
+    if let (Some(base), Some(top)) = (base.as_object_mut(), top.as_object()) {
+        for (k, v) in top {
+            if !v.is_null() {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    serde_json::from_value(base).map_err(|e| e.to_string())
+}
+
+/// Rewrites the seed prototype's Spring-style arguments into LimeDB's:
+/// `--node.type=shard` becomes the `shard` subcommand, `--server.port` becomes `--port`,
+/// `--shard.id` becomes `--id` and `--server.address` becomes `--host`. Other arguments pass
+/// through unchanged; both `--a.b=v` and `--a.b v` forms work.
+pub fn translate_seed_args(args: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut node_type = None;
+    let mut iter = args.into_iter();
+    if let Some(program) = iter.next() {
+        out.push(program);
+    }
+    while let Some(arg) = iter.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (arg.clone(), None),
+        };
+        let renamed = match name.as_str() {
+            "--node.type" => {
+                node_type = inline.or_else(|| iter.next());
+                continue;
+            }
+            "--server.port" => "--port",
+            "--shard.id" => "--id",
+            "--server.address" => "--host",
+            _ => {
+                out.push(arg);
+                continue;
+            }
+        };
+        match inline {
+            Some(v) => out.push(format!("{renamed}={v}")),
+            None => out.push(renamed.to_string()),
+        }
+    }
+    if let Some(kind) = node_type {
+        out.insert(1.min(out.len()), kind);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn seed_shard_flags_become_a_shard_command() {
+        assert_eq!(
+            translate_seed_args(args(
+                "limedb --node.type=shard --server.port=7001 --shard.id=1"
+            )),
+            args("limedb shard --port=7001 --id=1")
+        );
+        assert_eq!(
+            translate_seed_args(args("limedb --node.type coordinator --server.port 8080")),
+            args("limedb coordinator --port 8080")
+        );
+    }
+
+    #[test]
+    fn modern_arguments_pass_through() {
+        let a = args("limedb shard --id 2 --port 0");
+        assert_eq!(translate_seed_args(a.clone()), a);
+    }
+
+    #[test]
+    fn seed_coordinator_with_shards_parses() {
+        let argv = translate_seed_args(args(
+            "limedb --node.type=coordinator --server.port=8080 --shards=http://127.0.0.1:7001,http://127.0.0.1:7002",
+        ));
+        let cli = Cli::try_parse_from(argv).expect("parses");
+        match cli.command {
+            Command::Coordinator(c) => {
+                assert_eq!(c.port, Some(8080));
+                assert_eq!(c.shards.map(|s| s.len()), Some(2));
+            }
+            other => panic!("expected coordinator, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_fills_the_rest() {
+        let file = FileConfig::parse(
+            "[shard]\nid = 3\nport = 7100\nwal_sync = \"always\"\nmax_key_bytes = 10\n",
+        )
+        .expect("valid toml");
+        let flags = ShardArgs {
+            port: Some(7200),
+            ..ShardArgs::default()
+        };
+        let merged = overlay(&flags, &file.shard).expect("merge");
+        assert_eq!(merged.id, Some(3));
+        assert_eq!(merged.port, Some(7200));
+        assert_eq!(merged.wal_sync.as_deref(), Some("always"));
+        assert_eq!(merged.limits.max_key_bytes, Some(10));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let err = FileConfig::parse("[shard]\nprot = 1\n").expect_err("typo");
+        assert!(err.contains("prot"), "{err}");
+        let err = FileConfig::parse("[shards]\nid = 1\n").expect_err("unknown table");
+        assert!(err.contains("shards"), "{err}");
+    }
+
+    #[test]
+    fn help_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
