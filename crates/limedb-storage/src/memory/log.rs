@@ -42,6 +42,9 @@
 //!   its CRC. A tail consisting only of zero bytes (a filesystem extending the file before the
 //!   data reached disk) counts as torn too. Replay logs a warning, truncates the file to the end
 //!   of the last good record and carries on.
+//! - One exception keeps a damaged length field from passing as a torn write: if a record
+//!   runs past end of file but a prefix of the bytes present matches its stored CRC, the
+//!   length was damaged and the file is corrupt.
 //! - Anything else that fails its CRC or does not decode, with more data after it, is
 //!   **corruption**: opening fails with [`StorageError::Corrupt`] naming the byte offset of the
 //!   record. Acknowledged data is never dropped silently.
@@ -364,6 +367,21 @@ pub(crate) fn open_log(
         let crc = u32::from_le_bytes([c0, c1, c2, c3]);
         let record_len = RECORD_HEADER_LEN + u64::from(payload_len);
         if record_len > remaining {
+            // Either a torn write or a damaged length field. In the second case the stored
+            // checksum still matches the real (shorter) payload, so look for such a prefix.
+            let available = remaining - RECORD_HEADER_LEN;
+            if let Some(real_len) = checksum_matching_prefix(&mut reader, available, crc)
+                .map_err(io("failed to read log"))?
+            {
+                return Err(StorageError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset,
+                    reason: format!(
+                        "damaged length field: claims a {payload_len}-byte payload running \
+                         past end of file, but the checksum matches the first {real_len} bytes"
+                    ),
+                });
+            }
             torn = Some(format!(
                 "record of {record_len} bytes runs past end of file ({remaining} remain)"
             ));
@@ -443,6 +461,33 @@ fn bad_magic(path: &Path, found: &[u8]) -> StorageError {
             found.escape_ascii().to_string()
         ),
     }
+}
+
+/// The smallest plausible payload length `len <= available` whose bytes (read from `reader`)
+/// have checksum `stored`, if any. One pass, bounded by [`MAX_PAYLOAD_BYTES`].
+fn checksum_matching_prefix(
+    reader: &mut impl Read,
+    available: u64,
+    stored: u32,
+) -> std::io::Result<Option<u64>> {
+    let mut left = available.min(MAX_PAYLOAD_BYTES);
+    let mut crc = 0u32;
+    let mut len = 0u64;
+    let mut chunk = vec![0u8; 64 << 10];
+    while left > 0 {
+        let want = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+        let buf = chunk.get_mut(..want).unwrap_or_default();
+        reader.read_exact(buf)?;
+        for byte in buf.iter() {
+            crc = crc32c::crc32c_append(crc, std::slice::from_ref(byte));
+            len += 1;
+            if len >= u64::from(MIN_PAYLOAD_BYTES) && crc == stored {
+                return Ok(Some(len));
+            }
+        }
+        left -= want as u64;
+    }
+    Ok(None)
 }
 
 /// Whether every byte of `file` in `from..to` is zero.

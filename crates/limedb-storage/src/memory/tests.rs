@@ -292,11 +292,17 @@ fn corruption_before_the_tail_names_path_and_offset() -> TestResult {
     assert_eq!(offsets.first(), Some(&log::FILE_HEADER_LEN));
     let original = std::fs::read(&path)?;
     for &record in offsets.iter().take(2) {
-        // Flip a byte inside the payload (the key), and separately inside the header.
-        for flip_at in [record + log::RECORD_HEADER_LEN + 6, record + 5] {
+        // Flip a bit in the payload (the key), in the checksum, and in the length field
+        // (both to a length still inside the file and to one running far past its end).
+        for (flip_at, mask) in [
+            (record + log::RECORD_HEADER_LEN + 6, 0x40),
+            (record + 5, 0x40),
+            (record, 0x02),
+            (record + 2, 0x01),
+        ] {
             let mut bytes = original.clone();
             let byte = bytes.get_mut(flip_at as usize).ok_or("offset")?;
-            *byte ^= 0x40;
+            *byte ^= mask;
             std::fs::write(&path, &bytes)?;
             match MemoryEngine::open(dir.path(), options(SyncPolicy::Never)) {
                 Err(StorageError::Corrupt {
