@@ -17,6 +17,9 @@
 #                      [--targets shard,coordinator,ceiling] [--client limedb|example]
 # (--client example uses crates/limedb-bench/examples/bench_client.rs, which
 #  takes the same flags as `limedb bench`.)
+# Environment: CARGO_TARGET_DIR is honoured; LIMEDB_BIN=path uses that limedb
+# binary instead of building one; READY_TIMEOUT_SECS (default 30) bounds each
+# server's start-up.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -89,13 +92,20 @@ trap 'exit 143' TERM
 # --- build --------------------------------------------------------------------
 NEED_LIMEDB=0
 if want shard || want coordinator || [[ "$CLIENT" == limedb ]]; then NEED_LIMEDB=1; fi
+if [[ -n "${LIMEDB_BIN:-}" ]]; then
+    [[ -x "$LIMEDB_BIN" ]] || die "LIMEDB_BIN=$LIMEDB_BIN is not executable"
+    NEED_LIMEDB=0
+fi
 BUILD=(cargo build --release --manifest-path "$ROOT/Cargo.toml")
 if ((NEED_LIMEDB)); then BUILD+=(-p limedb --bin limedb); fi
-BUILD+=(-p limedb-bench)
-if want ceiling; then BUILD+=(--example http_ceiling); fi
-if [[ "$CLIENT" == example ]]; then BUILD+=(--example bench_client); fi
-log "building: ${BUILD[*]}"
-"${BUILD[@]}" >&2 || die "build failed"
+EXAMPLES=()
+if want ceiling; then EXAMPLES+=(--example http_ceiling); fi
+if [[ "$CLIENT" == example ]]; then EXAMPLES+=(--example bench_client); fi
+if ((${#EXAMPLES[@]})); then BUILD+=(-p limedb-bench "${EXAMPLES[@]}"); fi
+if ((NEED_LIMEDB || ${#EXAMPLES[@]})); then
+    log "building: ${BUILD[*]}"
+    "${BUILD[@]}" >&2 || die "build failed"
+fi
 
 TARGET_DIR="${CARGO_TARGET_DIR:-}"
 if [[ -z "$TARGET_DIR" ]]; then
@@ -103,7 +113,7 @@ if [[ -z "$TARGET_DIR" ]]; then
         python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 fi
 BIN_DIR="$TARGET_DIR/release"
-LIMEDB="$BIN_DIR/limedb"
+LIMEDB="${LIMEDB_BIN:-$BIN_DIR/limedb}"
 CEILING="$BIN_DIR/examples/http_ceiling"
 if [[ "$CLIENT" == limedb ]]; then
     CLIENT_CMD=("$LIMEDB" bench)

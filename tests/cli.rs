@@ -1,0 +1,211 @@
+//! The `limedb` command line: the seed prototype's flag forms, defaults, the TOML file,
+//! environment variables, `--help`, clear start-up errors, and `limedb dev`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use limedb_testkit::{temp_dir, wait_for, HttpConn, Node};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_limedb"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_flags_start_a_shard_and_a_coordinator() {
+    let dir = temp_dir();
+    // No --data-dir: the shard keeps its data under ./limedb-data/shard-<id> of its cwd.
+    let mut shard = Node::spawn_in(
+        bin(),
+        &["--node.type=shard", "--server.port=0", "--shard.id=1", "--internal-port=0"],
+        &dir.path().join("shard.log"),
+        Some(dir.path()),
+        &[],
+    )
+    .expect("seed-style shard starts");
+    assert_eq!(shard.ready["role"], "shard");
+    assert_eq!(shard.ready["id"], "1");
+    let shards = format!("--shards={}", shard.url());
+    let coordinator = Node::spawn(
+        bin(),
+        &["--node.type=coordinator", "--server.port=0", shards.as_str()],
+        &dir.path().join("coordinator.log"),
+    )
+    .expect("seed-style coordinator starts");
+    let addr = coordinator.http_addr();
+    wait_for(Duration::from_secs(20), "shard up", || {
+        let addr = addr.clone();
+        async move {
+            let r = limedb_testkit::http::request(&addr, "GET", "/api/v1/health", &[], None)
+                .await
+                .ok()?;
+            (r.json()?["status"] == "healthy").then_some(())
+        }
+    })
+    .await;
+    let mut c = HttpConn::connect(&addr).await.expect("connect");
+    assert_eq!(c.set("seed", "works").await.expect("set").status, 200);
+    assert_eq!(c.get("seed").await.expect("get").text(), "works");
+    assert!(shard.terminate(Duration::from_secs(15)));
+    assert!(
+        dir.path().join("limedb-data/shard-1").is_dir(),
+        "default data directory ./limedb-data/shard-1 was created"
+    );
+}
+
+#[test]
+fn config_file_and_environment_configure_a_shard() {
+    let dir = temp_dir();
+    let data = dir.path().join("from-file");
+    let config = dir.path().join("limedb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "log_level = \"warn\"\n[shard]\nid = 4\nport = 0\ninternal_port = 0\ndata_dir = {:?}\nwal_sync = \"always\"\n",
+            data.display().to_string()
+        ),
+    )
+    .expect("write config");
+    let config_arg = config.display().to_string();
+    let node = Node::spawn(
+        bin(),
+        &["shard", "--config", config_arg.as_str()],
+        &dir.path().join("a.log"),
+    )
+    .expect("starts from the file");
+    assert_eq!(node.ready["id"], "4");
+    assert!(data.is_dir());
+    drop(node);
+
+    // An environment variable beats the file; a flag beats both.
+    let node = Node::spawn_in(
+        bin(),
+        &["shard", "--config", config_arg.as_str()],
+        &dir.path().join("b.log"),
+        None,
+        &[("LIMEDB_SHARD_ID", "5")],
+    )
+    .expect("starts");
+    assert_eq!(node.ready["id"], "5");
+    drop(node);
+    let node = Node::spawn_in(
+        bin(),
+        &["shard", "--config", config_arg.as_str(), "--id", "6"],
+        &dir.path().join("c.log"),
+        None,
+        &[("LIMEDB_SHARD_ID", "5")],
+    )
+    .expect("starts");
+    assert_eq!(node.ready["id"], "6");
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = Command::new(bin()).args(args).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(stderr.contains(needle), "{args:?}: stderr lacks {needle:?}:\n{stderr}");
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error_and_a_nonzero_exit() {
+    let dir = temp_dir();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[shard]\nprot = 7001\n").expect("write");
+    let bad = bad.display().to_string();
+    fails_with(&["shard", "--config", &bad], "unknown key \"prot\"");
+    fails_with(&["shard", "--config", "/nonexistent/limedb.toml"], "cannot read config file");
+    fails_with(&["shard", "--storage", "floppy"], "unknown storage backend");
+    fails_with(&["shard", "--wal-sync", "sometimes"], "--wal-sync");
+    fails_with(&["shard", "--id", "0"], "shard ids start at 1");
+    fails_with(&["coordinator", "--shards", "1=http://a:1,1=http://b:2"], "twice");
+    fails_with(&["coordinator", "--port", "notaport"], "invalid value");
+    // A port already in use.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port().to_string();
+    let data = dir.path().join("d").display().to_string();
+    fails_with(
+        &["shard", "--port", &port, "--internal-port", "0", "--data-dir", &data],
+        "cannot listen on",
+    );
+}
+
+#[test]
+fn help_explains_every_option() {
+    for (args, needles) in [
+        (vec!["--help"], vec!["shard", "coordinator", "dev", "bench", "--config", "--log-level"]),
+        (
+            vec!["shard", "--help"],
+            vec!["--id", "--port", "--internal-port", "--data-dir", "--storage", "--wal-sync", "--max-value-bytes", "LIMEDB_"],
+        ),
+        (
+            vec!["coordinator", "--help"],
+            vec!["--shards", "--vnodes", "--shard-timeout-ms", "--health-interval-ms", "[default: 128]"],
+        ),
+        (vec!["dev", "--help"], vec!["--coordinator-port", "--shard-ports", "--data-dir"]),
+        (
+            vec!["bench", "--help"],
+            vec!["--connections", "--requests", "--workload", "--keyspace", "--value-size", "--json"],
+        ),
+    ] {
+        let out = Command::new(bin()).args(&args).output().expect("runs");
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        for needle in needles {
+            assert!(text.contains(needle), "{args:?} lacks {needle}:\n{text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_a_cluster_and_bench_drives_it() {
+    let dir = temp_dir();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port().to_string())
+            .expect("free port")
+    };
+    let ports = format!("{},{},{}", free_port(), free_port(), free_port());
+    let mut dev = Node::spawn_in(
+        bin(),
+        &["dev", "--coordinator-port", "0", "--shard-ports", &ports],
+        &dir.path().join("dev.log"),
+        Some(dir.path()),
+        &[],
+    )
+    .expect("dev starts");
+    let addr = dev.http_addr();
+    wait_for(Duration::from_secs(20), "dev cluster healthy", || {
+        let addr = addr.clone();
+        async move {
+            let r = limedb_testkit::http::request(&addr, "GET", "/api/v1/health", &[], None)
+                .await
+                .ok()?;
+            (r.json()?["healthyShards"] == 3).then_some(())
+        }
+    })
+    .await;
+    let url = format!("http://{addr}");
+    let bench_args: Vec<String> =
+        ["bench", "--url", &url, "-c", "8", "-n", "2000", "-w", "mixed", "--keyspace", "500", "--json"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let out = tokio::task::spawn_blocking(move || Command::new(bin()).args(bench_args).output())
+        .await
+        .expect("join")
+        .expect("bench runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line");
+    assert_eq!(report["requests"], 2000);
+    assert_eq!(report["errors"], 0);
+    assert!(report["throughput_ops"].as_f64().is_some_and(|t| t > 0.0));
+    assert!(report["latency_us"]["p99"].as_f64().is_some_and(|p| p > 0.0));
+    // The keys the bench wrote are in the default data directories; Ctrl-C stops it cleanly.
+    assert!(dev.terminate(Duration::from_secs(15)), "dev exits 0 on SIGTERM");
+    for id in 1..=3 {
+        assert!(dir.path().join(format!("limedb-data/shard-{id}")).is_dir());
+    }
+}
