@@ -17,7 +17,12 @@ async fn seed_flags_start_a_shard_and_a_coordinator() {
     // No --data-dir: the shard keeps its data under ./limedb-data/shard-<id> of its cwd.
     let mut shard = Node::spawn_in(
         bin(),
-        &["--node.type=shard", "--server.port=0", "--shard.id=1", "--internal-port=0"],
+        &[
+            "--node.type=shard",
+            "--server.port=0",
+            "--shard.id=1",
+            "--internal-port=0",
+        ],
         &dir.path().join("shard.log"),
         Some(dir.path()),
         &[],
@@ -28,7 +33,11 @@ async fn seed_flags_start_a_shard_and_a_coordinator() {
     let shards = format!("--shards={}", shard.url());
     let coordinator = Node::spawn(
         bin(),
-        &["--node.type=coordinator", "--server.port=0", shards.as_str()],
+        &[
+            "--node.type=coordinator",
+            "--server.port=0",
+            shards.as_str(),
+        ],
         &dir.path().join("coordinator.log"),
     )
     .expect("seed-style coordinator starts");
@@ -103,7 +112,10 @@ fn fails_with(args: &[&str], needle: &str) {
     let out = Command::new(bin()).args(args).output().expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} should fail");
-    assert!(stderr.contains(needle), "{args:?}: stderr lacks {needle:?}:\n{stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: stderr lacks {needle:?}:\n{stderr}"
+    );
 }
 
 #[test]
@@ -113,18 +125,32 @@ fn bad_configuration_is_a_clear_error_and_a_nonzero_exit() {
     std::fs::write(&bad, "[shard]\nprot = 7001\n").expect("write");
     let bad = bad.display().to_string();
     fails_with(&["shard", "--config", &bad], "unknown key \"prot\"");
-    fails_with(&["shard", "--config", "/nonexistent/limedb.toml"], "cannot read config file");
+    fails_with(
+        &["shard", "--config", "/nonexistent/limedb.toml"],
+        "cannot read config file",
+    );
     fails_with(&["shard", "--storage", "floppy"], "unknown storage backend");
     fails_with(&["shard", "--wal-sync", "sometimes"], "--wal-sync");
     fails_with(&["shard", "--id", "0"], "shard ids start at 1");
-    fails_with(&["coordinator", "--shards", "1=http://a:1,1=http://b:2"], "twice");
+    fails_with(
+        &["coordinator", "--shards", "1=http://a:1,1=http://b:2"],
+        "twice",
+    );
     fails_with(&["coordinator", "--port", "notaport"], "invalid value");
     // A port already in use.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = busy.local_addr().expect("addr").port().to_string();
     let data = dir.path().join("d").display().to_string();
     fails_with(
-        &["shard", "--port", &port, "--internal-port", "0", "--data-dir", &data],
+        &[
+            "shard",
+            "--port",
+            &port,
+            "--internal-port",
+            "0",
+            "--data-dir",
+            &data,
+        ],
         "cannot listen on",
     );
 }
@@ -132,19 +158,54 @@ fn bad_configuration_is_a_clear_error_and_a_nonzero_exit() {
 #[test]
 fn help_explains_every_option() {
     for (args, needles) in [
-        (vec!["--help"], vec!["shard", "coordinator", "dev", "bench", "--config", "--log-level"]),
+        (
+            vec!["--help"],
+            vec![
+                "shard",
+                "coordinator",
+                "dev",
+                "bench",
+                "--config",
+                "--log-level",
+            ],
+        ),
         (
             vec!["shard", "--help"],
-            vec!["--id", "--port", "--internal-port", "--data-dir", "--storage", "--wal-sync", "--max-value-bytes", "LIMEDB_"],
+            vec![
+                "--id",
+                "--port",
+                "--internal-port",
+                "--data-dir",
+                "--storage",
+                "--wal-sync",
+                "--max-value-bytes",
+                "LIMEDB_",
+            ],
         ),
         (
             vec!["coordinator", "--help"],
-            vec!["--shards", "--vnodes", "--shard-timeout-ms", "--health-interval-ms", "[default: 128]"],
+            vec![
+                "--shards",
+                "--vnodes",
+                "--shard-timeout-ms",
+                "--health-interval-ms",
+                "[default: 128]",
+            ],
         ),
-        (vec!["dev", "--help"], vec!["--coordinator-port", "--shard-ports", "--data-dir"]),
+        (
+            vec!["dev", "--help"],
+            vec!["--coordinator-port", "--shard-ports", "--data-dir"],
+        ),
         (
             vec!["bench", "--help"],
-            vec!["--connections", "--requests", "--workload", "--keyspace", "--value-size", "--json"],
+            vec![
+                "--connections",
+                "--requests",
+                "--workload",
+                "--keyspace",
+                "--value-size",
+                "--json",
+            ],
         ),
     ] {
         let out = Command::new(bin()).args(&args).output().expect("runs");
@@ -186,25 +247,46 @@ async fn dev_runs_a_cluster_and_bench_drives_it() {
     })
     .await;
     let url = format!("http://{addr}");
-    let bench_args: Vec<String> =
-        ["bench", "--url", &url, "-c", "8", "-n", "2000", "-w", "mixed", "--keyspace", "500", "--json"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    let bench_args: Vec<String> = [
+        "bench",
+        "--url",
+        &url,
+        "-c",
+        "8",
+        "-n",
+        "2000",
+        "-w",
+        "mixed",
+        "--keyspace",
+        "500",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let out = tokio::task::spawn_blocking(move || Command::new(bin()).args(bench_args).output())
         .await
         .expect("join")
         .expect("bench runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: serde_json::Value =
         serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line");
     assert_eq!(report["requests"], 2000);
     assert_eq!(report["errors"], 0);
     assert!(report["throughput_ops"].as_f64().is_some_and(|t| t > 0.0));
-    assert!(report["latency_us"]["p99"].as_f64().is_some_and(|p| p > 0.0));
+    assert!(report["latency_us"]["p99"]
+        .as_f64()
+        .is_some_and(|p| p > 0.0));
     // The keys the bench wrote are in the default data directories; Ctrl-C stops it cleanly.
-    assert!(dev.terminate(Duration::from_secs(15)), "dev exits 0 on SIGTERM");
+    assert!(
+        dev.terminate(Duration::from_secs(15)),
+        "dev exits 0 on SIGTERM"
+    );
     for id in 1..=3 {
         assert!(dir.path().join(format!("limedb-data/shard-{id}")).is_dir());
     }

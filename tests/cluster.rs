@@ -21,7 +21,10 @@ async fn write_all(addr: &str, keys: &[String], parallel: usize) {
         tasks.spawn(async move {
             let mut conn = HttpConn::connect(&addr).await.expect("connect");
             for key in chunk {
-                let r = conn.set(&key, &format!("value-of-{key}")).await.expect("set");
+                let r = conn
+                    .set(&key, &format!("value-of-{key}"))
+                    .await
+                    .expect("set");
                 assert_eq!((r.status, r.text()), (200, "OK".to_string()), "set {key}");
             }
         });
@@ -63,12 +66,19 @@ async fn ten_thousand_keys_route_to_exactly_one_shard_each() {
     read_all(&cluster.addr(), &all, 16).await;
 
     // Ask every shard directly: each key is on exactly one, the one the ring names.
-    let ring = Ring::new(&[ShardId(1), ShardId(2), ShardId(3)], DEFAULT_VNODES_PER_SHARD)
-        .expect("ring");
+    let ring = Ring::new(
+        &[ShardId(1), ShardId(2), ShardId(3)],
+        DEFAULT_VNODES_PER_SHARD,
+    )
+    .expect("ring");
     let mut per_shard = [0usize; 3];
     let mut conns = Vec::new();
     for shard in &cluster.shards {
-        conns.push(HttpConn::connect(&shard.http_addr()).await.expect("connect shard"));
+        conns.push(
+            HttpConn::connect(&shard.http_addr())
+                .await
+                .expect("connect shard"),
+        );
     }
     for key in &all {
         let mut holders = Vec::new();
@@ -81,16 +91,27 @@ async fn ten_thousand_keys_route_to_exactly_one_shard_each() {
             }
         }
         assert_eq!(holders.len(), 1, "{key} is on shards {holders:?}");
-        assert_eq!(ShardId(holders[0] as u32), ring.shard_for_key(key.as_bytes()), "{key}");
+        assert_eq!(
+            ShardId(holders[0] as u32),
+            ring.shard_for_key(key.as_bytes()),
+            "{key}"
+        );
         per_shard[holders[0] - 1] += 1;
     }
     for (i, count) in per_shard.iter().enumerate() {
         // Every shard owns roughly a third; at least a fifth proves the spread is real.
-        assert!(*count > 2_000, "shard {} holds only {count} keys: {per_shard:?}", i + 1);
+        assert!(
+            *count > 2_000,
+            "shard {} holds only {count} keys: {per_shard:?}",
+            i + 1
+        );
     }
     // Each shard's own key listing agrees, and the coordinator's total is the sum.
     for (i, conn) in conns.iter_mut().enumerate() {
-        let r = conn.request("GET", "/api/v1/keys?page=1&pageSize=1", &[], None).await.expect("keys");
+        let r = conn
+            .request("GET", "/api/v1/keys?page=1&pageSize=1", &[], None)
+            .await
+            .expect("keys");
         assert_eq!(r.json().expect("json")["total"], per_shard[i] as u64);
     }
     let r = HttpConn::connect(&cluster.addr())
@@ -112,9 +133,15 @@ async fn every_process_restarted_keeps_all_data() {
     write_all(&cluster.addr(), &clean, 8).await;
 
     // A clean stop (SIGTERM) of every process, then a restart on the same ports and data.
-    assert!(cluster.coordinator.terminate(Duration::from_secs(15)), "coordinator exits 0 on SIGTERM");
+    assert!(
+        cluster.coordinator.terminate(Duration::from_secs(15)),
+        "coordinator exits 0 on SIGTERM"
+    );
     for shard in &mut cluster.shards {
-        assert!(shard.terminate(Duration::from_secs(15)), "shard exits 0 on SIGTERM");
+        assert!(
+            shard.terminate(Duration::from_secs(15)),
+            "shard exits 0 on SIGTERM"
+        );
     }
     for id in 1..=3 {
         cluster.restart_shard(id);
@@ -138,8 +165,11 @@ async fn every_process_restarted_keeps_all_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_shard_fails_fast_and_comes_back_by_itself() {
     let mut cluster = Cluster::start(bin(), 3, &[], &["--shard-timeout-ms", "2000"]).await;
-    let ring = Ring::new(&[ShardId(1), ShardId(2), ShardId(3)], DEFAULT_VNODES_PER_SHARD)
-        .expect("ring");
+    let ring = Ring::new(
+        &[ShardId(1), ShardId(2), ShardId(3)],
+        DEFAULT_VNODES_PER_SHARD,
+    )
+    .expect("ring");
     let all = keys("kill", 300);
     write_all(&cluster.addr(), &all, 4).await;
     let (on_two, elsewhere): (Vec<String>, Vec<String>) = all
@@ -157,11 +187,20 @@ async fn killed_shard_fails_fast_and_comes_back_by_itself() {
         assert_eq!(r.status, 503, "{key}: {}", r.text());
         let doc = r.json().expect("json error");
         assert_eq!(doc["error"], "shard_unavailable");
-        assert!(doc["message"].as_str().unwrap_or("").contains("shard 2"), "{doc}");
-        assert!(elapsed < Duration::from_millis(2_500), "503 took {elapsed:?}");
+        assert!(
+            doc["message"].as_str().unwrap_or("").contains("shard 2"),
+            "{doc}"
+        );
+        assert!(
+            elapsed < Duration::from_millis(2_500),
+            "503 took {elapsed:?}"
+        );
     }
     read_all(&cluster.addr(), &elsewhere, 2).await;
-    let health = conn.request("GET", "/api/v1/health", &[], None).await.expect("health");
+    let health = conn
+        .request("GET", "/api/v1/health", &[], None)
+        .await
+        .expect("health");
     let doc = health.json().expect("json");
     assert_eq!(doc["status"], "degraded");
     assert_eq!(doc["healthyShards"], 2);

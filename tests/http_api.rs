@@ -23,7 +23,9 @@ async fn cluster() -> Cluster {
 
 fn assert_error(r: &HttpResponse, status: u16, code: &str) {
     assert_eq!(r.status, status, "body: {}", r.text());
-    let doc = r.json().unwrap_or_else(|| panic!("error body is not JSON: {}", r.text()));
+    let doc = r
+        .json()
+        .unwrap_or_else(|| panic!("error body is not JSON: {}", r.text()));
     assert_eq!(doc["error"], code, "{doc}");
     assert!(
         doc["message"].as_str().is_some_and(|m| !m.is_empty()),
@@ -34,8 +36,12 @@ fn assert_error(r: &HttpResponse, status: u16, code: &str) {
 /// Every check runs against the coordinator and against shard 1 directly.
 async fn both(cluster: &Cluster) -> Vec<HttpConn> {
     vec![
-        HttpConn::connect(&cluster.addr()).await.expect("coordinator"),
-        HttpConn::connect(&cluster.shards[0].http_addr()).await.expect("shard"),
+        HttpConn::connect(&cluster.addr())
+            .await
+            .expect("coordinator"),
+        HttpConn::connect(&cluster.shards[0].http_addr())
+            .await
+            .expect("shard"),
     ]
 }
 
@@ -63,31 +69,58 @@ async fn documented_answers_and_errors() {
             "",
         ] {
             let r = c
-                .request("POST", "/api/v1/set", body.as_bytes(), Some("application/json"))
+                .request(
+                    "POST",
+                    "/api/v1/set",
+                    body.as_bytes(),
+                    Some("application/json"),
+                )
                 .await
                 .expect("post");
             assert_error(&r, 400, "bad_request");
         }
         let big_key = "k".repeat(1025);
-        assert_error(&c.set(&big_key, "v").await.expect("set"), 413, "key_too_large");
+        assert_error(
+            &c.set(&big_key, "v").await.expect("set"),
+            413,
+            "key_too_large",
+        );
         assert_error(&c.get(&big_key).await.expect("get"), 413, "key_too_large");
         let big_value = "v".repeat(65_537);
-        assert_error(&c.set("k", &big_value).await.expect("set"), 413, "value_too_large");
+        assert_error(
+            &c.set("k", &big_value).await.expect("set"),
+            413,
+            "value_too_large",
+        );
         let r = c
             .request("PUT", "/api/v1/kv/k", big_value.as_bytes(), None)
             .await
             .expect("put");
         assert_error(&r, 413, "value_too_large");
         // Exactly at the limits is fine.
-        let r = c.set(&"k".repeat(1024), &"v".repeat(65_536)).await.expect("set");
+        let r = c
+            .set(&"k".repeat(1024), &"v".repeat(65_536))
+            .await
+            .expect("set");
         assert_eq!(r.status, 200, "{}", r.text());
 
-        for path in ["/api/v1/keys?page=0", "/api/v1/keys?pageSize=101", "/api/v1/keys?page=x"] {
+        for path in [
+            "/api/v1/keys?page=0",
+            "/api/v1/keys?pageSize=101",
+            "/api/v1/keys?page=x",
+        ] {
             let r = c.request("GET", path, &[], None).await.expect("keys");
             assert_error(&r, 400, "bad_request");
         }
-        assert_error(&c.request("GET", "/nope", &[], None).await.expect("get"), 404, "not_found");
-        let r = c.request("POST", "/api/v1/get/x", &[], None).await.expect("post");
+        assert_error(
+            &c.request("GET", "/nope", &[], None).await.expect("get"),
+            404,
+            "not_found",
+        );
+        let r = c
+            .request("POST", "/api/v1/get/x", &[], None)
+            .await
+            .expect("post");
         assert_error(&r, 405, "method_not_allowed");
     }
 }
@@ -96,7 +129,9 @@ async fn documented_answers_and_errors() {
 async fn declared_oversized_body_is_refused_before_it_is_sent() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cluster = cluster().await;
-    let mut stream = tokio::net::TcpStream::connect(cluster.addr()).await.expect("connect");
+    let mut stream = tokio::net::TcpStream::connect(cluster.addr())
+        .await
+        .expect("connect");
     // Announce 1 GiB and send nothing: the answer must come at once, not after a body.
     stream
         .write_all(b"PUT /api/v1/kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n")
@@ -133,7 +168,10 @@ async fn awkward_keys_and_binary_values_round_trip() {
             assert_eq!((r.status, r.text()), (200, value), "{key}");
         }
         // An unencoded slash is part of the key too.
-        let r = c.request("GET", "/api/v1/get/a/b/c", &[], None).await.expect("get");
+        let r = c
+            .request("GET", "/api/v1/get/a/b/c", &[], None)
+            .await
+            .expect("get");
         assert_eq!(r.status, 200);
 
         let binary: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
@@ -147,11 +185,20 @@ async fn awkward_keys_and_binary_values_round_trip() {
         assert_eq!(r.status, 200);
         assert_eq!(r.content_type.as_deref(), Some("application/octet-stream"));
         assert_eq!(r.body, binary);
-        assert_eq!(c.request("DELETE", &path, &[], None).await.expect("del").text(), "1");
+        assert_eq!(
+            c.request("DELETE", &path, &[], None)
+                .await
+                .expect("del")
+                .text(),
+            "1"
+        );
     }
     // Written through the coordinator, each key sits byte for byte on the shard the ring names.
-    let ring = Ring::new(&[ShardId(1), ShardId(2), ShardId(3)], DEFAULT_VNODES_PER_SHARD)
-        .expect("ring");
+    let ring = Ring::new(
+        &[ShardId(1), ShardId(2), ShardId(3)],
+        DEFAULT_VNODES_PER_SHARD,
+    )
+    .expect("ring");
     let mut coord = HttpConn::connect(&cluster.addr()).await.expect("connect");
     for key in keys {
         let key = format!("routed {key}");
@@ -171,7 +218,12 @@ async fn ttl_expires_keys() {
     let mut c = HttpConn::connect(&cluster.addr()).await.expect("connect");
     let body = r#"{"key": "short-lived", "value": "v", "ttl_ms": 300}"#;
     let r = c
-        .request("POST", "/api/v1/set", body.as_bytes(), Some("application/json"))
+        .request(
+            "POST",
+            "/api/v1/set",
+            body.as_bytes(),
+            Some("application/json"),
+        )
         .await
         .expect("set");
     assert_eq!(r.status, 200);
@@ -202,12 +254,20 @@ async fn coordinator_pages_through_every_key_of_every_shard() {
     let mut c = HttpConn::connect(&cluster.addr()).await.expect("connect");
     let expected: BTreeSet<String> = (0..45).map(|i| format!("page-key-{i:02}")).collect();
     for key in &expected {
-        assert_eq!(c.set(key, &format!("v-{key}")).await.expect("set").status, 200);
+        assert_eq!(
+            c.set(key, &format!("v-{key}")).await.expect("set").status,
+            200
+        );
     }
     let mut seen = BTreeSet::new();
     for page in 1..=3 {
         let r = c
-            .request("GET", &format!("/api/v1/keys?page={page}&pageSize=20"), &[], None)
+            .request(
+                "GET",
+                &format!("/api/v1/keys?page={page}&pageSize=20"),
+                &[],
+                None,
+            )
             .await
             .expect("keys");
         let doc = r.json().expect("json");
@@ -225,9 +285,18 @@ async fn coordinator_pages_through_every_key_of_every_shard() {
         }
     }
     assert_eq!(seen, expected);
-    let r = c.request("GET", "/api/v1/keys?page=4&pageSize=20", &[], None).await.expect("keys");
-    assert_eq!(r.json().expect("json")["keys"].as_array().map(Vec::len), Some(0));
-    let r = c.request("GET", "/api/v1/keys", &[], None).await.expect("keys");
+    let r = c
+        .request("GET", "/api/v1/keys?page=4&pageSize=20", &[], None)
+        .await
+        .expect("keys");
+    assert_eq!(
+        r.json().expect("json")["keys"].as_array().map(Vec::len),
+        Some(0)
+    );
+    let r = c
+        .request("GET", "/api/v1/keys", &[], None)
+        .await
+        .expect("keys");
     assert_eq!(r.json().expect("json")["pageSize"], 20);
 }
 
@@ -239,15 +308,25 @@ async fn health_cluster_ring_and_metrics() {
     assert_eq!(c.get("m").await.expect("get").status, 200);
     assert_eq!(c.get("absent").await.expect("get").status, 404);
 
-    let health = c.request("GET", "/api/v1/health", &[], None).await.expect("health");
+    let health = c
+        .request("GET", "/api/v1/health", &[], None)
+        .await
+        .expect("health");
     let doc = health.json().expect("json");
     assert_eq!(doc["status"], "healthy");
     assert_eq!(doc["type"], "coordinator");
     assert_eq!(doc["shardCount"], 3);
     assert_eq!(doc["shards"].as_array().map(Vec::len), Some(3));
-    assert!(doc["shards"].as_array().expect("shards").iter().all(|s| s["status"] == "up"));
+    assert!(doc["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .all(|s| s["status"] == "up"));
 
-    let state = c.request("GET", "/api/v1/cluster/state", &[], None).await.expect("state");
+    let state = c
+        .request("GET", "/api/v1/cluster/state", &[], None)
+        .await
+        .expect("state");
     let doc = state.json().expect("json");
     assert_eq!(doc["totalNodes"], 3);
     assert_eq!(doc["status"], "healthy");
@@ -255,15 +334,26 @@ async fn health_cluster_ring_and_metrics() {
     assert_eq!(doc["peers"].as_array().map(Vec::len), Some(3));
     assert_eq!(doc["members"].as_array().map(Vec::len), Some(3));
 
-    let ring = c.request("GET", "/api/v1/cluster/ring", &[], None).await.expect("ring");
+    let ring = c
+        .request("GET", "/api/v1/cluster/ring", &[], None)
+        .await
+        .expect("ring");
     let doc = ring.json().expect("json");
     assert_eq!(doc["totalNodes"], 3);
     assert_eq!(doc["virtualNodesPerNode"], 128);
     assert_eq!(doc["virtualNodes"], 384);
-    let distribution = doc["virtualNodeDistribution"].as_object().expect("distribution");
+    let distribution = doc["virtualNodeDistribution"]
+        .as_object()
+        .expect("distribution");
     assert_eq!(distribution.len(), 3);
     assert!(distribution.values().all(|v| v == 128));
-    for key in ["ranges", "rangesDegrees", "ownership", "keySpread", "keysPerNode"] {
+    for key in [
+        "ranges",
+        "rangesDegrees",
+        "ownership",
+        "keySpread",
+        "keysPerNode",
+    ] {
         assert!(doc[key].is_object(), "ring has {key}: {doc}");
     }
     let keys_per_node: u64 = doc["keysPerNode"]
@@ -286,7 +376,11 @@ async fn health_cluster_ring_and_metrics() {
     assert_eq!(doc["shardId"], 3);
     assert!(doc["storage"]["keys"].is_u64());
 
-    let metrics = c.request("GET", "/metrics", &[], None).await.expect("metrics").text();
+    let metrics = c
+        .request("GET", "/metrics", &[], None)
+        .await
+        .expect("metrics")
+        .text();
     for needle in [
         r#"limedb_requests_total{api="http",op="set"} 1"#,
         r#"limedb_requests_total{api="http",op="get"} 2"#,
@@ -295,7 +389,10 @@ async fn health_cluster_ring_and_metrics() {
         r#"limedb_shard_up{shard="1"} 1"#,
         r#"limedb_open_connections{listener="http"}"#,
     ] {
-        assert!(metrics.contains(needle), "coordinator metrics lack {needle}:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "coordinator metrics lack {needle}:\n{metrics}"
+        );
     }
     let shard_metrics = HttpConn::connect(&cluster.shards[0].http_addr())
         .await
@@ -304,8 +401,14 @@ async fn health_cluster_ring_and_metrics() {
         .await
         .expect("metrics")
         .text();
-    for needle in ["limedb_storage_keys", r#"limedb_requests_total{api="internal",op="get"}"#] {
-        assert!(shard_metrics.contains(needle), "shard metrics lack {needle}");
+    for needle in [
+        "limedb_storage_keys",
+        r#"limedb_requests_total{api="internal",op="get"}"#,
+    ] {
+        assert!(
+            shard_metrics.contains(needle),
+            "shard metrics lack {needle}"
+        );
     }
 }
 
@@ -337,7 +440,11 @@ async fn sixty_four_concurrent_clients_never_lose_or_mix_values() {
                 let other = &shared[(client * 7 + round) % shared.len()];
                 let r = c.get(other).await.expect("get");
                 if r.status == 200 {
-                    assert!(r.text().starts_with(&format!("{other}|")), "{other} holds {}", r.text());
+                    assert!(
+                        r.text().starts_with(&format!("{other}|")),
+                        "{other} holds {}",
+                        r.text()
+                    );
                 } else {
                     assert_eq!(r.status, 404, "{}", r.text());
                 }
@@ -352,7 +459,11 @@ async fn sixty_four_concurrent_clients_never_lose_or_mix_values() {
     assert_eq!(expected.len(), clients * 10);
     let mut c = HttpConn::connect(&cluster.addr()).await.expect("connect");
     for (key, value) in &expected {
-        assert_eq!(&c.get(key).await.expect("get").text(), value, "final value of {key}");
+        assert_eq!(
+            &c.get(key).await.expect("get").text(),
+            value,
+            "final value of {key}"
+        );
     }
     for key in &shared {
         let r = c.get(key).await.expect("get");

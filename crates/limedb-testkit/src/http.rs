@@ -104,8 +104,13 @@ impl HttpConn {
     /// `POST /api/v1/set` with a JSON body built from `key` and `value`.
     pub async fn set(&mut self, key: &str, value: &str) -> Result<HttpResponse, String> {
         let body = serde_json::json!({ "key": key, "value": value }).to_string();
-        self.request("POST", "/api/v1/set", body.as_bytes(), Some("application/json"))
-            .await
+        self.request(
+            "POST",
+            "/api/v1/set",
+            body.as_bytes(),
+            Some("application/json"),
+        )
+        .await
     }
 
     /// `GET /api/v1/get/{key}` with the key percent-encoded.

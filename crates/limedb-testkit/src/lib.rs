@@ -91,7 +91,10 @@ impl Node {
                 Ok(node)
             }
             Err(_) => {
-                let status = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                let status = node
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
                 Err(format!(
                     "{} {:?} did not become ready within {:?} (exit status {status:?}); its log:\n{}",
                     bin.display(),
@@ -188,7 +191,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -253,7 +259,9 @@ impl Cluster {
         wait_for(Duration::from_secs(20), "every shard up", || {
             let addr = addr.clone();
             async move {
-                let r = http::request(&addr, "GET", "/api/v1/health", &[], None).await.ok()?;
+                let r = http::request(&addr, "GET", "/api/v1/health", &[], None)
+                    .await
+                    .ok()?;
                 let doc = r.json()?;
                 (doc["healthyShards"].as_u64() == Some(n as u64)).then_some(())
             }
@@ -281,7 +289,13 @@ impl Cluster {
 
     /// Restarts the coordinator on the same port with the same arguments.
     pub fn restart_coordinator(&mut self) {
-        let port = self.coordinator.http_addr().rsplit(':').next().unwrap_or("0").to_string();
+        let port = self
+            .coordinator
+            .http_addr()
+            .rsplit(':')
+            .next()
+            .unwrap_or("0")
+            .to_string();
         let mut args: Vec<String> = self.coordinator.args().to_vec();
         if let Some(i) = args.iter().position(|a| a == "--port") {
             args[i + 1] = port;
