@@ -73,13 +73,14 @@ cleanup() {
     local status=$?
     trap - EXIT INT TERM
     local pid
+    if [[ -n "${BENCH_PID:-}" ]]; then kill -TERM "$BENCH_PID" 2>/dev/null || true; fi
     for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-        kill -TERM "$pid" 2>/dev/null || true
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     done
     local deadline=$((SECONDS + 5))
     for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
         while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
     rm -rf "$WORK"
@@ -122,11 +123,16 @@ else
 fi
 
 # --- servers --------------------------------------------------------------------
+SETSID=""
+if command -v setsid >/dev/null; then SETSID="setsid"; fi
+
 # start NAME CMD... : runs CMD in the background, stdout/stderr to $WORK/NAME.{out,err}
 start() {
     local name=$1
     shift
-    "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    # Own session and process group (when setsid exists), so cleanup also
+    # reaches anything a wrapper script spawned.
+    $SETSID "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
     PIDS+=("$!")
     STARTED_PID=$!
 }
@@ -223,9 +229,15 @@ RESULTS="$WORK/results.jsonl"
 bench_cell() { # TARGET WORKLOAD RUN
     local target=$1 workload=$2 run=$3
     local out="$WORK/bench-$target-$workload-$run.out"
-    if ! "${CLIENT_CMD[@]}" --url "${URL[$target]}" --connections "$CONNECTIONS" \
+    # In the background + wait, so an INT/TERM trap runs at once, not after the bench.
+    "${CLIENT_CMD[@]}" --url "${URL[$target]}" --connections "$CONNECTIONS" \
         --requests "$REQUESTS" --workload "$workload" --keyspace "$KEYSPACE" \
-        --value-size "$VALUE_SIZE" --json >"$out" 2>"$out.err"; then
+        --value-size "$VALUE_SIZE" --json >"$out" 2>"$out.err" &
+    BENCH_PID=$!
+    local status=0
+    wait "$BENCH_PID" || status=$?
+    BENCH_PID=""
+    if ((status != 0)); then
         log "bench of $target ($workload, run $run) failed; its stderr:"
         tail -n 20 "$out.err" >&2 || true
         die "bench failed"

@@ -72,4 +72,4 @@ mod tests;
 
 pub use error::ProtoError;
 pub use frame::{decode, Frame, DEFAULT_MAX_FRAME_BYTES, HEADER_LEN, PROTOCOL_VERSION};
-pub use message::{kind, ErrorCode, Message, Request, Response};
+pub use message::{kind, ErrorCode, KeyEntry, Message, Request, Response};

@@ -10,13 +10,13 @@
 //! | `0x03` | `Get` | `key: bytes` |
 //! | `0x04` | `Set` | `key: bytes, value: bytes, ttl_ms: opt<u64>` |
 //! | `0x05` | `Delete` | `key: bytes` |
-//! | `0x06` | `KeysPage` | `offset: u64, limit: u32` |
+//! | `0x06` | `KeysPage` | `offset: u64, limit: u32, value_prefix_bytes: u32` |
 //! | `0x81` | `HelloOk` | `shard_id: u32, protocol_version: u8, server: string` |
 //! | `0x82` | `Pong` | empty |
 //! | `0x83` | `Value` | `value: opt<bytes>` |
 //! | `0x84` | `Done` | empty |
 //! | `0x85` | `Deleted` | `deleted: u8 (0/1)` |
-//! | `0x86` | `KeysPage` | `total: u64, count: u32, count × (key: bytes, value: bytes)` |
+//! | `0x86` | `KeysPage` | `total: u64, count: u32, count × (key: bytes, value: bytes, value_len: u64)` |
 //! | `0xFF` | `Error` | `code: u16, message: string` |
 //!
 //! `bytes` and `string` are `u32 len` + that many bytes (strings UTF-8); `opt<T>` is a `u8`
@@ -139,7 +139,21 @@ pub enum Request {
         /// Most pairs to return. The server may return fewer to keep the reply under the frame
         /// limit.
         limit: u32,
+        /// Each value is cut to at most this many bytes (a preview); its full length is
+        /// reported in [`KeyEntry::value_len`]. Keeps a page of large values small.
+        value_prefix_bytes: u32,
     },
+}
+
+/// One key of a [`Response::KeysPage`], with (a prefix of) its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// The key.
+    pub key: Bytes,
+    /// The value, or its first `value_prefix_bytes` bytes.
+    pub value: Bytes,
+    /// The full length of the value in bytes.
+    pub value_len: u64,
 }
 
 impl Request {
@@ -183,7 +197,7 @@ impl Request {
                     + 1
                     + if ttl_ms.is_some() { 8 } else { 0 }
             }
-            Request::KeysPage { .. } => 8 + 4,
+            Request::KeysPage { .. } => 8 + 4 + 4,
         }
     }
 
@@ -199,9 +213,14 @@ impl Request {
                     dst.put_u64_le(*ttl_ms);
                 }
             }
-            Request::KeysPage { offset, limit } => {
+            Request::KeysPage {
+                offset,
+                limit,
+                value_prefix_bytes,
+            } => {
                 dst.put_u64_le(*offset);
                 dst.put_u32_le(*limit);
+                dst.put_u32_le(*value_prefix_bytes);
             }
         }
     }
@@ -231,8 +250,8 @@ pub enum Response {
     KeysPage {
         /// Total number of pairs on the shard when the page was taken.
         total: u64,
-        /// The page's pairs, in key order.
-        entries: Vec<(Bytes, Bytes)>,
+        /// The page's entries, in key order.
+        entries: Vec<KeyEntry>,
     },
     /// The request failed. Valid as the answer to any request.
     Error {
@@ -281,7 +300,7 @@ impl Response {
                 8 + 4
                     + entries
                         .iter()
-                        .map(|(k, v)| bytes_field_len(k.len()) + bytes_field_len(v.len()))
+                        .map(|e| bytes_field_len(e.key.len()) + bytes_field_len(e.value.len()) + 8)
                         .sum::<usize>()
             }
             Response::Error { message, .. } => 2 + bytes_field_len(message.len()),
@@ -310,9 +329,10 @@ impl Response {
             Response::KeysPage { total, entries } => {
                 dst.put_u64_le(*total);
                 dst.put_u32_le(crate::coding::wire_len(entries.len()));
-                for (key, value) in entries {
-                    put_bytes(dst, key);
-                    put_bytes(dst, value);
+                for entry in entries {
+                    put_bytes(dst, &entry.key);
+                    put_bytes(dst, &entry.value);
+                    dst.put_u64_le(entry.value_len);
                 }
             }
             Response::Error { code, message } => {
@@ -484,7 +504,12 @@ impl Message {
             kind::KEYS_PAGE => {
                 let offset = r.u64("offset")?;
                 let limit = r.u32("limit")?;
-                Message::Request(Request::KeysPage { offset, limit })
+                let value_prefix_bytes = r.u32("value_prefix_bytes")?;
+                Message::Request(Request::KeysPage {
+                    offset,
+                    limit,
+                    value_prefix_bytes,
+                })
             }
             kind::HELLO_OK => {
                 let shard_id = r.u32("shard_id")?;
@@ -509,13 +534,18 @@ impl Message {
             kind::DELETED => Message::Response(Response::Deleted(r.bool("deleted")?)),
             kind::KEYS_PAGE_OK => {
                 let total = r.u64("total")?;
-                // Each entry is at least two empty byte strings: 4 + 4 bytes.
-                let count = r.count("entries", 8)?;
+                // Each entry is at least two empty byte strings and a length: 4 + 4 + 8 bytes.
+                let count = r.count("entries", 16)?;
                 let mut entries = Vec::with_capacity(count);
                 for _ in 0..count {
                     let key = r.bytes("entry key")?;
                     let value = r.bytes("entry value")?;
-                    entries.push((key, value));
+                    let value_len = r.u64("entry value_len")?;
+                    entries.push(KeyEntry {
+                        key,
+                        value,
+                        value_len,
+                    });
                 }
                 Message::Response(Response::KeysPage { total, entries })
             }

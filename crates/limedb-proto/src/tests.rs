@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
 
 use crate::{
-    decode, kind, ErrorCode, Frame, Message, ProtoError, Request, Response,
+    decode, kind, ErrorCode, Frame, KeyEntry, Message, ProtoError, Request, Response,
     DEFAULT_MAX_FRAME_BYTES, HEADER_LEN, PROTOCOL_VERSION,
 };
 
@@ -13,6 +13,14 @@ const MAX: usize = DEFAULT_MAX_FRAME_BYTES;
 
 fn b(s: &'static [u8]) -> Bytes {
     Bytes::from_static(s)
+}
+
+fn entry(key: &'static [u8], value: &'static [u8], value_len: u64) -> KeyEntry {
+    KeyEntry {
+        key: b(key),
+        value: b(value),
+        value_len,
+    }
 }
 
 /// One frame of every message variant, plus edge cases (empty fields, absent options).
@@ -44,6 +52,7 @@ fn samples() -> Vec<Frame> {
             Request::KeysPage {
                 offset: 1 << 40,
                 limit: 1000,
+                value_prefix_bytes: 1024,
             },
         ),
         Frame::response(
@@ -72,9 +81,9 @@ fn samples() -> Vec<Frame> {
             Response::KeysPage {
                 total: 3,
                 entries: vec![
-                    (b(b"a"), b(b"1")),
-                    (Bytes::new(), Bytes::new()),
-                    (b(b"c"), b(b"33")),
+                    entry(b"a", b"1", 1),
+                    entry(b"", b"", 0),
+                    entry(b"c", b"33", 1 << 20),
                 ],
             },
         ),
@@ -498,24 +507,24 @@ fn rejects_invalid_utf8() {
 fn rejects_entry_count_larger_than_the_body() {
     let mut body = 5u64.to_le_bytes().to_vec();
     body.extend_from_slice(&u32::MAX.to_le_bytes());
-    body.extend_from_slice(&[0; 15]); // room for one entry, not two
+    body.extend_from_slice(&[0; 31]); // room for one entry (at least 16 bytes), not two
     assert_eq!(
         decode_err(raw(1, kind::KEYS_PAGE_OK, 0, 1, &body)),
         ProtoError::CountTooLarge {
             what: "entries",
             count: u32::MAX,
-            remaining: 15
+            remaining: 31
         }
     );
     let mut body = 5u64.to_le_bytes().to_vec();
     body.extend_from_slice(&2u32.to_le_bytes());
-    body.extend_from_slice(&[0; 15]);
+    body.extend_from_slice(&[0; 31]);
     assert_eq!(
         decode_err(raw(1, kind::KEYS_PAGE_OK, 0, 1, &body)),
         ProtoError::CountTooLarge {
             what: "entries",
             count: 2,
-            remaining: 15
+            remaining: 31
         }
     );
 }
@@ -529,10 +538,16 @@ fn rejects_field_running_past_the_frame() {
         decode_err(raw(1, kind::GET, 0, 1, &body)),
         ProtoError::Truncated { what: "key" }
     );
-    // KeysPage request missing its limit.
+    // KeysPage request missing its limit, then its value prefix length.
     assert_eq!(
         decode_err(raw(1, kind::KEYS_PAGE, 0, 1, &[0; 8])),
         ProtoError::Truncated { what: "limit" }
+    );
+    assert_eq!(
+        decode_err(raw(1, kind::KEYS_PAGE, 0, 1, &[0; 12])),
+        ProtoError::Truncated {
+            what: "value_prefix_bytes"
+        }
     );
 }
 
@@ -566,8 +581,13 @@ fn arb_request() -> impl Strategy<Value = Request> {
         (arb_bytes(), arb_bytes(), any::<Option<u64>>())
             .prop_map(|(key, value, ttl_ms)| Request::Set { key, value, ttl_ms }),
         arb_bytes().prop_map(|key| Request::Delete { key }),
-        (any::<u64>(), any::<u32>())
-            .prop_map(|(offset, limit)| Request::KeysPage { offset, limit }),
+        (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
+            |(offset, limit, value_prefix_bytes)| Request::KeysPage {
+                offset,
+                limit,
+                value_prefix_bytes
+            }
+        ),
     ]
 }
 
@@ -586,9 +606,19 @@ fn arb_response() -> impl Strategy<Value = Response> {
         any::<bool>().prop_map(Response::Deleted),
         (
             any::<u64>(),
-            proptest::collection::vec((arb_bytes(), arb_bytes()), 0..6)
+            proptest::collection::vec((arb_bytes(), arb_bytes(), any::<u64>()), 0..6)
         )
-            .prop_map(|(total, entries)| Response::KeysPage { total, entries }),
+            .prop_map(|(total, entries)| Response::KeysPage {
+                total,
+                entries: entries
+                    .into_iter()
+                    .map(|(key, value, value_len)| KeyEntry {
+                        key,
+                        value,
+                        value_len
+                    })
+                    .collect()
+            }),
         (any::<u16>(), any::<String>()).prop_map(|(code, message)| Response::Error {
             code: ErrorCode::from_u16(code),
             message

@@ -4,18 +4,22 @@
 use std::future::Future;
 
 use bytes::Bytes;
+pub use limedb_proto::KeyEntry;
 
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
-/// One page of keys with their values, in the node's listing order.
+/// Values in key listings are cut to this many bytes; the listing gives each full size.
+pub const LISTED_VALUE_PREFIX_BYTES: u32 = 1024;
+
+/// One page of keys with (previews of) their values, in the node's listing order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeysPage {
     /// Live keys in total on this node (all shards, on the coordinator).
     pub total: u64,
-    /// The page's `(key, value)` pairs.
-    pub entries: Vec<(Bytes, Bytes)>,
+    /// The page's keys, each with a value prefix and the full value length.
+    pub entries: Vec<KeyEntry>,
 }
 
 /// Health as reported on `GET /api/v1/health`.
@@ -40,11 +44,12 @@ pub trait KvNode: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
     /// Deletes a key; `true` when it existed.
     fn delete(&self, key: Bytes) -> impl Future<Output = Result<bool, ApiError>> + Send;
-    /// Lists keys: skip `offset`, return at most `limit`.
+    /// Lists keys: skip `offset`, return at most `limit`, values cut to `value_prefix_bytes`.
     fn keys_page(
         &self,
         offset: u64,
         limit: u32,
+        value_prefix_bytes: u32,
     ) -> impl Future<Output = Result<KeysPage, ApiError>> + Send;
     /// The node's health.
     fn health(&self) -> impl Future<Output = HealthReport> + Send;

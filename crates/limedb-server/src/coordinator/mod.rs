@@ -123,6 +123,7 @@ impl CoordinatorNode {
                     Request::KeysPage {
                         offset: 0,
                         limit: 0,
+                        value_prefix_bytes: 0,
                     },
                 )
                 .await
@@ -190,7 +191,12 @@ impl KvNode for CoordinatorNode {
     /// Keys are listed shard by shard in shard-id order (each shard's keys sorted), so a page is
     /// found from the shards' counts without merging. Pages are not a snapshot: writes between
     /// two page requests can shift keys across page boundaries.
-    async fn keys_page(&self, offset: u64, limit: u32) -> Result<KeysPage, ApiError> {
+    async fn keys_page(
+        &self,
+        offset: u64,
+        limit: u32,
+        value_prefix_bytes: u32,
+    ) -> Result<KeysPage, ApiError> {
         let totals = self.shard_totals().await;
         let mut counted = Vec::with_capacity(totals.len());
         for (link, total) in totals {
@@ -207,18 +213,25 @@ impl KvNode for CoordinatorNode {
                 skip -= shard_total;
                 continue;
             }
-            let want = limit - entries.len() as u32;
-            match Self::forward(
-                &link,
-                Request::KeysPage {
-                    offset: skip,
+            // A shard may answer with fewer entries than asked for; keep asking until the page
+            // is full or the shard runs out (it may hold fewer keys than it counted a moment ago).
+            let mut shard_offset = skip;
+            while entries.len() < limit as usize && shard_offset < shard_total {
+                let want = limit - entries.len() as u32;
+                let request = Request::KeysPage {
+                    offset: shard_offset,
                     limit: want,
-                },
-            )
-            .await?
-            {
-                Response::KeysPage { entries: page, .. } => entries.extend(page),
-                other => return Err(unexpected(&link, &other)),
+                    value_prefix_bytes,
+                };
+                let page = match Self::forward(&link, request).await? {
+                    Response::KeysPage { entries: page, .. } => page,
+                    other => return Err(unexpected(&link, &other)),
+                };
+                if page.is_empty() {
+                    break;
+                }
+                shard_offset += page.len() as u64;
+                entries.extend(page);
             }
             skip = 0;
         }

@@ -8,7 +8,7 @@
 //! | `PUT /api/v1/kv/{key}[?ttl_ms=N]` raw body | 200 `OK` (binary values) |
 //! | `GET /api/v1/kv/{key}` | 200 raw value (`application/octet-stream`), 404 |
 //! | `DELETE /api/v1/kv/{key}` | 200 `1` / `0` |
-//! | `GET /api/v1/keys?page=&pageSize=` | a page of keys with values |
+//! | `GET /api/v1/keys?page=&pageSize=` | a page of keys with values (first 1 KiB of each) |
 //! | `GET /api/v1/health`, `/api/v1/cluster/state`, `/api/v1/cluster/ring` | JSON |
 //! | `GET /metrics` | Prometheus text |
 //!
@@ -31,7 +31,7 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::metrics::{Api, Op};
-use crate::node::KvNode;
+use crate::node::{KvNode, LISTED_VALUE_PREFIX_BYTES};
 
 /// Default page size of `GET /api/v1/keys`.
 pub const DEFAULT_PAGE_SIZE: u64 = 20;
@@ -263,15 +263,18 @@ async fn keys<N: KvNode>(State(node): State<N>, uri: Uri) -> Response {
             )));
         }
         let offset = (page - 1).saturating_mul(page_size);
-        let listing = node.keys_page(offset, page_size as u32).await?;
+        let listing = node
+            .keys_page(offset, page_size as u32, LISTED_VALUE_PREFIX_BYTES)
+            .await?;
         let keys: Vec<serde_json::Value> = listing
             .entries
             .iter()
-            .map(|(k, v)| {
+            .map(|e| {
                 serde_json::json!({
-                    "key": String::from_utf8_lossy(k),
-                    "value": String::from_utf8_lossy(v),
-                    "size": v.len(),
+                    "key": String::from_utf8_lossy(&e.key),
+                    "value": String::from_utf8_lossy(&e.value),
+                    "size": e.value_len,
+                    "truncated": (e.value.len() as u64) < e.value_len,
                 })
             })
             .collect();

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use crate::config::{Limits, ShardConfig, StorageKind};
 use crate::error::{ApiError, ServerError};
 use crate::metrics::{Api, Metrics, Op};
-use crate::node::{HealthReport, KeysPage, KvNode};
+use crate::node::{HealthReport, KeyEntry, KeysPage, KvNode};
 use crate::shutdown::Shutdown;
 use crate::{ring_json, SERVER_NAME};
 
@@ -111,9 +111,13 @@ impl ShardNode {
                 }
                 .await,
             ),
-            Request::KeysPage { offset, limit } => (
+            Request::KeysPage {
+                offset,
+                limit,
+                value_prefix_bytes,
+            } => (
                 Op::Keys,
-                self.keys_page(offset, limit.min(MAX_KEYS_PER_PAGE))
+                self.keys_page(offset, limit.min(MAX_KEYS_PER_PAGE), value_prefix_bytes)
                     .await
                     .map(|page| Response::KeysPage {
                         total: page.total,
@@ -176,11 +180,25 @@ impl KvNode for ShardNode {
         blocking(&self.inner.engine, move |e| e.delete(&key)).await
     }
 
-    async fn keys_page(&self, offset: u64, limit: u32) -> Result<KeysPage, ApiError> {
+    async fn keys_page(
+        &self,
+        offset: u64,
+        limit: u32,
+        value_prefix_bytes: u32,
+    ) -> Result<KeysPage, ApiError> {
         let page = blocking(&self.inner.engine, move |e| e.page(offset, limit as usize)).await?;
+        let prefix = value_prefix_bytes as usize;
         Ok(KeysPage {
             total: page.total,
-            entries: page.entries.into_iter().map(|(k, v)| (k, v.data)).collect(),
+            entries: page
+                .entries
+                .into_iter()
+                .map(|(key, value)| KeyEntry {
+                    key,
+                    value_len: value.data.len() as u64,
+                    value: value.data.slice(..value.data.len().min(prefix)),
+                })
+                .collect(),
         })
     }
 
