@@ -90,6 +90,21 @@ pub trait Engine: Send + Sync + 'static {
     /// Current figures; cheap enough to call on every metrics scrape.
     fn stats(&self) -> EngineStats;
 
+    /// `true` when [`Engine::get`] is answered from memory and never waits for the disk, so an
+    /// async caller may run it inline instead of handing it to a thread pool (a thread hand-off
+    /// costs far more than an in-memory lookup). Conservatively `false` by default.
+    fn get_is_in_memory(&self) -> bool {
+        false
+    }
+
+    /// `true` when [`Engine::put`] and [`Engine::delete`] never wait for an fsync (the write
+    /// reaches the OS page cache and returns), so one writer thread can apply writes back to
+    /// back. `false` when writes wait for the disk, where concurrent callers are needed to share
+    /// an fsync (group commit). Conservatively `false` by default.
+    fn writes_skip_fsync(&self) -> bool {
+        false
+    }
+
     /// Makes every write acknowledged so far durable (fsync), whatever the sync policy.
     fn sync(&self) -> Result<()>;
 

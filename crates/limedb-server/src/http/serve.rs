@@ -1,13 +1,14 @@
 //! The HTTP accept loop: a bound listener, a connection cap, graceful shutdown.
 //!
-//! Each accepted connection is served by hyper's HTTP/1.1 implementation with keep-alive. At
+//! Each accepted connection is served by hyper's HTTP/1.1 implementation with keep-alive and a
+//! [`HEADER_READ_TIMEOUT`] for slow clients. At
 //! shutdown the loop stops accepting, lets every open connection finish the request it is
 //! answering, and gives up on stragglers after [`DRAIN_TIMEOUT`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::gauge::Gauge;
@@ -18,6 +19,9 @@ use crate::shutdown::Shutdown;
 
 /// How long shutdown waits for open connections to finish their requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client gets this long to send a request's headers; a stalled one is disconnected.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `router` on `listener` until `shutdown` fires, then drains.
 pub async fn serve(
@@ -53,6 +57,8 @@ pub async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         let gauge = open_connections.clone();

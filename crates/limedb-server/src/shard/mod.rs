@@ -1,12 +1,14 @@
 //! A shard: one storage engine served over HTTP (direct access) and over the internal binary
 //! protocol (traffic from the coordinator).
 //!
-//! [`ShardNode`] owns the engine and answers requests; every engine call runs on tokio's
-//! blocking pool so that disk I/O never stalls a runtime worker. [`ShardServer`] binds the two
+//! [`ShardNode`] owns the engine and answers requests; [`storage::Storage`] runs each engine
+//! call where it cannot stall the runtime (inline for in-memory reads, a writer thread, or the
+//! blocking pool). [`ShardServer`] binds the two
 //! listeners, runs them until shutdown, drains in-flight requests and then syncs and closes the
 //! engine, so a clean stop never loses an acknowledged write.
 
 pub mod internal;
+pub mod storage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use crate::metrics::{Api, Metrics, Op};
 use crate::node::{HealthReport, KeyEntry, KeysPage, KvNode};
 use crate::shutdown::Shutdown;
 use crate::{ring_json, SERVER_NAME};
+use storage::Storage;
 
 /// Largest page a shard returns to one `KeysPage` request.
 pub const MAX_KEYS_PER_PAGE: u32 = 1000;
@@ -36,8 +39,8 @@ pub struct ShardNode {
 
 struct ShardInner {
     id: ShardId,
-    engine: Arc<dyn Engine>,
-    storage: StorageKind,
+    storage: Storage,
+    storage_kind: StorageKind,
     limits: Limits,
     metrics: Metrics,
     http_addr: SocketAddr,
@@ -50,19 +53,6 @@ impl std::fmt::Debug for ShardNode {
         f.debug_struct("ShardNode")
             .field("id", &self.inner.id)
             .finish_non_exhaustive()
-    }
-}
-
-/// Runs a closure on the engine in tokio's blocking pool.
-async fn blocking<T, F>(engine: &Arc<dyn Engine>, f: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&dyn Engine) -> Result<T, limedb_storage::StorageError> + Send + 'static,
-{
-    let engine = Arc::clone(engine);
-    match tokio::task::spawn_blocking(move || f(engine.as_ref())).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(e) => Err(ApiError::Internal(format!("storage task failed: {e}"))),
     }
 }
 
@@ -132,7 +122,7 @@ impl ShardNode {
     }
 
     fn storage_json(&self) -> serde_json::Value {
-        let stats = self.inner.engine.stats();
+        let stats = self.inner.storage.engine().stats();
         serde_json::json!({
             "backend": stats.backend,
             "keys": stats.keys,
@@ -164,20 +154,16 @@ pub fn error_response(e: &ApiError) -> Response {
 
 impl KvNode for ShardNode {
     async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ApiError> {
-        let value = blocking(&self.inner.engine, move |e| e.get(&key)).await?;
-        Ok(value.map(|v| v.data))
+        Ok(self.inner.storage.get(key).await?.map(|v| v.data))
     }
 
     async fn set(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>) -> Result<(), ApiError> {
         let expires_at_ms = ttl_ms.map(|ttl| now_ms().saturating_add(ttl));
-        blocking(&self.inner.engine, move |e| {
-            e.put(&key, &value, expires_at_ms)
-        })
-        .await
+        self.inner.storage.put(key, value, expires_at_ms).await
     }
 
     async fn delete(&self, key: Bytes) -> Result<bool, ApiError> {
-        blocking(&self.inner.engine, move |e| e.delete(&key)).await
+        self.inner.storage.delete(key).await
     }
 
     async fn keys_page(
@@ -186,7 +172,7 @@ impl KvNode for ShardNode {
         limit: u32,
         value_prefix_bytes: u32,
     ) -> Result<KeysPage, ApiError> {
-        let page = blocking(&self.inner.engine, move |e| e.page(offset, limit as usize)).await?;
+        let page = self.inner.storage.page(offset, limit as usize).await?;
         let prefix = value_prefix_bytes as usize;
         Ok(KeysPage {
             total: page.total,
@@ -256,7 +242,7 @@ impl KvNode for ShardNode {
     }
 
     fn refresh_metrics(&self) {
-        let stats = self.inner.engine.stats();
+        let stats = self.inner.storage.engine().stats();
         let m = &self.inner.metrics;
         m.storage_keys
             .set(i64::try_from(stats.keys).unwrap_or(i64::MAX));
@@ -314,11 +300,18 @@ impl ShardServer {
             keys = engine.stats().keys,
             "storage open"
         );
+        let storage =
+            Storage::new(engine, format!("shard-{}-writer", config.id)).map_err(|source| {
+                ServerError::Io {
+                    context: "cannot start the storage writer thread".into(),
+                    source,
+                }
+            })?;
         let node = ShardNode {
             inner: Arc::new(ShardInner {
                 id: config.id,
-                engine,
-                storage: config.storage,
+                storage,
+                storage_kind: config.storage,
                 limits: config.limits,
                 metrics: Metrics::new(),
                 http_addr,
@@ -359,7 +352,7 @@ impl ShardServer {
         } = self;
         tracing::info!(
             shard = %node.inner.id,
-            storage = %node.inner.storage,
+            storage = %node.inner.storage_kind,
             http = %node.inner.http_addr,
             internal = %node.inner.internal_addr,
             "shard serving"
@@ -380,10 +373,11 @@ impl ShardServer {
             shutdown,
         );
         tokio::join!(http_task, internal_task);
-        let engine = Arc::clone(&node.inner.engine);
-        tokio::task::spawn_blocking(move || engine.close())
+        node.inner
+            .storage
+            .close()
             .await
-            .map_err(|e| ServerError::Task(format!("storage close task failed: {e}")))??;
+            .map_err(|e| ServerError::Task(format!("cannot close storage cleanly: {e}")))?;
         tracing::info!(shard = %node.inner.id, "shard stopped; storage synced and closed");
         Ok(())
     }

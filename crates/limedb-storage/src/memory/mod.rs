@@ -701,6 +701,14 @@ impl Engine for MemoryEngine {
             .collect())
     }
 
+    fn get_is_in_memory(&self) -> bool {
+        true
+    }
+
+    fn writes_skip_fsync(&self) -> bool {
+        !matches!(self.inner.options.sync, SyncPolicy::Always)
+    }
+
     fn len(&self) -> Result<u64> {
         self.inner.check_open()?;
         Ok(read(&self.inner.state).live_keys(now_ms()))

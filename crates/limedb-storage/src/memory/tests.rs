@@ -712,3 +712,24 @@ proptest! {
         run_model(&ops)?;
     }
 }
+
+#[test]
+fn executor_hints_follow_the_sync_policy() {
+    for (sync, skip_fsync) in [
+        (SyncPolicy::Always, false),
+        (SyncPolicy::Interval(Duration::from_millis(10)), true),
+        (SyncPolicy::Never, true),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = MemoryEngine::open(
+            dir.path(),
+            MemoryOptions {
+                sync,
+                ..MemoryOptions::default()
+            },
+        )
+        .expect("open");
+        assert!(engine.get_is_in_memory());
+        assert_eq!(engine.writes_skip_fsync(), skip_fsync, "{sync}");
+    }
+}
