@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use limedb_cluster::ShardId;
 use limedb_proto::{decode, Frame, Message, Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::AbortHandle;
 
 use super::discover;
+use crate::coalesce::write_coalesced;
 use crate::metrics::ShardMetrics;
 use crate::shutdown::Shutdown;
 
@@ -32,8 +33,6 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Requests queued per connection before callers wait.
 const QUEUE_DEPTH: usize = 4096;
-/// The writer flushes once this many bytes are buffered.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Why a request could not be answered by the shard.
@@ -433,20 +432,12 @@ async fn write_requests(
     conn: Arc<Conn>,
     link: Arc<ShardLink>,
 ) {
-    let mut out = BytesMut::with_capacity(READ_CHUNK);
-    while let Some((id, request)) = requests.recv().await {
-        Frame::request(id, request).encode(&mut out);
-        while out.len() < WRITE_BATCH_BYTES {
-            match requests.try_recv() {
-                Ok((id, request)) => Frame::request(id, request).encode(&mut out),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = writer.write_all(&out).await {
-            tracing::debug!(shard = %link.id, error = %e, "write to shard failed");
-            break;
-        }
-        out.clear();
+    let result = write_coalesced(&mut writer, &mut requests, |(id, request), out| {
+        Frame::request(id, request).encode(out)
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(shard = %link.id, error = %e, "write to shard failed");
     }
     link.connection_broke(&conn);
 }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::ShardNode;
+use crate::coalesce::write_coalesced;
 use crate::http::serve::DRAIN_TIMEOUT;
 use crate::shutdown::Shutdown;
 
@@ -26,8 +27,6 @@ use crate::shutdown::Shutdown;
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 /// Read buffer grows in steps of this size.
 const READ_CHUNK: usize = 64 * 1024;
-/// Writer flushes once this many bytes are buffered even if more answers are ready.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// Accepts internal-protocol connections until `shutdown`, then drains them.
 pub async fn serve(
@@ -174,17 +173,6 @@ async fn write_answers(
     mut writer: OwnedWriteHalf,
     mut answers: mpsc::Receiver<Frame>,
 ) -> std::io::Result<()> {
-    let mut out = BytesMut::with_capacity(READ_CHUNK);
-    while let Some(frame) = answers.recv().await {
-        frame.encode(&mut out);
-        while out.len() < WRITE_BATCH_BYTES {
-            match answers.try_recv() {
-                Ok(frame) => frame.encode(&mut out),
-                Err(_) => break,
-            }
-        }
-        writer.write_all(&out).await?;
-        out.clear();
-    }
+    write_coalesced(&mut writer, &mut answers, |frame, out| frame.encode(out)).await?;
     writer.shutdown().await
 }
