@@ -12,7 +12,7 @@ use limedb_proto::ErrorCode;
 
 /// A request that failed. Client mistakes are 4xx, an unreachable shard is 503, and only a
 /// genuine server fault is a 500.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
     /// Malformed JSON, a missing or mistyped field, a bad query parameter.

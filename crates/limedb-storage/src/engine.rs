@@ -56,6 +56,25 @@ pub struct EngineStats {
     pub expired_reclaimed: u64,
 }
 
+/// One write of a batch given to [`Engine::write_many`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOp<'a> {
+    /// As [`Engine::put`].
+    Put {
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+        /// Absolute expiry in ms since the Unix epoch, if any.
+        expires_at_ms: Option<u64>,
+    },
+    /// As [`Engine::delete`].
+    Delete {
+        /// The key.
+        key: &'a [u8],
+    },
+}
+
 /// A key-value storage engine: an ordered map from byte keys to [`Value`]s with expiry.
 ///
 /// Implementations are shared between threads (`&self` everywhere) and do their own locking.
@@ -70,6 +89,36 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Removes `key`; `true` if a live (unexpired) key was removed.
     fn delete(&self, key: &[u8]) -> Result<bool>;
+
+    /// Applies `ops` in order with the same effect and answers as calling [`Engine::put`] and
+    /// [`Engine::delete`] one after another, but lets the engine share one log append and one
+    /// fsync among them. Returns one flag per op: for a delete, whether it removed a live key;
+    /// for a put, `false`.
+    ///
+    /// This is group commit for independent writes, not a transaction: after a crash a prefix
+    /// of the batch may survive. When it returns an error, none of the ops may be acknowledged.
+    fn write_many(&self, ops: &[WriteOp<'_>]) -> Result<Vec<bool>> {
+        ops.iter()
+            .map(|op| match *op {
+                WriteOp::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                } => self.put(key, value, expires_at_ms).map(|()| false),
+                WriteOp::Delete { key } => self.delete(key),
+            })
+            .collect()
+    }
+
+    /// Performs `op` at once if that needs no waiting (no lock held by another writer, no
+    /// fsync, no log maintenance) and returns its answer as [`Engine::write_many`] would;
+    /// returns `None` without writing anything otherwise, and the caller queues `op` for
+    /// [`Engine::write_many`] on a thread that may block. Lets an async caller skip a thread
+    /// hand-off for most writes. The default never writes at once.
+    fn try_write_now(&self, op: WriteOp<'_>) -> Option<Result<bool>> {
+        let _ = op;
+        None
+    }
 
     /// Live keys in ascending order, skipping `offset` of them and returning at most `limit`;
     /// `total` is the number of live keys.
@@ -94,14 +143,6 @@ pub trait Engine: Send + Sync + 'static {
     /// async caller may run it inline instead of handing it to a thread pool (a thread hand-off
     /// costs far more than an in-memory lookup). Conservatively `false` by default.
     fn get_is_in_memory(&self) -> bool {
-        false
-    }
-
-    /// `true` when [`Engine::put`] and [`Engine::delete`] never wait for an fsync (the write
-    /// reaches the OS page cache and returns), so one writer thread can apply writes back to
-    /// back. `false` when writes wait for the disk, where concurrent callers are needed to share
-    /// an fsync (group commit). Conservatively `false` by default.
-    fn writes_skip_fsync(&self) -> bool {
         false
     }
 

@@ -61,7 +61,7 @@ pub mod memory;
 pub mod sync;
 
 pub use clock::now_ms;
-pub use engine::{Engine, EngineStats, Page, Value};
+pub use engine::{Engine, EngineStats, Page, Value, WriteOp};
 pub use error::StorageError;
 pub use memory::{MemoryEngine, MemoryOptions};
 pub use sync::{ParseSyncPolicyError, SyncPolicy};

@@ -8,13 +8,17 @@
 //! |---|---|---|
 //! | `get` | [`Engine::get_is_in_memory`] | inline on the runtime worker |
 //! | `get` | otherwise | blocking pool |
-//! | `put`, `delete` | [`Engine::writes_skip_fsync`] | one dedicated writer thread, which drains every queued write per wake-up |
-//! | `put`, `delete` | otherwise (an fsync per write) | blocking pool, so concurrent writers share an fsync |
-//! | `page`, `len`, `close` | — | blocking pool |
+//! | `put`, `delete` | [`Engine::try_write_now`] writes without waiting | inline on the runtime worker |
+//! | `put`, `delete` | otherwise (it would wait for a lock, an fsync, log maintenance) | the shard's writer thread |
+//! | `page`, `close` | — | blocking pool |
 //!
-//! The writer thread keeps writes in arrival order and, since the engine serialises writes on
-//! its log anyway, loses no parallelism; a slow write (such as a log rewrite) holds up only the
-//! writes queued behind it, never reads or the runtime.
+//! The writer thread takes every write that is queued when it wakes (up to [`MAX_BATCH_OPS`])
+//! and applies them with one [`Engine::write_many`]: one log append and, under
+//! `--wal-sync always`, one fsync for the whole batch. That is group commit: the more writers
+//! wait, the more each fsync carries. Queued writes keep their arrival order, and a request is
+//! answered only after its write, so one client's writes apply in the order it sent them
+//! whichever path they take. A slow write (a log rewrite, an fsync) holds up only the writes
+//! queued behind it, never reads or the runtime.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -33,11 +37,11 @@ enum WriteOp {
         key: Bytes,
         value: Bytes,
         expires_at_ms: Option<u64>,
-        reply: oneshot::Sender<Result<(), StorageError>>,
+        reply: oneshot::Sender<Result<(), ApiError>>,
     },
     Delete {
         key: Bytes,
-        reply: oneshot::Sender<Result<bool, StorageError>>,
+        reply: oneshot::Sender<Result<bool, ApiError>>,
     },
     /// Sent by [`Storage::close`]: everything queued before it is applied, then the thread ends.
     Stop,
@@ -47,7 +51,7 @@ enum WriteOp {
 pub struct Storage {
     engine: Arc<dyn Engine>,
     get_inline: bool,
-    writer: Option<Writer>,
+    writer: Writer,
 }
 
 struct Writer {
@@ -59,7 +63,6 @@ impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Storage")
             .field("get_inline", &self.get_inline)
-            .field("writer_thread", &self.writer.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -82,20 +85,16 @@ fn writer_gone() -> ApiError {
 }
 
 impl Storage {
-    /// Wraps `engine`; starts the writer thread `thread_name` when the engine's writes skip fsync.
+    /// Wraps `engine` and starts its writer thread, named `thread_name`.
     pub fn new(engine: Arc<dyn Engine>, thread_name: String) -> Result<Storage, std::io::Error> {
-        let writer = if engine.writes_skip_fsync() {
-            let (queue, ops) = mpsc::channel(WRITE_QUEUE_DEPTH);
-            let thread_engine = Arc::clone(&engine);
-            let thread = std::thread::Builder::new()
-                .name(thread_name)
-                .spawn(move || run_writer(thread_engine.as_ref(), ops))?;
-            Some(Writer {
-                queue,
-                thread: std::sync::Mutex::new(Some(thread)),
-            })
-        } else {
-            None
+        let (queue, ops) = mpsc::channel(WRITE_QUEUE_DEPTH);
+        let thread_engine = Arc::clone(&engine);
+        let thread = std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || run_writer(thread_engine.as_ref(), ops))?;
+        let writer = Writer {
+            queue,
+            thread: std::sync::Mutex::new(Some(thread)),
         };
         Ok(Storage {
             get_inline: engine.get_is_in_memory(),
@@ -125,42 +124,46 @@ impl Storage {
         value: Bytes,
         expires_at_ms: Option<u64>,
     ) -> Result<(), ApiError> {
-        match &self.writer {
-            Some(writer) => {
-                let (reply, answer) = oneshot::channel();
-                let op = WriteOp::Put {
-                    key,
-                    value,
-                    expires_at_ms,
-                    reply,
-                };
-                writer.queue.send(op).await.map_err(|_| writer_gone())?;
-                answer
-                    .await
-                    .map_err(|_| writer_gone())?
-                    .map_err(ApiError::from)
-            }
-            None => blocking(&self.engine, move |e| e.put(&key, &value, expires_at_ms)).await,
+        let op = limedb_storage::WriteOp::Put {
+            key: &key,
+            value: &value,
+            expires_at_ms,
+        };
+        if let Some(done) = self.engine.try_write_now(op) {
+            return done.map(|_| ()).map_err(ApiError::from);
         }
+        self.submit(|reply| WriteOp::Put {
+            key,
+            value,
+            expires_at_ms,
+            reply,
+        })
+        .await
     }
 
     /// Deletes a key; `true` when it existed.
     pub async fn delete(&self, key: Bytes) -> Result<bool, ApiError> {
-        match &self.writer {
-            Some(writer) => {
-                let (reply, answer) = oneshot::channel();
-                writer
-                    .queue
-                    .send(WriteOp::Delete { key, reply })
-                    .await
-                    .map_err(|_| writer_gone())?;
-                answer
-                    .await
-                    .map_err(|_| writer_gone())?
-                    .map_err(ApiError::from)
-            }
-            None => blocking(&self.engine, move |e| e.delete(&key)).await,
+        if let Some(done) = self
+            .engine
+            .try_write_now(limedb_storage::WriteOp::Delete { key: &key })
+        {
+            return done.map_err(ApiError::from);
         }
+        self.submit(|reply| WriteOp::Delete { key, reply }).await
+    }
+
+    /// Queues a write for the writer thread and waits for its answer.
+    async fn submit<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> WriteOp,
+    ) -> Result<T, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .queue
+            .send(op(reply))
+            .await
+            .map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
     }
 
     /// A page of live keys in key order.
@@ -171,16 +174,14 @@ impl Storage {
     /// Stops the writer thread once every queued write is applied, then syncs and closes the
     /// engine. Later calls fail with [`ApiError::ShuttingDown`] or a closed-engine error.
     pub async fn close(&self) -> Result<(), ApiError> {
-        let mut thread = None;
-        if let Some(writer) = &self.writer {
-            // If the thread is already gone the send fails, which is fine.
-            let _ = writer.queue.send(WriteOp::Stop).await;
-            thread = writer
-                .thread
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-        }
+        // If the thread is already gone the send fails, which is fine.
+        let _ = self.writer.queue.send(WriteOp::Stop).await;
+        let thread = self
+            .writer
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let engine = Arc::clone(&self.engine);
         let closer = move || {
             if let Some(thread) = thread {
@@ -199,39 +200,91 @@ impl Storage {
     }
 }
 
-/// The writer thread: applies queued writes in order until every sender is gone.
+/// Most writes applied as one batch (one log append).
+const MAX_BATCH_OPS: usize = 256;
+/// A batch stops growing once its keys and values reach this many bytes.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// The writer thread: applies queued writes in order, every write that is ready as one
+/// [`Engine::write_many`] batch, until every sender is gone or [`WriteOp::Stop`] arrives.
 fn run_writer(engine: &dyn Engine, mut ops: mpsc::Receiver<WriteOp>) {
-    while let Some(op) = ops.blocking_recv() {
-        if !apply(engine, op) {
-            return;
-        }
-        // Drain whatever queued up meanwhile without going back to sleep.
-        while let Ok(op) = ops.try_recv() {
-            if !apply(engine, op) {
-                return;
+    let mut batch = Vec::with_capacity(MAX_BATCH_OPS);
+    while let Some(first) = ops.blocking_recv() {
+        let mut stop = false;
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
+            match op {
+                WriteOp::Stop => {
+                    stop = true;
+                    break;
+                }
+                op => {
+                    bytes += op.size_bytes();
+                    batch.push(op);
+                }
             }
+            if batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+                next = ops.try_recv().ok();
+            }
+        }
+        apply(engine, &mut batch);
+        if stop {
+            return;
         }
     }
 }
 
-/// Applies one op; `false` for [`WriteOp::Stop`].
-fn apply(engine: &dyn Engine, op: WriteOp) -> bool {
-    // A caller that gave up (timeout, disconnect) dropped its receiver; the write still happened.
-    match op {
-        WriteOp::Put {
-            key,
-            value,
-            expires_at_ms,
-            reply,
-        } => {
-            let _ = reply.send(engine.put(&key, &value, expires_at_ms));
-        }
-        WriteOp::Delete { key, reply } => {
-            let _ = reply.send(engine.delete(&key));
-        }
-        WriteOp::Stop => return false,
+/// Applies `batch` with one engine call and answers every op; leaves `batch` empty.
+fn apply(engine: &dyn Engine, batch: &mut Vec<WriteOp>) {
+    if batch.is_empty() {
+        return;
     }
-    true
+    let ops: Vec<limedb_storage::WriteOp<'_>> = batch
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Put {
+                key,
+                value,
+                expires_at_ms,
+                ..
+            } => Some(limedb_storage::WriteOp::Put {
+                key,
+                value,
+                expires_at_ms: *expires_at_ms,
+            }),
+            WriteOp::Delete { key, .. } => Some(limedb_storage::WriteOp::Delete { key }),
+            WriteOp::Stop => None,
+        })
+        .collect();
+    let result = engine.write_many(&ops).map_err(ApiError::from);
+    drop(ops);
+    // A caller that gave up (timeout, disconnect) dropped its receiver; the write still happened.
+    for (i, op) in batch.drain(..).enumerate() {
+        let answer = match &result {
+            Ok(flags) => Ok(flags.get(i).copied().unwrap_or(false)),
+            Err(e) => Err(e.clone()),
+        };
+        match op {
+            WriteOp::Put { reply, .. } => {
+                let _ = reply.send(answer.map(|_| ()));
+            }
+            WriteOp::Delete { reply, .. } => {
+                let _ = reply.send(answer);
+            }
+            WriteOp::Stop => {}
+        }
+    }
+}
+
+impl WriteOp {
+    fn size_bytes(&self) -> usize {
+        match self {
+            WriteOp::Put { key, value, .. } => key.len() + value.len(),
+            WriteOp::Delete { key, .. } => key.len(),
+            WriteOp::Stop => 0,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -239,7 +292,7 @@ mod tests {
     use super::*;
     use limedb_storage::{MemoryEngine, MemoryOptions, SyncPolicy};
 
-    async fn round_trip(sync: SyncPolicy, expect_writer: bool) {
+    async fn round_trip(sync: SyncPolicy) {
         let dir = tempfile::tempdir().expect("tempdir");
         let options = MemoryOptions {
             sync,
@@ -247,7 +300,6 @@ mod tests {
         };
         let engine = Arc::new(MemoryEngine::open(dir.path(), options).expect("open"));
         let storage = Arc::new(Storage::new(engine, "test-writer".into()).expect("storage"));
-        assert_eq!(storage.writer.is_some(), expect_writer);
         let mut tasks = tokio::task::JoinSet::new();
         for t in 0..8 {
             let storage = Arc::clone(&storage);
@@ -280,15 +332,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writer_thread_applies_every_write_in_order_and_closes_cleanly() {
-        round_trip(
-            SyncPolicy::Interval(std::time::Duration::from_millis(50)),
-            true,
-        )
-        .await;
+        round_trip(SyncPolicy::Interval(std::time::Duration::from_millis(50))).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fsync_per_write_engines_use_the_blocking_pool() {
-        round_trip(SyncPolicy::Always, false).await;
+    async fn group_commit_with_an_fsync_per_batch() {
+        round_trip(SyncPolicy::Always).await;
     }
 }

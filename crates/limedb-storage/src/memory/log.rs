@@ -269,10 +269,13 @@ impl LogWriter {
         self.len_bytes
     }
 
-    /// Writes one record with `write(2)` (no user-space buffering). Does not fsync.
-    pub(crate) fn append(&mut self, record: &Record<'_>) -> Result<()> {
+    /// Writes `records` back to back with one `write(2)` (no user-space buffering left
+    /// pending). Does not fsync.
+    pub(crate) fn append(&mut self, records: &[Record<'_>]) -> Result<()> {
         self.buf.clear();
-        record.encode(&mut self.buf);
+        for record in records {
+            record.encode(&mut self.buf);
+        }
         self.file
             .write_all(&self.buf)
             .map_err(StorageError::io("failed to append to log", &self.path))?;

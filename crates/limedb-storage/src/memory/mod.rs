@@ -35,19 +35,19 @@ pub(crate) mod log;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use self::log::{LogWriter, Record};
-use crate::engine::{Engine, EngineStats, Page, Value};
+use crate::engine::{Engine, EngineStats, Page, Value, WriteOp};
 use crate::error::StorageError;
 use crate::sync::SyncPolicy;
 use crate::{now_ms, Result, MAX_KEY_BYTES, MAX_VALUE_BYTES};
@@ -214,6 +214,29 @@ impl State {
     fn compact_log_bytes(&self) -> u64 {
         log::FILE_HEADER_LEN + self.map.len() as u64 * log::PUT_OVERHEAD_BYTES + self.map_bytes
     }
+}
+
+/// Rejects a key or value over the format's limits.
+fn check_ops(ops: &[WriteOp<'_>]) -> Result<()> {
+    for op in ops {
+        let (key, value): (&[u8], &[u8]) = match op {
+            WriteOp::Put { key, value, .. } => (key, value),
+            WriteOp::Delete { key } => (key, &[]),
+        };
+        if key.len() > MAX_KEY_BYTES {
+            return Err(StorageError::KeyTooLarge {
+                len: key.len(),
+                max: MAX_KEY_BYTES,
+            });
+        }
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(StorageError::ValueTooLarge {
+                len: value.len(),
+                max: MAX_VALUE_BYTES,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -393,13 +416,97 @@ impl Inner {
         }
     }
 
-    /// Writes `record` to the log, then applies it with `apply`, with the log lock held by
-    /// the caller. Returns the record's sequence number for [`Inner::sync_after_write`].
+    /// Logs and applies `ops` in order, with the log lock held by the caller, answering each
+    /// as a lone `put`/`delete` would. Returns the answers and, if anything was logged, the
+    /// sequence number to pass to [`Inner::sync_after_write`]. `may_rewrite` allows a log
+    /// rewrite afterwards when one is due.
+    fn write_locked(
+        &self,
+        slot: &mut LogSlot,
+        ops: &[WriteOp<'_>],
+        may_rewrite: bool,
+    ) -> Result<(Vec<bool>, Option<u64>)> {
+        self.check_writable()?;
+        let now = now_ms();
+        let expired = |t: Option<u64>| t.is_some_and(|t| t <= now);
+        // Decide each op's record and answer as if the ops ran one by one: keys touched
+        // earlier in the batch are looked up in `touched`, others in the map. Writers are
+        // serialised by the log lock, so the map cannot change underneath.
+        let mut flags = Vec::with_capacity(ops.len());
+        let mut records = Vec::with_capacity(ops.len());
+        {
+            let state = read(&self.state);
+            let mut touched: HashMap<&[u8], bool> = HashMap::new();
+            for op in ops {
+                match *op {
+                    WriteOp::Put {
+                        key,
+                        value,
+                        expires_at_ms,
+                    } if !expired(expires_at_ms) => {
+                        records.push(Record::Put {
+                            key,
+                            value,
+                            expires_at_ms,
+                        });
+                        touched.insert(key, true);
+                        flags.push(false);
+                    }
+                    // A put that has already expired is a delete (and `Some(0)` is not
+                    // encodable). Deleting an absent or expired key needs no record: replay
+                    // re-derives expiry.
+                    WriteOp::Put { key, .. } | WriteOp::Delete { key } => {
+                        let live = touched.get(key).copied().unwrap_or_else(|| {
+                            state.map.get(key).is_some_and(|v| !v.is_expired(now))
+                        });
+                        if live {
+                            records.push(Record::Delete { key });
+                        }
+                        touched.insert(key, false);
+                        flags.push(matches!(op, WriteOp::Delete { .. }) && live);
+                    }
+                }
+            }
+        }
+        let apply = |state: &mut State| {
+            for op in ops {
+                match *op {
+                    WriteOp::Put {
+                        key,
+                        value,
+                        expires_at_ms,
+                    } if !expired(expires_at_ms) => state.insert(
+                        Bytes::copy_from_slice(key),
+                        Value {
+                            data: Bytes::copy_from_slice(value),
+                            expires_at_ms,
+                        },
+                    ),
+                    WriteOp::Put { key, .. } | WriteOp::Delete { key } => {
+                        if state.remove(key).is_some_and(|v| v.is_expired(now)) {
+                            self.expired_reclaimed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        };
+        if records.is_empty() {
+            apply(&mut write(&self.state));
+            return Ok((flags, None));
+        }
+        let seq = self.append_locked(slot, &records, apply, may_rewrite)?;
+        Ok((flags, Some(seq)))
+    }
+
+    /// Writes `records` to the log with one append, then applies them with `apply`, with the
+    /// log lock held by the caller. Returns the append's sequence number for
+    /// [`Inner::sync_after_write`].
     fn append_locked(
         &self,
         slot: &mut LogSlot,
-        record: &Record<'_>,
+        records: &[Record<'_>],
         apply: impl FnOnce(&mut State),
+        may_rewrite: bool,
     ) -> Result<u64> {
         self.check_writable()?;
         #[cfg(test)]
@@ -410,7 +517,7 @@ impl Inner {
             self.poison(&error);
             return Err(error);
         }
-        if let Err(error) = slot.writer.append(record) {
+        if let Err(error) = slot.writer.append(records) {
             self.poison(&error);
             return Err(error);
         }
@@ -420,7 +527,7 @@ impl Inner {
         let rewrite = {
             let mut state = write(&self.state);
             apply(&mut state);
-            self.should_rewrite(&state, slot)
+            may_rewrite && self.should_rewrite(&state, slot)
         };
         if rewrite {
             self.rewrite_locked(slot)?;
@@ -600,73 +707,17 @@ impl Engine for MemoryEngine {
     }
 
     fn put(&self, key: &[u8], value: &[u8], expires_at_ms: Option<u64>) -> Result<()> {
-        if key.len() > MAX_KEY_BYTES {
-            return Err(StorageError::KeyTooLarge {
-                len: key.len(),
-                max: MAX_KEY_BYTES,
-            });
-        }
-        if value.len() > MAX_VALUE_BYTES {
-            return Err(StorageError::ValueTooLarge {
-                len: value.len(),
-                max: MAX_VALUE_BYTES,
-            });
-        }
-        self.inner.check_writable()?;
-        if expires_at_ms.is_some_and(|t| t <= now_ms()) {
-            // Already expired: the same as removing the key (and `Some(0)` is not encodable).
-            self.delete(key)?;
-            return Ok(());
-        }
-        let seq = {
-            let mut slot = lock(&self.inner.log);
-            let record = Record::Put {
-                key,
-                value,
-                expires_at_ms,
-            };
-            self.inner.append_locked(&mut slot, &record, |state| {
-                state.insert(
-                    Bytes::copy_from_slice(key),
-                    Value {
-                        data: Bytes::copy_from_slice(value),
-                        expires_at_ms,
-                    },
-                );
-            })?
-        };
-        self.inner.sync_after_write(seq)
+        self.write_many(&[WriteOp::Put {
+            key,
+            value,
+            expires_at_ms,
+        }])
+        .map(|_| ())
     }
 
     fn delete(&self, key: &[u8]) -> Result<bool> {
-        self.inner.check_writable()?;
-        let seq = {
-            let mut slot = lock(&self.inner.log);
-            self.inner.check_writable()?;
-            let now = now_ms();
-            // Writers are serialised by the log lock, so this answer cannot go stale.
-            let live = read(&self.inner.state)
-                .map
-                .get(key)
-                .map(|v| !v.is_expired(now));
-            match live {
-                None => return Ok(false),
-                Some(false) => {
-                    // Expired: replay re-derives that, so no record is needed.
-                    if write(&self.inner.state).remove(key).is_some() {
-                        self.inner.expired_reclaimed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return Ok(false);
-                }
-                Some(true) => {}
-            }
-            self.inner
-                .append_locked(&mut slot, &Record::Delete { key }, |state| {
-                    state.remove(key);
-                })?
-        };
-        self.inner.sync_after_write(seq)?;
-        Ok(true)
+        let flags = self.write_many(&[WriteOp::Delete { key }])?;
+        Ok(flags.first().copied().unwrap_or(false))
     }
 
     fn page(&self, offset: u64, limit: usize) -> Result<Page> {
@@ -701,12 +752,45 @@ impl Engine for MemoryEngine {
             .collect())
     }
 
-    fn get_is_in_memory(&self) -> bool {
-        true
+    fn write_many(&self, ops: &[WriteOp<'_>]) -> Result<Vec<bool>> {
+        check_ops(ops)?;
+        self.inner.check_writable()?;
+        let (flags, seq) = {
+            let mut slot = lock(&self.inner.log);
+            self.inner.write_locked(&mut slot, ops, true)?
+        };
+        if let Some(seq) = seq {
+            self.inner.sync_after_write(seq)?;
+        }
+        Ok(flags)
     }
 
-    fn writes_skip_fsync(&self) -> bool {
-        !matches!(self.inner.options.sync, SyncPolicy::Always)
+    /// Writes at once unless that would wait: under [`SyncPolicy::Always`] (an fsync), while
+    /// another writer holds the log, or when the log is due for a rewrite.
+    fn try_write_now(&self, op: WriteOp<'_>) -> Option<Result<bool>> {
+        if matches!(self.inner.options.sync, SyncPolicy::Always) {
+            return None;
+        }
+        if let Err(e) = check_ops(&[op]).and_then(|()| self.inner.check_writable()) {
+            return Some(Err(e));
+        }
+        let mut slot = match self.inner.log.try_lock() {
+            Ok(slot) => slot,
+            Err(TryLockError::WouldBlock) => return None,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        };
+        if self.inner.should_rewrite(&read(&self.inner.state), &slot) {
+            return None;
+        }
+        Some(
+            self.inner
+                .write_locked(&mut slot, &[op], false)
+                .map(|(flags, _)| flags.first().copied().unwrap_or(false)),
+        )
+    }
+
+    fn get_is_in_memory(&self) -> bool {
+        true
     }
 
     fn len(&self) -> Result<u64> {

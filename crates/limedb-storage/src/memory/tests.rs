@@ -714,22 +714,154 @@ proptest! {
 }
 
 #[test]
-fn executor_hints_follow_the_sync_policy() {
-    for (sync, skip_fsync) in [
-        (SyncPolicy::Always, false),
-        (SyncPolicy::Interval(Duration::from_millis(10)), true),
-        (SyncPolicy::Never, true),
-    ] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let engine = MemoryEngine::open(
-            dir.path(),
-            MemoryOptions {
-                sync,
-                ..MemoryOptions::default()
-            },
+fn gets_are_served_from_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = MemoryEngine::open(dir.path(), MemoryOptions::default()).expect("open");
+    assert!(engine.get_is_in_memory());
+}
+
+/// A write for the batch model test: (key index, Some(value) = put / None = delete, expired).
+type ModelWrite = (u8, Option<u8>, bool);
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// `write_many` answers and stores exactly what one-by-one puts and deletes would, and the
+    /// result survives a reopen.
+    #[test]
+    fn write_many_matches_one_by_one_writes(
+        batches in proptest::collection::vec(
+            proptest::collection::vec((0u8..6, proptest::option::of(any::<u8>()), any::<bool>()), 0..12),
+            1..8,
         )
-        .expect("open");
-        assert!(engine.get_is_in_memory());
-        assert_eq!(engine.writes_skip_fsync(), skip_fsync, "{sync}");
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = MemoryEngine::open(dir.path(), MemoryOptions::default()).expect("open");
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for batch in &batches {
+            let keys: Vec<Vec<u8>> = batch.iter().map(|(k, _, _)| vec![b'k', *k]).collect();
+            let values: Vec<Vec<u8>> = batch.iter().map(|(_, v, _)| vec![v.unwrap_or(0); 3]).collect();
+            let ops: Vec<WriteOp<'_>> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, (_, v, expired)): (usize, &ModelWrite)| match v {
+                    Some(_) => WriteOp::Put {
+                        key: &keys[i],
+                        value: &values[i],
+                        // An expiry in the past makes the put a delete.
+                        expires_at_ms: expired.then_some(1),
+                    },
+                    None => WriteOp::Delete { key: &keys[i] },
+                })
+                .collect();
+            let mut expected = Vec::with_capacity(ops.len());
+            for (i, (_, v, expired)) in batch.iter().enumerate() {
+                match (v, expired) {
+                    (Some(_), false) => {
+                        model.insert(keys[i].clone(), values[i].clone());
+                        expected.push(false);
+                    }
+                    (Some(_), true) => {
+                        model.remove(&keys[i]);
+                        expected.push(false);
+                    }
+                    (None, _) => expected.push(model.remove(&keys[i]).is_some()),
+                }
+            }
+            prop_assert_eq!(engine.write_many(&ops).expect("write_many"), expected);
+        }
+        let check = |engine: &MemoryEngine| -> Vec<(Vec<u8>, Vec<u8>)> {
+            engine
+                .scan(None, 100)
+                .expect("scan")
+                .into_iter()
+                .map(|(k, v)| (k.to_vec(), v.data.to_vec()))
+                .collect()
+        };
+        let want: Vec<(Vec<u8>, Vec<u8>)> = model.clone().into_iter().collect();
+        prop_assert_eq!(check(&engine), want.clone());
+        drop(engine);
+        let reopened = MemoryEngine::open(dir.path(), MemoryOptions::default()).expect("reopen");
+        prop_assert_eq!(check(&reopened), want);
     }
+}
+
+#[test]
+fn try_write_now_writes_at_once_only_when_nothing_waits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = MemoryOptions {
+        sync: SyncPolicy::Never,
+        rewrite_min_bytes: 4096,
+        ..MemoryOptions::default()
+    };
+    let engine = MemoryEngine::open(dir.path(), options).expect("open");
+    let put = |key: &'static [u8], value: &'static [u8]| WriteOp::Put {
+        key,
+        value,
+        expires_at_ms: None,
+    };
+    assert_eq!(
+        engine.try_write_now(put(b"a", b"1")).map(|r| r.ok()),
+        Some(Some(false))
+    );
+    assert_eq!(
+        engine.get(b"a").expect("get").map(|v| v.data),
+        Some(Bytes::from("1"))
+    );
+    let delete = WriteOp::Delete { key: b"a" };
+    assert_eq!(
+        engine.try_write_now(delete).map(|r| r.ok()),
+        Some(Some(true))
+    );
+    assert_eq!(
+        engine.try_write_now(delete).map(|r| r.ok()),
+        Some(Some(false))
+    );
+
+    // Another writer holds the log: nothing is written, the caller must queue.
+    {
+        let _held = lock(&engine.inner.log);
+        assert!(engine.try_write_now(put(b"b", b"2")).is_none());
+    }
+    assert_eq!(engine.get(b"b").expect("get"), None);
+
+    // Overwrites grow the log until a rewrite is due; then the write is refused at once and
+    // `write_many` (on a thread that may block) writes and rewrites.
+    let mut refused = false;
+    for _ in 0..1_000 {
+        if engine.try_write_now(put(b"c", &[7; 64])).is_none() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "a due rewrite is never done inline");
+    let rewrites = engine.stats().log_rewrites;
+    engine
+        .write_many(&[put(b"c", b"last")])
+        .expect("write_many");
+    assert_eq!(engine.stats().log_rewrites, rewrites + 1);
+    drop(engine);
+    let reopened = MemoryEngine::open(dir.path(), MemoryOptions::default()).expect("reopen");
+    assert_eq!(
+        reopened.get(b"c").expect("get").map(|v| v.data),
+        Some(Bytes::from("last"))
+    );
+    assert_eq!(reopened.get(b"a").expect("get"), None);
+}
+
+#[test]
+fn try_write_now_defers_to_group_commit_when_every_write_is_fsynced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = MemoryOptions {
+        sync: SyncPolicy::Always,
+        ..MemoryOptions::default()
+    };
+    let engine = MemoryEngine::open(dir.path(), options).expect("open");
+    let op = WriteOp::Put {
+        key: b"k",
+        value: b"v",
+        expires_at_ms: None,
+    };
+    assert!(engine.try_write_now(op).is_none());
+    assert_eq!(engine.get(b"k").expect("get"), None);
 }
