@@ -222,3 +222,53 @@ async fn killed_shard_fails_fast_and_comes_back_by_itself() {
     let distinct: HashSet<_> = all.iter().collect();
     assert_eq!(distinct.len(), all.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_shard_times_out_instead_of_hanging() {
+    let cluster = Cluster::start(bin(), 3, &[], &["--shard-timeout-ms", "1000"]).await;
+    let ring = Ring::new(
+        &[ShardId(1), ShardId(2), ShardId(3)],
+        DEFAULT_VNODES_PER_SHARD,
+    )
+    .expect("ring");
+    let all = keys("frozen", 200);
+    write_all(&cluster.addr(), &all, 4).await;
+    let on_three = all
+        .iter()
+        .find(|k| ring.shard_for_key(k.as_bytes()) == ShardId(3))
+        .expect("a key on shard 3")
+        .clone();
+    let elsewhere: Vec<String> = all
+        .iter()
+        .filter(|k| ring.shard_for_key(k.as_bytes()) != ShardId(3))
+        .cloned()
+        .collect();
+
+    // SIGSTOP: the shard's sockets stay open but nothing answers.
+    cluster.shards[2].signal("STOP");
+    let mut conn = HttpConn::connect(&cluster.addr()).await.expect("connect");
+    let started = Instant::now();
+    let r = conn.get(&on_three).await.expect("get");
+    let elapsed = started.elapsed();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("shard 3"), "{}", r.text());
+    assert!(
+        elapsed < Duration::from_millis(1_500),
+        "answered after {elapsed:?}"
+    );
+    read_all(&cluster.addr(), &elsewhere, 2).await;
+
+    // Thawed, it is used again without help.
+    cluster.shards[2].signal("CONT");
+    let addr = cluster.addr();
+    wait_for(Duration::from_secs(15), "shard 3 answering again", || {
+        let addr = addr.clone();
+        let key = on_three.clone();
+        async move {
+            let mut c = HttpConn::connect(&addr).await.ok()?;
+            (c.get(&key).await.ok()?.status == 200).then_some(())
+        }
+    })
+    .await;
+    read_all(&cluster.addr(), &all, 4).await;
+}

@@ -136,6 +136,15 @@ impl Node {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Sends a signal by name (`"STOP"`, `"CONT"`, ...) to the running process.
+    pub fn signal(&self, name: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args([format!("-{name}"), pid.to_string()])
+                .status();
+        }
+    }
+
     /// SIGKILL, then reap.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -147,10 +156,10 @@ impl Node {
     /// SIGTERM and wait for a clean exit (at most `timeout`); returns whether it exited with
     /// status 0.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
+        self.signal("TERM");
         let Some(mut child) = self.child.take() else {
             return false;
         };
-        send_sigterm(child.id());
         let deadline = Instant::now() + timeout;
         loop {
             match child.try_wait() {
@@ -172,12 +181,6 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-fn send_sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.

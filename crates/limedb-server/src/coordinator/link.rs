@@ -47,6 +47,9 @@ pub enum LinkError {
     /// No answer within the configured timeout.
     #[error("no answer within {0} ms")]
     Timeout(u128),
+    /// Too many requests are already queued for the shard's connection.
+    #[error("{0} requests are already queued for this shard")]
+    Busy(usize),
 }
 
 /// Settings of a link.
@@ -62,7 +65,13 @@ pub struct LinkOptions {
     pub max_frame_bytes: usize,
 }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Response>>>;
+/// A caller waiting for the answer to one request.
+struct Waiter {
+    reply: oneshot::Sender<Result<Response, LinkError>>,
+    deadline: Instant,
+}
+
+type Pending = Mutex<HashMap<u64, Waiter>>;
 
 /// One internal-protocol connection.
 struct Conn {
@@ -83,23 +92,43 @@ impl Conn {
         }
     }
 
-    async fn call(&self, request: Request) -> Result<Response, LinkError> {
+    /// Sends `request` and waits for its answer. The connection's sweeper answers
+    /// [`LinkError::Timeout`] once `timeout` has passed, so no timer is set per request.
+    async fn call(&self, request: Request, timeout: Duration) -> Result<Response, LinkError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(LinkError::ConnectionLost);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id, tx);
-        // Removes the entry if this future is dropped (timeout) before the answer came.
+        let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + timeout;
+        lock(&self.pending).insert(id, Waiter { reply, deadline });
+        // Removes the entry if this future is dropped (the client went away) before the answer.
         let _forget = ForgetOnDrop {
             pending: &self.pending,
             id,
         };
-        self.requests
-            .send((id, request))
-            .await
-            .map_err(|_| LinkError::ConnectionLost)?;
-        rx.await.map_err(|_| LinkError::ConnectionLost)
+        self.requests.try_send((id, request)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => LinkError::Busy(QUEUE_DEPTH),
+            mpsc::error::TrySendError::Closed(_) => LinkError::ConnectionLost,
+        })?;
+        answer.await.map_err(|_| LinkError::ConnectionLost)?
+    }
+
+    /// Answers [`LinkError::Timeout`] to every waiter whose deadline has passed.
+    fn expire(&self, now: Instant, timeout: Duration) {
+        let mut pending = lock(&self.pending);
+        let expired: Vec<u64> = pending
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(waiter) = pending.remove(&id) {
+                let _ = waiter
+                    .reply
+                    .send(Err(LinkError::Timeout(timeout.as_millis())));
+            }
+        }
     }
 }
 
@@ -224,12 +253,7 @@ impl ShardLink {
     pub async fn call(&self, request: Request) -> Result<Response, LinkError> {
         let started = Instant::now();
         let result = match self.pick() {
-            Ok(conn) => {
-                match tokio::time::timeout(self.options.timeout, conn.call(request)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(LinkError::Timeout(self.options.timeout.as_millis())),
-                }
-            }
+            Ok(conn) => conn.call(request, self.options.timeout).await,
             Err(e) => Err(e),
         };
         self.metrics
@@ -352,34 +376,20 @@ impl ShardLink {
                 .map_err(|e| format!("cannot connect to {internal_addr}: {e}"))?;
             let _ = stream.set_nodelay(true);
             let conn = self.start_conn(stream);
-            let hello = tokio::time::timeout(timeout, conn.call(Request::Hello)).await;
-            match hello {
-                Ok(Ok(Response::HelloOk { shard_id, .. })) if shard_id == self.id.0 => {
-                    conns.push(conn)
+            let failure = match conn.call(Request::Hello, timeout).await {
+                Ok(Response::HelloOk { shard_id, .. }) if shard_id == self.id.0 => {
+                    conns.push(conn);
+                    continue;
                 }
-                Ok(Ok(Response::HelloOk { shard_id, .. })) => {
-                    conn.close();
-                    return Err(format!(
-                        "the shard at {internal_addr} says it is shard {shard_id}, expected {}",
-                        self.id
-                    ));
-                }
-                Ok(Ok(other)) => {
-                    conn.close();
-                    return Err(format!("unexpected answer to hello: {other:?}"));
-                }
-                Ok(Err(e)) => {
-                    conn.close();
-                    return Err(format!("hello failed: {e}"));
-                }
-                Err(_) => {
-                    conn.close();
-                    return Err(format!(
-                        "no answer to hello within {} ms",
-                        timeout.as_millis()
-                    ));
-                }
-            }
+                Ok(Response::HelloOk { shard_id, .. }) => format!(
+                    "the shard at {internal_addr} says it is shard {shard_id}, expected {}",
+                    self.id
+                ),
+                Ok(other) => format!("unexpected answer to hello: {other:?}"),
+                Err(e) => format!("hello failed: {e}"),
+            };
+            conn.close();
+            return Err(failure);
         }
         Ok(())
     }
@@ -392,7 +402,7 @@ impl ShardLink {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
-            tasks: Mutex::new(Vec::with_capacity(2)),
+            tasks: Mutex::new(Vec::with_capacity(3)),
         });
         let write_task = tokio::spawn(write_requests(
             writer,
@@ -406,7 +416,12 @@ impl ShardLink {
             Arc::clone(self),
             self.options.max_frame_bytes,
         ));
-        lock(&conn.tasks).extend([write_task.abort_handle(), read_task.abort_handle()]);
+        let sweep_task = tokio::spawn(sweep_deadlines(Arc::clone(&conn), self.options.timeout));
+        lock(&conn.tasks).extend([
+            write_task.abort_handle(),
+            read_task.abort_handle(),
+            sweep_task.abort_handle(),
+        ]);
         conn
     }
 
@@ -423,6 +438,18 @@ impl ShardLink {
             lock(&conn.pending).clear();
             self.broken.notify_one();
         }
+    }
+}
+
+/// Times out overdue requests of `conn` until the connection closes: one timer per connection
+/// instead of one per request. A request is answered at most one tick after its deadline.
+async fn sweep_deadlines(conn: Arc<Conn>, timeout: Duration) {
+    let tick = (timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !conn.closed.load(Ordering::Acquire) {
+        interval.tick().await;
+        conn.expire(Instant::now(), timeout);
     }
 }
 
@@ -457,7 +484,7 @@ async fn read_responses(
                     message: Message::Response(response),
                 })) => {
                     if let Some(waiter) = lock(&conn.pending).remove(&request_id) {
-                        let _ = waiter.send(response);
+                        let _ = waiter.reply.send(Ok(response));
                     }
                 }
                 Ok(Some(_)) => {
