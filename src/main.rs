@@ -127,6 +127,10 @@ fn limits(args: &LimitArgs) -> Result<Limits, String> {
     Ok(limits)
 }
 
+fn max_connections(args: &LimitArgs) -> usize {
+    args.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS)
+}
+
 fn sync_policy(policy: Option<&str>, interval_ms: Option<u64>) -> Result<SyncPolicy, String> {
     let policy: SyncPolicy = match policy {
         Some(p) => p.parse().map_err(|e| format!("--wal-sync: {e}"))?,
@@ -173,10 +177,7 @@ fn shard_config(args: ShardArgs) -> Result<ShardConfig, String> {
         storage: storage_kind(args.storage.as_deref())?,
         wal_sync: sync_policy(args.wal_sync.as_deref(), args.wal_sync_interval_ms)?,
         limits: limits(&args.limits)?,
-        max_connections: args
-            .limits
-            .max_connections
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        max_connections: max_connections(&args.limits),
     })
 }
 
@@ -208,10 +209,7 @@ fn coordinator_config(args: CoordinatorArgs) -> Result<CoordinatorConfig, String
             .unwrap_or(DEFAULT_CONNECTIONS_PER_SHARD)
             .max(1),
         limits: limits(&args.limits)?,
-        max_connections: args
-            .limits
-            .max_connections
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        max_connections: max_connections(&args.limits),
     })
 }
 
@@ -227,6 +225,7 @@ fn dev_config(args: DevArgs) -> Result<DevConfig, String> {
         vnodes_per_shard: args.vnodes.unwrap_or(defaults.vnodes_per_shard),
         limits: limits(&args.limits)?,
         shard_timeout: defaults.shard_timeout,
+        max_connections: max_connections(&args.limits),
     })
 }
 

@@ -54,6 +54,19 @@ async fn read_all(addr: &str, keys: &[String], parallel: usize) {
     }
 }
 
+/// Waits (at most 15 s) until `key` reads back 200 through `addr`.
+async fn wait_until_readable(addr: &str, key: &str) {
+    wait_for(
+        Duration::from_secs(15),
+        &format!("{key} readable again"),
+        || async {
+            let mut c = HttpConn::connect(addr).await.ok()?;
+            (c.get(key).await.ok()?.status == 200).then_some(())
+        },
+    )
+    .await;
+}
+
 fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
@@ -207,17 +220,7 @@ async fn killed_shard_fails_fast_and_comes_back_by_itself() {
 
     // Start it again on the same port: the coordinator finds it without being told.
     cluster.restart_shard(2);
-    let addr = cluster.addr();
-    let probe = on_two[0].clone();
-    wait_for(Duration::from_secs(15), "shard 2 back in service", || {
-        let addr = addr.clone();
-        let probe = probe.clone();
-        async move {
-            let mut c = HttpConn::connect(&addr).await.ok()?;
-            (c.get(&probe).await.ok()?.status == 200).then_some(())
-        }
-    })
-    .await;
+    wait_until_readable(&cluster.addr(), &on_two[0]).await;
     read_all(&cluster.addr(), &all, 4).await;
     let distinct: HashSet<_> = all.iter().collect();
     assert_eq!(distinct.len(), all.len());
@@ -260,15 +263,6 @@ async fn frozen_shard_times_out_instead_of_hanging() {
 
     // Thawed, it is used again without help.
     cluster.shards[2].signal("CONT");
-    let addr = cluster.addr();
-    wait_for(Duration::from_secs(15), "shard 3 answering again", || {
-        let addr = addr.clone();
-        let key = on_three.clone();
-        async move {
-            let mut c = HttpConn::connect(&addr).await.ok()?;
-            (c.get(&key).await.ok()?.status == 200).then_some(())
-        }
-    })
-    .await;
+    wait_until_readable(&cluster.addr(), &on_three).await;
     read_all(&cluster.addr(), &all, 4).await;
 }

@@ -68,15 +68,7 @@ async fn documented_answers_and_errors() {
             r#"{"key": "k", "value": "v", "ttl_ms": -5}"#,
             "",
         ] {
-            let r = c
-                .request(
-                    "POST",
-                    "/api/v1/set",
-                    body.as_bytes(),
-                    Some("application/json"),
-                )
-                .await
-                .expect("post");
+            let r = c.post_set(body).await.expect("post");
             assert_error(&r, 400, "bad_request");
         }
         let big_key = "k".repeat(1025);
@@ -217,15 +209,7 @@ async fn ttl_expires_keys() {
     let cluster = cluster().await;
     let mut c = HttpConn::connect(&cluster.addr()).await.expect("connect");
     let body = r#"{"key": "short-lived", "value": "v", "ttl_ms": 300}"#;
-    let r = c
-        .request(
-            "POST",
-            "/api/v1/set",
-            body.as_bytes(),
-            Some("application/json"),
-        )
-        .await
-        .expect("set");
+    let r = c.post_set(body).await.expect("set");
     assert_eq!(r.status, 200);
     let r = c
         .request("PUT", "/api/v1/kv/short-binary?ttl_ms=300", b"v", None)

@@ -41,6 +41,8 @@ pub struct DevConfig {
     pub limits: Limits,
     /// Coordinator's per-request shard timeout.
     pub shard_timeout: Duration,
+    /// Cap on open connections per listener.
+    pub max_connections: usize,
 }
 
 /// A bound local cluster.
@@ -87,7 +89,7 @@ impl DevCluster {
                 storage: config.storage,
                 wal_sync: config.wal_sync,
                 limits: config.limits,
-                max_connections: DEFAULT_MAX_CONNECTIONS,
+                max_connections: config.max_connections,
             })
             .await?;
             shards.push(shard);
@@ -107,7 +109,7 @@ impl DevCluster {
             health_interval: DEFAULT_HEALTH_INTERVAL,
             connections_per_shard: DEFAULT_CONNECTIONS_PER_SHARD,
             limits: config.limits,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections: config.max_connections,
         })
         .await?;
         Ok(DevCluster {
@@ -159,6 +161,7 @@ impl Default for DevConfig {
             vnodes_per_shard: limedb_cluster::DEFAULT_VNODES_PER_SHARD,
             limits: Limits::default(),
             shard_timeout: DEFAULT_SHARD_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

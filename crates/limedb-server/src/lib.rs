@@ -19,6 +19,7 @@
 //! takes a bound listener and a [`shutdown::Shutdown`], caps its connections, and drains
 //! in-flight requests before it returns.
 
+mod accept;
 mod coalesce;
 pub mod config;
 pub mod coordinator;

@@ -113,6 +113,17 @@ impl HttpConn {
         .await
     }
 
+    /// `POST /api/v1/set` with `body` sent as is (for malformed or hand-written JSON).
+    pub async fn post_set(&mut self, body: &str) -> Result<HttpResponse, String> {
+        self.request(
+            "POST",
+            "/api/v1/set",
+            body.as_bytes(),
+            Some("application/json"),
+        )
+        .await
+    }
+
     /// `GET /api/v1/get/{key}` with the key percent-encoded.
     pub async fn get(&mut self, key: &str) -> Result<HttpResponse, String> {
         let path = format!("/api/v1/get/{}", encode(key.as_bytes()));

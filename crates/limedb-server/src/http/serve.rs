@@ -5,7 +5,6 @@
 //! shutdown the loop stops accepting, lets every open connection finish the request it is
 //! answering, and gives up on stragglers after [`DRAIN_TIMEOUT`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -13,8 +12,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
+use crate::accept::Acceptor;
 use crate::shutdown::Shutdown;
 
 /// How long shutdown waits for open connections to finish their requests.
@@ -32,28 +31,8 @@ pub async fn serve(
     mut shutdown: Shutdown,
 ) {
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = shutdown.wait() => break,
-        };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
-                Err(e) => {
-                    // Typically EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.wait() => break,
-        };
-        let _ = stream.set_nodelay(true);
+    let acceptor = Acceptor::new(listener, max_connections, "http");
+    while let Some((stream, _peer, permit)) = acceptor.next(&mut shutdown).await {
         let service = TowerToHyperService::new(router.clone());
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
@@ -71,7 +50,7 @@ pub async fn serve(
             drop(permit);
         });
     }
-    drop(listener);
+    drop(acceptor);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()

@@ -7,7 +7,6 @@
 //! reading, which pushes back on the coordinator through TCP.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use limedb_proto::{decode, ErrorCode, Frame, Message, Response};
@@ -19,6 +18,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::ShardNode;
+use crate::accept::Acceptor;
 use crate::coalesce::write_coalesced;
 use crate::http::serve::DRAIN_TIMEOUT;
 use crate::shutdown::Shutdown;
@@ -36,27 +36,9 @@ pub async fn serve(
     open_connections: Gauge,
     mut shutdown: Shutdown,
 ) {
-    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    let acceptor = Acceptor::new(listener, max_connections, "internal");
     let mut connections = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = shutdown.wait() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "internal accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.wait() => break,
-        };
+    while let Some((stream, peer, permit)) = acceptor.next(&mut shutdown).await {
         // Reap finished connection tasks so the set stays small.
         while connections.try_join_next().is_some() {}
         let node = node.clone();
@@ -71,7 +53,7 @@ pub async fn serve(
             drop(permit);
         });
     }
-    drop(listener);
+    drop(acceptor);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while connections.join_next().await.is_some() {}
     })
@@ -88,7 +70,6 @@ async fn serve_connection(
     node: ShardNode,
     mut shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
     let max_frame_bytes = node.inner.limits.max_frame_bytes();
     let (mut reader, writer) = stream.into_split();
     let (answers, answers_rx) = mpsc::channel::<Frame>(MAX_IN_FLIGHT_PER_CONNECTION);
