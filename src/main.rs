@@ -14,7 +14,7 @@ use limedb_cluster::{ShardId, DEFAULT_VNODES_PER_SHARD};
 use limedb_server::config::{
     parse_shard_list, CoordinatorConfig, Limits, ShardConfig, StorageKind,
     DEFAULT_CONNECTIONS_PER_SHARD, DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_SHARD_TIMEOUT, SEED_SHARD_URLS,
+    DEFAULT_SHARD_TIMEOUT, MAX_KEY_BYTES_CAP, MAX_VALUE_BYTES_CAP, SEED_SHARD_URLS,
 };
 use limedb_server::coordinator::CoordinatorServer;
 use limedb_server::dev::{default_internal_port, DevCluster, DevConfig};
@@ -41,7 +41,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    init_logging(cli.log_level.as_deref().or(file.log_level.as_deref()))?;
+    init_logging(cli.log_level.as_deref(), file.log_level.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,18 +63,19 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-/// `--log-level` (or LIMEDB_LOG_LEVEL) wins, then RUST_LOG, then the file's `log_level`, then info.
-fn init_logging(level: Option<&str>) -> Result<(), String> {
+/// `--log-level` (or LIMEDB_LOG_LEVEL) wins, then RUST_LOG, then the file's `log_level`, then
+/// info: flags over the environment over the file, as for every option.
+fn init_logging(flag: Option<&str>, file: Option<&str>) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
-    let filter = match (level, std::env::var("RUST_LOG").ok()) {
-        (Some(l), _) => {
-            EnvFilter::try_new(l).map_err(|e| format!("invalid --log-level {l:?}: {e}"))?
-        }
-        (None, Some(env)) if !env.is_empty() => {
-            EnvFilter::try_new(&env).map_err(|e| format!("invalid RUST_LOG {env:?}: {e}"))?
-        }
-        _ => EnvFilter::new("info"),
+    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let (source, spec) = match (flag, env, file) {
+        (Some(l), _, _) => ("--log-level", l.to_string()),
+        (None, Some(env), _) => ("RUST_LOG", env),
+        (None, None, Some(l)) => ("log_level in the config file", l.to_string()),
+        (None, None, None) => ("default", "info".to_string()),
     };
+    let filter =
+        EnvFilter::try_new(&spec).map_err(|e| format!("invalid {source} {spec:?}: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -119,7 +120,7 @@ fn limits(args: &LimitArgs) -> Result<Limits, String> {
         return Err("--max-key-bytes must be at least 1".into());
     }
     // The internal protocol carries u32 lengths; keep a key and value well inside one frame.
-    if limits.max_value_bytes > 1 << 30 || limits.max_key_bytes > 16 << 20 {
+    if limits.max_value_bytes > MAX_VALUE_BYTES_CAP || limits.max_key_bytes > MAX_KEY_BYTES_CAP {
         return Err(
             "--max-value-bytes may be at most 1 GiB and --max-key-bytes at most 16 MiB".into(),
         );

@@ -455,3 +455,38 @@ async fn sixty_four_concurrent_clients_never_lose_or_mix_values() {
         assert!(r.text().starts_with(&format!("{key}|")));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_keys_at_the_size_limits_lists_without_breaking_the_link() {
+    let cluster = cluster().await;
+    let mut c = HttpConn::connect(&cluster.addr()).await.expect("connect");
+    // 300 keys of 1000 bytes with 1000-byte values: a page of 100 is far larger than one
+    // maximal key and value of these small limits.
+    for i in 0..300 {
+        let key = format!("{i:04}{}", "k".repeat(996));
+        assert_eq!(
+            c.set(&key, &"v".repeat(1000)).await.expect("set").status,
+            200
+        );
+    }
+    for page in 1..=3 {
+        let r = c
+            .request(
+                "GET",
+                &format!("/api/v1/keys?page={page}&pageSize=100"),
+                &[],
+                None,
+            )
+            .await
+            .expect("keys");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let doc = r.json().expect("json");
+        assert_eq!(doc["keys"].as_array().map(Vec::len), Some(100));
+    }
+    // The shards are still up and serving.
+    let health = c
+        .request("GET", "/api/v1/health", &[], None)
+        .await
+        .expect("health");
+    assert_eq!(health.json().expect("json")["healthyShards"], 3);
+}

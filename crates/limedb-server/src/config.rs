@@ -16,6 +16,14 @@ use crate::error::ApiError;
 pub const DEFAULT_MAX_KEY_BYTES: usize = 64 * 1024;
 /// Default largest value: 64 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
+/// Hard cap on `max_key_bytes` (the storage format allows no more).
+pub const MAX_KEY_BYTES_CAP: usize = 16 << 20;
+/// Hard cap on `max_value_bytes`.
+pub const MAX_VALUE_BYTES_CAP: usize = 1 << 30;
+/// Largest answer a coordinator accepts from a shard: a maximal key and value under the hard
+/// caps, plus framing. A shard's own limits may be larger than the coordinator's, so this does
+/// not follow the coordinator's configuration.
+pub const MAX_RESPONSE_FRAME_BYTES: usize = MAX_KEY_BYTES_CAP + MAX_VALUE_BYTES_CAP + 64 * 1024;
 /// Default cap on concurrently open client connections per listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default time the coordinator waits for a shard before answering 503.

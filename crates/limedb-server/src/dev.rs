@@ -130,14 +130,16 @@ impl DevCluster {
         }
     }
 
-    /// Runs until `shutdown`; the coordinator stops first, then every shard drains and syncs.
+    /// Runs until `shutdown`; the coordinator stops first (answering what it has in flight),
+    /// then every shard drains and syncs.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServerError> {
-        let coordinator = self.coordinator.run(shutdown.clone());
+        let (stop_shards, shards_shutdown) = crate::shutdown::channel();
         let mut shards = JoinSet::new();
         for shard in self.shards {
-            shards.spawn(shard.run(shutdown.clone()));
+            shards.spawn(shard.run(shards_shutdown.clone()));
         }
-        let mut result = coordinator.await;
+        let mut result = self.coordinator.run(shutdown).await;
+        stop_shards.trigger();
         while let Some(joined) = shards.join_next().await {
             let shard_result = joined.unwrap_or_else(|e| Err(ServerError::Task(e.to_string())));
             if result.is_ok() {

@@ -36,6 +36,9 @@ pub enum ApiError {
         /// The configured limit.
         max: u64,
     },
+    /// The client did not send the whole request body in time.
+    #[error("the request body did not arrive within {0} s")]
+    RequestTimeout(u64),
     /// The key does not exist (or has expired).
     #[error("key not found")]
     NotFound,
@@ -79,6 +82,7 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::ShardUnavailable { .. } | ApiError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -99,6 +103,7 @@ impl ApiError {
             ApiError::KeyTooLarge { .. } => "key_too_large",
             ApiError::ValueTooLarge { .. } => "value_too_large",
             ApiError::NotFound => "not_found",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::ShardUnavailable { .. } => "shard_unavailable",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Storage(_) => "storage_error",

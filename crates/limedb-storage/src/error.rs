@@ -40,6 +40,15 @@ pub enum StorageError {
         /// The version this build writes and reads.
         supported: u8,
     },
+    /// A caller broke an API contract on a file, e.g. added keys to an SSTable out of order
+    /// or finished a table with no entries. Nothing on disk is damaged.
+    #[error("invalid input for {}: {reason}", path.display())]
+    InvalidInput {
+        /// The file being built.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
     /// A key is longer than [`crate::MAX_KEY_BYTES`].
     #[error("key of {len} bytes exceeds the limit of {max} bytes")]
     KeyTooLarge {

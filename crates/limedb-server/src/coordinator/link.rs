@@ -31,7 +31,7 @@ use crate::shutdown::Shutdown;
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest delay between reconnect attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// Requests queued per connection before callers wait.
+/// Requests queued per connection; past that a request fails at once with [`LinkError::Busy`].
 const QUEUE_DEPTH: usize = 4096;
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -61,7 +61,7 @@ pub struct LinkOptions {
     pub health_interval: Duration,
     /// Connections kept open.
     pub connections: usize,
-    /// Largest frame accepted from the shard.
+    /// Largest frame accepted from the shard (see [`crate::config::MAX_RESPONSE_FRAME_BYTES`]).
     pub max_frame_bytes: usize,
 }
 
@@ -180,6 +180,10 @@ pub struct ShardLink {
     next: AtomicUsize,
     broken: Notify,
     metrics: ShardMetrics,
+    /// When the link was created; [`ShardLink::last_answer_ms`] counts from here.
+    epoch: Instant,
+    /// Milliseconds after `epoch` when the shard last answered anything.
+    last_answer_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for ShardLink {
@@ -206,6 +210,8 @@ impl ShardLink {
             next: AtomicUsize::new(0),
             broken: Notify::new(),
             metrics,
+            epoch: Instant::now(),
+            last_answer_ms: AtomicU64::new(0),
         }
     }
 
@@ -270,7 +276,10 @@ impl ShardLink {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             std::mem::replace(&mut *state, new)
         };
-        *lock(&self.changed_at) = Instant::now();
+        let was_up = matches!(old, LinkState::Up { .. });
+        if was_up != self.status().up {
+            *lock(&self.changed_at) = Instant::now();
+        }
         if let LinkState::Up { conns, .. } = old {
             for conn in conns {
                 conn.close();
@@ -279,9 +288,11 @@ impl ShardLink {
         self.metrics.up.set(i64::from(self.status().up));
     }
 
+    /// Marks the link down; logs a warning when it goes down or the reason changes (so a
+    /// misconfiguration such as a wrong shard id is visible once, not at every retry).
     fn mark_down(&self, reason: String) {
-        let was_up = self.status().up;
-        if was_up {
+        let status = self.status();
+        if status.up || status.reason.as_deref() != Some(reason.as_str()) {
             tracing::warn!(shard = %self.id, url = %self.url, %reason, "shard is down");
         }
         self.set_state(LinkState::Down { reason });
@@ -302,7 +313,6 @@ impl ShardLink {
                         backoff = MIN_BACKOFF;
                     }
                     Err(reason) => {
-                        tracing::debug!(shard = %self.id, %reason, "cannot reach shard");
                         self.mark_down(reason);
                         tokio::select! {
                             () = tokio::time::sleep(backoff) => {}
@@ -315,8 +325,13 @@ impl ShardLink {
             }
             tokio::select! {
                 () = tokio::time::sleep(self.options.health_interval) => {
+                    // A shard that answered anything lately is alive; ping only an idle one, so
+                    // a busy shard is never taken down by a ping stuck behind its backlog.
+                    if self.answered_within(self.options.health_interval) {
+                        continue;
+                    }
                     match self.call(Request::Ping).await {
-                        Ok(Response::Pong) => {}
+                        Ok(Response::Pong) | Err(LinkError::Busy(_)) => {}
                         Ok(other) => self.mark_down(format!("unexpected answer to ping: {other:?}")),
                         Err(e) => self.mark_down(format!("health check failed: {e}")),
                     }
@@ -425,6 +440,17 @@ impl ShardLink {
         conn
     }
 
+    fn note_answer(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_answer_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn answered_within(&self, window: Duration) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_answer_ms.load(Ordering::Relaxed);
+        last > 0 && now.saturating_sub(last) < window.as_millis() as u64
+    }
+
     fn any_conn_closed(&self) -> bool {
         match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
             LinkState::Up { conns, .. } => conns.iter().any(|c| c.closed.load(Ordering::Acquire)),
@@ -483,6 +509,7 @@ async fn read_responses(
                     request_id,
                     message: Message::Response(response),
                 })) => {
+                    link.note_answer();
                     if let Some(waiter) = lock(&conn.pending).remove(&request_id) {
                         let _ = waiter.reply.send(Ok(response));
                     }

@@ -330,7 +330,7 @@ impl CoordinatorServer {
             timeout: config.shard_timeout,
             health_interval: config.health_interval,
             connections: config.connections_per_shard,
-            max_frame_bytes: config.limits.max_frame_bytes(),
+            max_frame_bytes: crate::config::MAX_RESPONSE_FRAME_BYTES,
         };
         let mut links: Vec<Arc<ShardLink>> = config
             .shards
@@ -372,7 +372,8 @@ impl CoordinatorServer {
         &self.node
     }
 
-    /// Serves until `shutdown` fires, then drains in-flight requests.
+    /// Serves until `shutdown` fires, then answers the requests in flight (still forwarding them
+    /// to shards) and closes the shard links last.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServerError> {
         let CoordinatorServer {
             node,
@@ -387,9 +388,12 @@ impl CoordinatorServer {
             health_interval_ms = health_interval.as_millis() as u64,
             "coordinator serving"
         );
+        // The links outlive the HTTP server: requests still in flight at shutdown are forwarded
+        // and answered before the links close.
+        let (stop_links, links_shutdown) = crate::shutdown::channel();
         let mut supervisors = JoinSet::new();
         for link in &node.inner.links {
-            supervisors.spawn(Arc::clone(link).supervise(shutdown.clone()));
+            supervisors.spawn(Arc::clone(link).supervise(links_shutdown.clone()));
         }
         crate::http::serve::serve(
             http,
@@ -399,6 +403,7 @@ impl CoordinatorServer {
             shutdown,
         )
         .await;
+        stop_links.trigger();
         while supervisors.join_next().await.is_some() {}
         tracing::info!("coordinator stopped");
         Ok(())

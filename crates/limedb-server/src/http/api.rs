@@ -38,6 +38,9 @@ pub const DEFAULT_PAGE_SIZE: u64 = 20;
 /// Largest page size of `GET /api/v1/keys`.
 pub const MAX_PAGE_SIZE: u64 = 100;
 
+/// A client gets this long to send a whole request body; a stalled upload is answered 408.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 const TEXT_UTF8: &str = "text/plain; charset=utf-8";
 const OCTET_STREAM: &str = "application/octet-stream";
 
@@ -115,7 +118,10 @@ async fn read_body(body: Body, declared_len: Option<u64>, max: usize) -> Result<
             });
         }
     }
-    match Limited::new(body, max).collect().await {
+    let collected = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, max).collect())
+        .await
+        .map_err(|_| ApiError::RequestTimeout(BODY_READ_TIMEOUT.as_secs()))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::ValueTooLarge {
             what: "request body",

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use limedb_proto::{decode, ErrorCode, Frame, Message, Response};
+use limedb_proto::{decode, ErrorCode, Frame, Message, Request, Response};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -77,6 +77,7 @@ async fn serve_connection(
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut result = Ok(());
+    let mut greeted = false;
     'read: loop {
         loop {
             match decode(&mut buf, max_frame_bytes) {
@@ -84,6 +85,16 @@ async fn serve_connection(
                     request_id,
                     message: Message::Request(request),
                 })) => {
+                    if matches!(request, Request::Hello) {
+                        greeted = true;
+                    } else if !greeted {
+                        let refusal = Response::Error {
+                            code: ErrorCode::BadRequest,
+                            message: "the first request on a connection must be Hello".into(),
+                        };
+                        let _ = answers.send(Frame::response(request_id, refusal)).await;
+                        break 'read;
+                    }
                     let Ok(permit) = in_flight.clone().acquire_owned().await else {
                         break 'read;
                     };

@@ -30,6 +30,10 @@ use storage::Storage;
 
 /// Largest page a shard returns to one `KeysPage` request.
 pub const MAX_KEYS_PER_PAGE: u32 = 1000;
+/// A page stops growing once its keys and value previews reach this many bytes (it always
+/// holds at least one entry), so a page of huge keys cannot make an oversized answer; the
+/// coordinator asks again for the rest.
+pub const MAX_PAGE_BYTES: usize = 8 << 20;
 
 /// A shard's request handling, shared by its HTTP and internal listeners. Cheap to clone.
 #[derive(Clone)]
@@ -137,7 +141,9 @@ impl ShardNode {
 /// The internal-protocol form of an error.
 pub fn error_response(e: &ApiError) -> Response {
     let code = match e {
-        ApiError::BadRequest(_) | ApiError::NotFound => ErrorCode::BadRequest,
+        ApiError::BadRequest(_) | ApiError::NotFound | ApiError::RequestTimeout(_) => {
+            ErrorCode::BadRequest
+        }
         ApiError::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
         ApiError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
         ApiError::ShardUnavailable { .. } => ErrorCode::Unavailable,
@@ -174,17 +180,24 @@ impl KvNode for ShardNode {
     ) -> Result<KeysPage, ApiError> {
         let page = self.inner.storage.page(offset, limit as usize).await?;
         let prefix = value_prefix_bytes as usize;
+        let mut bytes = 0;
+        let entries = page
+            .entries
+            .into_iter()
+            .map(|(key, value)| KeyEntry {
+                key,
+                value_len: value.data.len() as u64,
+                value: value.data.slice(..value.data.len().min(prefix)),
+            })
+            .take_while(|entry| {
+                let first = bytes == 0;
+                bytes += entry.key.len() + entry.value.len() + 16;
+                first || bytes <= MAX_PAGE_BYTES
+            })
+            .collect();
         Ok(KeysPage {
             total: page.total,
-            entries: page
-                .entries
-                .into_iter()
-                .map(|(key, value)| KeyEntry {
-                    key,
-                    value_len: value.data.len() as u64,
-                    value: value.data.slice(..value.data.len().min(prefix)),
-                })
-                .collect(),
+            entries,
         })
     }
 

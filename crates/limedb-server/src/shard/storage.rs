@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `get` | [`Engine::get_is_in_memory`] | inline on the runtime worker |
 //! | `get` | otherwise | blocking pool |
-//! | `put`, `delete` | [`Engine::try_write_now`] writes without waiting | inline on the runtime worker |
+//! | `put` of at most [`INLINE_WRITE_MAX_BYTES`], `delete` | [`Engine::try_write_now`] writes without waiting | inline on the runtime worker |
 //! | `put`, `delete` | otherwise (it would wait for a lock, an fsync, log maintenance) | the shard's writer thread |
 //! | `page`, `close` | — | blocking pool |
 //!
@@ -28,6 +28,10 @@ use limedb_storage::{Engine, Page, StorageError, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
+
+/// Writes larger than this (key plus value) always go to the writer thread: copying and
+/// logging them takes long enough to hold up a runtime worker.
+pub const INLINE_WRITE_MAX_BYTES: usize = 64 * 1024;
 
 /// Writes queued for the writer thread before callers wait for room.
 const WRITE_QUEUE_DEPTH: usize = 4096;
@@ -124,13 +128,15 @@ impl Storage {
         value: Bytes,
         expires_at_ms: Option<u64>,
     ) -> Result<(), ApiError> {
-        let op = limedb_storage::WriteOp::Put {
-            key: &key,
-            value: &value,
-            expires_at_ms,
-        };
-        if let Some(done) = self.engine.try_write_now(op) {
-            return done.map(|_| ()).map_err(ApiError::from);
+        if key.len() + value.len() <= INLINE_WRITE_MAX_BYTES {
+            let op = limedb_storage::WriteOp::Put {
+                key: &key,
+                value: &value,
+                expires_at_ms,
+            };
+            if let Some(done) = self.engine.try_write_now(op) {
+                return done.map(|_| ()).map_err(ApiError::from);
+            }
         }
         self.submit(|reply| WriteOp::Put {
             key,
@@ -331,7 +337,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn writer_thread_applies_every_write_in_order_and_closes_cleanly() {
+    async fn concurrent_clients_read_their_writes_and_close_flushes_everything() {
         round_trip(SyncPolicy::Interval(std::time::Duration::from_millis(50))).await;
     }
 

@@ -2,8 +2,12 @@
 //! [`crate::Engine`].
 //!
 //! - [`key`]: internal keys (user key + sequence number + kind) and their order.
+//! - [`memtable`]: the in-memory write buffer, a concurrent skiplist of internal keys.
+//! - [`wal`]: the write-ahead log: segmented, checksummed write batches with group commit.
 //!
 //! The engine that ties write-ahead log, memtables, SSTables, manifest and compaction together
 //! comes in later changes; until then shards use [`crate::MemoryEngine`].
 
 pub mod key;
+pub mod memtable;
+pub mod wal;

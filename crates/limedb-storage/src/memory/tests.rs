@@ -713,13 +713,6 @@ proptest! {
     }
 }
 
-#[test]
-fn gets_are_served_from_memory() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = MemoryEngine::open(dir.path(), MemoryOptions::default()).expect("open");
-    assert!(engine.get_is_in_memory());
-}
-
 /// A write for the batch model test: (key index, Some(value) = put / None = delete, expired).
 type ModelWrite = (u8, Option<u8>, bool);
 

@@ -1,0 +1,851 @@
+//! The write-ahead log of the LSM engine: every [`WriteBatch`] is appended here, checksummed,
+//! before it reaches a memtable, and replayed on open.
+//!
+//! # Files
+//!
+//! The log is a directory of *segments* named after the first sequence number they may hold,
+//! zero-padded to 20 digits so that name order is seqno order:
+//!
+//! ```text
+//!   <dir>/wal-00000000000000000001.log     seqnos 1 ..= 4710           (closed)
+//!   <dir>/wal-00000000000000004711.log     seqnos 4711 ..              (active: appended to)
+//! ```
+//!
+//! [`Wal::rotate`] (called when a memtable is frozen) closes the active segment and starts the
+//! next; so does an append that finds the active segment larger than
+//! [`WalOptions::max_segment_bytes`]. Once a memtable has been flushed to an SSTable,
+//! [`Wal::delete_obsolete`] removes the closed segments whose records it covered. The active
+//! segment is never deleted, so the directory always remembers the next sequence number.
+//!
+//! # Format (version 1)
+//!
+//! All integers are little-endian.
+//!
+//! ```text
+//!  segment header (16 bytes)
+//!  +---+---+---+---+---+---+---+---------+---------------------------+
+//!  | L | I | M | E | W | A | L | version |  first_seqno u64          |
+//!  +---+---+---+---+---+---+---+---------+---------------------------+
+//!    magic b"LIMEWAL"            u8 = 1    = the number in the file name
+//!
+//!  record (one write batch), back to back after the header
+//!  +-----------------+---------------------+--------------------------------+
+//!  | payload_len u32 | crc32c(payload) u32 | payload (payload_len bytes)    |
+//!  +-----------------+---------------------+--------------------------------+
+//!
+//!  payload
+//!  +------------------+-----------+-------+-------+-- … --+----------------+
+//!  | first_seqno u64  | count u32 | op 0  | op 1  |       | op count-1     |
+//!  +------------------+-----------+-------+-------+-- … --+----------------+
+//!    op i has sequence number first_seqno + i; count >= 1
+//!
+//!  op, put (kind = 1)
+//!  +---------+-------------+-----+---------------+-------+
+//!  | kind u8 | key_len u32 | key | value_len u32 | value |
+//!  +---------+-------------+-----+---------------+-------+
+//!
+//!  op, delete (kind = 0)
+//!  +---------+-------------+-----+
+//!  | kind u8 | key_len u32 | key |
+//!  +---------+-------------+-----+
+//! ```
+//!
+//! The kind bytes are those of [`ValueKind`]. Keys are at most [`crate::MAX_KEY_BYTES`], values
+//! at most [`crate::MAX_VALUE_BYTES`], a payload at most 4 GiB − 1; replay checks every count
+//! and length against these limits and against the bytes present before allocating. Within a
+//! segment the batches' sequence numbers are contiguous, starting at the header's
+//! `first_seqno`; a later segment starts at or above where the previous one ended.
+//!
+//! # Recovery
+//!
+//! [`Wal::open`] replays every segment in order and returns the batches. The recovery mode is
+//! *tolerate torn tail*, with the rules of the memory engine's log (`memory/log.rs`):
+//!
+//! - A **torn tail** in the **last** segment is a final record cut short by a crash (its header
+//!   or payload runs past end of file), a final record that ends exactly at end of file and
+//!   fails its CRC, or a tail of zero bytes (a filesystem that extended the file before the data
+//!   reached disk). A segment header cut short (a crash while the segment was created) is torn
+//!   too. Recovery logs a warning, truncates the segment to the end of its last good record,
+//!   and appends continue there.
+//! - A damaged length field does not pass for a torn write: if a final record runs past end of
+//!   file or fails its CRC, but a prefix of its payload matches the stored CRC, it is corrupt.
+//! - Anything else is **corruption** and [`Wal::open`] fails with [`StorageError::Corrupt`]
+//!   naming the segment and the byte offset of the record: a CRC mismatch or an undecodable
+//!   payload with data after it, sequence numbers out of order, a bad header, or *any* damage
+//!   in a segment that is not the last. (A segment is fsynced before the next one is created,
+//!   so only the last can have been cut short by a crash.) Acknowledged data is never dropped
+//!   silently, and a damaged file never causes a panic.
+//!
+//! # Durability and group commit
+//!
+//! [`Wal::append`] writes the record with one `write(2)` before it returns, so an acknowledged
+//! batch survives the process being killed under every [`SyncPolicy`]. Under
+//! [`SyncPolicy::Always`] it also waits until the record is fsynced: the first waiter fsyncs
+//! everything written so far, and every writer whose record that fsync covered returns
+//! without an fsync of its own (group commit). Under `Interval` the engine's background thread
+//! calls [`Wal::sync`] every period; under `Never` only [`Wal::sync`] and [`Wal::close`] fsync
+//! (dropping a [`Wal`] fsyncs too, best effort). A failed write or fsync **poisons** the log:
+//! every later append returns [`StorageError::Poisoned`] until it is reopened, since after a
+//! failed fsync the kernel may have dropped the dirty pages.
+//!
+//! # Example
+//!
+//! ```
+//! use limedb_storage::lsm::wal::{Wal, WalOptions, WriteBatch};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let (wal, recovered) = Wal::open(dir.path(), WalOptions::default())?;
+//! assert!(recovered.is_empty());
+//! let mut batch = WriteBatch::new();
+//! batch.put("lime", "green").delete("lemon");
+//! assert_eq!(wal.append(&batch)?, 2); // seqnos 1 and 2
+//! wal.close()?;
+//!
+//! let (wal, recovered) = Wal::open(dir.path(), WalOptions::default())?;
+//! assert_eq!(recovered.len(), 1);
+//! assert_eq!((recovered[0].first_seqno, &recovered[0].batch), (1, &batch));
+//! assert_eq!(wal.append(&batch)?, 4); // continues after recovery
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod batch;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+
+pub use batch::{BatchOp, RecoveredBatch, WriteBatch, MAX_PAYLOAD_BYTES};
+
+use crate::error::StorageError;
+use crate::lsm::key::{ValueKind, MAX_SEQNO};
+use crate::sync::SyncPolicy;
+use crate::Result;
+use batch::{check_batch, decode_payload, MIN_PAYLOAD_LEN, RECORD_HEADER_LEN};
+
+/// Magic bytes opening every segment.
+pub const MAGIC: &[u8; 7] = b"LIMEWAL";
+
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Bytes of a segment header: magic, version, first seqno.
+pub const SEGMENT_HEADER_LEN: usize = 16;
+
+/// How a [`Wal`] syncs and when it starts a new segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalOptions {
+    /// When appended records are fsynced (default: every second).
+    pub sync: SyncPolicy,
+    /// An append that finds the active segment at least this large first starts a new one
+    /// (default 64 MiB). A single batch may make a segment larger.
+    pub max_segment_bytes: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            sync: SyncPolicy::default(),
+            max_segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The write-ahead log (see the [module docs](self)). Shared by reference between writer
+/// threads: every method takes `&self`.
+#[derive(Debug)]
+pub struct Wal {
+    dir: PathBuf,
+    options: WalOptions,
+    /// The append side. Lock order: `writer` before `syncer`.
+    writer: Mutex<Writer>,
+    /// The fsync side: a second handle on the active segment, so that a group-commit fsync
+    /// does not hold up appends.
+    syncer: Mutex<Syncer>,
+    /// Sequence number of the last operation written with `write(2)` (0 if none ever).
+    written_seqno: AtomicU64,
+    poisoned: AtomicBool,
+    fsyncs: AtomicU64,
+    /// Test hooks: the next append writes half its record and fails; the next fsync fails.
+    #[cfg(test)]
+    fail_next_write: AtomicBool,
+    #[cfg(test)]
+    fail_next_sync: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Segment {
+    first_seqno: u64,
+    path: PathBuf,
+}
+
+#[derive(Debug)]
+struct Writer {
+    /// The active segment, opened for appending.
+    file: File,
+    /// Its size in bytes.
+    len_bytes: u64,
+    /// The sequence number the next operation gets.
+    next_seqno: u64,
+    /// Every segment on disk, oldest first; the last is the active one.
+    segments: VecDeque<Segment>,
+    /// Encoding buffer, reused between appends.
+    buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Syncer {
+    file: File,
+    /// The path of `file`, for errors.
+    path: PathBuf,
+    /// Every operation up to this sequence number is on stable storage.
+    synced_seqno: u64,
+}
+
+/// The name of the segment whose first sequence number is `first_seqno`.
+pub fn segment_file_name(first_seqno: u64) -> String {
+    format!("wal-{first_seqno:020}.log")
+}
+
+/// The first sequence number encoded in a segment file name, if it is one.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("wal-")?.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn segment_header(first_seqno: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    h[..7].copy_from_slice(MAGIC);
+    h[7] = FORMAT_VERSION;
+    h[8..].copy_from_slice(&first_seqno.to_le_bytes());
+    h
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Wal {
+    /// Opens the log in `dir` (created if absent), replays every segment and returns the log,
+    /// positioned after the last good record, with the recovered batches in sequence order.
+    ///
+    /// A torn tail of the last segment is truncated with a warning; any other damage fails
+    /// with [`StorageError::Corrupt`] (or [`StorageError::UnsupportedVersion`]); see the
+    /// [module docs](self#recovery).
+    pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, Vec<RecoveredBatch>)> {
+        std::fs::create_dir_all(dir)
+            .map_err(StorageError::io("failed to create WAL directory", dir))?;
+        let mut found = Vec::new();
+        for entry in
+            std::fs::read_dir(dir).map_err(StorageError::io("failed to list WAL directory", dir))?
+        {
+            let entry = entry.map_err(StorageError::io("failed to list WAL directory", dir))?;
+            if let Some(first) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+                found.push((first, entry.path()));
+            }
+        }
+        found.sort();
+
+        let mut recovered = Vec::new();
+        let mut segments = VecDeque::with_capacity(found.len() + 1);
+        let mut next_seqno = 1u64;
+        let count = found.len();
+        for (i, (first_seqno, path)) in found.into_iter().enumerate() {
+            let is_last = i + 1 == count;
+            if first_seqno < next_seqno || first_seqno == 0 || first_seqno > MAX_SEQNO + 1 {
+                return Err(StorageError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: format!(
+                        "segment starts at seqno {first_seqno}, but the segments before it \
+                         reach seqno {}",
+                        next_seqno - 1
+                    ),
+                });
+            }
+            let data = std::fs::read(&path)
+                .map_err(StorageError::io("failed to read WAL segment", &path))?;
+            let data_len = data.len() as u64;
+            let replay = replay_segment(&Bytes::from(data), &path, first_seqno, is_last)?;
+            if let Some(reason) = &replay.torn {
+                tracing::warn!(
+                    path = %path.display(),
+                    offset = replay.good_len,
+                    dropped_bytes = data_len - replay.good_len,
+                    %reason,
+                    "torn tail in WAL segment; truncating to the last good record"
+                );
+                repair_segment(&path, first_seqno, replay.good_len)?;
+            }
+            next_seqno = replay.next_seqno;
+            recovered.extend(replay.batches);
+            segments.push_back(Segment { first_seqno, path });
+        }
+
+        let (file, len_bytes, active_path) = match segments.back() {
+            Some(active) => {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&active.path)
+                    .map_err(StorageError::io("failed to open WAL segment", &active.path))?;
+                let len = file
+                    .metadata()
+                    .map_err(StorageError::io("failed to stat WAL segment", &active.path))?
+                    .len();
+                // What we replayed may have been only in the page cache of a crashed process.
+                file.sync_all().map_err(StorageError::io(
+                    "failed to fsync WAL segment",
+                    &active.path,
+                ))?;
+                (file, len, active.path.clone())
+            }
+            None => {
+                let (file, path) = create_segment(dir, next_seqno)?;
+                segments.push_back(Segment {
+                    first_seqno: next_seqno,
+                    path: path.clone(),
+                });
+                (file, SEGMENT_HEADER_LEN as u64, path)
+            }
+        };
+        let sync_file = file
+            .try_clone()
+            .map_err(StorageError::io("failed to clone WAL handle", &active_path))?;
+        let last = next_seqno - 1;
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            options,
+            writer: Mutex::new(Writer {
+                file,
+                len_bytes,
+                next_seqno,
+                segments,
+                buf: Vec::new(),
+            }),
+            syncer: Mutex::new(Syncer {
+                file: sync_file,
+                path: active_path,
+                synced_seqno: last,
+            }),
+            written_seqno: AtomicU64::new(last),
+            poisoned: AtomicBool::new(false),
+            fsyncs: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_next_write: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_next_sync: AtomicBool::new(false),
+        };
+        Ok((wal, recovered))
+    }
+
+    /// Logs `batch` as one record, giving its operations the next sequence numbers in order,
+    /// and returns the last of them. The record has been written with `write(2)` when this
+    /// returns, and under [`SyncPolicy::Always`] also fsynced (group commit).
+    ///
+    /// An empty batch logs nothing and returns the last sequence number assigned so far.
+    /// Fails with [`StorageError::KeyTooLarge`]/[`StorageError::ValueTooLarge`] (a batch over
+    /// [`MAX_PAYLOAD_BYTES`] counts as too large a value), or [`StorageError::Poisoned`] after a
+    /// failed write or fsync.
+    pub fn append(&self, batch: &WriteBatch) -> Result<u64> {
+        check_batch(batch)?;
+        let last = {
+            let mut w = lock(&self.writer);
+            self.check_writable()?;
+            if batch.is_empty() {
+                return Ok(w.next_seqno - 1);
+            }
+            if w.len_bytes >= self.options.max_segment_bytes
+                && w.len_bytes > SEGMENT_HEADER_LEN as u64
+            {
+                self.rotate_locked(&mut w)?;
+            }
+            let first = w.next_seqno;
+            let last = first
+                .checked_add(batch.len() as u64 - 1)
+                .filter(|last| *last <= MAX_SEQNO)
+                .ok_or_else(|| {
+                    StorageError::io("cannot append to WAL", &self.dir)(std::io::Error::other(
+                        "sequence numbers exhausted",
+                    ))
+                })?;
+            let Writer { file, buf, .. } = &mut *w;
+            buf.clear();
+            batch.encode_record(first, buf);
+            if let Err(e) = self.write_record(file, buf) {
+                let path = w.segments.back().map_or(&self.dir, |s| &s.path);
+                let error = StorageError::io("failed to append to WAL segment", path)(e);
+                self.poison(&error);
+                return Err(error);
+            }
+            w.len_bytes += w.buf.len() as u64;
+            w.next_seqno = last + 1;
+            self.written_seqno.store(last, Ordering::SeqCst);
+            // Don't keep a huge buffer around after one large batch.
+            if w.buf.capacity() > 1 << 20 {
+                w.buf = Vec::new();
+            }
+            last
+        };
+        match self.options.sync {
+            SyncPolicy::Always => self.sync_to(last)?,
+            SyncPolicy::Interval(_) | SyncPolicy::Never => {}
+        }
+        Ok(last)
+    }
+
+    fn write_record(&self, file: &mut File, record: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_next_write.swap(false, Ordering::SeqCst) {
+            // A crash or full disk in the middle of the record.
+            let half = record.get(..record.len() / 2).unwrap_or_default();
+            file.write_all(half)?;
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        file.write_all(record)
+    }
+
+    /// fsyncs every record written so far; the call the engine's background thread makes
+    /// under [`SyncPolicy::Interval`]. Does nothing if everything is already synced.
+    pub fn sync(&self) -> Result<()> {
+        self.sync_to(self.written_seqno.load(Ordering::SeqCst))
+    }
+
+    /// Group commit: returns once operation `seqno` is on stable storage. A caller that finds
+    /// it already synced by another returns without an fsync; otherwise it fsyncs everything
+    /// written so far, covering every writer queued behind it.
+    fn sync_to(&self, seqno: u64) -> Result<()> {
+        let mut syncer = lock(&self.syncer);
+        if syncer.synced_seqno >= seqno {
+            return Ok(());
+        }
+        // After a failed fsync the kernel may have dropped dirty pages; never retry.
+        self.check_writable()?;
+        // Everything up to `target` was written to this segment or to an earlier one, which
+        // was fsynced when it was closed (rotation swaps the file under this lock).
+        let target = self.written_seqno.load(Ordering::SeqCst);
+        self.fsync(&syncer.file, &syncer.path)?;
+        syncer.synced_seqno = target;
+        Ok(())
+    }
+
+    fn fsync(&self, file: &File, path: &Path) -> Result<()> {
+        let result = file.sync_data();
+        #[cfg(test)]
+        let result = if self.fail_next_sync.swap(false, Ordering::SeqCst) {
+            Err(std::io::Error::other("injected fsync failure"))
+        } else {
+            result
+        };
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        result.map_err(|e| {
+            let error = StorageError::io("failed to fsync WAL segment", path)(e);
+            self.poison(&error);
+            error
+        })
+    }
+
+    /// Closes the active segment and starts a new one, so that the batches written so far can
+    /// be deleted on their own once flushed (the engine calls this when it freezes a
+    /// memtable). Does nothing if the active segment holds no record yet.
+    ///
+    /// The closed segment is fsynced first, whatever the sync policy.
+    pub fn rotate(&self) -> Result<()> {
+        let mut w = lock(&self.writer);
+        self.check_writable()?;
+        if w.len_bytes <= SEGMENT_HEADER_LEN as u64 {
+            return Ok(());
+        }
+        self.rotate_locked(&mut w)
+    }
+
+    fn rotate_locked(&self, w: &mut Writer) -> Result<()> {
+        let mut syncer = lock(&self.syncer);
+        // The old segment must be complete on disk before a newer one exists: recovery treats
+        // damage in any segment but the last as corruption.
+        self.fsync(&syncer.file, &syncer.path)?;
+        syncer.synced_seqno = self.written_seqno.load(Ordering::SeqCst);
+        // A failure from here on leaves the old segment active and intact: no poison.
+        let (file, path) = create_segment(&self.dir, w.next_seqno)?;
+        let sync_file = match file.try_clone() {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(StorageError::io("failed to clone WAL handle", &path)(e));
+            }
+        };
+        syncer.file = sync_file;
+        syncer.path = path.clone();
+        w.file = file;
+        w.len_bytes = SEGMENT_HEADER_LEN as u64;
+        w.segments.push_back(Segment {
+            first_seqno: w.next_seqno,
+            path,
+        });
+        Ok(())
+    }
+
+    /// Deletes the closed segments whose operations all have sequence numbers `<= seqno`
+    /// (because they have been flushed to SSTables) and returns how many were deleted. The
+    /// active segment is never deleted.
+    pub fn delete_obsolete(&self, seqno: u64) -> Result<usize> {
+        let mut w = lock(&self.writer);
+        let mut removed = 0;
+        // Segment 0 holds sequence numbers below the first one of segment 1.
+        while let Some(next_first) = w.segments.get(1).map(|next| next.first_seqno) {
+            if next_first - 1 > seqno {
+                break;
+            }
+            let Some(oldest) = w.segments.front() else {
+                break;
+            };
+            match std::fs::remove_file(&oldest.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StorageError::io(
+                        "failed to delete obsolete WAL segment",
+                        &oldest.path,
+                    )(e))
+                }
+            }
+            tracing::debug!(path = %oldest.path.display(), "deleted obsolete WAL segment");
+            w.segments.pop_front();
+            removed += 1;
+        }
+        if removed > 0 {
+            fsync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
+    /// fsyncs what is left to sync and closes the log.
+    pub fn close(self) -> Result<()> {
+        self.sync()
+    }
+
+    /// The last sequence number assigned (0 if none ever was).
+    pub fn last_seqno(&self) -> u64 {
+        self.written_seqno.load(Ordering::SeqCst)
+    }
+
+    /// Whether a failed write or fsync has poisoned the log.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// The paths of every segment, oldest first; the last is the active one.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        lock(&self.writer)
+            .segments
+            .iter()
+            .map(|s| s.path.clone())
+            .collect()
+    }
+
+    /// Number of fsyncs of segment files since open (a group-commit statistic).
+    pub fn fsync_count(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(StorageError::Poisoned);
+        }
+        Ok(())
+    }
+
+    fn poison(&self, error: &StorageError) {
+        if !self.poisoned.swap(true, Ordering::SeqCst) {
+            tracing::error!(%error, dir = %self.dir.display(), "WAL poisoned; refusing writes");
+        }
+    }
+
+    /// Test hook: the next append writes half of its record, then fails like `write(2)`.
+    #[cfg(test)]
+    fn fail_next_write(&self) {
+        self.fail_next_write.store(true, Ordering::SeqCst);
+    }
+
+    /// Test hook: the next fsync fails.
+    #[cfg(test)]
+    fn fail_next_sync(&self) {
+        self.fail_next_sync.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if !self.is_poisoned() {
+            if let Err(error) = self.sync() {
+                tracing::warn!(%error, "fsync of WAL on drop failed");
+            }
+        }
+    }
+}
+
+/// Creates the segment starting at `first_seqno`: writes and fsyncs its header, fsyncs the
+/// directory, and returns it opened for appending.
+fn create_segment(dir: &Path, first_seqno: u64) -> Result<(File, PathBuf)> {
+    let path = dir.join(segment_file_name(first_seqno));
+    let io = |context| StorageError::io(context, &path);
+    let created = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io("failed to create WAL segment"));
+    let mut file = created?;
+    let written = file
+        .write_all(&segment_header(first_seqno))
+        .and_then(|()| file.sync_all())
+        .map_err(io("failed to write WAL segment header"))
+        .and_then(|()| fsync_dir(dir));
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&path);
+        return Err(error);
+    }
+    Ok((file, path))
+}
+
+/// Truncates a segment with a torn tail to `good_len` bytes (rewriting its header if that was
+/// torn) and fsyncs it.
+fn repair_segment(path: &Path, first_seqno: u64, good_len: u64) -> Result<()> {
+    let io = |context| StorageError::io(context, path);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io("failed to open WAL segment for repair"))?;
+    if good_len < SEGMENT_HEADER_LEN as u64 {
+        file.set_len(0)
+            .map_err(io("failed to truncate WAL segment"))?;
+        file.write_all(&segment_header(first_seqno))
+            .map_err(io("failed to rewrite WAL segment header"))?;
+    } else {
+        file.set_len(good_len)
+            .map_err(io("failed to truncate WAL segment"))?;
+    }
+    file.sync_all().map_err(io("failed to fsync WAL segment"))
+}
+
+/// fsyncs a directory so that file creations and deletions in it are durable.
+fn fsync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(StorageError::io("failed to fsync directory", dir))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// What replaying one segment found.
+#[derive(Debug)]
+struct Replay {
+    batches: Vec<RecoveredBatch>,
+    /// The sequence number after the last replayed operation (`first_seqno` if none).
+    next_seqno: u64,
+    /// Bytes of header and good records; the segment is truncated here if `torn` is set.
+    good_len: u64,
+    /// Why the tail is torn, if it is.
+    torn: Option<String>,
+}
+
+/// Replays the bytes of one segment. Pure: never panics, reads nothing but `data`.
+///
+/// `first_seqno` is the number in the file name; `is_last` allows a torn tail.
+fn replay_segment(data: &Bytes, path: &Path, first_seqno: u64, is_last: bool) -> Result<Replay> {
+    let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    };
+    let expected_header = segment_header(first_seqno);
+    let torn_header = |reason: &str| -> Result<Replay> {
+        if !is_last {
+            return Err(corrupt(
+                0,
+                format!("{reason}, but only the last segment may be torn"),
+            ));
+        }
+        Ok(Replay {
+            batches: Vec::new(),
+            next_seqno: first_seqno,
+            good_len: 0,
+            torn: Some(reason.to_owned()),
+        })
+    };
+    let Some(header) = data.get(..SEGMENT_HEADER_LEN) else {
+        // A crash while the segment was being created.
+        if expected_header.starts_with(data) || data.iter().all(|&b| b == 0) {
+            return torn_header(&format!(
+                "segment header is cut short ({} of {SEGMENT_HEADER_LEN} bytes)",
+                data.len()
+            ));
+        }
+        return Err(bad_magic(path, data));
+    };
+    if header.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
+        if header.iter().all(|&b| b == 0) && data.iter().all(|&b| b == 0) {
+            return torn_header("segment is all zero bytes");
+        }
+        return Err(bad_magic(path, header));
+    }
+    let version = header.get(MAGIC.len()).copied().unwrap_or_default();
+    if version != FORMAT_VERSION {
+        return Err(StorageError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if header != expected_header {
+        return Err(corrupt(
+            MAGIC.len() + 1,
+            format!(
+                "header names first seqno {}, the file name {first_seqno}",
+                u64::from_le_bytes(
+                    header
+                        .get(8..)
+                        .and_then(|b| b.try_into().ok())
+                        .unwrap_or_default()
+                )
+            ),
+        ));
+    }
+
+    let mut batches = Vec::new();
+    let mut next_seqno = first_seqno;
+    let mut offset = SEGMENT_HEADER_LEN;
+    let mut torn = None;
+    while offset < data.len() {
+        let rest = data.get(offset..).unwrap_or_default();
+        let Some((head, body)) = rest.split_at_checked(RECORD_HEADER_LEN) else {
+            torn = Some(format!(
+                "record header needs {RECORD_HEADER_LEN} bytes, {} remain",
+                rest.len()
+            ));
+            break;
+        };
+        let [l0, l1, l2, l3, c0, c1, c2, c3] =
+            <[u8; RECORD_HEADER_LEN]>::try_from(head).unwrap_or_default();
+        let payload_len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+        let stored_crc = u32::from_le_bytes([c0, c1, c2, c3]);
+        let record_len = RECORD_HEADER_LEN + payload_len;
+        if payload_len > body.len() {
+            // Either a torn write or a damaged length field; in the second case the stored
+            // checksum still matches the real (shorter) payload.
+            if let Some(real) = checksum_matching_prefix(body, stored_crc) {
+                return Err(corrupt(
+                    offset,
+                    format!(
+                        "damaged length field: claims a {payload_len}-byte payload running past \
+                         end of file, but the checksum matches the first {real} bytes"
+                    ),
+                ));
+            }
+            torn = Some(format!(
+                "record of {record_len} bytes runs past end of file ({} remain)",
+                rest.len()
+            ));
+            break;
+        }
+        let problem = if payload_len < MIN_PAYLOAD_LEN {
+            Some(format!(
+                "payload length {payload_len} is below the minimum of {MIN_PAYLOAD_LEN}"
+            ))
+        } else {
+            let payload = data.slice(offset + RECORD_HEADER_LEN..offset + record_len);
+            let actual_crc = crc32c::crc32c(&payload);
+            if actual_crc != stored_crc {
+                let at_eof = offset + record_len == data.len();
+                if at_eof && checksum_matching_prefix(&payload, stored_crc).is_none() {
+                    torn = Some(format!(
+                        "final record fails its checksum (stored {stored_crc:#010x}, computed \
+                         {actual_crc:#010x})"
+                    ));
+                    break;
+                }
+                Some(format!(
+                    "checksum mismatch (stored {stored_crc:#010x}, computed {actual_crc:#010x})"
+                ))
+            } else {
+                match decode_payload(&payload) {
+                    Ok(batch) if batch.first_seqno != next_seqno => Some(format!(
+                        "batch starts at seqno {}, expected {next_seqno}",
+                        batch.first_seqno
+                    )),
+                    Ok(batch) => {
+                        next_seqno = batch.last_seqno() + 1;
+                        batches.push(batch);
+                        None
+                    }
+                    Err(reason) => Some(reason),
+                }
+            }
+        };
+        if let Some(reason) = problem {
+            if rest.iter().all(|&b| b == 0) {
+                torn = Some(format!("{reason}; the rest of the segment is zero bytes"));
+                break;
+            }
+            return Err(corrupt(offset, reason));
+        }
+        offset += record_len;
+    }
+    if let Some(reason) = &torn {
+        if !is_last {
+            return Err(corrupt(
+                offset,
+                format!("{reason}, but only the last segment may end in a torn record"),
+            ));
+        }
+    }
+    Ok(Replay {
+        batches,
+        next_seqno,
+        good_len: offset as u64,
+        torn,
+    })
+}
+
+/// The length of the shortest plausible prefix of `bytes` whose CRC32C is `stored`, if any.
+fn checksum_matching_prefix(bytes: &[u8], stored: u32) -> Option<usize> {
+    let mut crc = 0u32;
+    for (i, byte) in bytes.iter().enumerate() {
+        crc = crc32c::crc32c_append(crc, std::slice::from_ref(byte));
+        if i + 1 >= MIN_PAYLOAD_LEN && crc == stored {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+fn bad_magic(path: &Path, found: &[u8]) -> StorageError {
+    StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset: 0,
+        reason: format!(
+            "bad segment header {:?}: expected magic \"LIMEWAL\" and version {FORMAT_VERSION}; \
+             this is not a LimeDB write-ahead log segment",
+            found.escape_ascii().to_string()
+        ),
+    }
+}
+
+// Keep the kind bytes of the format tied to `ValueKind`.
+const _: () = assert!(ValueKind::Put as u8 == 1 && ValueKind::Delete as u8 == 0);
