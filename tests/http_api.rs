@@ -490,3 +490,25 @@ async fn a_page_of_keys_at_the_size_limits_lists_without_breaking_the_link() {
         .expect("health");
     assert_eq!(health.json().expect("json")["healthyShards"], 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_limits_below_the_coordinators_give_413_and_keep_the_link() {
+    let cluster = Cluster::start(bin(), 3, &["--max-value-bytes", "1024"], &[]).await;
+    let mut c = HttpConn::connect(&cluster.addr()).await.expect("connect");
+    let r = c
+        .set("too-big-for-the-shard", &"v".repeat(2000))
+        .await
+        .expect("set");
+    assert_error(&r, 413, "value_too_large");
+    assert!(
+        r.text().contains("shard"),
+        "the message says a shard refused: {}",
+        r.text()
+    );
+    let health = c
+        .request("GET", "/api/v1/health", &[], None)
+        .await
+        .expect("health");
+    assert_eq!(health.json().expect("json")["healthyShards"], 3);
+    assert_eq!(c.set("small", "ok").await.expect("set").status, 200);
+}

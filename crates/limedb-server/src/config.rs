@@ -20,10 +20,12 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_KEY_BYTES_CAP: usize = 16 << 20;
 /// Hard cap on `max_value_bytes`.
 pub const MAX_VALUE_BYTES_CAP: usize = 1 << 30;
-/// Largest answer a coordinator accepts from a shard: a maximal key and value under the hard
-/// caps, plus framing. A shard's own limits may be larger than the coordinator's, so this does
-/// not follow the coordinator's configuration.
-pub const MAX_RESPONSE_FRAME_BYTES: usize = MAX_KEY_BYTES_CAP + MAX_VALUE_BYTES_CAP + 64 * 1024;
+/// Largest internal-protocol frame either side accepts: a maximal key and value under the hard
+/// caps, plus framing. It does not follow the configured limits, because a coordinator and its
+/// shards may be configured differently: a frame within this cap but over a node's own limits
+/// is answered with a clean `KeyTooLarge`/`ValueTooLarge` error instead of breaking the
+/// connection (and with it every request in flight on it).
+pub const MAX_INTERNAL_FRAME_BYTES: usize = MAX_KEY_BYTES_CAP + MAX_VALUE_BYTES_CAP + 64 * 1024;
 /// Default cap on concurrently open client connections per listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default time the coordinator waits for a shard before answering 503.
@@ -58,16 +60,12 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Largest internal-protocol frame that a request within these limits can need.
-    pub fn max_frame_bytes(&self) -> usize {
+    /// Largest HTTP body accepted: a JSON `set` of a maximal key and value, plus 64 KiB of room
+    /// for the JSON around them and escapes.
+    pub fn max_body_bytes(&self) -> usize {
         self.max_key_bytes
             .saturating_add(self.max_value_bytes)
             .saturating_add(64 * 1024)
-    }
-
-    /// Largest HTTP body accepted: a JSON `set` of a maximal key and value, plus room for quoting.
-    pub fn max_body_bytes(&self) -> usize {
-        self.max_frame_bytes()
     }
 
     /// Rejects an empty key (400) or one over the limit (413).
@@ -285,6 +283,7 @@ mod tests {
     #[test]
     fn limits_leave_room_for_framing() {
         let l = Limits::default();
-        assert!(l.max_frame_bytes() > l.max_key_bytes + l.max_value_bytes);
+        assert!(l.max_body_bytes() > l.max_key_bytes + l.max_value_bytes);
+        assert!(MAX_INTERNAL_FRAME_BYTES > MAX_KEY_BYTES_CAP + MAX_VALUE_BYTES_CAP);
     }
 }

@@ -15,9 +15,11 @@
 //!   [`shutdown`]: the shutdown signal every loop listens to; [`dev`]: a whole local cluster in
 //!   one process.
 //!
-//! Engine calls never run on a runtime worker: they go through `spawn_blocking`. Every server
-//! takes a bound listener and a [`shutdown::Shutdown`], caps its connections, and drains
-//! in-flight requests before it returns.
+//! Engine calls never wait on a runtime worker: [`shard::storage`] runs in-memory reads and
+//! small writes that need no waiting inline, group-commits the rest on a writer thread, and sends
+//! scans to the blocking pool. Every server takes a bound listener and a
+//! [`shutdown::Shutdown`], caps its connections, and answers in-flight requests before it
+//! returns.
 
 mod accept;
 mod coalesce;

@@ -61,7 +61,7 @@ pub struct LinkOptions {
     pub health_interval: Duration,
     /// Connections kept open.
     pub connections: usize,
-    /// Largest frame accepted from the shard (see [`crate::config::MAX_RESPONSE_FRAME_BYTES`]).
+    /// Largest frame accepted from the shard ([`crate::config::MAX_INTERNAL_FRAME_BYTES`]).
     pub max_frame_bytes: usize,
 }
 

@@ -330,7 +330,7 @@ impl CoordinatorServer {
             timeout: config.shard_timeout,
             health_interval: config.health_interval,
             connections: config.connections_per_shard,
-            max_frame_bytes: crate::config::MAX_RESPONSE_FRAME_BYTES,
+            max_frame_bytes: crate::config::MAX_INTERNAL_FRAME_BYTES,
         };
         let mut links: Vec<Arc<ShardLink>> = config
             .shards

@@ -70,7 +70,7 @@ async fn serve_connection(
     node: ShardNode,
     mut shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let max_frame_bytes = node.inner.limits.max_frame_bytes();
+    let max_frame_bytes = crate::config::MAX_INTERNAL_FRAME_BYTES;
     let (mut reader, writer) = stream.into_split();
     let (answers, answers_rx) = mpsc::channel::<Frame>(MAX_IN_FLIGHT_PER_CONNECTION);
     let writer_task = tokio::spawn(write_answers(writer, answers_rx));
