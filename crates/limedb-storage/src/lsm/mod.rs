@@ -3,7 +3,6 @@
 //!
 //! - [`key`]: internal keys (user key + sequence number + kind) and their order.
 //! - [`memtable`]: the in-memory write buffer, a concurrent skiplist of internal keys.
-//! - [`sstable`]: immutable sorted table files (blocks, index, bloom filter, footer), their
 //!   writer and reader.
 //! - [`wal`]: the write-ahead log: segmented, checksummed write batches with group commit.
 //!
@@ -12,5 +11,4 @@
 
 pub mod key;
 pub mod memtable;
-pub mod sstable;
 pub mod wal;
