@@ -3,7 +3,6 @@
 //!
 //! - [`key`]: internal keys (user key + sequence number + kind) and their order.
 //! - [`memtable`]: the in-memory write buffer, a concurrent skiplist of internal keys.
-//!   writer and reader.
 //! - [`wal`]: the write-ahead log: segmented, checksummed write batches with group commit.
 //!
 //! The engine that ties write-ahead log, memtables, SSTables, manifest and compaction together
