@@ -26,7 +26,10 @@ pub const MAX_VALUE_BYTES_CAP: usize = 1 << 30;
 /// is answered with a clean `KeyTooLarge`/`ValueTooLarge` error instead of breaking the
 /// connection (and with it every request in flight on it).
 pub const MAX_INTERNAL_FRAME_BYTES: usize = MAX_KEY_BYTES_CAP + MAX_VALUE_BYTES_CAP + 64 * 1024;
-const _: () = assert!(MAX_INTERNAL_FRAME_BYTES < u32::MAX as usize, "frame lengths are u32");
+const _: () = assert!(
+    MAX_INTERNAL_FRAME_BYTES < u32::MAX as usize,
+    "frame lengths are u32"
+);
 /// Default cap on concurrently open client connections per listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default time the coordinator waits for a shard before answering 503.
