@@ -3,6 +3,8 @@
 //!
 //! - [`key`]: internal keys (user key + sequence number + kind) and their order.
 //! - [`memtable`]: the in-memory write buffer, a concurrent skiplist of internal keys.
+//! - [`sstable`]: immutable sorted table files (blocks, index, bloom filter, footer), their
+//!   writer and reader.
 //! - [`wal`]: the write-ahead log: segmented, checksummed write batches with group commit.
 //!
 //! The engine that ties write-ahead log, memtables, SSTables, manifest and compaction together
@@ -10,4 +12,5 @@
 
 pub mod key;
 pub mod memtable;
+pub mod sstable;
 pub mod wal;

@@ -1,0 +1,584 @@
+//! [`Table`]: an open SSTable (footer checked, index and filter in memory), point reads, and
+//! [`TableIter`], a cursor over its entries.
+
+use std::cmp::Ordering;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::block::{Block, BlockIter};
+use super::bloom::BloomFilter;
+use super::codec::{self, BlockHandle};
+use super::footer::{Footer, FooterError, Properties, FOOTER_LEN};
+use super::TableMeta;
+use crate::error::StorageError;
+use crate::lsm::key::{compare_encoded, seek_key, InternalKeyRef, ValueKind};
+use crate::Result;
+
+/// How a [`Table`] reads its blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Map the file into memory once; blocks are slices of the map (uncompressed blocks are
+    /// not copied at all). The default.
+    #[default]
+    Mmap,
+    /// Read each block with `pread(2)` into its own buffer.
+    Pread,
+}
+
+/// One data block in the in-memory index.
+#[derive(Debug)]
+struct IndexEntry {
+    /// The block's last internal key: every key in the block is `<=` it.
+    last_key: Box<[u8]>,
+    handle: BlockHandle,
+}
+
+#[derive(Debug)]
+enum Source {
+    /// The whole file, mapped.
+    Mmap(Bytes),
+    Pread(File),
+}
+
+#[derive(Debug)]
+struct TableInner {
+    meta: TableMeta,
+    source: Source,
+    /// Where the footer starts: every block ends at or before it.
+    footer_offset: u64,
+    index: Vec<IndexEntry>,
+    filter: BloomFilter,
+}
+
+/// An open, immutable SSTable. Cheap to clone (the clones share the file, index and filter).
+///
+/// See [`super::TableWriter`] for an example.
+#[derive(Clone, Debug)]
+pub struct Table {
+    inner: Arc<TableInner>,
+}
+
+/// Maps a file into memory.
+#[expect(unsafe_code, reason = "memmap2::Mmap::map is unsafe")]
+fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: SSTables are immutable once `TableWriter::finish` returns: the engine never
+    // writes to, truncates or replaces a table file while it is open (a new table always gets
+    // a new file name). The mapping is read-only and shared with no writer, so the bytes behind
+    // it do not change for as long as the map lives. A third party modifying the file behind
+    // our back is outside this contract (as with any mmap-based engine). Covered by every
+    // `ReadMode::Mmap` test in `sstable/tests.rs`.
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+impl Table {
+    /// Opens the table at `path`: checks the footer (length, magic, version, checksum), then
+    /// loads and checks the properties, filter and index blocks. Data blocks are read lazily.
+    pub fn open(path: impl AsRef<Path>, mode: ReadMode) -> Result<Table> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(StorageError::io("failed to open SSTable", &path))?;
+        let file_size = file
+            .metadata()
+            .map_err(StorageError::io("failed to stat SSTable", &path))?
+            .len();
+        let corrupt = |offset: u64, reason: String| StorageError::Corrupt {
+            path: path.clone(),
+            offset,
+            reason,
+        };
+        let Some(footer_offset) = file_size.checked_sub(FOOTER_LEN as u64) else {
+            return Err(corrupt(
+                0,
+                format!("file of {file_size} bytes is shorter than the {FOOTER_LEN}-byte footer"),
+            ));
+        };
+        let source = match mode {
+            ReadMode::Mmap => Source::Mmap(Bytes::from_owner(
+                map_file(&file).map_err(StorageError::io("failed to mmap SSTable", &path))?,
+            )),
+            ReadMode::Pread => Source::Pread(file),
+        };
+        let footer_bytes = read_range(&source, &path, footer_offset, FOOTER_LEN)?;
+        let footer = match Footer::decode(&footer_bytes) {
+            Ok(footer) => footer,
+            Err(FooterError::Version(found)) => {
+                return Err(match u8::try_from(found) {
+                    Ok(found) => StorageError::UnsupportedVersion {
+                        path,
+                        found,
+                        supported: super::footer::FORMAT_VERSION as u8,
+                    },
+                    Err(_) => corrupt(
+                        footer_offset,
+                        format!("footer holds format version {found}, this build reads 1"),
+                    ),
+                })
+            }
+            Err(FooterError::Corrupt(reason)) => return Err(corrupt(footer_offset, reason)),
+        };
+        if footer.entry_count == 0 {
+            return Err(corrupt(
+                footer_offset,
+                "footer says the table is empty".into(),
+            ));
+        }
+        let read = |handle| read_block(&source, &path, footer_offset, handle);
+
+        let properties = read(footer.properties)?;
+        let properties = Properties::decode(&properties)
+            .map_err(|reason| corrupt(footer.properties.offset, reason))?;
+        for key in [&properties.smallest_key, &properties.largest_key] {
+            if InternalKeyRef::decode(key).is_none() {
+                return Err(corrupt(
+                    footer.properties.offset,
+                    "a boundary key is not an internal key".into(),
+                ));
+            }
+        }
+        if compare_encoded(&properties.smallest_key, &properties.largest_key) == Ordering::Greater {
+            return Err(corrupt(
+                footer.properties.offset,
+                "smallest key is greater than largest key".into(),
+            ));
+        }
+
+        let filter = BloomFilter::decode(read(footer.filter)?)
+            .map_err(|reason| corrupt(footer.filter.offset, reason))?;
+
+        let index = decode_index(read(footer.index)?, footer_offset)
+            .map_err(|reason| corrupt(footer.index.offset, reason))?;
+        if index.len() as u64 != properties.data_block_count {
+            return Err(corrupt(
+                footer.index.offset,
+                format!(
+                    "index lists {} data blocks, properties say {}",
+                    index.len(),
+                    properties.data_block_count
+                ),
+            ));
+        }
+        if index.last().map(|e| &e.last_key[..]) != Some(&properties.largest_key[..]) {
+            return Err(corrupt(
+                footer.index.offset,
+                "the last index key is not the table's largest key".into(),
+            ));
+        }
+
+        let table = TableInner {
+            meta: TableMeta {
+                path: path.clone(),
+                file_size_bytes: file_size,
+                entry_count: footer.entry_count,
+                smallest_key: Bytes::from(properties.smallest_key),
+                largest_key: Bytes::from(properties.largest_key),
+                min_seqno: properties.min_seqno,
+                max_seqno: footer.max_seqno,
+                tombstone_count: properties.tombstone_count,
+                data_block_count: properties.data_block_count,
+            },
+            source,
+            footer_offset,
+            index,
+            filter,
+        };
+        Ok(Table {
+            inner: Arc::new(table),
+        })
+    }
+
+    /// What the table holds: path, size, entry count, key range, sequence numbers.
+    pub fn meta(&self) -> &TableMeta {
+        &self.inner.meta
+    }
+
+    /// The table's file.
+    pub fn path(&self) -> &Path {
+        &self.inner.meta.path
+    }
+
+    /// Whether the bloom filter admits `user_key` (`false`: it is certainly not in the
+    /// table).
+    pub fn may_contain(&self, user_key: &[u8]) -> bool {
+        self.inner.filter.may_contain(user_key)
+    }
+
+    /// The newest version of `user_key` with a sequence number `<= snapshot_seqno`: `Put` with
+    /// its value, `Delete` with an empty value (so the caller stops looking in older tables),
+    /// or `None` if this table has no such version.
+    pub fn get(&self, user_key: &[u8], snapshot_seqno: u64) -> Result<Option<(ValueKind, Bytes)>> {
+        if !self.inner.filter.may_contain(user_key) {
+            return Ok(None);
+        }
+        let target = seek_key(user_key, snapshot_seqno);
+        let index = &self.inner.index;
+        let position = index
+            .partition_point(|entry| compare_encoded(&entry.last_key, &target) == Ordering::Less);
+        let Some(entry) = index.get(position) else {
+            return Ok(None);
+        };
+        let handle = entry.handle;
+        let mut block = self.inner.load_block(handle)?;
+        block
+            .seek(&target)
+            .map_err(|reason| self.inner.corrupt(handle.offset, reason))?;
+        if !block.valid() {
+            return Err(self.inner.corrupt(
+                handle.offset,
+                "block holds no key up to its index separator".into(),
+            ));
+        }
+        let Some(found) = InternalKeyRef::decode(block.key()) else {
+            return Err(self
+                .inner
+                .corrupt(handle.offset, "block holds a malformed internal key".into()));
+        };
+        if found.user_key != user_key {
+            return Ok(None);
+        }
+        Ok(Some(match found.kind {
+            ValueKind::Put => (ValueKind::Put, block.value()),
+            ValueKind::Delete => (ValueKind::Delete, Bytes::new()),
+        }))
+    }
+
+    /// A cursor over the table, not yet positioned: call [`TableIter::seek_to_first`],
+    /// [`TableIter::seek`] or [`TableIter::seek_to_last`].
+    pub fn iter(&self) -> TableIter {
+        TableIter {
+            table: self.clone(),
+            block_index: 0,
+            block: None,
+        }
+    }
+
+    /// All entries in order, as a standard iterator of `(internal key, value)`. Stops after
+    /// the first error.
+    pub fn entries(&self) -> Entries {
+        Entries {
+            iter: self.iter(),
+            started: false,
+            done: false,
+        }
+    }
+
+    /// Reads, checks and decompresses one block. Every block read goes through here (the
+    /// place for a block cache).
+    pub fn read_block(&self, handle: BlockHandle) -> Result<Bytes> {
+        self.inner.read_block(handle)
+    }
+}
+
+impl TableInner {
+    fn corrupt(&self, offset: u64, reason: String) -> StorageError {
+        StorageError::Corrupt {
+            path: self.meta.path.clone(),
+            offset,
+            reason,
+        }
+    }
+
+    fn read_block(&self, handle: BlockHandle) -> Result<Bytes> {
+        read_block(&self.source, &self.meta.path, self.footer_offset, handle)
+    }
+
+    fn load_block(&self, handle: BlockHandle) -> Result<BlockIter> {
+        let data = self.read_block(handle)?;
+        Block::new(data)
+            .map(Block::iter)
+            .map_err(|reason| self.corrupt(handle.offset, reason))
+    }
+}
+
+/// Reads, checks and decompresses the block at `handle`, which must end before the footer.
+fn read_block(
+    source: &Source,
+    path: &Path,
+    footer_offset: u64,
+    handle: BlockHandle,
+) -> Result<Bytes> {
+    let corrupt = |reason: String| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset: handle.offset,
+        reason,
+    };
+    let end = handle
+        .end_offset()
+        .filter(|&end| end <= footer_offset)
+        .ok_or_else(|| {
+            corrupt(format!(
+                "block of {} bytes runs past the data (which ends at {footer_offset})",
+                handle.size
+            ))
+        })?;
+    let stored = read_range(source, path, handle.offset, (end - handle.offset) as usize)?;
+    codec::decode_stored(stored).map_err(corrupt)
+}
+
+/// Reads `len` bytes at `offset`, which the caller has checked lie inside the file.
+fn read_range(source: &Source, path: &Path, offset: u64, len: usize) -> Result<Bytes> {
+    match source {
+        Source::Mmap(map) => {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            let end = start.saturating_add(len);
+            if end > map.len() {
+                return Err(StorageError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset,
+                    reason: format!("{len} bytes at {offset} run past the end of the file"),
+                });
+            }
+            Ok(map.slice(start..end))
+        }
+        Source::Pread(file) => {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset)
+                .map_err(StorageError::io("failed to read SSTable", path))?;
+            Ok(Bytes::from(buf))
+        }
+    }
+}
+
+/// Decodes the index block and checks its handles and order.
+fn decode_index(block: Bytes, data_end: u64) -> std::result::Result<Vec<IndexEntry>, String> {
+    let mut iter = Block::new(block)?.iter();
+    iter.seek_to_first()?;
+    let mut entries: Vec<IndexEntry> = Vec::new();
+    let mut next_offset = 0u64;
+    while iter.valid() {
+        let handle = BlockHandle::decode(&iter.value())
+            .ok_or_else(|| format!("index entry {} holds a malformed handle", entries.len()))?;
+        if handle.offset != next_offset || handle.end_offset().is_none_or(|end| end > data_end) {
+            return Err(format!(
+                "index entry {} points at {handle:?}, expected a block at {next_offset}",
+                entries.len()
+            ));
+        }
+        next_offset = handle.end_offset().unwrap_or(u64::MAX);
+        if InternalKeyRef::decode(iter.key()).is_none() {
+            return Err(format!("index entry {} has a malformed key", entries.len()));
+        }
+        if let Some(previous) = entries.last() {
+            if compare_encoded(&previous.last_key, iter.key()) != Ordering::Less {
+                return Err(format!("index entry {} is out of order", entries.len()));
+            }
+        }
+        entries.push(IndexEntry {
+            last_key: iter.key().into(),
+            handle,
+        });
+        iter.next()?;
+    }
+    if entries.is_empty() {
+        return Err("index lists no data blocks".to_string());
+    }
+    Ok(entries)
+}
+
+/// A cursor over a [`Table`]'s entries in [`compare_encoded`] order, forward and backward.
+///
+/// It owns a clone of the table. After an `Err` it is no longer positioned
+/// ([`TableIter::valid`] is `false`) until the next seek.
+///
+/// ```
+/// use limedb_storage::lsm::key::{encode, seek_key, ValueKind};
+/// use limedb_storage::lsm::sstable::{ReadMode, Table, TableOptions, TableWriter};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("1.sst");
+/// let mut writer = TableWriter::create(&path, TableOptions::default())?;
+/// for user_key in [&b"a"[..], b"b", b"c"] {
+///     writer.add(&encode(user_key, 1, ValueKind::Put), user_key)?;
+/// }
+/// writer.finish()?;
+///
+/// let table = Table::open(&path, ReadMode::default())?;
+/// let mut iter = table.iter();
+/// iter.seek(&seek_key(b"b", u64::MAX))?;
+/// assert_eq!(iter.value().as_deref(), Some(&b"b"[..]));
+/// iter.next()?;
+/// assert_eq!(iter.value().as_deref(), Some(&b"c"[..]));
+/// iter.next()?;
+/// assert!(!iter.valid());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct TableIter {
+    table: Table,
+    /// Index of the data block `block` was loaded from.
+    block_index: usize,
+    block: Option<BlockIter>,
+}
+
+impl TableIter {
+    /// Whether the cursor is on an entry.
+    pub fn valid(&self) -> bool {
+        self.block.as_ref().is_some_and(BlockIter::valid)
+    }
+
+    /// The current internal key, if positioned.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.block
+            .as_ref()
+            .filter(|b| b.valid())
+            .map(BlockIter::key)
+    }
+
+    /// The current value (sharing the block's buffer), if positioned.
+    pub fn value(&self) -> Option<Bytes> {
+        self.block
+            .as_ref()
+            .filter(|b| b.valid())
+            .map(BlockIter::value)
+    }
+
+    /// Runs `step` on the current block, turning a block error into `Corrupt` and unpositioning
+    /// the cursor on any error.
+    fn on_block(
+        &mut self,
+        step: impl FnOnce(&mut BlockIter) -> std::result::Result<(), String>,
+    ) -> Result<()> {
+        let Some(block) = self.block.as_mut() else {
+            return Ok(());
+        };
+        if let Err(reason) = step(block) {
+            self.block = None;
+            let offset = self
+                .table
+                .inner
+                .index
+                .get(self.block_index)
+                .map_or(0, |e| e.handle.offset);
+            return Err(self.table.inner.corrupt(offset, reason));
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, block_index: usize) -> Result<bool> {
+        self.block = None;
+        let Some(entry) = self.table.inner.index.get(block_index) else {
+            return Ok(false);
+        };
+        self.block = Some(self.table.inner.load_block(entry.handle)?);
+        self.block_index = block_index;
+        Ok(true)
+    }
+
+    /// Moves forward from an exhausted block to the first entry of the next non-empty one.
+    fn skip_forward(&mut self) -> Result<()> {
+        while self.block.is_some() && !self.valid() {
+            let next = self.block_index + 1;
+            if !self.load(next)? {
+                return Ok(());
+            }
+            self.on_block(BlockIter::seek_to_first)?;
+        }
+        Ok(())
+    }
+
+    /// Moves backward from an exhausted block to the last entry of the previous one.
+    fn skip_backward(&mut self) -> Result<()> {
+        while self.block.is_some() && !self.valid() {
+            let Some(previous) = self.block_index.checked_sub(1) else {
+                self.block = None;
+                return Ok(());
+            };
+            self.load(previous)?;
+            self.on_block(BlockIter::seek_to_last)?;
+        }
+        Ok(())
+    }
+
+    /// Positions on the first entry.
+    pub fn seek_to_first(&mut self) -> Result<()> {
+        if self.load(0)? {
+            self.on_block(BlockIter::seek_to_first)?;
+            self.skip_forward()?;
+        }
+        Ok(())
+    }
+
+    /// Positions on the last entry.
+    pub fn seek_to_last(&mut self) -> Result<()> {
+        let count = self.table.inner.index.len();
+        if count > 0 && self.load(count - 1)? {
+            self.on_block(BlockIter::seek_to_last)?;
+            self.skip_backward()?;
+        }
+        Ok(())
+    }
+
+    /// Positions on the first entry whose internal key is `>= internal_key` in
+    /// [`compare_encoded`] order; not valid if there is none. To read `user_key` as of
+    /// snapshot `s`, seek to [`seek_key`]`(user_key, s)`.
+    pub fn seek(&mut self, internal_key: &[u8]) -> Result<()> {
+        let position = self.table.inner.index.partition_point(|entry| {
+            compare_encoded(&entry.last_key, internal_key) == Ordering::Less
+        });
+        if self.load(position)? {
+            self.on_block(|block| block.seek(internal_key))?;
+            self.skip_forward()?;
+        }
+        Ok(())
+    }
+
+    /// Moves to the next entry; past the last one the cursor is no longer valid.
+    #[expect(
+        clippy::should_implement_trait,
+        reason = "a fallible cursor step paired with `prev`; `Entries` is the std iterator"
+    )]
+    pub fn next(&mut self) -> Result<()> {
+        if !self.valid() {
+            return Ok(());
+        }
+        self.on_block(BlockIter::next)?;
+        self.skip_forward()
+    }
+
+    /// Moves to the previous entry; before the first one the cursor is no longer valid.
+    pub fn prev(&mut self) -> Result<()> {
+        if !self.valid() {
+            return Ok(());
+        }
+        self.on_block(BlockIter::prev)?;
+        self.skip_backward()
+    }
+}
+
+/// The entries of a [`Table`] as a standard iterator; see [`Table::entries`].
+#[derive(Debug)]
+pub struct Entries {
+    iter: TableIter,
+    started: bool,
+    done: bool,
+}
+
+impl Iterator for Entries {
+    /// `(internal key, value)`.
+    type Item = Result<(Bytes, Bytes)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let step = if self.started {
+            self.iter.next()
+        } else {
+            self.started = true;
+            self.iter.seek_to_first()
+        };
+        if let Err(err) = step {
+            self.done = true;
+            return Some(Err(err));
+        }
+        match (self.iter.key(), self.iter.value()) {
+            (Some(key), Some(value)) => Some(Ok((Bytes::copy_from_slice(key), value))),
+            _ => {
+                self.done = true;
+                None
+            }
+        }
+    }
+}
