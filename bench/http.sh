@@ -161,11 +161,12 @@ wait_ready() {
 # field LINE KEY : value of KEY=VALUE in a READY line
 field() { sed -n "s/.*[[:space:]]$2=\([^[:space:]]*\).*/\1/p" <<<"$1"; }
 
-start_shard() { # NAME ID -> SHARD_HTTP
+start_shard() { # NAME ID [EXTRA ARGS...] -> SHARD_HTTP
     local name=$1 id=$2
+    shift 2
     mkdir -p "$WORK/data-$name"
     start "$name" "$LIMEDB" shard --id "$id" --host 127.0.0.1 --port 0 --internal-port 0 \
-        --data-dir "$WORK/data-$name"
+        --data-dir "$WORK/data-$name" "$@"
     wait_ready "$name" "$STARTED_PID"
     SHARD_HTTP="$(field "$READY_LINE" http)"
     [[ -n "$SHARD_HTTP" ]] || die "no http= in '$READY_LINE'"
@@ -202,8 +203,11 @@ if want shard; then
 fi
 if want coordinator; then
     SHARD_URLS=()
+    # Three shards, the coordinator and the client share this machine's cores: one worker
+    # thread per shard wastes less time switching threads (see `limedb --help`,
+    # --worker-threads). The lone shard of (a) and the coordinator keep the default.
     for id in 1 2 3; do
-        start_shard "cshard$id" "$id"
+        start_shard "cshard$id" "$id" --worker-threads 1
         SHARD_URLS+=("http://$SHARD_HTTP")
     done
     start coordinator "$LIMEDB" coordinator --host 127.0.0.1 --port 0 \

@@ -27,6 +27,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "LIMEDB_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
 
+    /// Threads that run requests (the async runtime's workers). When several LimeDB processes
+    /// share a machine, fewer threads each (even 1) waste less time switching between them.
+    /// [default: the number of CPUs]
+    #[arg(long, global = true, env = "LIMEDB_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<usize>,
+
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
@@ -258,6 +264,8 @@ pub struct BenchArgs {
 pub struct FileConfig {
     /// Same as --log-level.
     pub log_level: Option<String>,
+    /// Same as --worker-threads.
+    pub worker_threads: Option<usize>,
     /// `[shard]`
     pub shard: ShardArgs,
     /// `[coordinator]`

@@ -42,8 +42,16 @@ fn run(cli: Cli) -> Result<(), String> {
         None => FileConfig::default(),
     };
     init_logging(cli.log_level.as_deref(), file.log_level.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    match cli.worker_threads.or(file.worker_threads) {
+        Some(0) => return Err("--worker-threads must be at least 1".into()),
+        Some(n) => {
+            builder.worker_threads(n);
+        }
+        None => {}
+    }
+    let runtime = builder
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     match cli.command {
