@@ -110,8 +110,9 @@ pub trait Engine: Send + Sync + 'static {
             .collect()
     }
 
-    /// Performs `op` at once if that needs no waiting (no lock held by another writer, no
-    /// fsync, no log maintenance) and returns its answer as [`Engine::write_many`] would;
+    /// Performs `op` at once if that needs no waiting for the disk (no fsync, no log
+    /// maintenance; at most a moment's wait for another writer) and returns its answer as
+    /// [`Engine::write_many`] would;
     /// returns `None` without writing anything otherwise, and the caller queues `op` for
     /// [`Engine::write_many`] on a thread that may block. Lets an async caller skip a thread
     /// hand-off for most writes. The default never writes at once.

@@ -9,7 +9,7 @@
 //! | `get` | [`Engine::get_is_in_memory`] | inline on the runtime worker |
 //! | `get` | otherwise | blocking pool |
 //! | `put` of at most [`INLINE_WRITE_MAX_BYTES`], `delete` | [`Engine::try_write_now`] writes without waiting | inline on the runtime worker |
-//! | `put`, `delete` | otherwise (it would wait for a lock, an fsync, log maintenance) | the shard's writer thread |
+//! | `put`, `delete` | otherwise (it would wait for an fsync or log maintenance) | the shard's writer thread |
 //! | `page`, `close` | — | blocking pool |
 //!
 //! The writer thread takes every write that is queued when it wakes (up to [`MAX_BATCH_OPS`])

@@ -40,7 +40,7 @@ use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -118,6 +118,8 @@ struct Inner {
     written_seq: AtomicU64,
     poisoned: AtomicBool,
     closed: AtomicBool,
+    /// Set while a log rewrite holds the log lock, so quick writers do not queue behind it.
+    rewriting: AtomicBool,
     log_bytes: AtomicU64,
     log_rewrites: AtomicU64,
     expired_reclaimed: AtomicU64,
@@ -327,6 +329,7 @@ impl MemoryEngine {
             written_seq: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            rewriting: AtomicBool::new(false),
             log_rewrites: AtomicU64::new(0),
             expired_reclaimed: AtomicU64::new(0),
             stop: Mutex::new(false),
@@ -591,6 +594,13 @@ impl Inner {
     /// Rewrites the log with only live entries. The caller holds the log lock, so writers
     /// wait; readers continue.
     fn rewrite_locked(&self, slot: &mut LogSlot) -> Result<()> {
+        self.rewriting.store(true, Ordering::Release);
+        let result = self.rewrite_flagged(slot);
+        self.rewriting.store(false, Ordering::Release);
+        result
+    }
+
+    fn rewrite_flagged(&self, slot: &mut LogSlot) -> Result<()> {
         let started = Instant::now();
         let old_bytes = slot.writer.len_bytes();
         let now = now_ms();
@@ -765,8 +775,9 @@ impl Engine for MemoryEngine {
         Ok(flags)
     }
 
-    /// Writes at once unless that would wait: under [`SyncPolicy::Always`] (an fsync), while
-    /// another writer holds the log, or when the log is due for a rewrite.
+    /// Writes at once unless that would wait for the disk: under [`SyncPolicy::Always`] (an
+    /// fsync), while a log rewrite runs, or when one is due. It may wait a moment for another
+    /// writer's append.
     fn try_write_now(&self, op: WriteOp<'_>) -> Option<Result<bool>> {
         if matches!(self.inner.options.sync, SyncPolicy::Always) {
             return None;
@@ -774,11 +785,13 @@ impl Engine for MemoryEngine {
         if let Err(e) = check_ops(&[op]).and_then(|()| self.inner.check_writable()) {
             return Some(Err(e));
         }
-        let mut slot = match self.inner.log.try_lock() {
-            Ok(slot) => slot,
-            Err(TryLockError::WouldBlock) => return None,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-        };
+        // Another writer holds the log for one append (microseconds): wait for it. A rewrite
+        // holds it far longer: never wait for one. (A writer that checks just before a rewrite
+        // starts may still wait for it; rewrites are rare, so this is rare.)
+        if self.inner.rewriting.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut slot = lock(&self.inner.log);
         if self.inner.should_rewrite(&read(&self.inner.state), &slot) {
             return None;
         }
