@@ -156,7 +156,13 @@ impl Node {
     /// SIGTERM and wait for a clean exit (at most `timeout`); returns whether it exited with
     /// status 0.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
-        self.signal("TERM");
+        self.stop_with("TERM", timeout)
+    }
+
+    /// Sends signal `name` (`"TERM"`, `"INT"` for Ctrl-C) and waits for the process to exit (at
+    /// most `timeout`, then SIGKILL); returns whether it exited with status 0.
+    pub fn stop_with(&mut self, name: &str, timeout: Duration) -> bool {
+        self.signal(name);
         let Some(mut child) = self.child.take() else {
             return false;
         };
