@@ -291,3 +291,72 @@ async fn dev_runs_a_cluster_and_bench_drives_it() {
         assert!(dir.path().join(format!("limedb-data/shard-{id}")).is_dir());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_without_shards_routes_to_the_seed_shards() {
+    let dir = temp_dir();
+    let node = Node::spawn(
+        bin(),
+        &["coordinator", "--port", "0"],
+        &dir.path().join("c.log"),
+    )
+    .expect("starts without --shards");
+    let r =
+        limedb_testkit::http::request(&node.http_addr(), "GET", "/api/v1/cluster/state", &[], None)
+            .await
+            .expect("state");
+    let doc = r.json().expect("json");
+    assert_eq!(
+        doc["peers"],
+        serde_json::json!([
+            "http://127.0.0.1:7001",
+            "http://127.0.0.1:7002",
+            "http://127.0.0.1:7003"
+        ])
+    );
+}
+
+#[test]
+fn log_level_flag_beats_rust_log_and_logs_go_to_stderr() {
+    let dir = temp_dir();
+    let data = dir.path().join("d").display().to_string();
+    let args = [
+        "shard",
+        "--port",
+        "0",
+        "--internal-port",
+        "0",
+        "--data-dir",
+        data.as_str(),
+    ];
+    let quiet = Node::spawn_in(
+        bin(),
+        &[&args[..], &["--log-level", "warn"]].concat(),
+        &dir.path().join("quiet.log"),
+        None,
+        &[("RUST_LOG", "debug")],
+    )
+    .expect("starts");
+    let mut quiet = quiet;
+    assert!(quiet.terminate(Duration::from_secs(15)));
+    let log = quiet.log_text();
+    assert!(
+        !log.contains(" INFO ") && !log.contains("DEBUG"),
+        "--log-level warn wins:\n{log}"
+    );
+
+    let chatty = Node::spawn_in(
+        bin(),
+        &args,
+        &dir.path().join("chatty.log"),
+        None,
+        &[("RUST_LOG", "info")],
+    )
+    .expect("starts");
+    let mut chatty = chatty;
+    assert!(chatty.terminate(Duration::from_secs(15)));
+    assert!(
+        chatty.log_text().contains("shard serving"),
+        "info logs on stderr"
+    );
+}
