@@ -22,7 +22,6 @@
 //! returns.
 
 mod accept;
-mod coalesce;
 pub mod config;
 pub mod coordinator;
 pub mod dev;
@@ -33,6 +32,7 @@ pub mod node;
 pub mod ring_json;
 pub mod shard;
 pub mod shutdown;
+mod wire;
 
 /// Name and version reported by nodes.
 pub const SERVER_NAME: &str = concat!("limedb/", env!("CARGO_PKG_VERSION"));

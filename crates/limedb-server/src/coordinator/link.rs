@@ -2,10 +2,11 @@
 //! carrying many requests at once, kept alive by a supervisor task.
 //!
 //! Each [`Conn`] has a writer task (which coalesces queued requests into one socket write) and a
-//! reader task (which hands each response to the caller waiting on its request id). The
-//! supervisor ([`ShardLink::supervise`]) connects, checks health every `health_interval` with a
-//! `Ping`, and reconnects with exponential backoff after any failure. While a link is down every
-//! request fails at once with the reason, instead of waiting for a timeout.
+//! reader task (which hands each response to the caller waiting on its request id), and a
+//! sweeper that times out overdue requests. The supervisor ([`ShardLink::supervise`]) connects,
+//! pings the shard when it has answered nothing for a `health_interval`, and reconnects with
+//! exponential backoff after any failure. While a link is down every request fails at once with
+//! the reason, instead of waiting for a timeout.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,19 +14,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use limedb_cluster::ShardId;
-use limedb_proto::{decode, Frame, Message, Request, Response};
-use tokio::io::AsyncReadExt;
+use limedb_proto::{Frame, Message, Request, Response};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::AbortHandle;
 
 use super::discover;
-use crate::coalesce::write_coalesced;
 use crate::metrics::ShardMetrics;
 use crate::shutdown::Shutdown;
+use crate::wire::{write_coalesced, FrameReader, ReadError};
 
 /// First reconnect delay after a failure; doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -33,7 +32,6 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Requests queued per connection; past that a request fails at once with [`LinkError::Busy`].
 const QUEUE_DEPTH: usize = 4096;
-const READ_CHUNK: usize = 64 * 1024;
 
 /// Why a request could not be answered by the shard.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -496,41 +494,32 @@ async fn write_requests(
 }
 
 async fn read_responses(
-    mut reader: OwnedReadHalf,
+    reader: OwnedReadHalf,
     conn: Arc<Conn>,
     link: Arc<ShardLink>,
     max_frame_bytes: usize,
 ) {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    'read: loop {
-        loop {
-            match decode(&mut buf, max_frame_bytes) {
-                Ok(Some(Frame {
-                    request_id,
-                    message: Message::Response(response),
-                })) => {
-                    link.note_answer();
-                    if let Some(waiter) = lock(&conn.pending).remove(&request_id) {
-                        let _ = waiter.reply.send(Ok(response));
-                    }
-                }
-                Ok(Some(_)) => {
-                    tracing::warn!(shard = %link.id, "shard sent a request frame; closing the connection");
-                    break 'read;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(shard = %link.id, error = %e, "malformed frame from shard; closing the connection");
-                    break 'read;
+    let mut frames = FrameReader::new(reader, max_frame_bytes);
+    loop {
+        match frames.next().await {
+            Ok(Some(Frame {
+                request_id,
+                message: Message::Response(response),
+            })) => {
+                link.note_answer();
+                if let Some(waiter) = lock(&conn.pending).remove(&request_id) {
+                    let _ = waiter.reply.send(Ok(response));
                 }
             }
-        }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        match reader.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+            Ok(Some(_)) => {
+                tracing::warn!(shard = %link.id, "shard sent a request frame; closing the connection");
+                break;
+            }
+            Err(ReadError::Malformed(e)) => {
+                tracing::warn!(shard = %link.id, error = %e, "malformed frame from shard; closing the connection");
+                break;
+            }
+            Ok(None) | Err(ReadError::Io(_)) => break,
         }
     }
     link.connection_broke(&conn);

@@ -8,10 +8,9 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use limedb_proto::{decode, ErrorCode, Frame, Message, Request, Response};
+use limedb_proto::{ErrorCode, Frame, Message, Request, Response};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
@@ -19,14 +18,12 @@ use tokio::task::JoinSet;
 
 use super::ShardNode;
 use crate::accept::Acceptor;
-use crate::coalesce::write_coalesced;
 use crate::http::serve::DRAIN_TIMEOUT;
 use crate::shutdown::Shutdown;
+use crate::wire::{write_coalesced, FrameReader, ReadError};
 
 /// Requests one connection may have running at once.
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
-/// Read buffer grows in steps of this size.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// Accepts internal-protocol connections until `shutdown`, then drains them.
 pub async fn serve(
@@ -70,86 +67,68 @@ async fn serve_connection(
     node: ShardNode,
     mut shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let max_frame_bytes = crate::config::MAX_INTERNAL_FRAME_BYTES;
-    let (mut reader, writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
+    let mut frames = FrameReader::new(reader, crate::config::MAX_INTERNAL_FRAME_BYTES);
     let (answers, answers_rx) = mpsc::channel::<Frame>(MAX_IN_FLIGHT_PER_CONNECTION);
     let writer_task = tokio::spawn(write_answers(writer, answers_rx));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let refuse = |request_id, message: String| {
+        let answers = answers.clone();
+        async move {
+            let error = Response::Error {
+                code: ErrorCode::BadRequest,
+                message,
+            };
+            let _ = answers.send(Frame::response(request_id, error)).await;
+        }
+    };
     let mut result = Ok(());
     let mut greeted = false;
-    'read: loop {
-        loop {
-            match decode(&mut buf, max_frame_bytes) {
-                Ok(Some(Frame {
-                    request_id,
-                    message: Message::Request(request),
-                })) => {
-                    if matches!(request, Request::Hello) {
-                        greeted = true;
-                    } else if !greeted {
-                        let refusal = Response::Error {
-                            code: ErrorCode::BadRequest,
-                            message: "the first request on a connection must be Hello".into(),
-                        };
-                        let _ = answers.send(Frame::response(request_id, refusal)).await;
-                        break 'read;
-                    }
-                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                        break 'read;
-                    };
-                    let node = node.clone();
-                    let answers = answers.clone();
-                    tokio::spawn(async move {
-                        let response = node.handle(request).await;
-                        // The writer is gone only if the connection broke; nothing to answer.
-                        let _ = answers.send(Frame::response(request_id, response)).await;
-                        drop(permit);
-                    });
-                }
-                Ok(Some(Frame { request_id, .. })) => {
-                    let message = "a shard accepts only requests on this connection".to_string();
-                    let _ = answers
-                        .send(Frame::response(
-                            request_id,
-                            Response::Error {
-                                code: ErrorCode::BadRequest,
-                                message,
-                            },
-                        ))
-                        .await;
-                    break 'read;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "malformed internal frame; closing the connection");
-                    let _ = answers
-                        .send(Frame::response(
-                            0,
-                            Response::Error {
-                                code: ErrorCode::BadRequest,
-                                message: format!("malformed frame: {e}"),
-                            },
-                        ))
-                        .await;
-                    break 'read;
-                }
-            }
-        }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        tokio::select! {
-            read = reader.read_buf(&mut buf) => match read {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            },
+    loop {
+        let frame = tokio::select! {
+            frame = frames.next() => frame,
             () = shutdown.wait() => break,
+        };
+        let (request_id, request) = match frame {
+            Ok(Some(Frame {
+                request_id,
+                message: Message::Request(request),
+            })) => (request_id, request),
+            Ok(Some(Frame { request_id, .. })) => {
+                let why = "a shard accepts only requests on this connection";
+                refuse(request_id, why.into()).await;
+                break;
+            }
+            Ok(None) => break,
+            Err(ReadError::Malformed(e)) => {
+                tracing::warn!(error = %e, "malformed internal frame; closing the connection");
+                // Request id 0: the stream is out of step, so no request can be named.
+                refuse(0, format!("malformed frame: {e}")).await;
+                break;
+            }
+            Err(ReadError::Io(e)) => {
+                result = Err(e);
+                break;
+            }
+        };
+        if matches!(request, Request::Hello) {
+            greeted = true;
+        } else if !greeted {
+            let why = "the first request on a connection must be Hello";
+            refuse(request_id, why.into()).await;
+            break;
         }
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let node = node.clone();
+        let answers = answers.clone();
+        tokio::spawn(async move {
+            let response = node.handle(request).await;
+            // The writer is gone only if the connection broke; nothing to answer.
+            let _ = answers.send(Frame::response(request_id, response)).await;
+            drop(permit);
+        });
     }
     // Requests already running finish and are answered; then the writer flushes and closes.
     drop(answers);
