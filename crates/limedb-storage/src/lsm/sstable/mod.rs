@@ -40,8 +40,10 @@
 //!
 //! [`Table::open`] checks the footer (length, magic, version, checksum), then loads the
 //! properties, filter and index blocks into memory and checks them; data blocks are read on
-//! demand through one function, [`Table::read_block`] (where a block cache will go), via a
-//! memory map ([`ReadMode::Mmap`], the default) or `pread` ([`ReadMode::Pread`]). Every block
+//! demand through one function, [`Table::read_block`], via a memory map ([`ReadMode::Mmap`],
+//! the default) or `pread` ([`ReadMode::Pread`]). A table opened with [`Table::open_with`]
+//! keeps decompressed data blocks in a shared [`crate::lsm::cache::BlockCache`] (except
+//! uncompressed blocks of a mapped table, which are read from the map). Every block
 //! is checksummed before it is decoded, and every length read from disk is checked against
 //! the bytes present: damage is a [`crate::StorageError::Corrupt`] naming the file and the
 //! block's offset, never a panic and never wrong data.
@@ -55,8 +57,7 @@
 //! - A table holds at least one entry; [`TableWriter::finish`] refuses an empty one.
 //! - Index separators are whole last keys (not shortened as LevelDB does); a later version
 //!   may shorten them.
-//! - No block cache yet; no fuzz target yet for the block decoder (a proptest feeds it
-//!   arbitrary bytes instead).
+//! - No fuzz target yet for the block decoder (a proptest feeds it arbitrary bytes instead).
 //!
 //! # Example
 //!

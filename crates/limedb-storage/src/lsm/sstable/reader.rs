@@ -15,6 +15,7 @@ use super::codec::{self, BlockHandle};
 use super::footer::{Footer, FooterError, Properties, FOOTER_LEN};
 use super::TableMeta;
 use crate::error::StorageError;
+use crate::lsm::cache::{BlockCache, BlockKey};
 use crate::lsm::key::{compare_encoded, seek_key, InternalKeyRef, ValueKind};
 use crate::Result;
 
@@ -52,6 +53,10 @@ struct TableInner {
     footer_offset: u64,
     index: Vec<IndexEntry>,
     filter: BloomFilter,
+    /// The shared block cache for data blocks, if any.
+    cache: Option<Arc<BlockCache>>,
+    /// This table's id in `cache`.
+    table_id: u64,
 }
 
 /// An open, immutable SSTable. Cheap to clone (the clones share the file, index and filter).
@@ -76,8 +81,51 @@ fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
 
 impl Table {
     /// Opens the table at `path`: checks the footer (length, magic, version, checksum), then
-    /// loads and checks the properties, filter and index blocks. Data blocks are read lazily.
+    /// loads and checks the properties, filter and index blocks. Data blocks are read lazily,
+    /// without a block cache; see [`Table::open_with`].
     pub fn open(path: impl AsRef<Path>, mode: ReadMode) -> Result<Table> {
+        Table::open_with(path, mode, None, 0)
+    }
+
+    /// As [`Table::open`], and reads data blocks through `cache` (if given) under
+    /// `table_id`, which must be unique among the tables open on that cache (the table's file
+    /// number, say) and must not be reused for different contents without first calling
+    /// [`BlockCache::remove_table`]. Call that when the table's file is deleted, too.
+    ///
+    /// What is cached is a data block's checked, decompressed bytes. Index, filter and
+    /// properties stay pinned in the `Table`, outside the cache. In [`ReadMode::Mmap`], blocks
+    /// stored uncompressed are read straight from the mapping every time and never cached
+    /// (as LevelDB does): they cost no copy and no decompression, and caching them would
+    /// charge the page cache's memory to the cache's budget and keep the mapping of a deleted
+    /// file alive.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use limedb_storage::lsm::cache::BlockCache;
+    /// use limedb_storage::lsm::key::{encode, ValueKind};
+    /// use limedb_storage::lsm::sstable::{ReadMode, Table, TableOptions, TableWriter};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("000007.sst");
+    /// let mut writer = TableWriter::create(&path, TableOptions::default())?;
+    /// writer.add(&encode(b"lime", 1, ValueKind::Put), b"green")?;
+    /// writer.finish()?;
+    ///
+    /// let cache = Arc::new(BlockCache::new(8 << 20));
+    /// let table = Table::open_with(&path, ReadMode::Pread, Some(Arc::clone(&cache)), 7)?;
+    /// for _ in 0..2 {
+    ///     assert!(table.get(b"lime", 1)?.is_some());
+    /// }
+    /// let stats = cache.stats();
+    /// assert_eq!((stats.misses, stats.hits), (1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        mode: ReadMode,
+        cache: Option<Arc<BlockCache>>,
+        table_id: u64,
+    ) -> Result<Table> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(StorageError::io("failed to open SSTable", &path))?;
         let file_size = file
@@ -183,6 +231,8 @@ impl Table {
             footer_offset,
             index,
             filter,
+            cache,
+            table_id,
         };
         Ok(Table {
             inner: Arc::new(table),
@@ -197,6 +247,12 @@ impl Table {
     /// The table's file.
     pub fn path(&self) -> &Path {
         &self.inner.meta.path
+    }
+
+    /// The id this table's blocks are cached under (see [`Table::open_with`]; 0 after
+    /// [`Table::open`]).
+    pub fn table_id(&self) -> u64 {
+        self.inner.table_id
     }
 
     /// Whether the bloom filter admits `user_key` (`false`: it is certainly not in the
@@ -264,8 +320,9 @@ impl Table {
         }
     }
 
-    /// Reads, checks and decompresses one block. Every block read goes through here (the
-    /// place for a block cache).
+    /// Reads, checks and decompresses one data block, through the block cache if the table
+    /// has one (see [`Table::open_with`]). Every data block read goes through here. `handle`
+    /// must come from this table's index: the cache knows a block by its offset alone.
     pub fn read_block(&self, handle: BlockHandle) -> Result<Bytes> {
         self.inner.read_block(handle)
     }
@@ -281,7 +338,35 @@ impl TableInner {
     }
 
     fn read_block(&self, handle: BlockHandle) -> Result<Bytes> {
-        read_block(&self.source, &self.meta.path, self.footer_offset, handle)
+        let read = || read_block(&self.source, &self.meta.path, self.footer_offset, handle);
+        let Some(cache) = &self.cache else {
+            return read();
+        };
+        if self.is_zero_copy(handle) {
+            return read();
+        }
+        let key = BlockKey::new(self.table_id, handle.offset);
+        if let Some(block) = cache.get(key) {
+            return Ok(block);
+        }
+        let block = read()?;
+        cache.insert(key, block.clone());
+        Ok(block)
+    }
+
+    /// Whether the block at `handle` is read as a slice of the memory map: mapped and stored
+    /// uncompressed. Only a hint (the type byte is not yet checksummed); `read_block` checks
+    /// the block either way.
+    fn is_zero_copy(&self, handle: BlockHandle) -> bool {
+        let Source::Mmap(map) = &self.source else {
+            return false;
+        };
+        let type_byte = handle
+            .offset
+            .checked_add(u64::from(handle.size))
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| map.get(at));
+        type_byte == Some(&codec::type_none())
     }
 
     fn load_block(&self, handle: BlockHandle) -> Result<BlockIter> {

@@ -4,11 +4,13 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
+use crate::lsm::cache::{BlockCache, CacheStats, ENTRY_OVERHEAD_BYTES};
 use crate::lsm::key::{compare_encoded, encode, seek_key, InternalKeyRef, ValueKind};
 use crate::StorageError;
 
@@ -806,4 +808,166 @@ fn cursors_and_values_outlive_the_table_handle() {
     iter.seek_to_first().expect("seek");
     assert_eq!(iter.key(), fixture.model.keys().next().map(|k| &k.0[..]));
     assert_eq!(&value[..], b"value1value1value1");
+}
+
+/// Writes a table of `entries` keys `key0000`.. with compressible values that start with
+/// `fill` (so two tables written with different fills have the same layout but different
+/// bytes), in 1 KiB blocks.
+fn cache_fixture(dir: &Path, name: &str, compression: Compression, fill: &str) -> (PathBuf, Model) {
+    let path = dir.join(name);
+    let model: Model = (0..200u32)
+        .map(|i| {
+            (
+                IKey(ik(format!("key{i:04}").as_bytes(), 1, ValueKind::Put)),
+                format!("{fill}{i:04}").repeat(8).into_bytes(),
+            )
+        })
+        .collect();
+    let meta = write(
+        &path,
+        &model,
+        TableOptions {
+            block_size_bytes: 1024,
+            compression,
+            ..TableOptions::default()
+        },
+    );
+    assert!(meta.data_block_count > 4, "{meta:?}");
+    (path, model)
+}
+
+fn get_value(table: &Table, user_key: &[u8]) -> Bytes {
+    match table.get(user_key, u64::MAX).expect("get") {
+        Some((ValueKind::Put, value)) => value,
+        other => panic!("{user_key:?}: {other:?}"),
+    }
+}
+
+#[test]
+fn second_read_of_a_key_hits_the_block_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for mode in MODES {
+        for compression in COMPRESSIONS {
+            let (path, model) = cache_fixture(dir.path(), "t.sst", compression, "lime");
+            let cache = Arc::new(BlockCache::new(1 << 20));
+            let table = Table::open_with(&path, mode, Some(Arc::clone(&cache)), 42).expect("open");
+            assert_eq!(table.table_id(), 42);
+            let first = get_value(&table, b"key0100");
+            let second = get_value(&table, b"key0100");
+            assert_eq!(first, second);
+            assert_eq!(
+                first,
+                model_get(&model, b"key0100", u64::MAX).expect("in model").1
+            );
+            let stats = cache.stats();
+            let case = format!("{mode:?} {compression:?}: {stats:?}");
+            if mode == ReadMode::Mmap && compression == Compression::None {
+                // Zero-copy blocks of the mapping bypass the cache.
+                assert_eq!(
+                    stats,
+                    CacheStats {
+                        capacity_bytes: 1 << 20,
+                        ..Default::default()
+                    },
+                    "{case}"
+                );
+            } else {
+                assert_eq!(
+                    (stats.misses, stats.hits, stats.inserts, stats.entries),
+                    (1, 1, 1, 1),
+                    "{case}"
+                );
+                // The cached block is the decompressed one.
+                assert!(stats.used_bytes > 1024, "{case}");
+            }
+            // Whole scans and gets through the cache (twice: cold, then warm) match the model.
+            read_everything(&table, &model).expect("cold");
+            read_everything(&table, &model).expect("warm");
+            cache.remove_table(42);
+            assert_eq!(cache.stats().entries, 0, "{case}");
+            std::fs::remove_file(&path).expect("remove");
+        }
+    }
+}
+
+#[test]
+fn a_shared_cache_keeps_tables_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (mode, compression) in [
+        (ReadMode::Pread, Compression::None),
+        (ReadMode::Mmap, Compression::Lz4),
+        (ReadMode::Pread, Compression::Zstd { level: 1 }),
+    ] {
+        let cache = Arc::new(BlockCache::new(1 << 20));
+        let (path_a, model_a) = cache_fixture(dir.path(), "a.sst", compression, "apple");
+        let (path_b, model_b) = cache_fixture(dir.path(), "b.sst", compression, "berry");
+        let a = Table::open_with(&path_a, mode, Some(Arc::clone(&cache)), 1).expect("open a");
+        let b = Table::open_with(&path_b, mode, Some(Arc::clone(&cache)), 2).expect("open b");
+        // key0000 is in the first data block of both tables: offset 0 in each file.
+        for round in 0..3 {
+            assert!(
+                get_value(&a, b"key0000").starts_with(b"apple0000"),
+                "round {round}"
+            );
+            assert!(
+                get_value(&b, b"key0000").starts_with(b"berry0000"),
+                "round {round}"
+            );
+        }
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.misses, stats.hits, stats.entries),
+            (2, 4, 2),
+            "{mode:?} {compression:?}"
+        );
+        read_everything(&a, &model_a).expect("a");
+        read_everything(&b, &model_b).expect("b");
+        // Dropping one table's blocks leaves the other's.
+        cache.remove_table(1);
+        let before = cache.stats();
+        assert!(get_value(&b, b"key0000").starts_with(b"berry0000"));
+        assert_eq!(cache.stats().hits, before.hits + 1);
+        assert!(get_value(&a, b"key0000").starts_with(b"apple0000"));
+        assert_eq!(cache.stats().misses, before.misses + 1);
+        for path in [path_a, path_b] {
+            std::fs::remove_file(path).expect("remove");
+        }
+    }
+}
+
+#[test]
+fn a_tiny_cache_evicts_and_reads_stay_correct() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, model) = cache_fixture(dir.path(), "t.sst", Compression::Lz4, "lime");
+    // Room for about two decompressed blocks.
+    let cache = Arc::new(BlockCache::with_shards(
+        2 * (1100 + ENTRY_OVERHEAD_BYTES),
+        1,
+    ));
+    let table =
+        Table::open_with(&path, ReadMode::Pread, Some(Arc::clone(&cache)), 3).expect("open");
+    read_everything(&table, &model).expect("read");
+    let stats = cache.stats();
+    assert!(stats.evictions > 0, "{stats:?}");
+    assert!(stats.used_bytes <= stats.capacity_bytes, "{stats:?}");
+}
+
+#[test]
+fn a_corrupt_block_is_not_cached() {
+    let fixture = Fixture::new(Compression::None, 200);
+    // Flip a byte in the first data block.
+    fixture.with_flipped(3, 0x01);
+    let cache = Arc::new(BlockCache::new(1 << 20));
+    let table = Table::open_with(&fixture.path, ReadMode::Pread, Some(Arc::clone(&cache)), 9)
+        .expect("open: data blocks are read lazily");
+    for _ in 0..2 {
+        let err = table.get(b"key0000", u64::MAX).expect_err("corrupt");
+        assert_corrupt_names_file(&err, &fixture.path);
+    }
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.misses, stats.hits, stats.inserts),
+        (2, 0, 0),
+        "{stats:?}"
+    );
 }
