@@ -78,7 +78,7 @@ pub struct ShardArgs {
     #[arg(long, env = "LIMEDB_INTERNAL_PORT", value_name = "PORT")]
     pub internal_port: Option<u16>,
 
-    /// Data directory. [default: ./limedb-data/shard-<id>]
+    /// Data directory. [default: ./limedb-data/shard-ID]
     #[arg(long, env = "LIMEDB_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
@@ -188,7 +188,7 @@ pub struct DevArgs {
     )]
     pub shard_ports: Option<Vec<u16>>,
 
-    /// Parent data directory; shard n keeps its data in <DIR>/shard-<n>.
+    /// Parent data directory; shard N keeps its data in DIR/shard-N.
     /// [default: ./limedb-data]
     #[arg(long, env = "LIMEDB_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,

@@ -9,7 +9,7 @@
 //!   are deterministic, differ between neighbouring keys, and cost nothing to
 //!   produce.
 //! * [`SplitMix64`] is the PRNG (no `rand` dependency); [`KeyChooser`] turns a
-//!   [`KeyPattern`](crate::KeyPattern) into indices for one connection.
+//!   [`KeyPattern`] into indices for one connection.
 
 use crate::KeyPattern;
 

@@ -2,7 +2,7 @@
 //! [`Target`], the base URL checked and split into the parts the client needs.
 //!
 //! Everything here is pure: parsing and validation never touch the network
-//! (resolving the host happens in [`run`](crate::run)).
+//! (resolving the host happens in [`run`](crate::run())).
 
 use std::fmt;
 use std::str::FromStr;

@@ -189,7 +189,7 @@ pub struct OpSummary {
     pub latency_us: LatencySummary,
 }
 
-/// The result of [`run`](crate::run); serialises to the JSON `limedb bench --json` prints.
+/// The result of [`run`](crate::run()); serialises to the JSON `limedb bench --json` prints.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BenchReport {
     /// Workload as written on the command line (`set`, `get`, `mixed`, `mixed:NN`).

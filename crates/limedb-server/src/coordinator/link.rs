@@ -1,7 +1,7 @@
 //! The coordinator's link to one shard: a small pool of internal-protocol connections, each
 //! carrying many requests at once, kept alive by a supervisor task.
 //!
-//! Each [`Conn`] has a writer task (which coalesces queued requests into one socket write) and a
+//! Each connection has a writer task (which coalesces queued requests into one socket write) and a
 //! reader task (which hands each response to the caller waiting on its request id), and a
 //! sweeper that times out overdue requests. The supervisor ([`ShardLink::supervise`]) connects,
 //! pings the shard when it has answered nothing for a `health_interval`, and reconnects with

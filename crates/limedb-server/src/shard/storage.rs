@@ -207,9 +207,9 @@ impl Storage {
 }
 
 /// Most writes applied as one batch (one log append).
-const MAX_BATCH_OPS: usize = 256;
+pub const MAX_BATCH_OPS: usize = 256;
 /// A batch stops growing once its keys and values reach this many bytes.
-const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// The writer thread: applies queued writes in order, every write that is ready as one
 /// [`Engine::write_many`] batch, until every sender is gone or [`WriteOp::Stop`] arrives.

@@ -4,7 +4,7 @@
 //! This module owns the in-memory state (a `BTreeMap` plus a TTL index), the write path (log
 //! first, then map), group commit, the background thread that reaps expired keys and runs
 //! interval fsyncs, and the decision to rewrite the log. The byte format, replay and the
-//! rewrite mechanics live in [`log`].
+//! rewrite mechanics live in `memory/log.rs`.
 //!
 //! # Write path
 //!
@@ -21,9 +21,10 @@
 //! # Log rewrite
 //!
 //! When the log exceeds `max(rewrite_min_bytes, rewrite_ratio × compact size)`, where the
-//! compact size is what a log holding only the current entries would take, the writer that
-//! crossed the threshold rewrites it in place (see [`log`]). The rewrite holds the log lock,
-//! so **writers block while it runs**; readers do not.
+//! compact size is what a log holding only the current entries would take, the next write
+//! through [`Engine::write_many`] (or `put`/`delete`) rewrites it in place (see
+//! `memory/log.rs`); [`Engine::try_write_now`] never does, it declines instead. The rewrite
+//! holds the log lock, so **writers wait while it runs**; readers do not.
 //!
 //! # Expiry
 //!
