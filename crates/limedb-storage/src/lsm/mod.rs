@@ -2,17 +2,25 @@
 //! [`crate::Engine`].
 //!
 //! - [`cache`]: the block cache, a sharded LRU of decompressed data blocks with a byte budget.
+//! - [`compaction`]: compaction decisions, pure: leveled compaction picks a
+//!   [`compaction::Choice`] from a [`version::Version`]; a worker acts on it.
 //! - [`key`]: internal keys (user key + sequence number + kind) and their order.
+//! - [`manifest`]: the durable log of version edits (`MANIFEST-<n>` and `CURRENT`) that
+//!   installs flushes and compactions atomically.
 //! - [`memtable`]: the in-memory write buffer, a concurrent skiplist of internal keys.
 //! - [`sstable`]: immutable sorted table files (blocks, index, bloom filter, footer), their
 //!   writer and reader.
+//! - [`version`]: an immutable snapshot of the tables in each level (L0..L6) and the counters.
 //! - [`wal`]: the write-ahead log: segmented, checksummed write batches with group commit.
 //!
 //! The engine that ties write-ahead log, memtables, SSTables, manifest and compaction together
 //! comes in later changes; until then shards use [`crate::MemoryEngine`].
 
 pub mod cache;
+pub mod compaction;
 pub mod key;
+pub mod manifest;
 pub mod memtable;
 pub mod sstable;
+pub mod version;
 pub mod wal;
