@@ -57,6 +57,7 @@
 pub mod clock;
 pub mod engine;
 pub mod error;
+mod fsutil;
 pub mod lsm;
 pub mod memory;
 pub mod sync;

@@ -56,6 +56,7 @@
 //! new one is complete and durable, so a crash at any point leaves a log holding every
 //! acknowledged write. A leftover `.tmp` file is deleted on open.
 
+use crate::fsutil::fsync_dir;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -589,19 +590,6 @@ fn write_tmp<'a>(tmp: &Path, entries: impl Iterator<Item = (&'a Bytes, &'a Value
         .map_err(|e| io("failed to write rewritten log")(e.into_error()))?;
     file.sync_all()
         .map_err(io("failed to fsync rewritten log"))?;
-    Ok(())
-}
-
-/// fsyncs a directory so that file creations and renames in it are durable.
-pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(StorageError::io("failed to fsync directory", dir))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
     Ok(())
 }
 

@@ -101,6 +101,7 @@ mod edit;
 #[cfg(test)]
 mod tests;
 
+use crate::fsutil::fsync_dir;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -605,19 +606,6 @@ fn remove_leftovers(dir: &Path, live: u64) {
     if removed {
         let _ = fsync_dir(dir);
     }
-}
-
-/// fsyncs a directory so that file creations, renames and deletions in it are durable.
-fn fsync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(StorageError::io("failed to fsync directory", dir))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 /// What replaying a manifest found.

@@ -112,6 +112,7 @@ mod batch;
 #[cfg(test)]
 mod tests;
 
+use crate::fsutil::fsync_dir;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -638,19 +639,6 @@ fn repair_segment(path: &Path, first_seqno: u64, good_len: u64) -> Result<()> {
             .map_err(io("failed to truncate WAL segment"))?;
     }
     file.sync_all().map_err(io("failed to fsync WAL segment"))
-}
-
-/// fsyncs a directory so that file creations and deletions in it are durable.
-fn fsync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(StorageError::io("failed to fsync directory", dir))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 /// What replaying one segment found.
