@@ -6,9 +6,12 @@
 //!   limedb-server (tokio)                       limedb-storage (blocking, no tokio)
 //!   ─────────────────────                       ────────────────────────────────────
 //!   spawn_blocking(|| engine.put(..)) ───────►  trait Engine            (engine.rs)
-//!                                                 └─ MemoryEngine       (memory/)
-//!                                                      ├─ BTreeMap + TTL index in memory
-//!                                                      └─ memory.log    (memory/log.rs)
+//!                                                 ├─ MemoryEngine       (memory/)
+//!                                                 │    ├─ BTreeMap + TTL index in memory
+//!                                                 │    └─ memory.log    (memory/log.rs)
+//!                                                 └─ LsmEngine          (lsm/engine/; not yet
+//!                                                      ├─ WAL, memtables  used by the server)
+//!                                                      └─ SSTables in levels, manifest
 //! ```
 //!
 //! - [`engine`]: the backend-agnostic [`Engine`] trait and its plain data types ([`Value`],
@@ -16,6 +19,8 @@
 //!   trait.
 //! - [`memory`]: the first backend, [`MemoryEngine`]: an ordered in-memory map made durable by
 //!   an append-only log that is replayed on open and rewritten when it grows too large.
+//! - [`lsm`]: LimeDB's own LSM-tree engine, [`LsmEngine`], and its building blocks (WAL,
+//!   memtable, SSTables, block cache, manifest, leveled compaction).
 //! - [`sync`]: [`SyncPolicy`], how eagerly acknowledged writes are fsynced.
 //! - [`error`]: [`StorageError`], the one error type of this crate.
 //! - [`clock`]: [`now_ms`], the wall clock that expiry is measured against.
@@ -65,6 +70,7 @@ pub mod sync;
 pub use clock::now_ms;
 pub use engine::{Engine, EngineStats, Page, Value, WriteOp};
 pub use error::StorageError;
+pub use lsm::engine::{LsmEngine, LsmOptions};
 pub use memory::{MemoryEngine, MemoryOptions};
 pub use sync::{ParseSyncPolicyError, SyncPolicy};
 

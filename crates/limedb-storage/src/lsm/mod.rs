@@ -1,6 +1,7 @@
-//! Building blocks of LimeDB's own LSM-tree engine (issue 4), not yet assembled into an
-//! [`crate::Engine`].
+//! LimeDB's own LSM-tree engine (issue 4): [`engine::LsmEngine`] and its building blocks.
 //!
+//! - [`engine`]: [`engine::LsmEngine`], the blocks below assembled into a [`crate::Engine`]:
+//!   write path, recovery, reads and scans, background flushes and compactions.
 //! - [`cache`]: the block cache, a sharded LRU of decompressed data blocks with a byte budget.
 //! - [`compaction`]: compaction decisions, pure: leveled compaction picks a
 //!   [`compaction::Choice`] from a [`version::Version`]; a worker acts on it.
@@ -13,11 +14,11 @@
 //! - [`version`]: an immutable snapshot of the tables in each level (L0..L6) and the counters.
 //! - [`wal`]: the write-ahead log: segmented, checksummed write batches with group commit.
 //!
-//! The engine that ties write-ahead log, memtables, SSTables, manifest and compaction together
-//! comes in later changes; until then shards use [`crate::MemoryEngine`].
+//! The engine is not yet wired into the server; shards use [`crate::MemoryEngine`].
 
 pub mod cache;
 pub mod compaction;
+pub mod engine;
 pub mod key;
 pub mod manifest;
 pub mod memtable;

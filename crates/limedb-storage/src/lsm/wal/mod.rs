@@ -422,8 +422,9 @@ impl Wal {
 
     /// Group commit: returns once operation `seqno` is on stable storage. A caller that finds
     /// it already synced by another returns without an fsync; otherwise it fsyncs everything
-    /// written so far, covering every writer queued behind it.
-    fn sync_to(&self, seqno: u64) -> Result<()> {
+    /// written so far, covering every writer queued behind it. The engine calls it after
+    /// releasing its writer lock, so that writers queued behind one another share an fsync.
+    pub(crate) fn sync_to(&self, seqno: u64) -> Result<()> {
         let mut syncer = lock(&self.syncer);
         if syncer.synced_seqno >= seqno {
             return Ok(());

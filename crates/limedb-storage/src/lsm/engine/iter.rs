@@ -1,0 +1,235 @@
+//! Iterators of the engine: sources over memtables and SSTables, the k-way [`MergeIter`] that
+//! merges them in internal-key order, and [`LiveIter`], which collapses the versions of each
+//! user key to the newest and hides tombstones and expired values.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+use super::value;
+use crate::engine::Value;
+use crate::lsm::key::{compare_encoded, seek_key, user_key, InternalKeyRef, ValueKind, MAX_SEQNO};
+use crate::lsm::memtable::Memtable;
+use crate::lsm::sstable::{Table, TableIter};
+use crate::{Result, StorageError};
+
+/// One `(encoded internal key, value)` entry.
+pub(crate) type Entry = (Bytes, Bytes);
+
+/// A sorted stream of entries (in [`compare_encoded`] order).
+pub(crate) type Source<'a> = Box<dyn Iterator<Item = Result<Entry>> + 'a>;
+
+/// The entries of `memtable` whose user key is `>= start` (all if `None`).
+pub(crate) fn memtable_source<'a>(memtable: &'a Memtable, start: Option<&[u8]>) -> Source<'a> {
+    let lower = start.map_or(Bound::Unbounded, Bound::Included);
+    Box::new(
+        memtable
+            .range(lower, Bound::Unbounded)
+            .map(|e| Ok((e.key.into_bytes(), e.value))),
+    )
+}
+
+/// The entries of `tables`, read one table after another: the tables must be in key order
+/// with disjoint ranges (a level L1+), or a single table. Only entries with user key `>= start`.
+pub(crate) fn tables_source<'a>(tables: Vec<Table>, start: Option<&[u8]>) -> Source<'a> {
+    Box::new(TablesSource {
+        tables,
+        next: 0,
+        iter: None,
+        advance: false,
+        seek: start.map(|k| seek_key(k, MAX_SEQNO)),
+        done: false,
+    })
+}
+
+/// See [`tables_source`]. Opens each table's cursor only when the previous one is exhausted.
+struct TablesSource {
+    tables: Vec<Table>,
+    /// Index of the next table to open.
+    next: usize,
+    iter: Option<TableIter>,
+    /// The cursor's current entry was handed out: step before reading again.
+    advance: bool,
+    seek: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl Iterator for TablesSource {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if let Some(it) = self.iter.as_mut() {
+                if std::mem::take(&mut self.advance) {
+                    if let Err(e) = it.next() {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                }
+                if let (Some(k), Some(v)) = (it.key(), it.value()) {
+                    self.advance = true;
+                    return Some(Ok((Bytes::copy_from_slice(k), v)));
+                }
+                self.iter = None;
+            }
+            let Some(table) = self.tables.get(self.next) else {
+                self.done = true;
+                return None;
+            };
+            self.next += 1;
+            let mut it = table.iter();
+            let positioned = match &self.seek {
+                Some(k) => it.seek(k),
+                None => it.seek_to_first(),
+            };
+            if let Err(e) = positioned {
+                self.done = true;
+                return Some(Err(e));
+            }
+            self.iter = Some(it);
+        }
+    }
+}
+
+/// A head entry of one source in the merge heap.
+struct Head {
+    key: Bytes,
+    value: Bytes,
+    source: usize,
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Head {}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Head {
+    /// Reversed, so that `BinaryHeap` (a max-heap) pops the smallest key first; between equal
+    /// keys the lower source index (the newer source) first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare_encoded(&other.key, &self.key).then_with(|| other.source.cmp(&self.source))
+    }
+}
+
+/// Merges sorted sources into one stream in [`compare_encoded`] order (every version of every
+/// user key, newest first). Stops after the first error.
+pub(crate) struct MergeIter<'a> {
+    sources: Vec<Source<'a>>,
+    heap: BinaryHeap<Head>,
+    done: bool,
+}
+
+impl<'a> MergeIter<'a> {
+    /// Merges `sources`; pass newer sources first (only used to break ties, which cannot
+    /// happen between unique sequence numbers).
+    pub(crate) fn new(mut sources: Vec<Source<'a>>) -> Result<MergeIter<'a>> {
+        let mut heap = BinaryHeap::with_capacity(sources.len());
+        for (source, iter) in sources.iter_mut().enumerate() {
+            if let Some(entry) = iter.next() {
+                let (key, value) = entry?;
+                heap.push(Head { key, value, source });
+            }
+        }
+        Ok(MergeIter {
+            sources,
+            heap,
+            done: false,
+        })
+    }
+}
+
+impl Iterator for MergeIter<'_> {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        if self.done {
+            return None;
+        }
+        let head = self.heap.pop()?;
+        if let Some(next) = self.sources.get_mut(head.source).and_then(Iterator::next) {
+            match next {
+                Ok((key, value)) => self.heap.push(Head {
+                    key,
+                    value,
+                    source: head.source,
+                }),
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        Some(Ok((head.key, head.value)))
+    }
+}
+
+/// The live entries of a merged stream: for each user key only its newest version, and only if
+/// that is a put that has not expired at `now_ms`.
+pub(crate) struct LiveIter<'a> {
+    merge: MergeIter<'a>,
+    last_user_key: Option<Bytes>,
+    now_ms: u64,
+    /// Names the engine's directory in corruption errors.
+    dir: &'a std::path::Path,
+}
+
+impl<'a> LiveIter<'a> {
+    /// Live entries of `merge` at `now_ms`.
+    pub(crate) fn new(merge: MergeIter<'a>, now_ms: u64, dir: &'a std::path::Path) -> Self {
+        LiveIter {
+            merge,
+            last_user_key: None,
+            now_ms,
+            dir,
+        }
+    }
+}
+
+impl Iterator for LiveIter<'_> {
+    type Item = Result<(Bytes, Value)>;
+
+    fn next(&mut self) -> Option<Result<(Bytes, Value)>> {
+        loop {
+            let (key, data) = match self.merge.next()? {
+                Ok(entry) => entry,
+                Err(e) => return Some(Err(e)),
+            };
+            let uk = user_key(&key);
+            if self.last_user_key.as_deref() == Some(uk) {
+                continue; // an older version of a key already decided
+            }
+            let Some(decoded) = InternalKeyRef::decode(&key) else {
+                return Some(Err(StorageError::Corrupt {
+                    path: self.dir.to_path_buf(),
+                    offset: 0,
+                    reason: "malformed internal key".into(),
+                }));
+            };
+            let kind = decoded.kind;
+            let uk = key.slice(..uk.len());
+            self.last_user_key = Some(uk.clone());
+            if kind == ValueKind::Delete {
+                continue;
+            }
+            match value::decode(&data, self.dir) {
+                Ok(v) if v.is_expired(self.now_ms) => continue,
+                Ok(v) => return Some(Ok((uk, v))),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
