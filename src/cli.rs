@@ -83,7 +83,9 @@ pub struct ShardArgs {
     pub data_dir: Option<PathBuf>,
 
     /// Storage backend: "memory" (an in-memory ordered map made durable by an append-only
-    /// log). [default: memory]
+    /// log) or "lsm" (LimeDB's LSM-tree engine: write-ahead log, memtables, SSTables, leveled
+    /// compaction; data larger than memory). The two keep different files: a data directory
+    /// belongs to the backend that created it. [default: memory]
     #[arg(long, env = "LIMEDB_STORAGE", value_name = "BACKEND")]
     pub storage: Option<String>,
 

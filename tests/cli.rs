@@ -137,6 +137,39 @@ fn bad_configuration_is_a_clear_error_and_a_nonzero_exit() {
         "twice",
     );
     fails_with(&["coordinator", "--port", "notaport"], "invalid value");
+    // A data directory of one backend opened with the other.
+    let lsm_dir = dir.path().join("lsm-data").display().to_string();
+    let node = Node::spawn(
+        bin(),
+        &[
+            "shard",
+            "--port",
+            "0",
+            "--internal-port",
+            "0",
+            "--storage",
+            "lsm",
+            "--data-dir",
+            &lsm_dir,
+        ],
+        &dir.path().join("lsm.log"),
+    )
+    .expect("lsm shard starts");
+    drop(node);
+    fails_with(
+        &[
+            "shard",
+            "--port",
+            "0",
+            "--internal-port",
+            "0",
+            "--storage",
+            "memory",
+            "--data-dir",
+            &lsm_dir,
+        ],
+        "holds data of the lsm storage backend",
+    );
     // A port already in use.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = busy.local_addr().expect("addr").port().to_string();

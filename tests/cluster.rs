@@ -139,8 +139,17 @@ async fn ten_thousand_keys_route_to_exactly_one_shard_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_process_restarted_keeps_all_data() {
-    let mut cluster = Cluster::start(bin(), 3, &[], &[]).await;
+async fn every_process_restarted_keeps_all_data_memory() {
+    every_process_restarted_keeps_all_data("memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_restarted_keeps_all_data_lsm() {
+    every_process_restarted_keeps_all_data("lsm").await;
+}
+
+async fn every_process_restarted_keeps_all_data(storage: &str) {
+    let mut cluster = Cluster::start(bin(), 3, &["--storage", storage], &[]).await;
     let clean = keys("clean", 1_000);
     write_all(&cluster.addr(), &clean, 8).await;
 

@@ -17,9 +17,43 @@ fn bin() -> &'static Path {
 /// Small limits so the oversized cases are cheap to send.
 const LIMITS: [&str; 4] = ["--max-key-bytes", "1024", "--max-value-bytes", "65536"];
 
-async fn cluster() -> Cluster {
-    Cluster::start(bin(), 3, &LIMITS, &LIMITS).await
+/// Starts 3 shards on `storage` ("memory" or "lsm") and a coordinator, with small limits.
+async fn cluster(storage: &str) -> Cluster {
+    let mut shard_args = LIMITS.to_vec();
+    shard_args.extend(["--storage", storage]);
+    Cluster::start(bin(), 3, &shard_args, &LIMITS).await
 }
+
+/// Runs one check against a cluster of every storage backend: the API must not depend on it.
+macro_rules! on_every_backend {
+    ($($check:ident),* $(,)?) => {
+        $(
+            mod $check {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn memory() {
+                    super::$check("memory").await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn lsm() {
+                    super::$check("lsm").await
+                }
+            }
+        )*
+    };
+}
+
+on_every_backend!(
+    documented_answers_and_errors,
+    declared_oversized_body_is_refused_before_it_is_sent,
+    awkward_keys_and_binary_values_round_trip,
+    ttl_expires_keys,
+    coordinator_pages_through_every_key_of_every_shard,
+    a_page_of_keys_at_the_size_limits_lists_without_breaking_the_link,
+    health_cluster_ring_and_metrics,
+    shard_limits_below_the_coordinators_give_413_and_keep_the_link,
+    sixty_four_concurrent_clients_never_lose_or_mix_values,
+);
 
 fn assert_error(r: &HttpResponse, status: u16, code: &str) {
     assert_eq!(r.status, status, "body: {}", r.text());
@@ -45,9 +79,8 @@ async fn both(cluster: &Cluster) -> Vec<HttpConn> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn documented_answers_and_errors() {
-    let cluster = cluster().await;
+async fn documented_answers_and_errors(storage: &str) {
+    let cluster = cluster(storage).await;
     for mut c in both(&cluster).await {
         let r = c.set("greeting", "hello").await.expect("set");
         assert_eq!((r.status, r.text()), (200, "OK".into()));
@@ -117,10 +150,9 @@ async fn documented_answers_and_errors() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn declared_oversized_body_is_refused_before_it_is_sent() {
+async fn declared_oversized_body_is_refused_before_it_is_sent(storage: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let cluster = cluster().await;
+    let cluster = cluster(storage).await;
     let mut stream = tokio::net::TcpStream::connect(cluster.addr())
         .await
         .expect("connect");
@@ -139,9 +171,8 @@ async fn declared_oversized_body_is_refused_before_it_is_sent() {
     assert!(head.contains("value_too_large"), "{head}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn awkward_keys_and_binary_values_round_trip() {
-    let cluster = cluster().await;
+async fn awkward_keys_and_binary_values_round_trip(storage: &str) {
+    let cluster = cluster(storage).await;
     let keys = [
         "a/b/c",
         "with space",
@@ -204,9 +235,8 @@ async fn awkward_keys_and_binary_values_round_trip() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ttl_expires_keys() {
-    let cluster = cluster().await;
+async fn ttl_expires_keys(storage: &str) {
+    let cluster = cluster(storage).await;
     let mut c = HttpConn::connect(&cluster.addr()).await.expect("connect");
     let body = r#"{"key": "short-lived", "value": "v", "ttl_ms": 300}"#;
     let r = c.post_set(body).await.expect("set");
@@ -232,9 +262,8 @@ async fn ttl_expires_keys() {
     assert_eq!(c.get("long-lived").await.expect("get").status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coordinator_pages_through_every_key_of_every_shard() {
-    let cluster = cluster().await;
+async fn coordinator_pages_through_every_key_of_every_shard(storage: &str) {
+    let cluster = cluster(storage).await;
     let mut c = HttpConn::connect(&cluster.addr()).await.expect("connect");
     let expected: BTreeSet<String> = (0..45).map(|i| format!("page-key-{i:02}")).collect();
     for key in &expected {
@@ -284,9 +313,8 @@ async fn coordinator_pages_through_every_key_of_every_shard() {
     assert_eq!(r.json().expect("json")["pageSize"], 20);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_cluster_ring_and_metrics() {
-    let cluster = cluster().await;
+async fn health_cluster_ring_and_metrics(storage: &str) {
+    let cluster = cluster(storage).await;
     let mut c = HttpConn::connect(&cluster.addr()).await.expect("connect");
     assert_eq!(c.set("m", "1").await.expect("set").status, 200);
     assert_eq!(c.get("m").await.expect("get").status, 200);
@@ -396,9 +424,8 @@ async fn health_cluster_ring_and_metrics() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixty_four_concurrent_clients_never_lose_or_mix_values() {
-    let cluster = cluster().await;
+async fn sixty_four_concurrent_clients_never_lose_or_mix_values(storage: &str) {
+    let cluster = cluster(storage).await;
     let clients = 64;
     let rounds = 40;
     let shared: Vec<String> = (0..16).map(|i| format!("shared-{i}")).collect();
@@ -456,9 +483,8 @@ async fn sixty_four_concurrent_clients_never_lose_or_mix_values() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_page_of_keys_at_the_size_limits_lists_without_breaking_the_link() {
-    let cluster = cluster().await;
+async fn a_page_of_keys_at_the_size_limits_lists_without_breaking_the_link(storage: &str) {
+    let cluster = cluster(storage).await;
     let mut c = HttpConn::connect(&cluster.addr()).await.expect("connect");
     // 300 keys of 1000 bytes with 1000-byte values: a page of 100 is far larger than one
     // maximal key and value of these small limits.
@@ -491,9 +517,9 @@ async fn a_page_of_keys_at_the_size_limits_lists_without_breaking_the_link() {
     assert_eq!(health.json().expect("json")["healthyShards"], 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shard_limits_below_the_coordinators_give_413_and_keep_the_link() {
-    let cluster = Cluster::start(bin(), 3, &["--max-value-bytes", "1024"], &[]).await;
+async fn shard_limits_below_the_coordinators_give_413_and_keep_the_link(storage: &str) {
+    let shard_args = ["--max-value-bytes", "1024", "--storage", storage];
+    let cluster = Cluster::start(bin(), 3, &shard_args, &[]).await;
     let mut c = HttpConn::connect(&cluster.addr()).await.expect("connect");
     let r = c
         .set("too-big-for-the-shard", &"v".repeat(2000))

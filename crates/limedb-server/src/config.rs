@@ -115,6 +115,8 @@ impl Limits {
 pub enum StorageKind {
     /// An ordered in-memory map made durable by an append-only log.
     Memory,
+    /// LimeDB's LSM-tree engine: write-ahead log, memtables, SSTables, leveled compaction.
+    Lsm,
 }
 
 impl std::str::FromStr for StorageKind {
@@ -122,8 +124,9 @@ impl std::str::FromStr for StorageKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "memory" => Ok(StorageKind::Memory),
+            "lsm" => Ok(StorageKind::Lsm),
             other => Err(format!(
-                "unknown storage backend {other:?}: the available backend is \"memory\""
+                "unknown storage backend {other:?}: the available backends are \"memory\" and \"lsm\""
             )),
         }
     }
@@ -133,6 +136,7 @@ impl std::fmt::Display for StorageKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StorageKind::Memory => f.write_str("memory"),
+            StorageKind::Lsm => f.write_str("lsm"),
         }
     }
 }

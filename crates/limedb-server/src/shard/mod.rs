@@ -17,7 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use limedb_cluster::{Ring, ShardId};
 use limedb_proto::{ErrorCode, Request, Response, PROTOCOL_VERSION};
-use limedb_storage::{now_ms, Engine, MemoryEngine, MemoryOptions};
+use limedb_storage::{now_ms, Engine, LsmEngine, LsmOptions, MemoryEngine, MemoryOptions};
 use tokio::net::TcpListener;
 
 use crate::config::{Limits, ShardConfig, StorageKind};
@@ -283,7 +283,25 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         })
 }
 
+/// A file only the given backend creates in its data directory.
+fn marker_file(kind: StorageKind) -> &'static str {
+    match kind {
+        StorageKind::Memory => "memory.log",
+        StorageKind::Lsm => "CURRENT",
+    }
+}
+
 fn open_engine(config: &ShardConfig) -> Result<Arc<dyn Engine>, ServerError> {
+    // A data directory belongs to the backend that created it: opening it with the other one
+    // would start empty and hide the data, so refuse.
+    for other in [StorageKind::Memory, StorageKind::Lsm] {
+        if other != config.storage && config.data_dir.join(marker_file(other)).exists() {
+            return Err(ServerError::Config(format!(
+                "{} holds data of the {other} storage backend; start the shard with --storage {other} (or use another --data-dir)",
+                config.data_dir.display()
+            )));
+        }
+    }
     match config.storage {
         StorageKind::Memory => {
             let options = MemoryOptions {
@@ -291,6 +309,13 @@ fn open_engine(config: &ShardConfig) -> Result<Arc<dyn Engine>, ServerError> {
                 ..MemoryOptions::default()
             };
             Ok(Arc::new(MemoryEngine::open(&config.data_dir, options)?))
+        }
+        StorageKind::Lsm => {
+            let options = LsmOptions {
+                sync: config.wal_sync,
+                ..LsmOptions::default()
+            };
+            Ok(Arc::new(LsmEngine::open(&config.data_dir, options)?))
         }
     }
 }
