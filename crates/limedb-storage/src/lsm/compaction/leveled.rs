@@ -158,6 +158,20 @@ pub fn pick(version: &Version, options: &LeveledOptions) -> Option<Choice> {
     Some(choose(version, options, level, input, reason))
 }
 
+/// A manual compaction ([`Reason::Manual`]): `inputs` of `level` merged (never moved) with the
+/// tables of the next level they overlap. For L0 the caller passes every L0 table that
+/// overlaps the range of interest; pass all of L0 to be safe when L0 tables overlap each other.
+pub fn manual(
+    version: &Version,
+    options: &LeveledOptions,
+    level: usize,
+    inputs: &[std::sync::Arc<TableHandle>],
+) -> Choice {
+    let mut choice = choose(version, options, level, inputs, Reason::Manual);
+    choice.action = super::Action::Merge;
+    choice
+}
+
 /// The choice merging `inputs` of `level` into the next level.
 fn choose(
     version: &Version,

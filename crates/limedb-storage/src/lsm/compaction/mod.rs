@@ -87,6 +87,8 @@ pub enum Reason {
         /// `size_bytes / target_bytes`, at least 1.
         score: f64,
     },
+    /// Asked for by `LsmEngine::compact_range`.
+    Manual,
 }
 
 /// One compaction to run: tables of `input_level` merged with the tables of `output_level`

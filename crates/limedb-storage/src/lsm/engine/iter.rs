@@ -24,11 +24,118 @@ pub(crate) type Source<'a> = Box<dyn Iterator<Item = Result<Entry>> + 'a>;
 /// The entries of `memtable` whose user key is `>= start` (all if `None`).
 pub(crate) fn memtable_source<'a>(memtable: &'a Memtable, start: Option<&[u8]>) -> Source<'a> {
     let lower = start.map_or(Bound::Unbounded, Bound::Included);
-    Box::new(
-        memtable
-            .range(lower, Bound::Unbounded)
-            .map(|e| Ok((e.key.into_bytes(), e.value))),
-    )
+    memtable_range_source(memtable, lower, Bound::Unbounded, false)
+}
+
+/// The entries of `memtable` whose user key lies within `(lower, upper)`, forward or (if
+/// `reverse`) backward.
+pub(crate) fn memtable_range_source<'a>(
+    memtable: &'a Memtable,
+    lower: Bound<&[u8]>,
+    upper: Bound<&[u8]>,
+    reverse: bool,
+) -> Source<'a> {
+    let range = memtable.range(lower, upper);
+    if reverse {
+        Box::new(range.rev().map(|e| Ok((e.key.into_bytes(), e.value))))
+    } else {
+        Box::new(range.map(|e| Ok((e.key.into_bytes(), e.value))))
+    }
+}
+
+/// The entries of `tables` read backward, the last table first: the tables must be in key
+/// order with disjoint ranges, or a single table. Only entries whose user key is within
+/// `upper`.
+pub(crate) fn tables_source_rev<'a>(tables: Vec<Table>, upper: Bound<&[u8]>) -> Source<'a> {
+    let next = tables.len();
+    Box::new(TablesSourceRev {
+        tables,
+        next,
+        iter: None,
+        advance: false,
+        upper: match upper {
+            Bound::Included(k) => Bound::Included(k.to_vec()),
+            Bound::Excluded(k) => Bound::Excluded(k.to_vec()),
+            Bound::Unbounded => Bound::Unbounded,
+        },
+        done: false,
+    })
+}
+
+/// See [`tables_source_rev`]. Positions each table's cursor only when the next one (in key
+/// order) is exhausted.
+struct TablesSourceRev {
+    tables: Vec<Table>,
+    /// One past the index of the next table to open (counting down).
+    next: usize,
+    iter: Option<TableIter>,
+    /// The cursor's current entry was handed out: step back before reading again.
+    advance: bool,
+    upper: Bound<Vec<u8>>,
+    done: bool,
+}
+
+impl TablesSourceRev {
+    /// Positions `it` on the last entry within `upper`.
+    fn position(it: &mut TableIter, upper: &Bound<Vec<u8>>) -> Result<()> {
+        let (hi, included) = match upper {
+            Bound::Unbounded => return it.seek_to_last(),
+            Bound::Included(k) => (k, true),
+            Bound::Excluded(k) => (k, false),
+        };
+        it.seek(&seek_key(hi, MAX_SEQNO))?;
+        if included {
+            // Step over the versions of `hi` itself.
+            while it.key().is_some_and(|k| user_key(k) == hi.as_slice()) {
+                it.next()?;
+            }
+        }
+        if it.valid() {
+            it.prev()
+        } else {
+            it.seek_to_last()
+        }
+    }
+}
+
+impl Iterator for TablesSourceRev {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if let Some(it) = self.iter.as_mut() {
+                if std::mem::take(&mut self.advance) {
+                    if let Err(e) = it.prev() {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                }
+                if let (Some(k), Some(v)) = (it.key(), it.value()) {
+                    self.advance = true;
+                    return Some(Ok((Bytes::copy_from_slice(k), v)));
+                }
+                self.iter = None;
+            }
+            let Some(index) = self.next.checked_sub(1) else {
+                self.done = true;
+                return None;
+            };
+            self.next = index;
+            let Some(table) = self.tables.get(index) else {
+                self.done = true;
+                return None;
+            };
+            let mut it = table.iter();
+            if let Err(e) = Self::position(&mut it, &self.upper) {
+                self.done = true;
+                return Some(Err(e));
+            }
+            self.iter = Some(it);
+        }
+    }
 }
 
 /// The entries of `tables`, read one table after another: the tables must be in key order
@@ -101,6 +208,8 @@ struct Head {
     key: Bytes,
     value: Bytes,
     source: usize,
+    /// The merge runs backward: pop the largest key first.
+    reverse: bool,
 }
 
 impl PartialEq for Head {
@@ -121,7 +230,12 @@ impl Ord for Head {
     /// Reversed, so that `BinaryHeap` (a max-heap) pops the smallest key first; between equal
     /// keys the lower source index (the newer source) first.
     fn cmp(&self, other: &Self) -> Ordering {
-        compare_encoded(&other.key, &self.key).then_with(|| other.source.cmp(&self.source))
+        let by_key = if self.reverse {
+            compare_encoded(&self.key, &other.key)
+        } else {
+            compare_encoded(&other.key, &self.key)
+        };
+        by_key.then_with(|| other.source.cmp(&self.source))
     }
 }
 
@@ -130,23 +244,39 @@ impl Ord for Head {
 pub(crate) struct MergeIter<'a> {
     sources: Vec<Source<'a>>,
     heap: BinaryHeap<Head>,
+    reverse: bool,
     done: bool,
 }
 
 impl<'a> MergeIter<'a> {
     /// Merges `sources`; pass newer sources first (only used to break ties, which cannot
     /// happen between unique sequence numbers).
-    pub(crate) fn new(mut sources: Vec<Source<'a>>) -> Result<MergeIter<'a>> {
+    pub(crate) fn new(sources: Vec<Source<'a>>) -> Result<MergeIter<'a>> {
+        Self::with_direction(sources, false)
+    }
+
+    /// Merges `sources`, which all run backward if `reverse` (then the stream is in reverse
+    /// [`compare_encoded`] order: every version of a user key oldest first, largest key first).
+    pub(crate) fn with_direction(
+        mut sources: Vec<Source<'a>>,
+        reverse: bool,
+    ) -> Result<MergeIter<'a>> {
         let mut heap = BinaryHeap::with_capacity(sources.len());
         for (source, iter) in sources.iter_mut().enumerate() {
             if let Some(entry) = iter.next() {
                 let (key, value) = entry?;
-                heap.push(Head { key, value, source });
+                heap.push(Head {
+                    key,
+                    value,
+                    source,
+                    reverse,
+                });
             }
         }
         Ok(MergeIter {
             sources,
             heap,
+            reverse,
             done: false,
         })
     }
@@ -166,6 +296,7 @@ impl Iterator for MergeIter<'_> {
                     key,
                     value,
                     source: head.source,
+                    reverse: self.reverse,
                 }),
                 Err(e) => {
                     self.done = true;
@@ -177,23 +308,30 @@ impl Iterator for MergeIter<'_> {
     }
 }
 
-/// The live entries of a merged stream: for each user key only its newest version, and only if
-/// that is a put that has not expired at `now_ms`.
+/// The live entries of a merged stream: for each user key only its newest version visible at
+/// `snapshot_seqno`, and only if that is a put that has not expired at `now_ms`.
 pub(crate) struct LiveIter<'a> {
     merge: MergeIter<'a>,
     last_user_key: Option<Bytes>,
     now_ms: u64,
+    snapshot_seqno: u64,
     /// Names the engine's directory in corruption errors.
     dir: &'a std::path::Path,
 }
 
 impl<'a> LiveIter<'a> {
-    /// Live entries of `merge` at `now_ms`.
-    pub(crate) fn new(merge: MergeIter<'a>, now_ms: u64, dir: &'a std::path::Path) -> Self {
+    /// Live entries of `merge` (a forward merge) at `now_ms`, as of `snapshot_seqno`.
+    pub(crate) fn new(
+        merge: MergeIter<'a>,
+        now_ms: u64,
+        snapshot_seqno: u64,
+        dir: &'a std::path::Path,
+    ) -> Self {
         LiveIter {
             merge,
             last_user_key: None,
             now_ms,
+            snapshot_seqno,
             dir,
         }
     }
@@ -219,6 +357,9 @@ impl Iterator for LiveIter<'_> {
                     reason: "malformed internal key".into(),
                 }));
             };
+            if decoded.seqno > self.snapshot_seqno {
+                continue; // written after the snapshot
+            }
             let kind = decoded.kind;
             let uk = key.slice(..uk.len());
             self.last_user_key = Some(uk.clone());
@@ -229,6 +370,117 @@ impl Iterator for LiveIter<'_> {
                 Ok(v) if v.is_expired(self.now_ms) => continue,
                 Ok(v) => return Some(Ok((uk, v))),
                 Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// [`LiveIter`] for a backward merge: the live entries, largest user key first. The versions
+/// of a user key arrive oldest first, so the newest visible one is known only when the user key
+/// changes.
+pub(crate) struct LiveRevIter<'a> {
+    merge: MergeIter<'a>,
+    /// The user key being collected and its newest visible version so far.
+    pending: Option<(Bytes, ValueKind, Bytes)>,
+    now_ms: u64,
+    snapshot_seqno: u64,
+    dir: &'a std::path::Path,
+    done: bool,
+}
+
+impl<'a> LiveRevIter<'a> {
+    /// Live entries of `merge` (a backward merge) at `now_ms`, as of `snapshot_seqno`.
+    pub(crate) fn new(
+        merge: MergeIter<'a>,
+        now_ms: u64,
+        snapshot_seqno: u64,
+        dir: &'a std::path::Path,
+    ) -> Self {
+        LiveRevIter {
+            merge,
+            pending: None,
+            now_ms,
+            snapshot_seqno,
+            dir,
+            done: false,
+        }
+    }
+
+    /// The entry for a finished user key, if live.
+    fn emit(&self, (uk, kind, data): (Bytes, ValueKind, Bytes)) -> Option<Result<(Bytes, Value)>> {
+        if kind == ValueKind::Delete {
+            return None;
+        }
+        match value::decode(&data, self.dir) {
+            Ok(v) if v.is_expired(self.now_ms) => None,
+            Ok(v) => Some(Ok((uk, v))),
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+impl Iterator for LiveRevIter<'_> {
+    type Item = Result<(Bytes, Value)>;
+
+    fn next(&mut self) -> Option<Result<(Bytes, Value)>> {
+        loop {
+            if self.done {
+                let finished = self.pending.take()?;
+                match self.emit(finished) {
+                    Some(item) => return Some(item),
+                    None => continue,
+                }
+            }
+            let (key, data) = match self.merge.next() {
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => {
+                    self.done = true;
+                    self.pending = None;
+                    return Some(Err(e));
+                }
+                None => {
+                    self.done = true;
+                    continue;
+                }
+            };
+            let Some(decoded) = InternalKeyRef::decode(&key) else {
+                self.done = true;
+                self.pending = None;
+                return Some(Err(StorageError::Corrupt {
+                    path: self.dir.to_path_buf(),
+                    offset: 0,
+                    reason: "malformed internal key".into(),
+                }));
+            };
+            let same = self
+                .pending
+                .as_ref()
+                .is_some_and(|(uk, _, _)| uk.as_ref() == decoded.user_key);
+            let visible = decoded.seqno <= self.snapshot_seqno;
+            if same {
+                if visible {
+                    if let Some(p) = self.pending.as_mut() {
+                        p.1 = decoded.kind;
+                        p.2 = data;
+                    }
+                }
+                continue;
+            }
+            if !visible {
+                // The oldest version of a new user key is not visible: neither are newer ones.
+                // Finish the previous key first.
+                if let Some(finished) = self.pending.take() {
+                    if let Some(item) = self.emit(finished) {
+                        return Some(item);
+                    }
+                }
+                continue;
+            }
+            let uk = key.slice(..decoded.user_key.len());
+            let kind = decoded.kind;
+            let finished = self.pending.replace((uk, kind, data));
+            if let Some(item) = finished.and_then(|f| self.emit(f)) {
+                return Some(item);
             }
         }
     }

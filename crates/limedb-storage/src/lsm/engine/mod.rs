@@ -33,17 +33,27 @@
 //! A `SuperVersion` is an immutable snapshot of everything a read needs: the active memtable,
 //! the frozen ones, the [`Version`] and the open [`Table`]s. Freezing, flushing and compacting
 //! each install a new one under a short lock; readers never wait for I/O of another thread.
-//! Files of tables removed by a compaction are deleted at once; readers still holding the old
-//! snapshot keep reading them through their open handle or mapping (POSIX unlink semantics).
+//! Files of tables removed by a compaction are deleted at once (by the holder of the
+//! compaction lock, which a checkpoint also takes while it links files); readers still holding
+//! the old super version keep reading them through their open handle or mapping (POSIX unlink
+//! semantics; tested by `iterator_outlives_compaction_of_its_tables`).
 //!
 //! # Values and expiry
 //!
 //! A put is stored as `flags u8 | [expires_at_ms u64] | data` (see `value.rs`); a delete as a
 //! tombstone. As in the memory engine a put whose expiry has already passed is written as a
 //! delete, and a delete of a key that is not live writes nothing. An expired value reads as
-//! absent. A merge compaction drops shadowed versions (no snapshots older than the latest exist
-//! yet) and turns an expired value into a tombstone, or drops both when it writes the bottom
-//! of the tree for that key range.
+//! absent. Flushes and merge compactions drop the versions no live snapshot can see (see
+//! [`LsmEngine#snapshots`]); a compaction turns an expired value into a tombstone, and drops a
+//! tombstone every snapshot sees when it writes the bottom of the tree for that key range.
+//!
+//! # Reads, snapshots and batches
+//!
+//! Readers read at a published *visible seqno*, so a [`LsmEngine::write_batch`] is seen whole
+//! or not at all; [`LsmEngine::snapshot`] pins a seqno for [`LsmEngine::get_at`] and
+//! [`LsmEngine::range`]; [`RangeIter`] runs forward and backward over one point in time. See
+//! [`LsmEngine#consistency`] and [`LsmEngine#snapshots`]. [`LsmEngine::compact_range`],
+//! [`LsmEngine::stats_detailed`] and [`LsmEngine::checkpoint`] complete the API.
 //!
 //! # Limits
 //!
@@ -64,20 +74,28 @@
 //!   delays flushes (and may stall writers).
 
 mod iter;
+mod range;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_api;
 mod value;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use self::iter::{memtable_source, tables_source, LiveIter, MergeIter, Source};
+use self::iter::{
+    memtable_range_source, memtable_source, tables_source, tables_source_rev, LiveIter, MergeIter,
+    Source,
+};
+pub use self::range::RangeIter;
 use crate::engine::{Engine, EngineStats, Page, Value, WriteOp};
 use crate::error::StorageError;
 use crate::fsutil::fsync_dir;
@@ -88,7 +106,7 @@ use crate::lsm::manifest::{Manifest, ManifestOptions, VersionEdit, CURRENT_FILE_
 use crate::lsm::memtable::Memtable;
 use crate::lsm::sstable::{ReadMode, Table, TableOptions, TableWriter};
 use crate::lsm::version::{TableHandle, Version, NUM_LEVELS};
-use crate::lsm::wal::{Wal, WalOptions, WriteBatch};
+use crate::lsm::wal::{segment_file_name, Wal, WalOptions, WriteBatch};
 use crate::sync::SyncPolicy;
 use crate::{now_ms, Result, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
@@ -176,19 +194,75 @@ impl SuperVersion {
         Ok(sources)
     }
 
-    /// The newest version of `key`: `Some((kind, value))`, or `None` if nothing holds it.
-    fn get_newest(&self, key: &[u8]) -> Result<Option<(ValueKind, Bytes)>> {
-        if let Some(hit) = self.active.get(key, MAX_SEQNO) {
+    /// Sources over every memtable and table, newest first, limited to user keys within
+    /// `(lower, upper)` (tables only by the bound in the direction of travel: the caller
+    /// filters the other), running backward if `reverse`.
+    fn range_sources(
+        &self,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        reverse: bool,
+    ) -> Result<Vec<Source<'_>>> {
+        let lo = match lower {
+            Bound::Included(k) | Bound::Excluded(k) => Some(k),
+            Bound::Unbounded => None,
+        };
+        let hi = match upper {
+            Bound::Included(k) | Bound::Excluded(k) => Some(k),
+            Bound::Unbounded => None,
+        };
+        let wanted = |t: &TableHandle| {
+            lo.is_none_or(|lo| t.largest_user_key() >= lo)
+                && hi.is_none_or(|hi| t.smallest_user_key() <= hi)
+        };
+        let tables = |tables: Vec<Table>| {
+            if reverse {
+                tables_source_rev(tables, upper)
+            } else {
+                tables_source(tables, lo)
+            }
+        };
+        let mut sources = vec![memtable_range_source(&self.active, lower, upper, reverse)];
+        for m in self.imms.iter().rev() {
+            sources.push(memtable_range_source(m, lower, upper, reverse));
+        }
+        for t in self.version.level(0) {
+            if wanted(t) {
+                sources.push(tables(vec![self.table(t.file_number)?.clone()]));
+            }
+        }
+        for level in 1..NUM_LEVELS {
+            let in_range = self
+                .version
+                .level(level)
+                .iter()
+                .filter(|t| wanted(t))
+                .map(|t| self.table(t.file_number).cloned())
+                .collect::<Result<Vec<_>>>()?;
+            if !in_range.is_empty() {
+                sources.push(tables(in_range));
+            }
+        }
+        Ok(sources)
+    }
+
+    /// The newest version of `key` with a sequence number `<= seqno`: `Some((kind, value))`,
+    /// or `None` if nothing holds one.
+    fn get_at(&self, key: &[u8], seqno: u64) -> Result<Option<(ValueKind, Bytes)>> {
+        if let Some(hit) = self.active.get(key, seqno) {
             return Ok(Some(hit));
         }
         for m in self.imms.iter().rev() {
-            if let Some(hit) = m.get(key, MAX_SEQNO) {
+            if let Some(hit) = m.get(key, seqno) {
                 return Ok(Some(hit));
             }
         }
         for level in 0..NUM_LEVELS {
             for handle in self.version.tables_for_user_key(level, key) {
-                if let Some(hit) = self.table(handle.file_number)?.get(key, MAX_SEQNO)? {
+                if handle.min_seqno > seqno {
+                    continue; // every version in it is newer than the read
+                }
+                if let Some(hit) = self.table(handle.file_number)?.get(key, seqno)? {
                     return Ok(Some(hit));
                 }
             }
@@ -205,6 +279,9 @@ struct State {
     stop: bool,
     /// The background thread is running a flush or compaction.
     busy: bool,
+    /// Live [`Snapshot`]s: seqno → how many. Flushes and compactions keep, for each of them,
+    /// the newest version it can see.
+    snapshots: BTreeMap<u64, usize>,
 }
 
 /// Counters for [`EngineStats`] and [`LsmEngine::counters`].
@@ -216,6 +293,92 @@ struct Counters {
     bytes_flushed: AtomicU64,
     bytes_compacted: AtomicU64,
     expired_reclaimed: AtomicU64,
+    /// Key and value bytes of the records written by users (see [`LsmStats`]).
+    user_bytes_written: AtomicU64,
+}
+
+/// A point in time of an [`LsmEngine`], from [`LsmEngine::snapshot`] (or
+/// [`LsmEngine::checkpoint`]): read it with [`LsmEngine::get_at`] and [`LsmEngine::range`].
+/// Released when dropped; while it lives, flushes and compactions keep the versions it sees.
+pub struct Snapshot {
+    seqno: u64,
+    inner: Arc<Inner>,
+}
+
+impl Snapshot {
+    /// The sequence number it reads at: it sees every write with a seqno at or below it.
+    pub fn seqno(&self) -> u64 {
+        self.seqno
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("seqno", &self.seqno)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let mut state = lock(&self.inner.state);
+        if let Some(count) = state.snapshots.get_mut(&self.seqno) {
+            *count -= 1;
+            if *count == 0 {
+                state.snapshots.remove(&self.seqno);
+            }
+        }
+    }
+}
+
+/// Tables and bytes of one level, in [`LsmStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LevelStats {
+    /// The level, 0 to 6.
+    pub level: usize,
+    /// Tables in the level.
+    pub tables: usize,
+    /// Total file size of its tables.
+    pub size_bytes: u64,
+}
+
+/// Detailed statistics of an [`LsmEngine`] (see [`LsmEngine::stats_detailed`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LsmStats {
+    /// Every level, L0 first.
+    pub levels: Vec<LevelStats>,
+    /// Estimated bytes of the active and frozen memtables.
+    pub memtable_bytes: u64,
+    /// Frozen memtables waiting for a flush.
+    pub immutable_memtables: usize,
+    /// Bytes of the WAL segments on disk.
+    pub wal_bytes: u64,
+    /// Block cache hits, misses and usage.
+    pub cache: CacheStats,
+    /// Flushes, compactions and the table bytes they wrote.
+    pub counters: LsmCounters,
+    /// Key and value bytes of the records users wrote since open (puts and the deletes that
+    /// logged a tombstone), the denominator of [`LsmStats::write_amplification`].
+    pub user_bytes_written: u64,
+    /// The latest sequence number visible to readers.
+    pub visible_seqno: u64,
+    /// Live [`Snapshot`]s.
+    pub live_snapshots: usize,
+}
+
+impl LsmStats {
+    /// Bytes written to tables (flushes and compactions) per byte written by users since open;
+    /// `None` before any user write. WAL bytes are not counted.
+    pub fn write_amplification(&self) -> Option<f64> {
+        let tables = self.counters.bytes_flushed + self.counters.bytes_compacted;
+        (self.user_bytes_written > 0).then(|| tables as f64 / self.user_bytes_written as f64)
+    }
+
+    /// Tables in all levels.
+    pub fn table_count(&self) -> usize {
+        self.levels.iter().map(|l| l.tables).sum()
+    }
 }
 
 /// Counters of the background work since open (see [`LsmEngine::counters`]).
@@ -248,6 +411,12 @@ struct Inner {
     /// Lock order: `writer` before `state`.
     writer: Mutex<()>,
     state: Mutex<State>,
+    /// The largest sequence number readers may see: published by a writer only after its
+    /// whole batch is in the memtable. Read together with `state.current` (under `state`).
+    visible_seqno: AtomicU64,
+    /// Held while a compaction runs (background or [`LsmEngine::compact_range`]) and while
+    /// [`LsmEngine::checkpoint`] links table files: only its holder deletes table files.
+    compaction_lock: Mutex<()>,
     /// Wakes the background thread.
     work: Condvar,
     /// Signals progress of the background thread (stalled writers, `flush`, `wait_idle`).
@@ -259,6 +428,58 @@ struct Inner {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `m`'s guard if it is free.
+fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+/// Which versions a flush or merge compaction may drop, given the oldest live snapshot (the
+/// LevelDB rule). Versions arrive in [`crate::lsm::key::compare_encoded`] order (newest first
+/// within a user key). A version is *shadowed*, and dropped, if the next newer version of its
+/// user key has a seqno `<= smallest_snapshot`: then every snapshot (and every later reader)
+/// that could see this version sees that newer one instead. So each snapshot stripe keeps its
+/// newest version, and with no snapshot (`smallest_snapshot == MAX_SEQNO`) only the newest
+/// version of each key survives.
+struct Retention {
+    smallest_snapshot: u64,
+    /// The previous version's user key and seqno.
+    previous: Option<(Vec<u8>, u64)>,
+}
+
+impl Retention {
+    fn new(smallest_snapshot: u64) -> Self {
+        Retention {
+            smallest_snapshot,
+            previous: None,
+        }
+    }
+
+    /// Whether the version (`user_key`, `seqno`), the next in order, is shadowed.
+    fn shadowed(&mut self, user_key: &[u8], seqno: u64) -> bool {
+        match &mut self.previous {
+            Some((key, newer)) if key.as_slice() == user_key => {
+                let shadowed = *newer <= self.smallest_snapshot;
+                *newer = seqno;
+                shadowed
+            }
+            Some((key, newer)) => {
+                key.clear();
+                key.extend_from_slice(user_key);
+                *newer = seqno;
+                false
+            }
+            None => {
+                self.previous = Some((user_key.to_vec(), seqno));
+                false
+            }
+        }
+    }
 }
 
 /// `tables/<n>.sst`'s file name.
@@ -293,6 +514,28 @@ fn check_ops(ops: &[WriteOp<'_>]) -> Result<()> {
 ///
 /// Dropping the engine stops its background thread and fsyncs the WAL (best effort); call
 /// [`Engine::close`] to see errors.
+///
+/// # Consistency
+///
+/// Readers read at the *visible seqno*, not at whatever the memtable holds: a writer inserts
+/// its whole batch into the memtable (under the writer lock) and only then publishes the
+/// batch's last seqno. A reader takes the current `SuperVersion` and the visible seqno
+/// together under the state lock, so the super version holds every version up to that seqno
+/// (a memtable written before the publish is the active one, a frozen one or a flushed table
+/// of that super version), and ignores anything newer: [`LsmEngine::write_batch`] is seen
+/// whole or not at all.
+///
+/// # Snapshots
+///
+/// [`LsmEngine::snapshot`] registers the visible seqno in a list of live snapshots (under the
+/// state lock) and reads at it with the *current* super version, so a snapshot does not pin
+/// memtables or files. Flushes and compactions read the oldest live snapshot when they start
+/// and keep, for each snapshot stripe, the newest version (a version is dropped only if the
+/// next newer version of its key is at or below the oldest snapshot; a bottom-level tombstone
+/// only if it is at or below it too). A snapshot registered after a job started is newer than
+/// every version the job reads, and sees its result correctly. Iterators ([`RangeIter`])
+/// instead pin the super version of their creation: the tables in it stay readable after a
+/// compaction deletes their files, through their open mmap or file descriptor.
 ///
 /// ```
 /// use limedb_storage::{Engine, LsmEngine, LsmOptions};
@@ -390,6 +633,7 @@ impl LsmEngine {
             "opened LSM engine"
         );
 
+        let visible_seqno = wal.last_seqno().max(version.last_seqno());
         let current = Arc::new(SuperVersion {
             active: Arc::new(active),
             imms: Vec::new(),
@@ -408,7 +652,10 @@ impl LsmEngine {
                 current,
                 stop: false,
                 busy: false,
+                snapshots: BTreeMap::new(),
             }),
+            visible_seqno: AtomicU64::new(visible_seqno),
+            compaction_lock: Mutex::new(()),
             work: Condvar::new(),
             progress: Condvar::new(),
             poisoned: AtomicBool::new(false),
@@ -492,6 +739,280 @@ impl LsmEngine {
         }
     }
 
+    /// Pins the current point in time: [`LsmEngine::get_at`] and [`LsmEngine::range`] with
+    /// this snapshot see every write acknowledged before it and nothing written after it, until
+    /// the snapshot is dropped. Flushes and compactions keep the versions it needs (see
+    /// [`LsmEngine#snapshots`]), so a long-lived snapshot holds on to overwritten data.
+    ///
+    /// ```
+    /// use limedb_storage::{Engine, LsmEngine, LsmOptions};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let engine = LsmEngine::open(dir.path(), LsmOptions::default())?;
+    /// engine.put(b"lime", b"green", None)?;
+    /// let snapshot = engine.snapshot();
+    /// engine.put(b"lime", b"yellow", None)?;
+    /// engine.flush()?;
+    /// assert_eq!(engine.get_at(&snapshot, b"lime")?.map(|v| v.data), Some("green".into()));
+    /// assert_eq!(engine.get(b"lime")?.map(|v| v.data), Some("yellow".into()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn snapshot(&self) -> Snapshot {
+        let mut state = lock(&self.inner.state);
+        let seqno = self.inner.visible_seqno.load(Ordering::SeqCst);
+        self.inner.register_snapshot(&mut state, seqno)
+    }
+
+    /// The live value of `key` as of `snapshot`. Fails with [`StorageError::InvalidInput`]
+    /// if the snapshot was taken from another engine.
+    pub fn get_at(&self, snapshot: &Snapshot, key: &[u8]) -> Result<Option<Value>> {
+        self.inner.check_open()?;
+        self.check_snapshot(snapshot)?;
+        let sv = self.inner.current();
+        self.inner.live_value(&sv, key, snapshot.seqno, now_ms())
+    }
+
+    /// Writes `ops` atomically: they take consecutive sequence numbers, are logged as one WAL
+    /// record (recovery replays all of them or, for a torn final record, none) and become
+    /// visible to readers together. The same as [`Engine::write_many`] without the answers.
+    pub fn write_batch(&self, ops: &[WriteOp<'_>]) -> Result<()> {
+        self.inner.write_many(ops).map(|_| ())
+    }
+
+    /// The live entries with keys within `(start, end)`, in key order (`.rev()` for descending
+    /// order), as of `snapshot`, or of now if `None`. The iterator reads one point in time
+    /// however long it lives (see [`RangeIter`]); it pins the memtables and tables of that
+    /// moment, so drop it when done.
+    ///
+    /// ```
+    /// use std::ops::Bound;
+    /// use limedb_storage::{Engine, LsmEngine, LsmOptions};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let engine = LsmEngine::open(dir.path(), LsmOptions::default())?;
+    /// for k in ["a", "b", "c", "d"] {
+    ///     engine.put(k.as_bytes(), b"v", None)?;
+    /// }
+    /// let keys = |it: limedb_storage::lsm::engine::RangeIter| -> Result<Vec<_>, _> {
+    ///     it.map(|e| e.map(|(k, _)| k)).collect::<Result<Vec<_>, _>>()
+    /// };
+    /// let range = || engine.range(Bound::Excluded(b"a"), Bound::Included(b"c"), None);
+    /// assert_eq!(keys(range()?)?, ["b", "c"]);
+    /// assert_eq!(range()?.rev().map(|e| e.map(|(k, _)| k)).collect::<Result<Vec<_>, _>>()?, ["c", "b"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn range(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        snapshot: Option<&Snapshot>,
+    ) -> Result<RangeIter> {
+        self.inner.check_open()?;
+        let (sv, visible) = self.inner.read_view();
+        let seqno = match snapshot {
+            Some(s) => {
+                self.check_snapshot(s)?;
+                s.seqno
+            }
+            None => visible,
+        };
+        Ok(RangeIter::new(
+            Arc::clone(&self.inner),
+            sv,
+            seqno,
+            now_ms(),
+            start,
+            end,
+        ))
+    }
+
+    fn check_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        if Arc::ptr_eq(&snapshot.inner, &self.inner) {
+            Ok(())
+        } else {
+            Err(StorageError::InvalidInput {
+                path: self.inner.dir.clone(),
+                reason: "the snapshot belongs to another engine".into(),
+            })
+        }
+    }
+
+    /// Compacts the tables holding user keys in `[start, end]` (`None`: unbounded) down the
+    /// levels: flushes the memtables, then for each level from L0 to the last but one merges
+    /// the tables overlapping the range (all of L0, if any L0 table overlaps) with the tables
+    /// of the next level they overlap, and finally rewrites the bottom level's tables in the
+    /// range in place. Afterwards the range's data sits in the bottom level,
+    /// with shadowed versions, tombstones and expired values reclaimed (except what live
+    /// snapshots still see). Runs on the calling thread; background compactions wait, flushes
+    /// go on.
+    pub fn compact_range(&self, start: Option<&[u8]>, end: Option<&[u8]>) -> Result<()> {
+        self.flush()?;
+        let result = {
+            let _compacting = lock(&self.inner.compaction_lock);
+            self.compact_range_locked(start, end)
+        };
+        if let Err(error) = &result {
+            if !matches!(error, StorageError::Poisoned | StorageError::Closed) {
+                self.inner.poison(error);
+            }
+        }
+        // The background thread skipped compactions while we held the lock.
+        self.inner.work.notify_all();
+        self.inner.progress.notify_all();
+        result
+    }
+
+    fn compact_range_locked(&self, start: Option<&[u8]>, end: Option<&[u8]>) -> Result<()> {
+        let options = &self.inner.options.leveled;
+        let levels = options.max_levels.clamp(2, NUM_LEVELS);
+        let overlaps = |t: &TableHandle| {
+            start.is_none_or(|s| t.largest_user_key() >= s)
+                && end.is_none_or(|e| t.smallest_user_key() <= e)
+        };
+        for level in 0..levels - 1 {
+            self.inner.check_writable()?;
+            let sv = self.inner.current();
+            let tables = sv.version.level(level);
+            let inputs: Vec<Arc<TableHandle>> = if level == 0 {
+                // L0 tables overlap each other: moving some of them below older ones would
+                // let older versions shadow newer ones. Take them all.
+                if tables.iter().any(|t| overlaps(t)) {
+                    tables.to_vec()
+                } else {
+                    Vec::new()
+                }
+            } else {
+                tables.iter().filter(|t| overlaps(t)).cloned().collect()
+            };
+            if inputs.is_empty() {
+                continue;
+            }
+            let choice = leveled::manual(&sv.version, options, level, &inputs);
+            self.inner.run_compaction(&sv, &choice)?;
+        }
+        // The bottom level into itself, to reclaim what its own tables shadow or delete.
+        let bottom = levels - 1;
+        let sv = self.inner.current();
+        let inputs: Vec<Arc<TableHandle>> = sv
+            .version
+            .level(bottom)
+            .iter()
+            .filter(|t| overlaps(t))
+            .cloned()
+            .collect();
+        if let (Some(first), Some(last)) = (inputs.first(), inputs.last()) {
+            let key_range = (
+                Bytes::copy_from_slice(first.smallest_user_key()),
+                Bytes::copy_from_slice(last.largest_user_key()),
+            );
+            let choice = Choice {
+                action: Action::Merge,
+                reason: crate::lsm::compaction::Reason::Manual,
+                input_level: bottom,
+                inputs: inputs.iter().map(|t| t.file_number).collect(),
+                output_level: bottom,
+                overlapping: Vec::new(),
+                cursor: key_range.1.clone(),
+                key_range,
+                bottommost: true,
+                target_table_bytes: options.target_table_bytes,
+            };
+            self.inner.run_compaction(&sv, &choice)?;
+        }
+        Ok(())
+    }
+
+    /// Detailed statistics: tables and bytes per level, memtables, block cache, background
+    /// work and write amplification.
+    pub fn stats_detailed(&self) -> LsmStats {
+        let (sv, visible_seqno) = self.inner.read_view();
+        let levels = (0..NUM_LEVELS)
+            .map(|level| LevelStats {
+                level,
+                tables: sv.version.table_count(level),
+                size_bytes: sv.version.level_size_bytes(level),
+            })
+            .collect();
+        let live_snapshots = lock(&self.inner.state).snapshots.values().sum();
+        LsmStats {
+            levels,
+            memtable_bytes: std::iter::once(&sv.active)
+                .chain(&sv.imms)
+                .map(|m| m.approximate_bytes())
+                .sum(),
+            immutable_memtables: sv.imms.len(),
+            wal_bytes: self.inner.wal_bytes(),
+            cache: self.inner.cache.stats(),
+            counters: self.counters(),
+            user_bytes_written: self
+                .inner
+                .counters
+                .user_bytes_written
+                .load(Ordering::Relaxed),
+            visible_seqno,
+            live_snapshots,
+        }
+    }
+
+    /// Writes a consistent copy of the database into `dest` (created if absent; it must not
+    /// hold a database yet) that [`LsmEngine::open`] opens independently, and returns a
+    /// [`Snapshot`] of this engine at exactly the copied point in time.
+    ///
+    /// Flushes the memtables first, then, holding off compactions (so no table file is
+    /// deleted meanwhile): hard-links every table of the current version into `dest/tables`
+    /// (copying when linking fails, e.g. across filesystems), writes an empty WAL segment that
+    /// continues the sequence numbers, and last a fresh manifest and `CURRENT` describing
+    /// exactly that version. Writes go on during the checkpoint; those not yet flushed when the
+    /// version is taken are not in the copy. `dest` is complete only once this returns.
+    pub fn checkpoint(&self, dest: impl AsRef<Path>) -> Result<Snapshot> {
+        let dest = dest.as_ref();
+        if dest.join(CURRENT_FILE_NAME).exists() {
+            return Err(StorageError::InvalidInput {
+                path: dest.to_path_buf(),
+                reason: "checkpoint destination already holds a database".into(),
+            });
+        }
+        self.flush()?;
+        let _compacting = lock(&self.inner.compaction_lock);
+        let (version, snapshot) = {
+            let mut state = lock(&self.inner.state);
+            let version = Arc::clone(&state.current.version);
+            // Every table holds versions up to `last_seqno` and none above (memtables are
+            // flushed whole and in order): the copy is the database at that seqno.
+            let snapshot = self
+                .inner
+                .register_snapshot(&mut state, version.last_seqno());
+            (version, snapshot)
+        };
+        let tables_dir = dest.join("tables");
+        std::fs::create_dir_all(&tables_dir).map_err(StorageError::io(
+            "failed to create checkpoint directory",
+            &tables_dir,
+        ))?;
+        for n in version.live_file_numbers() {
+            let from = self.inner.tables_dir.join(table_file_name(n));
+            let to = tables_dir.join(table_file_name(n));
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to)
+                    .map_err(StorageError::io("failed to copy table for checkpoint", &to))?;
+                std::fs::File::open(&to)
+                    .and_then(|f| f.sync_all())
+                    .map_err(StorageError::io("failed to fsync checkpoint table", &to))?;
+            }
+        }
+        fsync_dir(&tables_dir)?;
+        let wal_dir = dest.join("wal");
+        std::fs::create_dir_all(&wal_dir).map_err(StorageError::io(
+            "failed to create checkpoint WAL directory",
+            &wal_dir,
+        ))?;
+        write_empty_wal_segment(&wal_dir, version.last_seqno() + 1)?;
+        fsync_dir(dest)?;
+        let mut manifest = Manifest::create(dest, ManifestOptions::default())?;
+        manifest.log_and_apply(version.snapshot_edit())?;
+        Ok(snapshot)
+    }
+
     fn stop_background(&self) {
         lock(&self.inner.state).stop = true;
         self.inner.work.notify_all();
@@ -510,9 +1031,9 @@ impl LsmEngine {
         mut f: impl FnMut(Bytes, Value) -> bool,
     ) -> Result<()> {
         self.inner.check_open()?;
-        let sv = self.inner.snapshot();
+        let (sv, seqno) = self.inner.read_view();
         let merge = MergeIter::new(sv.sources(start)?)?;
-        for entry in LiveIter::new(merge, now_ms(), &self.inner.dir) {
+        for entry in LiveIter::new(merge, now_ms(), seqno, &self.inner.dir) {
             let (k, v) = entry?;
             if !f(k, v) {
                 break;
@@ -520,6 +1041,30 @@ impl LsmEngine {
         }
         Ok(())
     }
+}
+
+/// Writes `wal_dir/wal-<first_seqno>.log` holding only a segment header (the WAL's format),
+/// so that a checkpoint's WAL continues after its tables' last seqno.
+fn write_empty_wal_segment(wal_dir: &Path, first_seqno: u64) -> Result<()> {
+    use std::io::Write;
+
+    use crate::lsm::wal::{FORMAT_VERSION, MAGIC, SEGMENT_HEADER_LEN};
+
+    let path = wal_dir.join(segment_file_name(first_seqno));
+    let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
+    header.extend_from_slice(MAGIC);
+    header.push(FORMAT_VERSION);
+    header.extend_from_slice(&first_seqno.to_le_bytes());
+    std::fs::File::create(&path)
+        .and_then(|mut f| {
+            f.write_all(&header)?;
+            f.sync_all()
+        })
+        .map_err(StorageError::io(
+            "failed to write checkpoint WAL segment",
+            &path,
+        ))?;
+    fsync_dir(wal_dir)
 }
 
 fn wait<'a, T>(cond: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
@@ -593,8 +1138,39 @@ impl Inner {
         self.progress.notify_all();
     }
 
-    fn snapshot(&self) -> Arc<SuperVersion> {
+    fn current(&self) -> Arc<SuperVersion> {
         Arc::clone(&lock(&self.state).current)
+    }
+
+    /// The current [`SuperVersion`] and the visible seqno, read together: the super version
+    /// holds every version up to that seqno (see [`LsmEngine#consistency`]).
+    fn read_view(&self) -> (Arc<SuperVersion>, u64) {
+        let state = lock(&self.state);
+        (
+            Arc::clone(&state.current),
+            self.visible_seqno.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Registers a snapshot at `seqno` (the caller holds `state`, so no flush or compaction
+    /// starts in between without seeing it).
+    fn register_snapshot(self: &Arc<Self>, state: &mut State, seqno: u64) -> Snapshot {
+        *state.snapshots.entry(seqno).or_insert(0) += 1;
+        Snapshot {
+            seqno,
+            inner: Arc::clone(self),
+        }
+    }
+
+    /// The oldest live snapshot's seqno, or [`MAX_SEQNO`] if none: a version shadowed by a
+    /// newer one at or below it is invisible to every reader.
+    fn smallest_snapshot(&self) -> u64 {
+        lock(&self.state)
+            .snapshots
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(MAX_SEQNO)
     }
 
     /// Waits (a write stall) while the maximum number of frozen memtables wait for a flush.
@@ -668,7 +1244,7 @@ impl Inner {
                     WriteOp::Put { key, .. } | WriteOp::Delete { key } => {
                         let live = match touched.get(key) {
                             Some(&live) => live,
-                            None => self.live_value(&sv, key, now)?.is_some(),
+                            None => self.live_value(&sv, key, MAX_SEQNO, now)?.is_some(),
                         };
                         if live {
                             batch.delete(Bytes::copy_from_slice(key));
@@ -683,10 +1259,17 @@ impl Inner {
             }
             let last = self.wal.append(&batch)?;
             let first = last + 1 - batch.len() as u64;
+            let mut user_bytes = 0u64;
             for (seqno, op) in (first..).zip(batch.ops()) {
                 let value = op.value().cloned().unwrap_or_default();
+                user_bytes += (op.key().len() + value.len()) as u64;
                 sv.active.insert(op.key(), seqno, op.kind(), value);
             }
+            // Publish the batch: readers see all of it from now on, none of it before.
+            self.visible_seqno.store(last, Ordering::SeqCst);
+            self.counters
+                .user_bytes_written
+                .fetch_add(user_bytes, Ordering::Relaxed);
             (flags, last)
         };
         if self.options.sync == SyncPolicy::Always {
@@ -695,9 +1278,15 @@ impl Inner {
         Ok(flags)
     }
 
-    /// The live value of `key` in `sv` at `now`.
-    fn live_value(&self, sv: &SuperVersion, key: &[u8], now: u64) -> Result<Option<Value>> {
-        match sv.get_newest(key)? {
+    /// The live value of `key` in `sv` as of `seqno`, at `now`.
+    fn live_value(
+        &self,
+        sv: &SuperVersion,
+        key: &[u8],
+        seqno: u64,
+        now: u64,
+    ) -> Result<Option<Value>> {
+        match sv.get_at(key, seqno)? {
             Some((ValueKind::Put, data)) => {
                 let v = value::decode(&data, &self.dir)?;
                 Ok((!v.is_expired(now)).then_some(v))
@@ -714,9 +1303,9 @@ impl Inner {
         };
         let mut last_sync = Instant::now();
         loop {
-            enum Job {
+            enum Job<'a> {
                 Flush(Arc<SuperVersion>),
-                Compact(Arc<SuperVersion>, Box<Choice>),
+                Compact(Arc<SuperVersion>, Box<Choice>, MutexGuard<'a, ()>),
             }
             let job = {
                 let mut state = lock(&self.state);
@@ -732,11 +1321,18 @@ impl Inner {
                         break Job::Flush(Arc::clone(&state.current));
                     }
                     if healthy {
-                        if let Some(choice) =
-                            leveled::pick(&state.current.version, &self.options.leveled)
-                        {
-                            state.busy = true;
-                            break Job::Compact(Arc::clone(&state.current), Box::new(choice));
+                        // Busy: a manual compaction or a checkpoint runs; it wakes us after.
+                        if let Some(guard) = try_lock(&self.compaction_lock) {
+                            if let Some(choice) =
+                                leveled::pick(&state.current.version, &self.options.leveled)
+                            {
+                                state.busy = true;
+                                break Job::Compact(
+                                    Arc::clone(&state.current),
+                                    Box::new(choice),
+                                    guard,
+                                );
+                            }
                         }
                     }
                     if state.busy {
@@ -762,7 +1358,7 @@ impl Inner {
             };
             let result = match job {
                 Job::Flush(sv) => self.flush_oldest(&sv),
-                Job::Compact(sv, choice) => self.run_compaction(&sv, &choice),
+                Job::Compact(sv, choice, _guard) => self.run_compaction(&sv, &choice),
             };
             if let Err(error) = result {
                 self.poison(&error);
@@ -799,14 +1395,12 @@ impl Inner {
         let max_seqno = memtable.max_seqno();
         let mut manifest = lock(&self.manifest);
         let (n, mut writer) = self.new_table(&mut manifest)?;
-        // No snapshot older than the latest exists: keep only the newest version of each key.
-        let mut last_user_key: Option<Bytes> = None;
+        // Keep, for every live snapshot, the newest version it can see (see `Retention`).
+        let mut retention = Retention::new(self.smallest_snapshot());
         for entry in memtable.iter() {
-            let uk = entry.key.user_key();
-            if last_user_key.as_deref() == Some(uk) {
+            if retention.shadowed(entry.key.user_key(), entry.key.seqno()) {
                 continue;
             }
-            last_user_key = Some(Bytes::copy_from_slice(uk));
             writer.add(entry.key.encoded(), &entry.value)?;
         }
         let (handle, table) = self.finish_table(n, writer)?;
@@ -818,6 +1412,11 @@ impl Inner {
             .set_log_number(max_seqno + 1);
         let version = manifest.log_and_apply(edit)?;
         drop(manifest);
+        // Counted before the new state is published, so a caller woken by `flush()` sees them.
+        self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_flushed
+            .fetch_add(size, Ordering::Relaxed);
         {
             let mut state = lock(&self.state);
             let cur = &state.current;
@@ -835,10 +1434,6 @@ impl Inner {
             });
         }
         self.progress.notify_all();
-        self.counters.flushes.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .bytes_flushed
-            .fetch_add(size, Ordering::Relaxed);
         self.wal.delete_obsolete(max_seqno)?;
         Ok(())
     }
@@ -858,19 +1453,18 @@ impl Inner {
             .map(|n| Ok(tables_source(vec![sv.table(n)?.clone()], None)))
             .collect::<Result<Vec<_>>>()?;
         let now = now_ms();
+        let smallest_snapshot = self.smallest_snapshot();
         let mut manifest = lock(&self.manifest);
         let mut outputs: Vec<(u64, TableHandle, Table)> = Vec::new();
         let mut current: Option<(u64, TableWriter)> = None;
-        let mut last_user_key: Option<Bytes> = None;
+        let mut retention = Retention::new(smallest_snapshot);
+        // The user key last written: an output table is only cut between user keys.
+        let mut last_written: Option<Bytes> = None;
         let mut expired_reclaimed = 0u64;
         let result = (|| -> Result<()> {
             for entry in MergeIter::new(sources)? {
                 let (key, data) = entry?;
                 let uk = user_key(&key);
-                if last_user_key.as_deref() == Some(uk) {
-                    continue; // shadowed by a newer version
-                }
-                last_user_key = Some(key.slice(..uk.len()));
                 let Some(ikey) = InternalKeyRef::decode(&key) else {
                     return Err(StorageError::Corrupt {
                         path: self.tables_dir.clone(),
@@ -878,17 +1472,25 @@ impl Inner {
                         reason: "malformed internal key during compaction".into(),
                     });
                 };
+                if retention.shadowed(uk, ikey.seqno) {
+                    continue;
+                }
                 let mut kind = ikey.kind;
                 if kind == ValueKind::Put && value::decode(&data, &self.dir)?.is_expired(now) {
                     expired_reclaimed += 1;
                     kind = ValueKind::Delete;
                 }
-                if kind == ValueKind::Delete && choice.bottommost {
+                // A tombstone every snapshot sees, with nothing below it: older versions here
+                // are shadowed by it (dropped above) and no deeper level holds the key.
+                if kind == ValueKind::Delete && choice.bottommost && ikey.seqno <= smallest_snapshot
+                {
                     continue;
                 }
-                let cut = current
-                    .as_ref()
-                    .is_some_and(|(_, w)| w.written_bytes() >= choice.target_table_bytes);
+                let new_user_key = last_written.as_deref() != Some(uk);
+                let cut = new_user_key
+                    && current
+                        .as_ref()
+                        .is_some_and(|(_, w)| w.written_bytes() >= choice.target_table_bytes);
                 if cut {
                     if let Some((n, w)) = current.take() {
                         let (handle, table) = self.finish_table(n, w)?;
@@ -901,6 +1503,9 @@ impl Inner {
                 let Some((_, writer)) = current.as_mut() else {
                     continue;
                 };
+                if new_user_key {
+                    last_written = Some(key.slice(..uk.len()));
+                }
                 if kind == ikey.kind {
                     writer.add(&key, &data)?;
                 } else {
@@ -921,19 +1526,8 @@ impl Inner {
         let edit = choice.merge_edit(outputs.iter().map(|(_, h, _)| h.clone()));
         let version = manifest.log_and_apply(edit)?;
         drop(manifest);
-        let inputs: Vec<u64> = choice.all_file_numbers().collect();
-        self.install_version(
-            version,
-            &inputs,
-            outputs.into_iter().map(|(n, _, t)| (n, t)).collect(),
-        );
-        for n in inputs {
-            let path = self.tables_dir.join(table_file_name(n));
-            if let Err(error) = std::fs::remove_file(&path) {
-                tracing::warn!(%error, path = %path.display(), "failed to delete compacted table");
-            }
-            self.cache.remove_table(n);
-        }
+        // Counted before the new version is published, so a caller woken by `compact()` sees
+        // them.
         self.counters.compactions.fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes_compacted
@@ -941,6 +1535,22 @@ impl Inner {
         self.counters
             .expired_reclaimed
             .fetch_add(expired_reclaimed, Ordering::Relaxed);
+        let inputs: Vec<u64> = choice.all_file_numbers().collect();
+        self.install_version(
+            version,
+            &inputs,
+            outputs.into_iter().map(|(n, _, t)| (n, t)).collect(),
+        );
+        // Readers still holding an older SuperVersion keep their open `Table`s (an mmap or an
+        // open file descriptor): unlinking the file does not disturb them (POSIX), and the
+        // blocks they read after `remove_table` are simply cached again until evicted.
+        for n in inputs {
+            let path = self.tables_dir.join(table_file_name(n));
+            if let Err(error) = std::fs::remove_file(&path) {
+                tracing::warn!(%error, path = %path.display(), "failed to delete compacted table");
+            }
+            self.cache.remove_table(n);
+        }
         Ok(())
     }
 
@@ -975,8 +1585,8 @@ impl Inner {
 impl Engine for LsmEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Value>> {
         self.inner.check_open()?;
-        let sv = self.inner.snapshot();
-        self.inner.live_value(&sv, key, now_ms())
+        let (sv, seqno) = self.inner.read_view();
+        self.inner.live_value(&sv, key, seqno, now_ms())
     }
 
     fn put(&self, key: &[u8], value: &[u8], expires_at_ms: Option<u64>) -> Result<()> {
@@ -1039,7 +1649,7 @@ impl Engine for LsmEngine {
     /// flushes (each lets the WAL drop segments); `expired_reclaimed` counts expired values
     /// dropped by compactions.
     fn stats(&self) -> EngineStats {
-        let sv = self.inner.snapshot();
+        let sv = self.inner.current();
         let memtables = std::iter::once(&sv.active).chain(&sv.imms);
         let (mut keys, mut live_bytes) = (0u64, 0u64);
         for m in memtables {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::error::Error;
+use std::ops::Bound;
 use std::path::Path;
 
 use proptest::prelude::*;
@@ -391,6 +392,17 @@ enum Op {
     Volume(u8),
     Flush,
     Reopen,
+    /// Range `[lo, hi)` forward, or backward if the flag is set, at now.
+    Range(u8, u8, bool),
+    /// Take a snapshot (the model's state is remembered with it).
+    Snapshot,
+    /// Check snapshot `i % count`: a get and a range (forward or backward) at it.
+    AtSnapshot(u8, u8, u8, bool),
+    /// Release the oldest snapshot.
+    DropSnapshot,
+    /// An atomic batch: a put of the first key and a delete of the second.
+    Batch(u8, u8, u8),
+    CompactRange(u8, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -404,6 +416,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(Op::Volume),
         1 => Just(Op::Flush),
         1 => Just(Op::Reopen),
+        2 => (0..42u8, 0..42u8, any::<bool>()).prop_map(|(l, h, r)| Op::Range(l, h, r)),
+        1 => Just(Op::Snapshot),
+        2 => (any::<u8>(), 0..42u8, 0..42u8, any::<bool>())
+            .prop_map(|(i, l, h, r)| Op::AtSnapshot(i, l, h, r)),
+        1 => Just(Op::DropSnapshot),
+        2 => (0..40u8, 0..40u8, any::<u8>()).prop_map(|(a, b, v)| Op::Batch(a, b, v)),
+        1 => (0..42u8, 0..42u8).prop_map(|(l, h)| Op::CompactRange(l, h)),
     ]
 }
 
@@ -415,8 +434,72 @@ fn run_model(ops: &[Op]) -> TestResult {
     let dir = tempfile::tempdir()?;
     let mut engine = open(dir.path())?;
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+    let mut snapshots: Vec<(Snapshot, Model)> = Vec::new();
+    let check_range = |engine: &LsmEngine,
+                       model: &BTreeMap<Vec<u8>, Vec<u8>>,
+                       snapshot: Option<&Snapshot>,
+                       (lo, hi, rev): (u8, u8, bool)|
+     -> TestResult {
+        let (lo, hi) = (model_key(lo), model_key(hi));
+        let it = engine.range(Bound::Included(&lo), Bound::Excluded(&hi), snapshot)?;
+        let mut want: Vec<(Vec<u8>, Vec<u8>)> = if lo <= hi {
+            model
+                .range(lo.clone()..hi.clone())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let got = if rev {
+            want.reverse();
+            it.rev()
+                .map(|e| e.map(|(k, v)| (k.to_vec(), v.data.to_vec())))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            it.map(|e| e.map(|(k, v)| (k.to_vec(), v.data.to_vec())))
+                .collect::<Result<Vec<_>>>()?
+        };
+        assert_eq!(got, want);
+        Ok(())
+    };
     for op in ops {
         match *op {
+            Op::Range(lo, hi, rev) => check_range(&engine, &model, None, (lo, hi, rev))?,
+            Op::Snapshot => snapshots.push((engine.snapshot(), model.clone())),
+            Op::AtSnapshot(i, lo, hi, rev) => {
+                if !snapshots.is_empty() {
+                    let (snapshot, at) = &snapshots[usize::from(i) % snapshots.len()];
+                    let got = engine.get_at(snapshot, &model_key(lo))?;
+                    assert_eq!(
+                        got.map(|v| v.data.to_vec()),
+                        at.get(&model_key(lo)).cloned()
+                    );
+                    check_range(&engine, at, Some(snapshot), (lo, hi, rev))?;
+                }
+            }
+            Op::DropSnapshot => {
+                if !snapshots.is_empty() {
+                    snapshots.remove(0);
+                }
+            }
+            Op::Batch(a, b, v) => {
+                let value = vec![v; usize::from(v % 32)];
+                let (ka, kb) = (model_key(a), model_key(b));
+                engine.write_batch(&[
+                    WriteOp::Put {
+                        key: &ka,
+                        value: &value,
+                        expires_at_ms: None,
+                    },
+                    WriteOp::Delete { key: &kb },
+                ])?;
+                model.insert(ka, value);
+                model.remove(&kb);
+            }
+            Op::CompactRange(lo, hi) => {
+                engine.compact_range(Some(&model_key(lo)), Some(&model_key(hi)))?;
+            }
             Op::Put(k, v) => {
                 let value = vec![v; usize::from(v % 64)];
                 engine.put(&model_key(k), &value, None)?;
@@ -476,6 +559,7 @@ fn run_model(ops: &[Op]) -> TestResult {
             }
             Op::Flush => engine.flush()?,
             Op::Reopen => {
+                snapshots.clear();
                 engine.close()?;
                 drop(engine);
                 engine = open(dir.path())?;
