@@ -415,11 +415,19 @@ async fn health_cluster_ring_and_metrics(storage: &str) {
         .text();
     for needle in [
         "limedb_storage_keys",
+        "limedb_storage_flushes",
+        "limedb_storage_cache_hits",
         r#"limedb_requests_total{api="internal",op="get"}"#,
     ] {
         assert!(
             shard_metrics.contains(needle),
             "shard metrics lack {needle}"
+        );
+    }
+    if storage == "lsm" {
+        assert!(
+            shard_metrics.contains(r#"limedb_storage_level_tables{level="0"}"#),
+            "an LSM shard shows its levels:\n{shard_metrics}"
         );
     }
 }

@@ -56,6 +56,11 @@ struct ShardLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LevelLabels {
+    level: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: &'static str,
 }
@@ -92,6 +97,20 @@ pub struct Metrics {
     pub storage_live_bytes: Gauge,
     /// Bytes of the storage log on disk (shards only).
     pub storage_log_bytes: Gauge,
+    storage_engine: EngineGauges,
+}
+
+/// Figures copied from the storage engine's stats at each scrape.
+#[derive(Default)]
+struct EngineGauges {
+    level_tables: Family<LevelLabels, Gauge>,
+    level_bytes: Family<LevelLabels, Gauge>,
+    cache_hits: Gauge,
+    cache_misses: Gauge,
+    flushes: Gauge,
+    compactions: Gauge,
+    table_bytes_written: Gauge,
+    user_bytes_written: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -191,7 +210,53 @@ impl Metrics {
             "Shard: bytes of the storage log on disk",
             storage_log_bytes.clone(),
         );
+        let storage_engine = EngineGauges::default();
+        for (name, help, gauge) in [
+            (
+                "limedb_storage_cache_hits",
+                "Shard: block cache hits since the engine opened",
+                &storage_engine.cache_hits,
+            ),
+            (
+                "limedb_storage_cache_misses",
+                "Shard: block cache misses since the engine opened",
+                &storage_engine.cache_misses,
+            ),
+            (
+                "limedb_storage_flushes",
+                "Shard: memtables flushed to tables since the engine opened",
+                &storage_engine.flushes,
+            ),
+            (
+                "limedb_storage_compactions",
+                "Shard: compactions since the engine opened",
+                &storage_engine.compactions,
+            ),
+            (
+                "limedb_storage_table_bytes_written",
+                "Shard: bytes written to tables by flushes and compactions since the engine opened",
+                &storage_engine.table_bytes_written,
+            ),
+            (
+                "limedb_storage_user_bytes_written",
+                "Shard: key and value bytes written by users since the engine opened",
+                &storage_engine.user_bytes_written,
+            ),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
+        registry.register(
+            "limedb_storage_level_tables",
+            "Shard: LSM tables per level",
+            storage_engine.level_tables.clone(),
+        );
+        registry.register(
+            "limedb_storage_level_bytes",
+            "Shard: bytes of LSM tables per level",
+            storage_engine.level_bytes.clone(),
+        );
         Metrics {
+            storage_engine,
             registry,
             ops,
             forward_latency,
@@ -236,6 +301,28 @@ impl Metrics {
         self.connections
             .get_or_create(&ListenerLabels { listener })
             .clone()
+    }
+
+    /// Copies a storage engine's figures into the gauges (shards, before each scrape).
+    pub fn set_storage(&self, stats: &limedb_storage::EngineStats) {
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.storage_keys.set(g(stats.keys));
+        self.storage_live_bytes.set(g(stats.live_bytes));
+        self.storage_log_bytes.set(g(stats.log_bytes));
+        let e = &self.storage_engine;
+        e.cache_hits.set(g(stats.cache_hits));
+        e.cache_misses.set(g(stats.cache_misses));
+        e.flushes.set(g(stats.flushes));
+        e.compactions.set(g(stats.compactions));
+        e.table_bytes_written.set(g(stats.table_bytes_written));
+        e.user_bytes_written.set(g(stats.user_bytes_written));
+        for (level, figures) in stats.levels.iter().enumerate() {
+            let labels = LevelLabels {
+                level: level.to_string(),
+            };
+            e.level_tables.get_or_create(&labels).set(g(figures.tables));
+            e.level_bytes.get_or_create(&labels).set(g(figures.bytes));
+        }
     }
 
     /// The whole registry in the Prometheus text exposition format.

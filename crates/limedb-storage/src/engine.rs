@@ -54,6 +54,30 @@ pub struct EngineStats {
     pub log_rewrites: u64,
     /// How many expired keys were reclaimed from memory since open.
     pub expired_reclaimed: u64,
+    /// Tables and their bytes per level, L0 first (LSM engines; empty for others).
+    pub levels: Vec<LevelFigures>,
+    /// Block cache lookups that found the block, since open (0 without a cache).
+    pub cache_hits: u64,
+    /// Block cache lookups that had to read the disk, since open.
+    pub cache_misses: u64,
+    /// Memtables flushed to tables since open.
+    pub flushes: u64,
+    /// Compactions run since open.
+    pub compactions: u64,
+    /// Bytes written to tables by flushes and compactions since open.
+    pub table_bytes_written: u64,
+    /// Key and value bytes written by users since open; with `table_bytes_written`, the
+    /// write amplification.
+    pub user_bytes_written: u64,
+}
+
+/// One level of an LSM tree in [`EngineStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LevelFigures {
+    /// Tables in the level.
+    pub tables: u64,
+    /// Their bytes on disk.
+    pub bytes: u64,
 }
 
 /// One write of a batch given to [`Engine::write_many`].

@@ -68,7 +68,7 @@ pub mod memory;
 pub mod sync;
 
 pub use clock::now_ms;
-pub use engine::{Engine, EngineStats, Page, Value, WriteOp};
+pub use engine::{Engine, EngineStats, LevelFigures, Page, Value, WriteOp};
 pub use error::StorageError;
 pub use lsm::engine::{LsmEngine, LsmOptions};
 pub use memory::{MemoryEngine, MemoryOptions};

@@ -256,13 +256,7 @@ impl KvNode for ShardNode {
 
     fn refresh_metrics(&self) {
         let stats = self.inner.storage.engine().stats();
-        let m = &self.inner.metrics;
-        m.storage_keys
-            .set(i64::try_from(stats.keys).unwrap_or(i64::MAX));
-        m.storage_live_bytes
-            .set(i64::try_from(stats.live_bytes).unwrap_or(i64::MAX));
-        m.storage_log_bytes
-            .set(i64::try_from(stats.log_bytes).unwrap_or(i64::MAX));
+        self.inner.metrics.set_storage(&stats);
     }
 }
 

@@ -825,6 +825,7 @@ impl Engine for MemoryEngine {
             log_bytes: self.inner.log_bytes.load(Ordering::Relaxed),
             log_rewrites: self.inner.log_rewrites.load(Ordering::Relaxed),
             expired_reclaimed: self.inner.expired_reclaimed.load(Ordering::Relaxed),
+            ..EngineStats::default()
         }
     }
 

@@ -96,7 +96,7 @@ use self::iter::{
     Source,
 };
 pub use self::range::RangeIter;
-use crate::engine::{Engine, EngineStats, Page, Value, WriteOp};
+use crate::engine::{Engine, EngineStats, LevelFigures, Page, Value, WriteOp};
 use crate::error::StorageError;
 use crate::fsutil::fsync_dir;
 use crate::lsm::cache::{BlockCache, CacheStats};
@@ -1662,14 +1662,29 @@ impl Engine for LsmEngine {
                 live_bytes += t.file_size_bytes;
             }
         }
-        let counters = self.counters();
+        let detailed = self.stats_detailed();
+        let counters = detailed.counters;
         EngineStats {
             backend: Self::BACKEND,
             keys,
             live_bytes,
-            log_bytes: self.inner.wal_bytes(),
+            log_bytes: detailed.wal_bytes,
             log_rewrites: counters.flushes,
             expired_reclaimed: counters.expired_reclaimed,
+            levels: detailed
+                .levels
+                .iter()
+                .map(|l| LevelFigures {
+                    tables: l.tables as u64,
+                    bytes: l.size_bytes,
+                })
+                .collect(),
+            cache_hits: detailed.cache.hits,
+            cache_misses: detailed.cache.misses,
+            flushes: counters.flushes,
+            compactions: counters.compactions,
+            table_bytes_written: counters.bytes_flushed + counters.bytes_compacted,
+            user_bytes_written: detailed.user_bytes_written,
         }
     }
 
