@@ -5,12 +5,12 @@
 //! ```text
 //!   limedb-server (tokio)                       limedb-storage (blocking, no tokio)
 //!   ─────────────────────                       ────────────────────────────────────
-//!   spawn_blocking(|| engine.put(..)) ───────►  trait Engine            (engine.rs)
-//!                                                 ├─ MemoryEngine       (memory/)
+//!   shard/storage.rs: engine.put(..) ────────►  trait Engine            (engine.rs)
+//!                                                 ├─ MemoryEngine       (memory/; --storage memory)
 //!                                                 │    ├─ BTreeMap + TTL index in memory
 //!                                                 │    └─ memory.log    (memory/log.rs)
-//!                                                 └─ LsmEngine          (lsm/engine/; not yet
-//!                                                      ├─ WAL, memtables  used by the server)
+//!                                                 └─ LsmEngine          (lsm/engine/; --storage lsm)
+//!                                                      ├─ WAL, memtables
 //!                                                      └─ SSTables in levels, manifest
 //! ```
 //!

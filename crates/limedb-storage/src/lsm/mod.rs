@@ -14,7 +14,8 @@
 //! - [`version`]: an immutable snapshot of the tables in each level (L0..L6) and the counters.
 //! - [`wal`]: the write-ahead log: segmented, checksummed write batches with group commit.
 //!
-//! The engine is not yet wired into the server; shards use [`crate::MemoryEngine`].
+//! Shards use it with `limedb shard --storage lsm`; [`crate::MemoryEngine`] stays the default
+//! until the storage benchmark has been run against RocksDB at full size.
 
 pub mod cache;
 pub mod compaction;

@@ -1,6 +1,5 @@
 //! [`LsmEngine`]: the LSM-tree engine assembled from the building blocks of [`crate::lsm`],
-//! implementing [`crate::Engine`]. Not yet wired into the server; shards still use
-//! [`crate::MemoryEngine`].
+//! implementing [`crate::Engine`]. Shards use it with `limedb shard --storage lsm`.
 //!
 //! # Directory layout
 //!
