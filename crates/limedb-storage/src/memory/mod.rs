@@ -439,7 +439,10 @@ impl Inner {
         let mut flags = Vec::with_capacity(ops.len());
         let mut records = Vec::with_capacity(ops.len());
         {
-            let state = read(&self.state);
+            // Only deletes (and puts that have already expired) need the map, and only batches
+            // need `touched`: a lone put, the common case, takes neither.
+            let mut state = None;
+            let track = ops.len() > 1;
             let mut touched: HashMap<&[u8], bool> = HashMap::new();
             for op in ops {
                 match *op {
@@ -453,7 +456,9 @@ impl Inner {
                             value,
                             expires_at_ms,
                         });
-                        touched.insert(key, true);
+                        if track {
+                            touched.insert(key, true);
+                        }
                         flags.push(false);
                     }
                     // A put that has already expired is a delete (and `Some(0)` is not
@@ -461,12 +466,15 @@ impl Inner {
                     // re-derives expiry.
                     WriteOp::Put { key, .. } | WriteOp::Delete { key } => {
                         let live = touched.get(key).copied().unwrap_or_else(|| {
+                            let state = state.get_or_insert_with(|| read(&self.state));
                             state.map.get(key).is_some_and(|v| !v.is_expired(now))
                         });
                         if live {
                             records.push(Record::Delete { key });
                         }
-                        touched.insert(key, false);
+                        if track {
+                            touched.insert(key, false);
+                        }
                         flags.push(matches!(op, WriteOp::Delete { .. }) && live);
                     }
                 }
