@@ -99,14 +99,17 @@ fn announce(line: String) {
     let _ = out.flush();
 }
 
-/// Triggers shutdown on Ctrl-C or SIGTERM.
-fn shutdown_on_signal() -> shutdown::Shutdown {
+/// Triggers shutdown on Ctrl-C or SIGTERM. Call it before announcing readiness: the handlers
+/// are registered when it returns.
+fn shutdown_on_signal() -> Result<shutdown::Shutdown, String> {
+    let signals =
+        shutdown::os_signals().map_err(|e| format!("cannot listen for Ctrl-C and SIGTERM: {e}"))?;
     let (trigger, handle) = shutdown::channel();
     tokio::spawn(async move {
-        shutdown::os_signal().await;
+        signals.await;
         trigger.trigger();
     });
-    handle
+    Ok(handle)
 }
 
 fn parse_host(host: Option<String>) -> Result<IpAddr, String> {
@@ -240,19 +243,18 @@ fn dev_config(args: DevArgs) -> Result<DevConfig, String> {
 
 async fn run_shard(config: ShardConfig) -> Result<(), String> {
     let id = config.id;
+    let shutdown = shutdown_on_signal()?;
     let server = ShardServer::bind(config).await.map_err(|e| e.to_string())?;
     announce(format!(
         "LIMEDB_READY role=shard id={id} http={} internal={}",
         server.http_addr(),
         server.internal_addr()
     ));
-    server
-        .run(shutdown_on_signal())
-        .await
-        .map_err(|e| e.to_string())
+    server.run(shutdown).await.map_err(|e| e.to_string())
 }
 
 async fn run_coordinator(config: CoordinatorConfig) -> Result<(), String> {
+    let shutdown = shutdown_on_signal()?;
     let server = CoordinatorServer::bind(config)
         .await
         .map_err(|e| e.to_string())?;
@@ -260,13 +262,11 @@ async fn run_coordinator(config: CoordinatorConfig) -> Result<(), String> {
         "LIMEDB_READY role=coordinator http={}",
         server.http_addr()
     ));
-    server
-        .run(shutdown_on_signal())
-        .await
-        .map_err(|e| e.to_string())
+    server.run(shutdown).await.map_err(|e| e.to_string())
 }
 
 async fn run_dev(config: DevConfig) -> Result<(), String> {
+    let shutdown = shutdown_on_signal()?;
     let data_dir = config.data_dir.clone();
     let cluster = DevCluster::bind(config).await.map_err(|e| e.to_string())?;
     let endpoints = cluster.endpoints();
@@ -285,10 +285,7 @@ async fn run_dev(config: DevConfig) -> Result<(), String> {
     ));
     announce(format!("LIMEDB_READY role=dev http={c}"));
     println!("{banner}");
-    cluster
-        .run(shutdown_on_signal())
-        .await
-        .map_err(|e| e.to_string())
+    cluster.run(shutdown).await.map_err(|e| e.to_string())
 }
 
 async fn run_bench(args: BenchArgs) -> Result<(), String> {

@@ -393,3 +393,47 @@ fn log_level_flag_beats_rust_log_and_logs_go_to_stderr() {
         "info logs on stderr"
     );
 }
+
+#[test]
+fn sigterm_right_after_the_ready_line_is_a_clean_stop() {
+    // Regression: the signal handlers were installed after the readiness line, so an early
+    // SIGTERM killed the process instead of stopping it cleanly.
+    let dir = temp_dir();
+    for round in 0..5 {
+        let data = dir.path().join(format!("d{round}")).display().to_string();
+        let mut shard = Node::spawn(
+            bin(),
+            &[
+                "shard",
+                "--port",
+                "0",
+                "--internal-port",
+                "0",
+                "--data-dir",
+                &data,
+            ],
+            &dir.path().join(format!("s{round}.log")),
+        )
+        .expect("starts");
+        assert!(
+            shard.terminate(Duration::from_secs(15)),
+            "round {round}: exit 0"
+        );
+        let mut coordinator = Node::spawn(
+            bin(),
+            &[
+                "coordinator",
+                "--port",
+                "0",
+                "--shards",
+                "http://127.0.0.1:1",
+            ],
+            &dir.path().join(format!("c{round}.log")),
+        )
+        .expect("starts");
+        assert!(
+            coordinator.terminate(Duration::from_secs(15)),
+            "round {round}: exit 0"
+        );
+    }
+}
