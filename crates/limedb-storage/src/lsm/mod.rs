@@ -23,6 +23,7 @@ pub mod engine;
 pub mod key;
 pub mod manifest;
 pub mod memtable;
+mod records;
 pub mod sstable;
 pub mod version;
 pub mod wal;

@@ -110,6 +110,7 @@ use std::sync::Arc;
 pub use edit::{DeletedTable, NewTable, VersionEdit};
 
 use crate::error::StorageError;
+use crate::lsm::records;
 use crate::lsm::version::Version;
 use crate::Result;
 use edit::MIN_PAYLOAD_LEN;
@@ -658,80 +659,17 @@ fn replay(data: &[u8], path: &Path, number: u64) -> Result<Replay> {
 
     let mut version = Version::new();
     let mut records = 0usize;
-    let mut offset = HEADER_LEN;
-    let mut torn = None;
-    while offset < data.len() {
-        let rest = data.get(offset..).unwrap_or_default();
-        let Some((head, body)) = rest.split_at_checked(RECORD_HEADER_LEN) else {
-            torn = Some(format!(
-                "record header needs {RECORD_HEADER_LEN} bytes, {} remain",
-                rest.len()
-            ));
-            break;
-        };
-        let [l0, l1, l2, l3, c0, c1, c2, c3] =
-            <[u8; RECORD_HEADER_LEN]>::try_from(head).unwrap_or_default();
-        let payload_len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
-        let stored_crc = u32::from_le_bytes([c0, c1, c2, c3]);
-        let record_len = RECORD_HEADER_LEN + payload_len;
-        if payload_len > body.len() {
-            if let Some(real) = checksum_matching_prefix(body, stored_crc) {
-                return Err(corrupt(
-                    offset,
-                    format!(
-                        "damaged length field: claims a {payload_len}-byte payload running past \
-                         end of file, but the checksum matches the first {real} bytes"
-                    ),
-                ));
-            }
-            torn = Some(format!(
-                "record of {record_len} bytes runs past end of file ({} remain)",
-                rest.len()
-            ));
-            break;
-        }
-        let payload = body.get(..payload_len).unwrap_or_default();
-        let problem = if payload_len < MIN_PAYLOAD_LEN {
-            Some(format!(
-                "payload length {payload_len} is below the minimum of {MIN_PAYLOAD_LEN}"
-            ))
-        } else {
-            let actual_crc = crc32c::crc32c(payload);
-            if actual_crc != stored_crc {
-                let at_eof = offset + record_len == data.len();
-                if at_eof && checksum_matching_prefix(payload, stored_crc).is_none() {
-                    torn = Some(format!(
-                        "final record fails its checksum (stored {stored_crc:#010x}, computed \
-                         {actual_crc:#010x})"
-                    ));
-                    break;
-                }
-                Some(format!(
-                    "checksum mismatch (stored {stored_crc:#010x}, computed {actual_crc:#010x})"
-                ))
-            } else {
-                match VersionEdit::decode(payload) {
-                    Ok(edit) => match version.apply(&edit) {
-                        Ok(next) => {
-                            version = next;
-                            records += 1;
-                            None
-                        }
-                        Err(e) => Some(format!("edit does not apply: {}", e.reason)),
-                    },
-                    Err(reason) => Some(format!("undecodable edit: {reason}")),
-                }
-            }
-        };
-        if let Some(reason) = problem {
-            if rest.iter().all(|&b| b == 0) {
-                torn = Some(format!("{reason}; the rest of the manifest is zero bytes"));
-                break;
-            }
-            return Err(corrupt(offset, reason));
-        }
-        offset += record_len;
-    }
+    let walked = records::walk(data, HEADER_LEN, MIN_PAYLOAD_LEN, "manifest", |payload| {
+        let edit = VersionEdit::decode(data.get(payload).unwrap_or_default())
+            .map_err(|reason| format!("undecodable edit: {reason}"))?;
+        version = version
+            .apply(&edit)
+            .map_err(|e| format!("edit does not apply: {}", e.reason))?;
+        records += 1;
+        Ok(())
+    })
+    .map_err(|(offset, reason)| corrupt(offset, reason))?;
+    let torn = walked.torn;
     if records == 0 {
         return Err(corrupt(
             HEADER_LEN,
@@ -743,19 +681,7 @@ fn replay(data: &[u8], path: &Path, number: u64) -> Result<Replay> {
     }
     Ok(Replay {
         version,
-        good_len: offset as u64,
+        good_len: walked.good_len as u64,
         torn,
     })
-}
-
-/// The length of the shortest plausible prefix of `bytes` whose CRC32C is `stored`, if any.
-fn checksum_matching_prefix(bytes: &[u8], stored: u32) -> Option<usize> {
-    let mut crc = 0u32;
-    for (i, byte) in bytes.iter().enumerate() {
-        crc = crc32c::crc32c_append(crc, std::slice::from_ref(byte));
-        if i + 1 >= MIN_PAYLOAD_LEN && crc == stored {
-            return Some(i + 1);
-        }
-    }
-    None
 }

@@ -126,9 +126,10 @@ pub use batch::{BatchOp, RecoveredBatch, WriteBatch, MAX_PAYLOAD_BYTES};
 
 use crate::error::StorageError;
 use crate::lsm::key::{ValueKind, MAX_SEQNO};
+use crate::lsm::records;
 use crate::sync::SyncPolicy;
 use crate::Result;
-use batch::{check_batch, decode_payload, MIN_PAYLOAD_LEN, RECORD_HEADER_LEN};
+use batch::{check_batch, decode_payload, MIN_PAYLOAD_LEN};
 
 /// Magic bytes opening every segment.
 pub const MAGIC: &[u8; 7] = b"LIMEWAL";
@@ -719,83 +720,26 @@ fn replay_segment(data: &Bytes, path: &Path, first_seqno: u64, is_last: bool) ->
 
     let mut batches = Vec::new();
     let mut next_seqno = first_seqno;
-    let mut offset = SEGMENT_HEADER_LEN;
-    let mut torn = None;
-    while offset < data.len() {
-        let rest = data.get(offset..).unwrap_or_default();
-        let Some((head, body)) = rest.split_at_checked(RECORD_HEADER_LEN) else {
-            torn = Some(format!(
-                "record header needs {RECORD_HEADER_LEN} bytes, {} remain",
-                rest.len()
-            ));
-            break;
-        };
-        let [l0, l1, l2, l3, c0, c1, c2, c3] =
-            <[u8; RECORD_HEADER_LEN]>::try_from(head).unwrap_or_default();
-        let payload_len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
-        let stored_crc = u32::from_le_bytes([c0, c1, c2, c3]);
-        let record_len = RECORD_HEADER_LEN + payload_len;
-        if payload_len > body.len() {
-            // Either a torn write or a damaged length field; in the second case the stored
-            // checksum still matches the real (shorter) payload.
-            if let Some(real) = checksum_matching_prefix(body, stored_crc) {
-                return Err(corrupt(
-                    offset,
-                    format!(
-                        "damaged length field: claims a {payload_len}-byte payload running past \
-                         end of file, but the checksum matches the first {real} bytes"
-                    ),
+    let walked = records::walk(
+        data,
+        SEGMENT_HEADER_LEN,
+        MIN_PAYLOAD_LEN,
+        "segment",
+        |payload| {
+            let batch = decode_payload(&data.slice(payload))?;
+            if batch.first_seqno != next_seqno {
+                return Err(format!(
+                    "batch starts at seqno {}, expected {next_seqno}",
+                    batch.first_seqno
                 ));
             }
-            torn = Some(format!(
-                "record of {record_len} bytes runs past end of file ({} remain)",
-                rest.len()
-            ));
-            break;
-        }
-        let problem = if payload_len < MIN_PAYLOAD_LEN {
-            Some(format!(
-                "payload length {payload_len} is below the minimum of {MIN_PAYLOAD_LEN}"
-            ))
-        } else {
-            let payload = data.slice(offset + RECORD_HEADER_LEN..offset + record_len);
-            let actual_crc = crc32c::crc32c(&payload);
-            if actual_crc != stored_crc {
-                let at_eof = offset + record_len == data.len();
-                if at_eof && checksum_matching_prefix(&payload, stored_crc).is_none() {
-                    torn = Some(format!(
-                        "final record fails its checksum (stored {stored_crc:#010x}, computed \
-                         {actual_crc:#010x})"
-                    ));
-                    break;
-                }
-                Some(format!(
-                    "checksum mismatch (stored {stored_crc:#010x}, computed {actual_crc:#010x})"
-                ))
-            } else {
-                match decode_payload(&payload) {
-                    Ok(batch) if batch.first_seqno != next_seqno => Some(format!(
-                        "batch starts at seqno {}, expected {next_seqno}",
-                        batch.first_seqno
-                    )),
-                    Ok(batch) => {
-                        next_seqno = batch.last_seqno() + 1;
-                        batches.push(batch);
-                        None
-                    }
-                    Err(reason) => Some(reason),
-                }
-            }
-        };
-        if let Some(reason) = problem {
-            if rest.iter().all(|&b| b == 0) {
-                torn = Some(format!("{reason}; the rest of the segment is zero bytes"));
-                break;
-            }
-            return Err(corrupt(offset, reason));
-        }
-        offset += record_len;
-    }
+            next_seqno = batch.last_seqno() + 1;
+            batches.push(batch);
+            Ok(())
+        },
+    )
+    .map_err(|(offset, reason)| corrupt(offset, reason))?;
+    let (offset, torn) = (walked.good_len, walked.torn);
     if let Some(reason) = &torn {
         if !is_last {
             return Err(corrupt(
@@ -810,18 +754,6 @@ fn replay_segment(data: &Bytes, path: &Path, first_seqno: u64, is_last: bool) ->
         good_len: offset as u64,
         torn,
     })
-}
-
-/// The length of the shortest plausible prefix of `bytes` whose CRC32C is `stored`, if any.
-fn checksum_matching_prefix(bytes: &[u8], stored: u32) -> Option<usize> {
-    let mut crc = 0u32;
-    for (i, byte) in bytes.iter().enumerate() {
-        crc = crc32c::crc32c_append(crc, std::slice::from_ref(byte));
-        if i + 1 >= MIN_PAYLOAD_LEN && crc == stored {
-            return Some(i + 1);
-        }
-    }
-    None
 }
 
 fn bad_magic(path: &Path, found: &[u8]) -> StorageError {

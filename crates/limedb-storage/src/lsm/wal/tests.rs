@@ -6,6 +6,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use batch::RECORD_HEADER_LEN;
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
