@@ -47,41 +47,69 @@ pub(crate) fn memtable_range_source<'a>(
 /// order with disjoint ranges, or a single table. Only entries whose user key is within
 /// `upper`.
 pub(crate) fn tables_source_rev<'a>(tables: Vec<Table>, upper: Bound<&[u8]>) -> Source<'a> {
-    let next = tables.len();
-    Box::new(TablesSourceRev {
+    let remaining = tables.len();
+    Box::new(TablesSource {
         tables,
-        next,
+        remaining,
         iter: None,
         advance: false,
-        upper: match upper {
-            Bound::Included(k) => Bound::Included(k.to_vec()),
-            Bound::Excluded(k) => Bound::Excluded(k.to_vec()),
-            Bound::Unbounded => Bound::Unbounded,
+        from: match upper {
+            Bound::Included(k) => Start::Upper(Bound::Included(k.to_vec())),
+            Bound::Excluded(k) => Start::Upper(Bound::Excluded(k.to_vec())),
+            Bound::Unbounded => Start::Upper(Bound::Unbounded),
         },
         done: false,
     })
 }
 
-/// See [`tables_source_rev`]. Positions each table's cursor only when the next one (in key
-/// order) is exhausted.
-struct TablesSourceRev {
+/// The entries of `tables`, read one table after another: the tables must be in key order
+/// with disjoint ranges (a level L1+), or a single table. Only entries with user key `>= start`.
+pub(crate) fn tables_source<'a>(tables: Vec<Table>, start: Option<&[u8]>) -> Source<'a> {
+    let remaining = tables.len();
+    Box::new(TablesSource {
+        tables,
+        remaining,
+        iter: None,
+        advance: false,
+        from: Start::Lower(start.map(|k| seek_key(k, MAX_SEQNO))),
+        done: false,
+    })
+}
+
+/// Where a [`TablesSource`] starts, and so which way it reads.
+enum Start {
+    /// Forward, from this encoded seek key (or the first entry).
+    Lower(Option<Vec<u8>>),
+    /// Backward, from the last entry within this user-key bound.
+    Upper(Bound<Vec<u8>>),
+}
+
+/// See [`tables_source`] and [`tables_source_rev`]. Opens each table's cursor only when the
+/// previous one (in reading order) is exhausted.
+struct TablesSource {
     tables: Vec<Table>,
-    /// One past the index of the next table to open (counting down).
-    next: usize,
+    /// Tables not yet opened.
+    remaining: usize,
     iter: Option<TableIter>,
-    /// The cursor's current entry was handed out: step back before reading again.
+    /// The cursor's current entry was handed out: step before reading again.
     advance: bool,
-    upper: Bound<Vec<u8>>,
+    from: Start,
     done: bool,
 }
 
-impl TablesSourceRev {
-    /// Positions `it` on the last entry within `upper`.
-    fn position(it: &mut TableIter, upper: &Bound<Vec<u8>>) -> Result<()> {
-        let (hi, included) = match upper {
-            Bound::Unbounded => return it.seek_to_last(),
-            Bound::Included(k) => (k, true),
-            Bound::Excluded(k) => (k, false),
+impl TablesSource {
+    fn forward(&self) -> bool {
+        matches!(self.from, Start::Lower(_))
+    }
+
+    /// Positions a fresh cursor on the first entry to read.
+    fn position_cursor(&self, it: &mut TableIter) -> Result<()> {
+        let (hi, included) = match &self.from {
+            Start::Lower(Some(k)) => return it.seek(k),
+            Start::Lower(None) => return it.seek_to_first(),
+            Start::Upper(Bound::Unbounded) => return it.seek_to_last(),
+            Start::Upper(Bound::Included(k)) => (k, true),
+            Start::Upper(Bound::Excluded(k)) => (k, false),
         };
         it.seek(&seek_key(hi, MAX_SEQNO))?;
         if included {
@@ -98,71 +126,6 @@ impl TablesSourceRev {
     }
 }
 
-impl Iterator for TablesSourceRev {
-    type Item = Result<Entry>;
-
-    fn next(&mut self) -> Option<Result<Entry>> {
-        if self.done {
-            return None;
-        }
-        loop {
-            if let Some(it) = self.iter.as_mut() {
-                if std::mem::take(&mut self.advance) {
-                    if let Err(e) = it.prev() {
-                        self.done = true;
-                        return Some(Err(e));
-                    }
-                }
-                if let (Some(k), Some(v)) = (it.key(), it.value()) {
-                    self.advance = true;
-                    return Some(Ok((Bytes::copy_from_slice(k), v)));
-                }
-                self.iter = None;
-            }
-            let Some(index) = self.next.checked_sub(1) else {
-                self.done = true;
-                return None;
-            };
-            self.next = index;
-            let Some(table) = self.tables.get(index) else {
-                self.done = true;
-                return None;
-            };
-            let mut it = table.iter();
-            if let Err(e) = Self::position(&mut it, &self.upper) {
-                self.done = true;
-                return Some(Err(e));
-            }
-            self.iter = Some(it);
-        }
-    }
-}
-
-/// The entries of `tables`, read one table after another: the tables must be in key order
-/// with disjoint ranges (a level L1+), or a single table. Only entries with user key `>= start`.
-pub(crate) fn tables_source<'a>(tables: Vec<Table>, start: Option<&[u8]>) -> Source<'a> {
-    Box::new(TablesSource {
-        tables,
-        next: 0,
-        iter: None,
-        advance: false,
-        seek: start.map(|k| seek_key(k, MAX_SEQNO)),
-        done: false,
-    })
-}
-
-/// See [`tables_source`]. Opens each table's cursor only when the previous one is exhausted.
-struct TablesSource {
-    tables: Vec<Table>,
-    /// Index of the next table to open.
-    next: usize,
-    iter: Option<TableIter>,
-    /// The cursor's current entry was handed out: step before reading again.
-    advance: bool,
-    seek: Option<Vec<u8>>,
-    done: bool,
-}
-
 impl Iterator for TablesSource {
     type Item = Result<Entry>;
 
@@ -171,9 +134,11 @@ impl Iterator for TablesSource {
             return None;
         }
         loop {
+            let forward = self.forward();
             if let Some(it) = self.iter.as_mut() {
                 if std::mem::take(&mut self.advance) {
-                    if let Err(e) = it.next() {
+                    let stepped = if forward { it.next() } else { it.prev() };
+                    if let Err(e) = stepped {
                         self.done = true;
                         return Some(Err(e));
                     }
@@ -184,17 +149,22 @@ impl Iterator for TablesSource {
                 }
                 self.iter = None;
             }
-            let Some(table) = self.tables.get(self.next) else {
+            let Some(remaining) = self.remaining.checked_sub(1) else {
                 self.done = true;
                 return None;
             };
-            self.next += 1;
-            let mut it = table.iter();
-            let positioned = match &self.seek {
-                Some(k) => it.seek(k),
-                None => it.seek_to_first(),
+            self.remaining = remaining;
+            let index = if forward {
+                self.tables.len() - 1 - remaining
+            } else {
+                remaining
             };
-            if let Err(e) = positioned {
+            let Some(table) = self.tables.get(index) else {
+                self.done = true;
+                return None;
+            };
+            let mut it = table.iter();
+            if let Err(e) = self.position_cursor(&mut it) {
                 self.done = true;
                 return Some(Err(e));
             }
