@@ -10,13 +10,13 @@ use proptest::prelude::*;
 
 use super::*;
 
-type TestResult = std::result::Result<(), Box<dyn Error>>;
+pub(super) type TestResult = std::result::Result<(), Box<dyn Error>>;
 
 /// An expiry far in the future (year 2096).
 const FAR_FUTURE_MS: u64 = 4_000_000_000_000;
 
 /// Options that make flushes and compactions happen after a few KiB of writes.
-fn tiny() -> LsmOptions {
+pub(super) fn tiny() -> LsmOptions {
     LsmOptions {
         sync: SyncPolicy::Never,
         memtable_bytes: 4 << 10,

@@ -2,34 +2,12 @@
 //! iterators forward and backward, `compact_range`, `stats_detailed` and `checkpoint`.
 
 use std::collections::BTreeMap;
-use std::error::Error;
 use std::ops::Bound;
 use std::sync::atomic::AtomicBool;
 
 use super::*;
 
-type TestResult = std::result::Result<(), Box<dyn Error>>;
-
-/// Small memtables and tables, so that flushes and compactions happen often.
-fn tiny() -> LsmOptions {
-    LsmOptions {
-        sync: SyncPolicy::Never,
-        memtable_bytes: 4 << 10,
-        block_cache_bytes: 1 << 20,
-        table: TableOptions {
-            block_size_bytes: 512,
-            ..TableOptions::default()
-        },
-        leveled: LeveledOptions {
-            l0_compaction_trigger: 2,
-            base_level_bytes: 8 << 10,
-            level_size_multiplier: 4,
-            target_table_bytes: 4 << 10,
-            ..LeveledOptions::default()
-        },
-        ..LsmOptions::default()
-    }
-}
+use super::tests::{tiny, TestResult};
 
 fn key(i: usize) -> Vec<u8> {
     format!("key{i:06}").into_bytes()
