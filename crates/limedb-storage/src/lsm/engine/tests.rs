@@ -16,6 +16,13 @@ pub(super) type TestResult = std::result::Result<(), Box<dyn Error>>;
 const FAR_FUTURE_MS: u64 = 4_000_000_000_000;
 
 /// Options that make flushes and compactions happen after a few KiB of writes.
+/// Waits until the wall clock has passed `t_ms` (an expiry time).
+fn wait_past(t_ms: u64) {
+    while now_ms() <= t_ms {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 pub(super) fn tiny() -> LsmOptions {
     LsmOptions {
         sync: SyncPolicy::Never,
@@ -80,9 +87,10 @@ fn put_get_delete_overwrite_ttl() -> TestResult {
     engine.put(b"b", b"gone", Some(1))?;
     assert_eq!(engine.get(b"b")?, None);
     assert!(!engine.delete(b"b")?);
-    engine.put(b"c", b"soon", Some(now_ms() + 50))?;
+    let soon = now_ms() + 50;
+    engine.put(b"c", b"soon", Some(soon))?;
     assert!(engine.get(b"c")?.is_some());
-    std::thread::sleep(Duration::from_millis(80));
+    wait_past(soon);
     assert_eq!(engine.get(b"c")?, None);
     assert!(!engine.delete(b"c")?, "an expired key is not live");
     assert_eq!(engine.len()?, 0);
@@ -297,8 +305,9 @@ fn compaction_reduces_tables_and_drops_tombstones_at_the_bottom() -> TestResult 
         engine.delete(&key(i))?;
     }
     engine.put(&key(0), b"survivor", None)?;
-    engine.put(&key(1), b"expiring", Some(now_ms() + 20))?;
-    std::thread::sleep(Duration::from_millis(40));
+    let expiry = now_ms() + 20;
+    engine.put(&key(1), b"expiring", Some(expiry))?;
+    wait_past(expiry);
     engine.flush()?; // the eighth L0 table triggers a merge into L1, the bottom here
     engine.compact()?;
     let version = engine.version();

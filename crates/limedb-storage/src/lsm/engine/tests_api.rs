@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use super::*;
 
@@ -412,9 +412,11 @@ fn checkpoint_round_trip_while_writes_continue() -> TestResult {
         engine.put(&key(i), format!("v{i}").as_bytes(), None)?;
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicUsize::new(0));
     let writer = {
         let engine = Arc::clone(&engine);
         let stop = Arc::clone(&stop);
+        let written = Arc::clone(&written);
         std::thread::spawn(move || -> Result<()> {
             let mut i = 0usize;
             while !stop.load(Ordering::SeqCst) {
@@ -423,13 +425,21 @@ fn checkpoint_round_trip_while_writes_continue() -> TestResult {
                     engine.delete(&key((i * 3) % 700))?;
                 }
                 i += 1;
+                written.store(i, Ordering::SeqCst);
             }
             Ok(())
         })
     };
-    std::thread::sleep(Duration::from_millis(30));
+    // Writes are running before the checkpoint and go on after it.
+    let wait_for_writes = |at_least: usize| {
+        while written.load(Ordering::SeqCst) < at_least && !writer.is_finished() {
+            std::thread::yield_now();
+        }
+    };
+    wait_for_writes(200);
     let snapshot = engine.checkpoint(&dest_dir)?;
-    std::thread::sleep(Duration::from_millis(30));
+    let after = written.load(Ordering::SeqCst);
+    wait_for_writes(after + 200);
     stop.store(true, Ordering::SeqCst);
     writer.join().map_err(|_| "writer panicked")??;
     assert!(matches!(
