@@ -82,12 +82,29 @@ pub struct ShardArgs {
     #[arg(long, env = "LIMEDB_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Storage backend: "memory" (an in-memory ordered map made durable by an append-only
-    /// log) or "lsm" (LimeDB's LSM-tree engine: write-ahead log, memtables, SSTables, leveled
-    /// compaction; data larger than memory). The two keep different files: a data directory
-    /// belongs to the backend that created it. [default: memory]
+    /// Storage backend: "lsm" (LimeDB's LSM-tree engine: write-ahead log, memtables,
+    /// SSTables, leveled compaction; data larger than memory) or "memory" (an in-memory
+    /// ordered map made durable by an append-only log; every key and value stays in memory).
+    /// The two keep different files: a data directory belongs to the backend that created it.
+    /// [default: lsm]
     #[arg(long, env = "LIMEDB_STORAGE", value_name = "BACKEND")]
     pub storage: Option<String>,
+
+    /// LSM: size of a memtable in MiB. Writes go to the active memtable; a full one is frozen
+    /// and flushed to disk in the background, and writes stall while two frozen ones wait, so
+    /// memtables hold at most 3× this. [default: 64]
+    #[arg(long, env = "LIMEDB_MEMTABLE_MB", value_name = "MIB")]
+    pub memtable_mb: Option<u64>,
+
+    /// LSM: budget of the block cache (decompressed data blocks) in MiB. [default: 64]
+    #[arg(long, env = "LIMEDB_BLOCK_CACHE_MB", value_name = "MIB")]
+    pub block_cache_mb: Option<u64>,
+
+    /// LSM: how table files are read: "mmap" (a memory map; pages of the map count in the
+    /// process's resident memory while the kernel keeps them) or "pread" (a read(2) per block
+    /// not in the block cache). [default: mmap]
+    #[arg(long, env = "LIMEDB_TABLE_READS", value_name = "MODE")]
+    pub table_reads: Option<String>,
 
     /// When acknowledged writes reach the disk: "always" (fsync before every acknowledgement,
     /// concurrent writers share one fsync), "interval" (fsync every --wal-sync-interval-ms) or
@@ -195,7 +212,7 @@ pub struct DevArgs {
     #[arg(long, env = "LIMEDB_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Storage backend of every shard (see `limedb shard --help`). [default: memory]
+    /// Storage backend of every shard (see `limedb shard --help`). [default: lsm]
     #[arg(long, env = "LIMEDB_STORAGE", value_name = "BACKEND")]
     pub storage: Option<String>,
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use limedb_cluster::{ShardId, DEFAULT_VNODES_PER_SHARD};
 use limedb_server::config::{
-    parse_shard_list, CoordinatorConfig, Limits, ShardConfig, StorageKind,
+    parse_shard_list, CoordinatorConfig, Limits, LsmTuning, ShardConfig, StorageKind,
     DEFAULT_CONNECTIONS_PER_SHARD, DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_SHARD_TIMEOUT, MAX_KEY_BYTES_CAP, MAX_VALUE_BYTES_CAP, SEED_SHARD_URLS,
 };
@@ -20,6 +20,7 @@ use limedb_server::coordinator::CoordinatorServer;
 use limedb_server::dev::{default_internal_port, DevCluster, DevConfig};
 use limedb_server::shard::ShardServer;
 use limedb_server::shutdown;
+use limedb_storage::lsm::sstable::ReadMode;
 use limedb_storage::SyncPolicy;
 
 use cli::{BenchArgs, Cli, Command, CoordinatorArgs, DevArgs, FileConfig, LimitArgs, ShardArgs};
@@ -159,9 +160,39 @@ fn sync_policy(policy: Option<&str>, interval_ms: Option<u64>) -> Result<SyncPol
 
 fn storage_kind(storage: Option<&str>) -> Result<StorageKind, String> {
     storage
-        .unwrap_or("memory")
+        .unwrap_or("lsm")
         .parse()
         .map_err(|e| format!("--storage: {e}"))
+}
+
+fn lsm_tuning(args: &ShardArgs) -> Result<LsmTuning, String> {
+    let defaults = LsmTuning::default();
+    let mib = |v: Option<u64>, name: &str, default: u64| match v {
+        None => Ok(default),
+        Some(0) => Err(format!("--{name} must be at least 1")),
+        Some(m) if m > 1 << 20 => Err(format!("--{name} {m} is more than 1 TiB")),
+        Some(m) => Ok(m << 20),
+    };
+    let block_cache_bytes = mib(
+        args.block_cache_mb,
+        "block-cache-mb",
+        defaults.block_cache_bytes as u64,
+    )?;
+    Ok(LsmTuning {
+        memtable_bytes: mib(args.memtable_mb, "memtable-mb", defaults.memtable_bytes)?,
+        block_cache_bytes: usize::try_from(block_cache_bytes)
+            .map_err(|_| "--block-cache-mb is too large for this machine".to_string())?,
+        read_mode: match args.table_reads.as_deref() {
+            None => defaults.read_mode,
+            Some("mmap") => ReadMode::Mmap,
+            Some("pread") => ReadMode::Pread,
+            Some(other) => {
+                return Err(format!(
+                    "--table-reads: unknown mode {other:?}; use \"mmap\" or \"pread\""
+                ))
+            }
+        },
+    })
 }
 
 fn shard_config(args: ShardArgs) -> Result<ShardConfig, String> {
@@ -169,6 +200,7 @@ fn shard_config(args: ShardArgs) -> Result<ShardConfig, String> {
     if id == 0 {
         return Err("--id: shard ids start at 1".into());
     }
+    let lsm = lsm_tuning(&args)?;
     let host = parse_host(args.host)?;
     let port = match args.port {
         Some(p) => p,
@@ -188,6 +220,7 @@ fn shard_config(args: ShardArgs) -> Result<ShardConfig, String> {
             .unwrap_or_else(|| PathBuf::from("limedb-data").join(format!("shard-{id}"))),
         storage: storage_kind(args.storage.as_deref())?,
         wal_sync: sync_policy(args.wal_sync.as_deref(), args.wal_sync_interval_ms)?,
+        lsm,
         limits: limits(&args.limits)?,
         max_connections: max_connections(&args.limits),
     })

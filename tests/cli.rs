@@ -57,8 +57,8 @@ async fn seed_flags_start_a_shard_and_a_coordinator() {
     assert_eq!(c.get("seed").await.expect("get").text(), "works");
     assert!(shard.terminate(Duration::from_secs(15)));
     assert!(
-        dir.path().join("limedb-data/shard-1").is_dir(),
-        "default data directory ./limedb-data/shard-1 was created"
+        dir.path().join("limedb-data/shard-1/CURRENT").is_file(),
+        "default data directory ./limedb-data/shard-1 holds the default (lsm) backend's files"
     );
 }
 
@@ -131,6 +131,18 @@ fn bad_configuration_is_a_clear_error_and_a_nonzero_exit() {
     );
     fails_with(&["shard", "--storage", "floppy"], "unknown storage backend");
     fails_with(&["shard", "--wal-sync", "sometimes"], "--wal-sync");
+    fails_with(
+        &["shard", "--table-reads", "floppy"],
+        "--table-reads: unknown mode",
+    );
+    fails_with(
+        &["shard", "--memtable-mb", "0"],
+        "--memtable-mb must be at least 1",
+    );
+    fails_with(
+        &["shard", "--block-cache-mb", "0"],
+        "--block-cache-mb must be at least 1",
+    );
     fails_with(&["shard", "--id", "0"], "shard ids start at 1");
     fails_with(
         &["coordinator", "--shards", "1=http://a:1,1=http://b:2"],

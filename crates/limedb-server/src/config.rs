@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use limedb_cluster::ShardId;
-use limedb_storage::SyncPolicy;
+use limedb_storage::lsm::sstable::ReadMode;
+use limedb_storage::{LsmOptions, SyncPolicy};
 
 use crate::error::ApiError;
 
@@ -141,6 +142,42 @@ impl std::fmt::Display for StorageKind {
     }
 }
 
+/// Tuning of the LSM backend (`--storage lsm`); the other backends ignore it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LsmTuning {
+    /// Bytes a memtable holds before it is frozen and flushed (up to three are in memory: the
+    /// active one and two waiting for the flush thread).
+    pub memtable_bytes: u64,
+    /// Budget of the block cache of decompressed data blocks.
+    pub block_cache_bytes: usize,
+    /// How tables are read: through a memory map or with `pread(2)`.
+    pub read_mode: ReadMode,
+}
+
+impl Default for LsmTuning {
+    fn default() -> Self {
+        let engine = LsmOptions::default();
+        LsmTuning {
+            memtable_bytes: engine.memtable_bytes,
+            block_cache_bytes: engine.block_cache_bytes,
+            read_mode: engine.read_mode,
+        }
+    }
+}
+
+impl LsmTuning {
+    /// Engine options with this tuning and sync policy `sync`.
+    pub fn options(&self, sync: SyncPolicy) -> LsmOptions {
+        LsmOptions {
+            sync,
+            memtable_bytes: self.memtable_bytes,
+            block_cache_bytes: self.block_cache_bytes,
+            read_mode: self.read_mode,
+            ..LsmOptions::default()
+        }
+    }
+}
+
 /// Everything a shard needs to start.
 #[derive(Clone, Debug)]
 pub struct ShardConfig {
@@ -156,6 +193,8 @@ pub struct ShardConfig {
     pub storage: StorageKind,
     /// When writes reach the disk.
     pub wal_sync: SyncPolicy,
+    /// Memory budgets and read mode of the LSM backend.
+    pub lsm: LsmTuning,
     /// Key and value size limits.
     pub limits: Limits,
     /// Cap on open connections per listener.

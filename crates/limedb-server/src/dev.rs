@@ -12,8 +12,9 @@ use limedb_storage::SyncPolicy;
 use tokio::task::JoinSet;
 
 use crate::config::{
-    CoordinatorConfig, Limits, ShardConfig, ShardSpec, StorageKind, DEFAULT_CONNECTIONS_PER_SHARD,
-    DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHARD_TIMEOUT,
+    CoordinatorConfig, Limits, LsmTuning, ShardConfig, ShardSpec, StorageKind,
+    DEFAULT_CONNECTIONS_PER_SHARD, DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SHARD_TIMEOUT,
 };
 use crate::coordinator::CoordinatorServer;
 use crate::error::ServerError;
@@ -88,6 +89,7 @@ impl DevCluster {
                 data_dir: config.data_dir.join(format!("shard-{id}")),
                 storage: config.storage,
                 wal_sync: config.wal_sync,
+                lsm: LsmTuning::default(),
                 limits: config.limits,
                 max_connections: config.max_connections,
             })
@@ -158,7 +160,7 @@ impl Default for DevConfig {
             coordinator_port: 8080,
             shard_ports: vec![7001, 7002, 7003],
             data_dir: PathBuf::from("limedb-data"),
-            storage: StorageKind::Memory,
+            storage: StorageKind::Lsm,
             wal_sync: SyncPolicy::default(),
             vnodes_per_shard: limedb_cluster::DEFAULT_VNODES_PER_SHARD,
             limits: Limits::default(),

@@ -111,6 +111,8 @@ struct EngineGauges {
     compactions: Gauge,
     table_bytes_written: Gauge,
     user_bytes_written: Gauge,
+    write_slowdowns: Gauge,
+    write_stalls: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -242,6 +244,16 @@ impl Metrics {
                 "Shard: key and value bytes written by users since the engine opened",
                 &storage_engine.user_bytes_written,
             ),
+            (
+                "limedb_storage_write_slowdowns",
+                "Shard: write batches paused because L0 held too many tables, since the engine opened",
+                &storage_engine.write_slowdowns,
+            ),
+            (
+                "limedb_storage_write_stalls",
+                "Shard: write batches that waited for compaction because L0 was full, since the engine opened",
+                &storage_engine.write_stalls,
+            ),
         ] {
             registry.register(name, help, gauge.clone());
         }
@@ -316,6 +328,8 @@ impl Metrics {
         e.compactions.set(g(stats.compactions));
         e.table_bytes_written.set(g(stats.table_bytes_written));
         e.user_bytes_written.set(g(stats.user_bytes_written));
+        e.write_slowdowns.set(g(stats.write_slowdowns));
+        e.write_stalls.set(g(stats.write_stalls));
         for (level, figures) in stats.levels.iter().enumerate() {
             let labels = LevelLabels {
                 level: level.to_string(),

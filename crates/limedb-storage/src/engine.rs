@@ -69,6 +69,10 @@ pub struct EngineStats {
     /// Key and value bytes written by users since open; with `table_bytes_written`, the
     /// write amplification.
     pub user_bytes_written: u64,
+    /// Write batches paused to let compaction catch up, since open (LSM engines).
+    pub write_slowdowns: u64,
+    /// Write batches that waited for compaction before they could proceed, since open.
+    pub write_stalls: u64,
 }
 
 /// One level of an LSM tree in [`EngineStats`].
@@ -164,11 +168,13 @@ pub trait Engine: Send + Sync + 'static {
     /// Current figures; cheap enough to call on every metrics scrape.
     fn stats(&self) -> EngineStats;
 
-    /// `true` when [`Engine::get`] is answered from memory and never waits for the disk, so an
-    /// async caller may run it inline instead of handing it to a thread pool (a thread hand-off
-    /// costs far more than an in-memory lookup). Conservatively `false` by default.
-    fn get_is_in_memory(&self) -> bool {
-        false
+    /// Answers [`Engine::get`] at once if that needs no I/O (the key's newest version is in
+    /// memory, or filters and cached blocks rule it out or find it), and `None` otherwise; the
+    /// caller then runs [`Engine::get`] where it may block. Lets an async caller skip a thread
+    /// hand-off, which costs far more than an in-memory lookup. The default never answers.
+    fn try_get_now(&self, key: &[u8]) -> Option<Result<Option<Value>>> {
+        let _ = key;
+        None
     }
 
     /// Makes every write acknowledged so far durable (fsync), whatever the sync policy.

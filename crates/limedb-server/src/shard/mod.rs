@@ -17,7 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use limedb_cluster::{Ring, ShardId};
 use limedb_proto::{ErrorCode, Request, Response, PROTOCOL_VERSION};
-use limedb_storage::{now_ms, Engine, LsmEngine, LsmOptions, MemoryEngine, MemoryOptions};
+use limedb_storage::{now_ms, Engine, LsmEngine, MemoryEngine, MemoryOptions};
 use tokio::net::TcpListener;
 
 use crate::config::{Limits, ShardConfig, StorageKind};
@@ -305,10 +305,7 @@ fn open_engine(config: &ShardConfig) -> Result<Arc<dyn Engine>, ServerError> {
             Ok(Arc::new(MemoryEngine::open(&config.data_dir, options)?))
         }
         StorageKind::Lsm => {
-            let options = LsmOptions {
-                sync: config.wal_sync,
-                ..LsmOptions::default()
-            };
+            let options = config.lsm.options(config.wal_sync);
             Ok(Arc::new(LsmEngine::open(&config.data_dir, options)?))
         }
     }

@@ -6,8 +6,8 @@
 //!
 //! | call | engine says | runs |
 //! |---|---|---|
-//! | `get` | [`Engine::get_is_in_memory`] | inline on the runtime worker |
-//! | `get` | otherwise | blocking pool |
+//! | `get` | [`Engine::try_get_now`] answers (no I/O needed) | inline on the runtime worker |
+//! | `get` | otherwise (a table block must be read) | blocking pool |
 //! | `put` of at most [`INLINE_WRITE_MAX_BYTES`], `delete` | [`Engine::try_write_now`] writes without waiting | inline on the runtime worker |
 //! | `put`, `delete` | otherwise (it would wait for an fsync or log maintenance) | the shard's writer thread |
 //! | `page`, `close` | — | blocking pool |
@@ -54,7 +54,6 @@ enum WriteOp {
 /// A shard's engine with the right executor for each call.
 pub struct Storage {
     engine: Arc<dyn Engine>,
-    get_inline: bool,
     writer: Writer,
 }
 
@@ -65,9 +64,7 @@ struct Writer {
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Storage")
-            .field("get_inline", &self.get_inline)
-            .finish_non_exhaustive()
+        f.debug_struct("Storage").finish_non_exhaustive()
     }
 }
 
@@ -100,11 +97,7 @@ impl Storage {
             queue,
             thread: std::sync::Mutex::new(Some(thread)),
         };
-        Ok(Storage {
-            get_inline: engine.get_is_in_memory(),
-            engine,
-            writer,
-        })
+        Ok(Storage { engine, writer })
     }
 
     /// The engine itself, for figures that need no executor (stats).
@@ -114,10 +107,9 @@ impl Storage {
 
     /// Reads a key.
     pub async fn get(&self, key: Bytes) -> Result<Option<Value>, ApiError> {
-        if self.get_inline {
-            self.engine.get(&key).map_err(ApiError::from)
-        } else {
-            blocking(&self.engine, move |e| e.get(&key)).await
+        match self.engine.try_get_now(&key) {
+            Some(found) => found.map_err(ApiError::from),
+            None => blocking(&self.engine, move |e| e.get(&key)).await,
         }
     }
 

@@ -164,6 +164,18 @@ impl BlockCache {
         found
     }
 
+    /// As [`BlockCache::get`], but a miss is not counted: for a caller that only wants to know
+    /// whether a lookup can be answered without I/O, and does the counted `get` afterwards
+    /// when it cannot.
+    pub fn probe(&self, key: BlockKey) -> Option<Bytes> {
+        let shard = self.shard(key);
+        let found = shard.lock().and_then(|mut lru| lru.get(key));
+        if found.is_some() {
+            shard.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
     /// Caches `value` under `key` as the most recently used block of its shard, replacing
     /// any block cached under `key` and evicting least recently used blocks until it fits.
     /// Returns whether the block was admitted: a block larger than a shard's capacity is not

@@ -59,7 +59,15 @@
 //! - **Memory**: one active memtable of `memtable_bytes` (checked before each write, so it may
 //!   pass the budget by one batch) plus at most `max_immutable_memtables` frozen ones waiting
 //!   for the flush thread; a writer that would freeze a further one **stalls** until a flush
-//!   finishes. There is no gradual slowdown before the stall yet.
+//!   finishes.
+//! - **L0 back-pressure**: flushes add tables to L0 faster than compaction may drain it. From
+//!   `l0_slowdown_tables` (default 8) L0 tables, every write batch first pauses
+//!   `write_slowdown_delay` (1 ms) under the writer lock, which caps the batch rate while
+//!   group commit keeps batches large; from `l0_stop_tables` (12) writers **stall** until
+//!   compaction brings L0 below it. L0 therefore stays within `l0_stop_tables` plus the frozen
+//!   memtables already queued. Both are counted (`write_slowdowns`, `write_stalls` in
+//!   [`LsmCounters`] and the shard's /metrics). `try_write_now` never writes inline while
+//!   either applies.
 //! - **Writes are serialised** by one writer lock (WAL append + memtable insert); the fsync of
 //!   [`SyncPolicy::Always`] happens after the lock is released, so concurrent writers share one.
 //! - **`len`, `page` and `stats`**: `len` and `page` merge the whole tree (O(n)); `stats().keys`
@@ -78,6 +86,8 @@ mod range;
 mod tests;
 #[cfg(test)]
 mod tests_api;
+#[cfg(test)]
+mod tests_inline;
 mod value;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -127,6 +137,15 @@ pub struct LsmOptions {
     pub leveled: LeveledOptions,
     /// How tables are read: mmap (default) or pread.
     pub read_mode: ReadMode,
+    /// With this many tables in L0, each write batch first pauses for
+    /// `write_slowdown_delay`, so that compaction catches up. Default 8.
+    pub l0_slowdown_tables: usize,
+    /// With this many tables in L0, writes wait until compaction brings L0 below it. Default
+    /// 12. Both L0 limits are raised, if needed, above `leveled.l0_compaction_trigger`, so that
+    /// a stalled writer always waits for a compaction that will run.
+    pub l0_stop_tables: usize,
+    /// The pause of a slowed-down write batch. Default 1 ms.
+    pub write_slowdown_delay: Duration,
 }
 
 impl Default for LsmOptions {
@@ -139,7 +158,21 @@ impl Default for LsmOptions {
             table: TableOptions::default(),
             leveled: LeveledOptions::default(),
             read_mode: ReadMode::default(),
+            l0_slowdown_tables: 8,
+            l0_stop_tables: 12,
+            write_slowdown_delay: Duration::from_millis(1),
         }
+    }
+}
+
+impl LsmOptions {
+    /// The options with the L0 limits raised where needed so that
+    /// `l0_compaction_trigger <= l0_slowdown_tables < l0_stop_tables`.
+    fn with_consistent_l0_limits(mut self) -> Self {
+        let trigger = self.leveled.l0_compaction_trigger.max(1);
+        self.l0_slowdown_tables = self.l0_slowdown_tables.max(trigger);
+        self.l0_stop_tables = self.l0_stop_tables.max(self.l0_slowdown_tables + 1);
+        self
     }
 }
 
@@ -248,12 +281,24 @@ impl SuperVersion {
     /// The newest version of `key` with a sequence number `<= seqno`: `Some((kind, value))`,
     /// or `None` if nothing holds one.
     fn get_at(&self, key: &[u8], seqno: u64) -> Result<Option<(ValueKind, Bytes)>> {
+        self.lookup(key, seqno, Reach::Disk)
+            .unwrap_or_else(|| Err(engine_bug("a read allowed to use the disk gave up")))
+    }
+
+    /// As [`SuperVersion::get_at`]; with [`Reach::Memory`], `None` when the answer needs a
+    /// block that is not in the block cache.
+    fn lookup(
+        &self,
+        key: &[u8],
+        seqno: u64,
+        reach: Reach,
+    ) -> Option<Result<Option<(ValueKind, Bytes)>>> {
         if let Some(hit) = self.active.get(key, seqno) {
-            return Ok(Some(hit));
+            return Some(Ok(Some(hit)));
         }
         for m in self.imms.iter().rev() {
             if let Some(hit) = m.get(key, seqno) {
-                return Ok(Some(hit));
+                return Some(Ok(Some(hit)));
             }
         }
         for level in 0..NUM_LEVELS {
@@ -261,12 +306,40 @@ impl SuperVersion {
                 if handle.min_seqno > seqno {
                     continue; // every version in it is newer than the read
                 }
-                if let Some(hit) = self.table(handle.file_number)?.get(key, seqno)? {
-                    return Ok(Some(hit));
+                let table = match self.table(handle.file_number) {
+                    Ok(table) => table,
+                    Err(e) => return Some(Err(e)),
+                };
+                let found = match reach {
+                    Reach::Disk => table.get(key, seqno),
+                    Reach::Memory => table.get_if_cached(key, seqno)?,
+                };
+                match found {
+                    Ok(None) => {}
+                    Ok(Some(hit)) => return Some(Ok(Some(hit))),
+                    Err(e) => return Some(Err(e)),
                 }
             }
         }
-        Ok(None)
+        Some(Ok(None))
+    }
+}
+
+/// How far a point read may go for its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reach {
+    /// Anywhere, reading table blocks from disk as needed.
+    Disk,
+    /// Memtables, filters, indexes and the block cache only: a read that would touch a table
+    /// file (or a mapping whose pages may not be resident) gives up instead.
+    Memory,
+}
+
+/// The error for a broken internal invariant: reported, never a panic.
+fn engine_bug(what: &str) -> StorageError {
+    StorageError::InvalidInput {
+        path: PathBuf::new(),
+        reason: format!("{what} (engine bug)"),
     }
 }
 
@@ -294,6 +367,8 @@ struct Counters {
     expired_reclaimed: AtomicU64,
     /// Key and value bytes of the records written by users (see [`LsmStats`]).
     user_bytes_written: AtomicU64,
+    write_slowdowns: AtomicU64,
+    write_stalls: AtomicU64,
 }
 
 /// A point in time of an [`LsmEngine`], from [`LsmEngine::snapshot`] (or
@@ -395,6 +470,11 @@ pub struct LsmCounters {
     pub bytes_compacted: u64,
     /// Expired values turned into tombstones or dropped by compactions.
     pub expired_reclaimed: u64,
+    /// Write batches paused because L0 reached [`LsmOptions::l0_slowdown_tables`].
+    pub write_slowdowns: u64,
+    /// Write batches that waited: L0 had reached [`LsmOptions::l0_stop_tables`], or
+    /// [`LsmOptions::max_immutable_memtables`] frozen memtables waited for the flush thread.
+    pub write_stalls: u64,
 }
 
 #[derive(Debug)]
@@ -427,6 +507,18 @@ struct Inner {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `m`'s guard if it is free now or within a few retries (a holder that only appends to the
+/// WAL and inserts into a memtable lets go within microseconds); `None` if it stays taken.
+fn try_lock_briefly<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    for _ in 0..8 {
+        if let Some(guard) = try_lock(m) {
+            return Some(guard);
+        }
+        std::thread::yield_now();
+    }
+    None
 }
 
 /// `m`'s guard if it is free.
@@ -569,6 +661,7 @@ impl LsmEngine {
     /// Damage in the manifest, a table or the WAL (other than a torn tail) fails with
     /// [`StorageError::Corrupt`] naming the file.
     pub fn open(dir: impl AsRef<Path>, options: LsmOptions) -> Result<Self> {
+        let options = options.with_consistent_l0_limits();
         let dir = dir.as_ref().to_path_buf();
         let tables_dir = dir.join("tables");
         std::fs::create_dir_all(&tables_dir).map_err(StorageError::io(
@@ -735,6 +828,8 @@ impl LsmEngine {
             bytes_flushed: c.bytes_flushed.load(Ordering::Relaxed),
             bytes_compacted: c.bytes_compacted.load(Ordering::Relaxed),
             expired_reclaimed: c.expired_reclaimed.load(Ordering::Relaxed),
+            write_slowdowns: c.write_slowdowns.load(Ordering::Relaxed),
+            write_stalls: c.write_stalls.load(Ordering::Relaxed),
         }
     }
 
@@ -1175,6 +1270,9 @@ impl Inner {
     /// Waits (a write stall) while the maximum number of frozen memtables wait for a flush.
     fn wait_for_room<'a>(&self, mut state: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
         let max = self.options.max_immutable_memtables.max(1);
+        if state.current.imms.len() >= max {
+            self.counters.write_stalls.fetch_add(1, Ordering::Relaxed);
+        }
         while state.current.imms.len() >= max {
             self.check_writable()?;
             if state.stop {
@@ -1206,75 +1304,175 @@ impl Inner {
     fn write_many(&self, ops: &[WriteOp<'_>]) -> Result<Vec<bool>> {
         check_ops(ops)?;
         self.check_writable()?;
-        let now = now_ms();
-        let expired = |t: Option<u64>| t.is_some_and(|t| t <= now);
         let (flags, last_seqno) = {
             let _writer = lock(&self.writer);
             self.check_writable()?;
-            let sv = {
-                let mut state = lock(&self.state);
+            let (sv, slow) = {
+                let state = lock(&self.state);
+                let (mut state, slow) = self.throttle(state)?;
                 if state.current.active.approximate_bytes() >= self.options.memtable_bytes {
                     state = self.wait_for_room(state)?;
                     self.freeze(&mut state)?;
                 }
-                Arc::clone(&state.current)
+                (Arc::clone(&state.current), slow)
             };
-            // Decide each op's record and answer as if the ops ran one by one. Writers are
-            // serialised by the writer lock, so nothing changes underneath.
-            let mut flags = Vec::with_capacity(ops.len());
-            let mut batch = WriteBatch::new();
-            let mut touched: HashMap<&[u8], bool> = HashMap::new();
-            for op in ops {
-                match *op {
-                    WriteOp::Put {
-                        key,
-                        value,
-                        expires_at_ms,
-                    } if !expired(expires_at_ms) => {
-                        batch.put(
-                            Bytes::copy_from_slice(key),
-                            value::encode(value, expires_at_ms),
-                        );
-                        touched.insert(key, true);
-                        flags.push(false);
-                    }
-                    // A put that has already expired is a delete; deleting a key that is not
-                    // live needs no record (expiry is absolute).
-                    WriteOp::Put { key, .. } | WriteOp::Delete { key } => {
-                        let live = match touched.get(key) {
-                            Some(&live) => live,
-                            None => self.live_value(&sv, key, MAX_SEQNO, now)?.is_some(),
-                        };
-                        if live {
-                            batch.delete(Bytes::copy_from_slice(key));
-                        }
-                        touched.insert(key, false);
-                        flags.push(matches!(op, WriteOp::Delete { .. }) && live);
-                    }
-                }
+            if slow {
+                // Every writer queues behind this one on the writer lock, so the pause slows
+                // the whole write stream and lets compaction catch up.
+                self.counters
+                    .write_slowdowns
+                    .fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(self.options.write_slowdown_delay);
             }
-            if batch.is_empty() {
-                return Ok(flags);
-            }
-            let last = self.wal.append(&batch)?;
-            let first = last + 1 - batch.len() as u64;
-            let mut user_bytes = 0u64;
-            for (seqno, op) in (first..).zip(batch.ops()) {
-                let value = op.value().cloned().unwrap_or_default();
-                user_bytes += (op.key().len() + value.len()) as u64;
-                sv.active.insert(op.key(), seqno, op.kind(), value);
-            }
-            // Publish the batch: readers see all of it from now on, none of it before.
-            self.visible_seqno.store(last, Ordering::SeqCst);
-            self.counters
-                .user_bytes_written
-                .fetch_add(user_bytes, Ordering::Relaxed);
-            (flags, last)
+            self.apply(&sv, ops, now_ms(), Reach::Disk)?
+                .ok_or_else(|| engine_bug("a write allowed to use the disk gave up"))?
         };
-        if self.options.sync == SyncPolicy::Always {
-            self.wal.sync_to(last_seqno)?;
+        if let (SyncPolicy::Always, Some(last)) = (self.options.sync, last_seqno) {
+            self.wal.sync_to(last)?;
         }
         Ok(flags)
+    }
+
+    /// [`Engine::try_write_now`]: `op` written at once when that needs neither an fsync
+    /// (`SyncPolicy::Always`), a memtable freeze, a WAL segment switch, a write slowdown, more
+    /// than a moment's wait for the writer lock, nor a table read (a delete must know whether
+    /// the key is live).
+    fn try_write_now(&self, op: WriteOp<'_>) -> Option<Result<bool>> {
+        if self.options.sync == SyncPolicy::Always {
+            return None;
+        }
+        let ops = [op];
+        if let Err(e) = check_ops(&ops).and_then(|()| self.check_writable()) {
+            return Some(Err(e));
+        }
+        let _writer = try_lock_briefly(&self.writer)?;
+        if let Err(e) = self.check_writable() {
+            return Some(Err(e));
+        }
+        let sv = {
+            let state = lock(&self.state);
+            let full = state.current.active.approximate_bytes() >= self.options.memtable_bytes;
+            if full || self.l0_tables(&state) >= self.options.l0_slowdown_tables {
+                return None;
+            }
+            Arc::clone(&state.current)
+        };
+        if self.wal.append_would_rotate() {
+            return None;
+        }
+        match self.apply(&sv, &ops, now_ms(), Reach::Memory) {
+            Ok(Some((flags, _))) => Some(Ok(flags.first().copied().unwrap_or(false))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// [`Engine::try_get_now`].
+    fn try_get_now(&self, key: &[u8]) -> Option<Result<Option<Value>>> {
+        if let Err(e) = self.check_open() {
+            return Some(Err(e));
+        }
+        let (sv, seqno) = self.read_view();
+        let found = sv.lookup(key, seqno, Reach::Memory)?;
+        Some(found.and_then(|found| self.decode_live(found, now_ms())))
+    }
+
+    /// Tables in L0 of the current version.
+    fn l0_tables(&self, state: &State) -> usize {
+        state.current.version.level(0).len()
+    }
+
+    /// Write back-pressure from L0, checked by each writer under the writer lock: at
+    /// [`LsmOptions::l0_stop_tables`] tables it waits until compaction brings L0 below that
+    /// (a *stall*); at [`LsmOptions::l0_slowdown_tables`] it returns `true` and the writer
+    /// pauses for [`LsmOptions::write_slowdown_delay`] (a *slowdown*).
+    fn throttle<'a>(
+        &self,
+        mut state: MutexGuard<'a, State>,
+    ) -> Result<(MutexGuard<'a, State>, bool)> {
+        if self.l0_tables(&state) >= self.options.l0_stop_tables {
+            self.counters.write_stalls.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(l0_tables = self.l0_tables(&state), "writes stalled on L0");
+            self.work.notify_all();
+            while self.l0_tables(&state) >= self.options.l0_stop_tables {
+                self.check_writable()?;
+                if state.stop {
+                    return Err(StorageError::Closed);
+                }
+                state = wait(&self.progress, state);
+            }
+        }
+        let slow = self.l0_tables(&state) >= self.options.l0_slowdown_tables;
+        Ok((state, slow))
+    }
+
+    /// Decides each op's record and answer as if the ops ran one by one, appends the records
+    /// to the WAL as one batch, inserts them into `sv`'s active memtable and publishes them.
+    /// The caller holds the writer lock, so nothing changes underneath. Returns the answers
+    /// and the batch's last seqno (`None` if nothing needed writing), or `Ok(None)` before
+    /// writing anything when `reach` is [`Reach::Memory`] and a delete's liveness check would
+    /// read a table.
+    #[allow(clippy::type_complexity)]
+    fn apply(
+        &self,
+        sv: &SuperVersion,
+        ops: &[WriteOp<'_>],
+        now: u64,
+        reach: Reach,
+    ) -> Result<Option<(Vec<bool>, Option<u64>)>> {
+        let expired = |t: Option<u64>| t.is_some_and(|t| t <= now);
+        let mut flags = Vec::with_capacity(ops.len());
+        let mut batch = WriteBatch::new();
+        let mut touched: HashMap<&[u8], bool> = HashMap::new();
+        for op in ops {
+            match *op {
+                WriteOp::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                } if !expired(expires_at_ms) => {
+                    batch.put(
+                        Bytes::copy_from_slice(key),
+                        value::encode(value, expires_at_ms),
+                    );
+                    touched.insert(key, true);
+                    flags.push(false);
+                }
+                // A put that has already expired is a delete; deleting a key that is not
+                // live needs no record (expiry is absolute).
+                WriteOp::Put { key, .. } | WriteOp::Delete { key } => {
+                    let live = match touched.get(key) {
+                        Some(&live) => live,
+                        None => match sv.lookup(key, MAX_SEQNO, reach) {
+                            Some(found) => self.decode_live(found?, now)?.is_some(),
+                            None => return Ok(None),
+                        },
+                    };
+                    if live {
+                        batch.delete(Bytes::copy_from_slice(key));
+                    }
+                    touched.insert(key, false);
+                    flags.push(matches!(op, WriteOp::Delete { .. }) && live);
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(Some((flags, None)));
+        }
+        let last = self.wal.append(&batch)?;
+        let first = last + 1 - batch.len() as u64;
+        let mut user_bytes = 0u64;
+        for (seqno, op) in (first..).zip(batch.ops()) {
+            let value = op.value().cloned().unwrap_or_default();
+            user_bytes += (op.key().len() + value.len()) as u64;
+            sv.active.insert(op.key(), seqno, op.kind(), value);
+        }
+        // Publish the batch: readers see all of it from now on, none of it before.
+        self.visible_seqno.store(last, Ordering::SeqCst);
+        self.counters
+            .user_bytes_written
+            .fetch_add(user_bytes, Ordering::Relaxed);
+        Ok(Some((flags, Some(last))))
     }
 
     /// The live value of `key` in `sv` as of `seqno`, at `now`.
@@ -1285,7 +1483,12 @@ impl Inner {
         seqno: u64,
         now: u64,
     ) -> Result<Option<Value>> {
-        match sv.get_at(key, seqno)? {
+        self.decode_live(sv.get_at(key, seqno)?, now)
+    }
+
+    /// The live value a point lookup found, if it is a put that has not expired at `now`.
+    fn decode_live(&self, found: Option<(ValueKind, Bytes)>, now: u64) -> Result<Option<Value>> {
+        match found {
             Some((ValueKind::Put, data)) => {
                 let v = value::decode(&data, &self.dir)?;
                 Ok((!v.is_expired(now)).then_some(v))
@@ -1606,6 +1809,14 @@ impl Engine for LsmEngine {
         self.inner.write_many(ops)
     }
 
+    fn try_write_now(&self, op: WriteOp<'_>) -> Option<Result<bool>> {
+        self.inner.try_write_now(op)
+    }
+
+    fn try_get_now(&self, key: &[u8]) -> Option<Result<Option<Value>>> {
+        self.inner.try_get_now(key)
+    }
+
     /// Merges the whole tree once: O(number of stored versions).
     fn page(&self, offset: u64, limit: usize) -> Result<Page> {
         let mut entries = Vec::new();
@@ -1684,6 +1895,8 @@ impl Engine for LsmEngine {
             compactions: counters.compactions,
             table_bytes_written: counters.bytes_flushed + counters.bytes_compacted,
             user_bytes_written: detailed.user_bytes_written,
+            write_slowdowns: counters.write_slowdowns,
+            write_stalls: counters.write_stalls,
         }
     }
 

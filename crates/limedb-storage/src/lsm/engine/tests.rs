@@ -15,7 +15,6 @@ pub(super) type TestResult = std::result::Result<(), Box<dyn Error>>;
 /// An expiry far in the future (year 2096).
 const FAR_FUTURE_MS: u64 = 4_000_000_000_000;
 
-/// Options that make flushes and compactions happen after a few KiB of writes.
 /// Waits until the wall clock has passed `t_ms` (an expiry time).
 fn wait_past(t_ms: u64) {
     while now_ms() <= t_ms {
@@ -23,6 +22,7 @@ fn wait_past(t_ms: u64) {
     }
 }
 
+/// Options that make flushes and compactions happen after a few KiB of writes.
 pub(super) fn tiny() -> LsmOptions {
     LsmOptions {
         sync: SyncPolicy::Never,

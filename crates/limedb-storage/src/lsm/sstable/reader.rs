@@ -265,39 +265,40 @@ impl Table {
     /// its value, `Delete` with an empty value (so the caller stops looking in older tables),
     /// or `None` if this table has no such version.
     pub fn get(&self, user_key: &[u8], snapshot_seqno: u64) -> Result<Option<(ValueKind, Bytes)>> {
-        if !self.inner.filter.may_contain(user_key) {
+        let Some((handle, target)) = self.locate(user_key, snapshot_seqno) else {
             return Ok(None);
+        };
+        let block = self.inner.read_block(handle)?;
+        self.inner.find_in_block(handle, block, user_key, &target)
+    }
+
+    /// As [`Table::get`] when that needs no I/O: the bloom filter or the index rule the key
+    /// out, or its data block is in the block cache. `None` when the block would have to be
+    /// read (from the file, or from a mapping whose pages may not be resident).
+    pub fn get_if_cached(
+        &self,
+        user_key: &[u8],
+        snapshot_seqno: u64,
+    ) -> Option<Result<Option<(ValueKind, Bytes)>>> {
+        let Some((handle, target)) = self.locate(user_key, snapshot_seqno) else {
+            return Some(Ok(None));
+        };
+        let block = self.inner.cached_block(handle)?;
+        Some(self.inner.find_in_block(handle, block, user_key, &target))
+    }
+
+    /// The data block that may hold `user_key` at `snapshot_seqno`, and the internal key to
+    /// seek there; `None` when the filter or the index rule the key out.
+    fn locate(&self, user_key: &[u8], snapshot_seqno: u64) -> Option<(BlockHandle, Vec<u8>)> {
+        if !self.inner.filter.may_contain(user_key) {
+            return None;
         }
         let target = seek_key(user_key, snapshot_seqno);
         let index = &self.inner.index;
         let position = index
             .partition_point(|entry| compare_encoded(&entry.last_key, &target) == Ordering::Less);
-        let Some(entry) = index.get(position) else {
-            return Ok(None);
-        };
-        let handle = entry.handle;
-        let mut block = self.inner.load_block(handle)?;
-        block
-            .seek(&target)
-            .map_err(|reason| self.inner.corrupt(handle.offset, reason))?;
-        if !block.valid() {
-            return Err(self.inner.corrupt(
-                handle.offset,
-                "block holds no key up to its index separator".into(),
-            ));
-        }
-        let Some(found) = InternalKeyRef::decode(block.key()) else {
-            return Err(self
-                .inner
-                .corrupt(handle.offset, "block holds a malformed internal key".into()));
-        };
-        if found.user_key != user_key {
-            return Ok(None);
-        }
-        Ok(Some(match found.kind {
-            ValueKind::Put => (ValueKind::Put, block.value()),
-            ValueKind::Delete => (ValueKind::Delete, Bytes::new()),
-        }))
+        let entry = index.get(position)?;
+        Some((entry.handle, target))
     }
 
     /// A cursor over the table, not yet positioned: call [`TableIter::seek_to_first`],
@@ -367,6 +368,48 @@ impl TableInner {
             .and_then(|at| usize::try_from(at).ok())
             .and_then(|at| map.get(at));
         type_byte == Some(&codec::type_none())
+    }
+
+    /// The block at `handle` if the block cache holds it (see [`Table::get_if_cached`]).
+    fn cached_block(&self, handle: BlockHandle) -> Option<Bytes> {
+        let cache = self.cache.as_ref()?;
+        if self.is_zero_copy(handle) {
+            return None;
+        }
+        cache.probe(BlockKey::new(self.table_id, handle.offset))
+    }
+
+    /// Seeks `target` (the internal key for `user_key`) in `data`, the block at `handle`:
+    /// the answer of [`Table::get`].
+    fn find_in_block(
+        &self,
+        handle: BlockHandle,
+        data: Bytes,
+        user_key: &[u8],
+        target: &[u8],
+    ) -> Result<Option<(ValueKind, Bytes)>> {
+        let mut block = Block::new(data)
+            .map(Block::iter)
+            .map_err(|reason| self.corrupt(handle.offset, reason))?;
+        block
+            .seek(target)
+            .map_err(|reason| self.corrupt(handle.offset, reason))?;
+        if !block.valid() {
+            return Err(self.corrupt(
+                handle.offset,
+                "block holds no key up to its index separator".into(),
+            ));
+        }
+        let Some(found) = InternalKeyRef::decode(block.key()) else {
+            return Err(self.corrupt(handle.offset, "block holds a malformed internal key".into()));
+        };
+        if found.user_key != user_key {
+            return Ok(None);
+        }
+        Ok(Some(match found.kind {
+            ValueKind::Put => (ValueKind::Put, block.value()),
+            ValueKind::Delete => (ValueKind::Delete, Bytes::new()),
+        }))
     }
 
     fn load_block(&self, handle: BlockHandle) -> Result<BlockIter> {

@@ -540,6 +540,13 @@ impl Wal {
         self.written_seqno.load(Ordering::SeqCst)
     }
 
+    /// Whether the next [`Wal::append`] starts a new segment first (creating a file and
+    /// fsyncing the old one) instead of only writing a record.
+    pub fn append_would_rotate(&self) -> bool {
+        let w = lock(&self.writer);
+        w.len_bytes >= self.options.max_segment_bytes && w.len_bytes > SEGMENT_HEADER_LEN as u64
+    }
+
     /// Whether a failed write or fsync has poisoned the log.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::SeqCst)

@@ -1,0 +1,269 @@
+//! Tests of the paths that let an async caller skip a thread hand-off ([`Engine::try_get_now`],
+//! [`Engine::try_write_now`]) and of write back-pressure from L0 (slowdown, stall).
+
+use std::sync::atomic::AtomicUsize;
+
+use super::tests::{tiny, TestResult};
+use super::*;
+
+fn key(i: usize) -> Vec<u8> {
+    format!("key{i:06}").into_bytes()
+}
+
+fn put<'a>(key: &'a [u8], value: &'a [u8]) -> WriteOp<'a> {
+    WriteOp::Put {
+        key,
+        value,
+        expires_at_ms: None,
+    }
+}
+
+/// `tiny()` without background compaction pressure on the tests' expectations: a big memtable,
+/// so nothing is flushed unless a test asks.
+fn roomy() -> LsmOptions {
+    LsmOptions {
+        memtable_bytes: 1 << 20,
+        ..tiny()
+    }
+}
+
+fn now_data(engine: &LsmEngine, k: &[u8]) -> Option<Result<Option<Vec<u8>>>> {
+    engine
+        .try_get_now(k)
+        .map(|r| r.map(|v| v.map(|v| v.data.to_vec())))
+}
+
+#[test]
+fn try_get_now_answers_from_memory_and_gives_up_on_uncached_blocks() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    {
+        let engine = LsmEngine::open(dir.path(), roomy())?;
+        engine.put(b"in-memtable", b"v1", None)?;
+        assert_eq!(
+            now_data(&engine, b"in-memtable").transpose()?,
+            Some(Some(b"v1".to_vec()))
+        );
+        engine.delete(b"in-memtable")?;
+        // A tombstone in the memtable answers "absent" without looking further.
+        assert_eq!(now_data(&engine, b"in-memtable").transpose()?, Some(None));
+        for i in 0..200 {
+            engine.put(&key(i), format!("value{i}").as_bytes(), None)?;
+        }
+        engine.flush()?;
+        engine.close()?;
+    }
+    // Reopened: the data is in a table and the block cache is cold.
+    let engine = LsmEngine::open(dir.path(), roomy())?;
+    let misses_before = engine.cache_stats().misses;
+    assert!(
+        engine.try_get_now(&key(7)).is_none(),
+        "a key whose block is not cached must not be answered inline"
+    );
+    assert_eq!(
+        engine.cache_stats().misses,
+        misses_before,
+        "a give-up is not a cache miss"
+    );
+    // The blocking read loads the block; then the same key, and its neighbours in the same
+    // block, are answered inline, with the right values.
+    assert_eq!(
+        engine.get(&key(7))?.map(|v| v.data.to_vec()),
+        Some(b"value7".to_vec())
+    );
+    assert_eq!(
+        now_data(&engine, &key(7)).transpose()?,
+        Some(Some(b"value7".to_vec()))
+    );
+    assert_eq!(
+        now_data(&engine, &key(8)).transpose()?,
+        Some(Some(b"value8".to_vec()))
+    );
+    // Whatever the filter says about an absent key, an answer is never a wrong one.
+    for i in 1000..1100 {
+        if let Some(found) = now_data(&engine, &key(i)) {
+            assert_eq!(found?, None);
+        }
+    }
+    engine.close()?;
+    assert!(matches!(
+        engine.try_get_now(b"x"),
+        Some(Err(StorageError::Closed))
+    ));
+    Ok(())
+}
+
+#[test]
+fn try_write_now_writes_inline_only_when_nothing_waits_for_the_disk() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let always = LsmEngine::open(
+        dir.path().join("always"),
+        LsmOptions {
+            sync: SyncPolicy::Always,
+            ..roomy()
+        },
+    )?;
+    assert!(
+        always.try_write_now(put(b"k", b"v")).is_none(),
+        "Always needs an fsync"
+    );
+    assert_eq!(always.get(b"k")?, None, "a give-up writes nothing");
+
+    let path = dir.path().join("never");
+    {
+        let engine = LsmEngine::open(&path, roomy())?;
+        assert_eq!(
+            engine.try_write_now(put(b"a", b"1")).transpose()?,
+            Some(false)
+        );
+        assert_eq!(engine.get(b"a")?.map(|v| v.data), Some(Bytes::from("1")));
+        // A delete of a key in the memtable knows its answer without I/O.
+        let deleted = engine.try_write_now(WriteOp::Delete { key: b"a" });
+        assert_eq!(deleted.transpose()?, Some(true));
+        let again = engine.try_write_now(WriteOp::Delete { key: b"a" });
+        assert_eq!(again.transpose()?, Some(false));
+        for i in 0..100 {
+            engine.put(&key(i), b"table", None)?;
+        }
+        engine.flush()?;
+        engine.close()?;
+    }
+    let engine = LsmEngine::open(&path, roomy())?;
+    // Whether key 3 is live needs its (uncached) block: the delete is left to the caller.
+    assert!(engine
+        .try_write_now(WriteOp::Delete { key: &key(3) })
+        .is_none());
+    assert_eq!(
+        engine.get(&key(3))?.map(|v| v.data),
+        Some(Bytes::from("table"))
+    );
+    // Now cached, the delete goes inline and answers like `delete`.
+    let deleted = engine.try_write_now(WriteOp::Delete { key: &key(3) });
+    assert_eq!(deleted.transpose()?, Some(true));
+    assert_eq!(engine.get(&key(3))?, None);
+    // A put needs no read.
+    assert_eq!(
+        engine.try_write_now(put(&key(4), b"new")).transpose()?,
+        Some(false)
+    );
+    // Bad input is an error at once, not a give-up.
+    let huge_key = vec![0u8; MAX_KEY_BYTES + 1];
+    assert!(matches!(
+        engine.try_write_now(put(&huge_key, b"v")),
+        Some(Err(StorageError::KeyTooLarge { .. }))
+    ));
+    engine.close()?;
+    // Inline writes went through the WAL: all there after a reopen.
+    let engine = LsmEngine::open(&path, roomy())?;
+    assert_eq!(engine.get(&key(3))?, None);
+    assert_eq!(
+        engine.get(&key(4))?.map(|v| v.data),
+        Some(Bytes::from("new"))
+    );
+    assert_eq!(engine.get(b"a")?, None);
+    Ok(())
+}
+
+#[test]
+fn try_write_now_leaves_a_full_memtable_to_the_blocking_path() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let engine = LsmEngine::open(
+        dir.path(),
+        LsmOptions {
+            memtable_bytes: 2 << 10,
+            ..tiny()
+        },
+    )?;
+    let value = vec![b'x'; 100];
+    let mut inline = 0;
+    let mut gave_up = 0;
+    for i in 0..200 {
+        match engine.try_write_now(put(&key(i), &value)) {
+            Some(result) => {
+                result?;
+                inline += 1;
+            }
+            None => {
+                gave_up += 1;
+                engine.put(&key(i), &value, None)?; // freezes the memtable
+            }
+        }
+    }
+    assert!(
+        inline > 0 && gave_up > 0,
+        "inline {inline}, gave up {gave_up}"
+    );
+    for i in 0..200 {
+        assert_eq!(
+            engine.get(&key(i))?.map(|v| v.data.len()),
+            Some(100),
+            "key {i}"
+        );
+    }
+    Ok(())
+}
+
+/// With writers far faster than compaction, L0 stays within the stop limit plus the memtables
+/// already frozen when writers stopped, the slowdown is used, and no write is lost.
+#[test]
+fn l0_back_pressure_bounds_l0_under_a_write_flood() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let options = LsmOptions {
+        memtable_bytes: 1 << 10,
+        l0_slowdown_tables: 3,
+        l0_stop_tables: 4,
+        write_slowdown_delay: Duration::from_millis(2),
+        ..tiny()
+    };
+    let max_imms = options.max_immutable_memtables;
+    let engine = Arc::new(LsmEngine::open(dir.path(), options)?);
+    let done = Arc::new(AtomicBool::new(false));
+    let max_l0 = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (engine, done, max_l0) = (Arc::clone(&engine), Arc::clone(&done), Arc::clone(&max_l0));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                max_l0.fetch_max(engine.version().table_count(0), Ordering::SeqCst);
+                std::thread::yield_now();
+            }
+        })
+    };
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let engine = Arc::clone(&engine);
+            std::thread::spawn(move || -> Result<()> {
+                for i in 0..1500 {
+                    engine.put(&key(t * 10_000 + i), &[b'v'; 64], None)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().map_err(|_| "writer panicked")??;
+    }
+    done.store(true, Ordering::SeqCst);
+    watcher.join().map_err(|_| "watcher panicked")?;
+    let max_l0 = max_l0.load(Ordering::SeqCst);
+    assert!(max_l0 <= 4 + max_imms, "L0 reached {max_l0} tables");
+    let counters = engine.counters();
+    assert!(counters.write_slowdowns > 0, "{counters:?}");
+    for t in 0..4 {
+        for i in 0..1500 {
+            assert!(engine.get(&key(t * 10_000 + i))?.is_some(), "lost {t}/{i}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn l0_limits_are_kept_above_the_compaction_trigger() {
+    let options = LsmOptions {
+        l0_slowdown_tables: 1,
+        l0_stop_tables: 0,
+        ..LsmOptions::default()
+    }
+    .with_consistent_l0_limits();
+    let trigger = options.leveled.l0_compaction_trigger;
+    assert_eq!(options.l0_slowdown_tables, trigger);
+    assert_eq!(options.l0_stop_tables, trigger + 1);
+}
