@@ -100,9 +100,9 @@ pub struct ShardArgs {
     #[arg(long, env = "LIMEDB_BLOCK_CACHE_MB", value_name = "MIB")]
     pub block_cache_mb: Option<u64>,
 
-    /// LSM: how table files are read: "mmap" (a memory map; pages of the map count in the
-    /// process's resident memory while the kernel keeps them) or "pread" (a read(2) per block
-    /// not in the block cache). [default: mmap]
+    /// LSM: how table files are read: "mmap" (a memory map; the pages it keeps resident
+    /// share the block cache's budget) or "pread" (a read(2) per block not in the block
+    /// cache). [default: mmap]
     #[arg(long, env = "LIMEDB_TABLE_READS", value_name = "MODE")]
     pub table_reads: Option<String>,
 

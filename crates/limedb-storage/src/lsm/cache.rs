@@ -27,6 +27,9 @@
 //! - Counters (hits, misses, inserts, evictions, rejections, used bytes, entries) are atomics
 //!   kept per shard, next to that shard's lock, and summed by [`BlockCache::stats`] without
 //!   taking any lock.
+//! - Tables read through memory maps register their maps here: the pages those reads keep
+//!   resident share the cache's budget, and are released when reads pass it (see
+//!   [`BlockCache::charge_mapped`]).
 //! - A shard whose lock was poisoned by a panic is bypassed: reads miss and inserts are
 //!   dropped, so a half-updated shard never answers.
 //!
@@ -50,7 +53,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 
@@ -106,6 +109,9 @@ pub struct CacheStats {
     pub capacity_bytes: u64,
     /// Blocks currently cached.
     pub entries: u64,
+    /// Times the pages of the table maps were released to keep them within the budget (see
+    /// [`BlockCache::charge_mapped`]).
+    pub mapped_releases: u64,
 }
 
 /// A sharded LRU cache of blocks with a byte budget. `Send + Sync`; share it with an `Arc`.
@@ -117,6 +123,20 @@ pub struct BlockCache {
     /// `shards.len() - 1`; the shard count is a power of two.
     shard_mask: usize,
     capacity_bytes: usize,
+    mapped: MappedPages,
+}
+
+/// Least budget for table pages mapped into memory, whatever the cache holds (see
+/// [`BlockCache::charge_mapped`]).
+pub const MIN_MAPPED_BYTES: u64 = 4 << 20;
+
+/// The memory maps of the tables read through this cache, and how many bytes of them were
+/// read since their pages were last released (see [`BlockCache::charge_mapped`]).
+#[derive(Debug, Default)]
+struct MappedPages {
+    charged: AtomicU64,
+    maps: Mutex<Vec<Weak<memmap2::Mmap>>>,
+    releases: AtomicU64,
 }
 
 impl BlockCache {
@@ -143,7 +163,65 @@ impl BlockCache {
             shards: (0..shards).map(|_| Shard::new(shard_capacity)).collect(),
             shard_mask: shards - 1,
             capacity_bytes,
+            mapped: MappedPages::default(),
         }
+    }
+
+    /// Counts `map`, a table file mapped into memory, under this cache's budget: its pages
+    /// are released when [`BlockCache::charge_mapped`] finds the budget spent. Held weakly.
+    pub fn register_map(&self, map: &Arc<memmap2::Mmap>) {
+        if let Ok(mut maps) = self.mapped.maps.lock() {
+            maps.retain(|m| m.strong_count() > 0);
+            maps.push(Arc::downgrade(map));
+        }
+    }
+
+    /// Charges `bytes` read from a registered map. Pages of a map that a read touched stay in
+    /// the process's resident memory for as long as the kernel keeps them cached, so reads
+    /// through maps would otherwise grow resident memory up to the size of every table. The
+    /// budget for them is what the cache's capacity leaves over the blocks it holds (at least
+    /// [`MIN_MAPPED_BYTES`]); once more than that was read, every registered map's pages are
+    /// released (`MADV_DONTNEED`: they leave the process, stay in the page cache, and a later
+    /// read faults them back in without I/O while the kernel keeps them). Reads are counted,
+    /// not pages, so rereading a page counts again: a release may come early, never late.
+    pub fn charge_mapped(&self, bytes: u64) {
+        let before = self.mapped.charged.fetch_add(bytes, Ordering::Relaxed);
+        let after = before.saturating_add(bytes);
+        // Check the budget once per MiB read, not on every read.
+        if before >> 20 == after >> 20 {
+            return;
+        }
+        let used: u64 = self
+            .shards
+            .iter()
+            .map(|s| s.used_bytes.load(Ordering::Relaxed))
+            .sum();
+        let budget = (self.capacity_bytes as u64)
+            .saturating_sub(used)
+            .max(MIN_MAPPED_BYTES);
+        if after <= budget {
+            return;
+        }
+        // One releaser at a time; the others go on reading.
+        let Ok(mut maps) = self.mapped.maps.try_lock() else {
+            return;
+        };
+        self.mapped.charged.store(0, Ordering::Relaxed);
+        maps.retain(|weak| match weak.upgrade() {
+            Some(map) => {
+                if let Err(error) = crate::lsm::sstable::release_mapped_pages(&map) {
+                    tracing::debug!(%error, "madvise(MADV_DONTNEED) on a table map failed");
+                }
+                true
+            }
+            None => false,
+        });
+        self.mapped.releases.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times [`BlockCache::charge_mapped`] released the pages of the maps.
+    pub fn mapped_releases(&self) -> u64 {
+        self.mapped.releases.load(Ordering::Relaxed)
     }
 
     /// Number of shards.
@@ -218,6 +296,7 @@ impl BlockCache {
     pub fn stats(&self) -> CacheStats {
         let mut stats = CacheStats {
             capacity_bytes: self.capacity_bytes as u64,
+            mapped_releases: self.mapped_releases(),
             ..CacheStats::default()
         };
         for shard in self.shards.iter() {
@@ -747,6 +826,7 @@ mod tests {
                 used_bytes: room_for(2, 50) as u64,
                 capacity_bytes: room_for(2, 50) as u64,
                 entries: 2,
+                mapped_releases: 0,
             }
         );
         assert_eq!(cache.remove_table(5), 2);

@@ -1423,7 +1423,10 @@ impl Inner {
         let expired = |t: Option<u64>| t.is_some_and(|t| t <= now);
         let mut flags = Vec::with_capacity(ops.len());
         let mut batch = WriteBatch::new();
+        // Whether an earlier op of this batch made a key live (only a batch of several ops
+        // needs it; a single op saves the map's allocation and hashing).
         let mut touched: HashMap<&[u8], bool> = HashMap::new();
+        let track = ops.len() > 1;
         for op in ops {
             match *op {
                 WriteOp::Put {
@@ -1435,7 +1438,9 @@ impl Inner {
                         Bytes::copy_from_slice(key),
                         value::encode(value, expires_at_ms),
                     );
-                    touched.insert(key, true);
+                    if track {
+                        touched.insert(key, true);
+                    }
                     flags.push(false);
                 }
                 // A put that has already expired is a delete; deleting a key that is not
@@ -1451,7 +1456,9 @@ impl Inner {
                     if live {
                         batch.delete(Bytes::copy_from_slice(key));
                     }
-                    touched.insert(key, false);
+                    if track {
+                        touched.insert(key, false);
+                    }
                     flags.push(matches!(op, WriteOp::Delete { .. }) && live);
                 }
             }

@@ -98,6 +98,7 @@ mod tests;
 pub use bloom::hash64;
 pub use codec::{BlockHandle, Compression};
 pub use footer::{FORMAT_VERSION, MAGIC};
+pub(crate) use reader::release_mapped_pages;
 pub use reader::{Entries, ReadMode, Table, TableIter};
 pub use writer::{TableWriter, MAX_BLOCK_SIZE_BYTES, MIN_BLOCK_SIZE_BYTES};
 

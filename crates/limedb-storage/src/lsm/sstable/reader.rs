@@ -40,9 +40,24 @@ struct IndexEntry {
 
 #[derive(Debug)]
 enum Source {
-    /// The whole file, mapped.
+    /// The whole file, mapped (owned by a [`SharedMap`], whose map the block cache may
+    /// release pages of).
     Mmap(Bytes),
     Pread(File),
+}
+
+/// What one read through a memory map is charged to the block cache's budget (see
+/// [`BlockCache::charge_mapped`]): Linux's default fault-around, the most one page fault maps
+/// (the kernel's `fault_around_bytes`).
+const FAULT_AROUND_BYTES: u64 = 64 << 10;
+
+/// Lets a shared map own the memory behind a [`Bytes`].
+struct SharedMap(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for SharedMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 #[derive(Debug)]
@@ -77,6 +92,25 @@ fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
     // our back is outside this contract (as with any mmap-based engine). Covered by every
     // `ReadMode::Mmap` test in `sstable/tests.rs`.
     unsafe { memmap2::Mmap::map(file) }
+}
+
+/// Drops `map`'s pages from the process's page tables (`MADV_DONTNEED`); the kernel keeps
+/// them in its page cache, and the next read of one faults it back in with the same bytes.
+/// Used by [`BlockCache::charge_mapped`] to keep mapped table pages within the cache budget.
+#[expect(
+    unsafe_code,
+    reason = "madvise(MADV_DONTNEED) is an unchecked advice in memmap2"
+)]
+pub(crate) fn release_mapped_pages(map: &memmap2::Mmap) -> std::io::Result<()> {
+    // SAFETY: `map` is a read-only, shared (MAP_SHARED) map of an SSTable, which nothing
+    // writes while it is open (see `map_file`). For such a map MADV_DONTNEED only unmaps the
+    // pages from this process: the virtual range stays mapped to the same file, and a later
+    // access faults in the file's bytes again, from the page cache or the disk. So every
+    // `Bytes` view of the map, and every reference into it held by a reader right now, keeps
+    // reading exactly the bytes it read before; no memory is freed or changed under them
+    // (unlike a private or anonymous map, where the advice discards data). Tested by
+    // `released_map_pages_read_back_the_same_bytes` in `sstable/tests.rs`.
+    unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }
 }
 
 impl Table {
@@ -144,9 +178,16 @@ impl Table {
             ));
         };
         let source = match mode {
-            ReadMode::Mmap => Source::Mmap(Bytes::from_owner(
-                map_file(&file).map_err(StorageError::io("failed to mmap SSTable", &path))?,
-            )),
+            ReadMode::Mmap => {
+                let map = Arc::new(
+                    map_file(&file).map_err(StorageError::io("failed to mmap SSTable", &path))?,
+                );
+                if let Some(cache) = &cache {
+                    cache.register_map(&map);
+                }
+
+                Source::Mmap(Bytes::from_owner(SharedMap(map)))
+            }
             ReadMode::Pread => Source::Pread(file),
         };
         let footer_bytes = read_range(&source, &path, footer_offset, FOOTER_LEN)?;
@@ -339,9 +380,16 @@ impl TableInner {
     }
 
     fn read_block(&self, handle: BlockHandle) -> Result<Bytes> {
-        let read = || read_block(&self.source, &self.meta.path, self.footer_offset, handle);
         let Some(cache) = &self.cache else {
-            return read();
+            return read_block(&self.source, &self.meta.path, self.footer_offset, handle);
+        };
+        let read = || {
+            if matches!(self.source, Source::Mmap(_)) {
+                // A page fault maps up to `FAULT_AROUND_BYTES` of neighbouring cached pages
+                // at once, so that is what a read may add to resident memory.
+                cache.charge_mapped(u64::from(handle.size).max(FAULT_AROUND_BYTES));
+            }
+            read_block(&self.source, &self.meta.path, self.footer_offset, handle)
         };
         if self.is_zero_copy(handle) {
             return read();
