@@ -11,6 +11,8 @@
 #   readrandom   N gets of random existing keys (all must hit)
 #   readmissing  N gets of absent keys (bloom filters)
 #   readseq      one full scan (must see N keys)
+#   compact      one full compaction of the overwritten database; reports space amplification
+#                (bytes of the whole database directory / bytes of live keys and values)
 #   syncwrite    T threads (4) write S keys in all, every write fsynced, fresh database
 # Every engine: 16-byte keys, 100-byte incompressible values (same seed for all), 64 MiB
 # memtable, 64 MiB block cache, WAL on, bloom filters at 10 bits per key, LZ4.
@@ -44,7 +46,7 @@ QUICK=0
 SYNC_OPS=""
 THREADS=4
 ENGINES="limedb,rocksdb,fjall"
-ALL_WORKLOADS="fillseq,fillrandom,overwrite,readrandom,readmissing,readseq,syncwrite"
+ALL_WORKLOADS="fillseq,fillrandom,overwrite,readrandom,readmissing,readseq,compact,syncwrite"
 WORKLOADS="$ALL_WORKLOADS"
 TARGET_DIR="${STORAGE_BENCH_TARGET_DIR:-$BENCH_DIR/target}"
 DATA_PARENT="${STORAGE_BENCH_DATA_DIR:-$TARGET_DIR/data}"
@@ -90,7 +92,7 @@ ORDER_ENGINES=()
 for e in limedb rocksdb fjall; do if want_engine "$e"; then ORDER_ENGINES+=("$e"); fi; done
 ORDER_WORKLOADS=()
 for w in ${ALL_WORKLOADS//,/ }; do if want_workload "$w"; then ORDER_WORKLOADS+=("$w"); fi; done
-for w in overwrite readrandom readmissing readseq; do
+for w in overwrite readrandom readmissing readseq compact; do
     if want_workload "$w" && ! want_workload fillrandom; then
         die "$w reads the fillrandom database: add fillrandom to --workloads"
     fi
@@ -222,6 +224,8 @@ msg = (f"run {run} {cell['engine']:<7} {cell['workload']:<12}{cell['ops_per_sec'
        f"  max RSS {cell['max_rss_kb'] / 1024:>6.1f} MiB")
 if cell.get("write_amp") is not None:
     msg += f"  write amp {cell['write_amp']:.2f}"
+if cell.get("space_amp") is not None:
+    msg += f"  space amp {cell['space_amp']:.3f}"
 print("[storage.sh] " + msg, file=sys.stderr)
 PY
 }
@@ -247,8 +251,12 @@ keys, runs, quick, sync_ops, threads, dropped = (int(a) for a in sys.argv[2:8])
 cells = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
 ENGINES = [e for e in ("limedb", "rocksdb", "fjall") if any(c["engine"] == e for c in cells)]
 WORKLOADS = [w for w in ("fillseq", "fillrandom", "overwrite", "readrandom", "readmissing",
-                         "readseq", "syncwrite") if any(c["workload"] == w for c in cells)]
-LABEL = {"syncwrite": f"syncwrite ({threads} thr, fsync)"}
+                         "readseq", "compact", "syncwrite")
+             if any(c["workload"] == w for c in cells)]
+LABEL = {"syncwrite": f"syncwrite ({threads} thr, fsync)", "compact": "compact (keys/s)"}
+# Targets without a throughput ratio: space amplification and resident memory.
+SPACE_AMP_MAX = 1.2
+RSS_BUDGET_MIB = (64 + 64) * 1.2
 # Targets of issue 4: ours/RocksDB >= 1.0 everywhere, ours/fjall >= 1.0 on these.
 FJALL_TARGETS = ("fillrandom", "readrandom")
 
@@ -274,11 +282,23 @@ for w in WORKLOADS:
     if wa is not None and w != "syncwrite":
         write_amp[w] = round(wa, 3)
     checks = []
-    if row["ours_over_rocksdb"] is not None:
+    if w == "compact":
+        pass  # a full compaction's speed has no target; its space amplification does
+    elif row["ours_over_rocksdb"] is not None:
         checks.append(row["ours_over_rocksdb"] >= 1.0)
     if w in FJALL_TARGETS and row["ours_over_fjall"] is not None:
         checks.append(row["ours_over_fjall"] >= 1.0)
     met[w] = all(checks) if checks else None
+space_amp = {e: (round(v, 3) if (v := median(e, "compact", "space_amp")) is not None else None)
+             for e in ENGINES} if "compact" in WORKLOADS else {}
+if space_amp.get("limedb") is not None:
+    met["space_amp"] = space_amp["limedb"] <= SPACE_AMP_MAX
+lime_rss = [v["limedb"] for v in rss.values() if v.get("limedb") is not None]
+if lime_rss:
+    met["rss"] = max(lime_rss) <= RSS_BUDGET_MIB
+for w in WORKLOADS:
+    if w == "compact":
+        met[w] = None
 checked = [v for v in met.values() if v is not None]
 met["all"] = bool(checked) and all(checked)
 
@@ -307,7 +327,15 @@ print()
 print(f"{'peak RSS (MiB)':<26}" + "".join(f"{e:>12}" for e in ENGINES))
 for w in WORKLOADS:
     print(f"{LABEL.get(w, w):<26}" + "".join(fmt(rss[w][e], 12, 1) for e in ENGINES))
-print("(budgets: 64 MiB memtable + 64 MiB block cache; RSS includes mmap'd table pages)")
+print(f"(budgets: 64 MiB memtable + 64 MiB block cache, + 20% = {RSS_BUDGET_MIB:.1f} MiB; RSS"
+      " includes mapped table pages)  LimeDB target "
+      + {True: "met", False: "MISSED", None: "n/a"}[met.get("rss")])
+if space_amp:
+    print()
+    print("space amplification after a full compaction (directory bytes / live bytes): "
+          + ", ".join(f"{e} {fmt(v, 0, 3).strip()}" for e, v in space_amp.items())
+          + f"  LimeDB target <= {SPACE_AMP_MAX}: "
+          + {True: "met", False: "MISSED", None: "n/a"}[met.get("space_amp")])
 if write_amp:
     print()
     print("LimeDB write amplification (SSTable bytes written by flushes + compactions / user"
@@ -324,8 +352,10 @@ print(json.dumps({
     "workloads": workloads,
     "max_rss_mib": rss,
     "limedb_write_amp": write_amp or None,
+    "space_amp": space_amp or None,
     "targets": {"ours_over_rocksdb_min": 1.0, "ours_over_fjall_min": 1.0,
-                "ours_over_fjall_on": list(FJALL_TARGETS)},
+                "ours_over_fjall_on": list(FJALL_TARGETS), "space_amp_max": SPACE_AMP_MAX,
+                "max_rss_mib": RSS_BUDGET_MIB},
     "met": met,
 }, separators=(",", ":")))
 PY

@@ -31,6 +31,8 @@
 //! | readrandom  | the fillrandom one     | N gets of random existing keys (all must hit)      |
 //! | readmissing | the fillrandom one     | N gets of absent keys (bloom filters)              |
 //! | readseq     | the fillrandom one     | one full forward scan (ops = keys seen, must be N) |
+//! | compact     | the fillrandom one     | one full compaction; `space_amp` = directory bytes |
+//! |             |                        | after it / (N × 116 bytes of live keys and values) |
 //! | syncwrite   | fresh                  | T threads put S keys in all, every put fsynced     |
 //!
 //! After a write workload the memtable is flushed (untimed) and the database closed, so the
@@ -122,6 +124,8 @@ trait Db: Sync {
     fn scan_all(&self) -> Res<u64>;
     /// Writes the memtable(s) out to SSTables and waits for that.
     fn flush(&self) -> Res<()>;
+    /// Compacts the whole key range into the bottom level (a full/major compaction).
+    fn compact_all(&self) -> Res<()>;
     /// Engine-specific extras for the result line (e.g. LimeDB's write amplification).
     fn extras(&self, _user_bytes: u64) -> Vec<(&'static str, serde_json::Value)> {
         Vec::new()
@@ -185,6 +189,9 @@ mod lime {
         }
         fn flush(&self) -> Res<()> {
             Ok(self.0.flush()?)
+        }
+        fn compact_all(&self) -> Res<()> {
+            Ok(self.0.compact_range(None, None)?)
         }
         fn extras(&self, user_bytes: u64) -> Vec<(&'static str, serde_json::Value)> {
             // Bytes of SSTables written by flushes and compactions since open, over the
@@ -292,6 +299,10 @@ mod rocks {
         fn flush(&self) -> Res<()> {
             Ok(self.db.flush()?)
         }
+        fn compact_all(&self) -> Res<()> {
+            self.db.compact_range::<&[u8], &[u8]>(None, None);
+            Ok(())
+        }
         fn close(self: Box<Self>) -> Res<()> {
             drop(self);
             Ok(())
@@ -306,9 +317,11 @@ mod rocks {
         "not built".into()
     }
     pub fn open(_dir: &Path) -> Res<Box<dyn Db>> {
-        Err("built without RocksDB: enable the cargo feature rocksdb-current (or build \
+        Err(
+            "built without RocksDB: enable the cargo feature rocksdb-current (or build \
              bench/storage/quick)"
-            .into())
+                .into(),
+        )
     }
 }
 
@@ -316,7 +329,9 @@ mod rocks {
 
 mod fj {
     use super::*;
-    use fjall::config::{BloomConstructionPolicy, CompressionPolicy, FilterPolicy, FilterPolicyEntry};
+    use fjall::config::{
+        BloomConstructionPolicy, CompressionPolicy, FilterPolicy, FilterPolicyEntry,
+    };
     use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
     pub struct Fjall {
@@ -325,7 +340,9 @@ mod fj {
     }
 
     pub fn open(dir: &Path) -> Res<Box<dyn Db>> {
-        let db = Database::builder(dir).cache_size(BLOCK_CACHE_BYTES).open()?;
+        let db = Database::builder(dir)
+            .cache_size(BLOCK_CACHE_BYTES)
+            .open()?;
         let ks = db.keyspace("bench", || {
             KeyspaceCreateOptions::default()
                 .max_memtable_size(MEMTABLE_BYTES)
@@ -359,6 +376,9 @@ mod fj {
         }
         fn flush(&self) -> Res<()> {
             Ok(self.ks.rotate_memtable_and_wait()?)
+        }
+        fn compact_all(&self) -> Res<()> {
+            Ok(self.ks.major_compact()?)
         }
         fn close(self: Box<Self>) -> Res<()> {
             self.db.persist(PersistMode::SyncAll)?;
@@ -466,7 +486,12 @@ struct Outcome {
     user_bytes: u64,
 }
 
-fn put_all(db: &dyn Db, n: u64, seed: u64, mut key: impl FnMut(&mut Rng) -> [u8; 16]) -> Res<Outcome> {
+fn put_all(
+    db: &dyn Db,
+    n: u64,
+    seed: u64,
+    mut key: impl FnMut(&mut Rng) -> [u8; 16],
+) -> Res<Outcome> {
     let mut values = Rng::new(seed);
     let mut choices = Rng::new(seed ^ 0xc0ffee);
     let mut value = [0u8; VALUE_BYTES];
@@ -488,13 +513,24 @@ fn put_all(db: &dyn Db, n: u64, seed: u64, mut key: impl FnMut(&mut Rng) -> [u8;
 fn run(args: &Args) -> Res<serde_json::Value> {
     let n = args.keys;
     let s = seed(&args.workload);
-    let fresh = matches!(args.workload.as_str(), "fillseq" | "fillrandom" | "syncwrite");
+    let fresh = matches!(
+        args.workload.as_str(),
+        "fillseq" | "fillrandom" | "syncwrite"
+    );
     if fresh {
         if args.dir.exists() && std::fs::read_dir(&args.dir)?.next().is_some() {
-            return Err(format!("{} is not empty: fills need a fresh directory", args.dir.display()).into());
+            return Err(format!(
+                "{} is not empty: fills need a fresh directory",
+                args.dir.display()
+            )
+            .into());
         }
     } else if !args.dir.exists() {
-        return Err(format!("{} does not exist: run fillrandom first", args.dir.display()).into());
+        return Err(format!(
+            "{} does not exist: run fillrandom first",
+            args.dir.display()
+        )
+        .into());
     }
     std::fs::create_dir_all(&args.dir)?;
     let synced = args.workload == "syncwrite";
@@ -533,13 +569,34 @@ fn run(args: &Args) -> Res<serde_json::Value> {
                 found += u64::from(db.get(&hashed_key(i))?);
             }
             let secs = start.elapsed().as_secs_f64();
-            Outcome { ops: n, secs, found: Some(found), user_bytes: 0 }
+            Outcome {
+                ops: n,
+                secs,
+                found: Some(found),
+                user_bytes: 0,
+            }
         }
         "readseq" => {
             let start = Instant::now();
             let seen = db.scan_all()?;
             let secs = start.elapsed().as_secs_f64();
-            Outcome { ops: seen, secs, found: Some(seen), user_bytes: 0 }
+            Outcome {
+                ops: seen,
+                secs,
+                found: Some(seen),
+                user_bytes: 0,
+            }
+        }
+        "compact" => {
+            let start = Instant::now();
+            db.compact_all()?;
+            let secs = start.elapsed().as_secs_f64();
+            Outcome {
+                ops: n,
+                secs,
+                found: None,
+                user_bytes: 0,
+            }
         }
         "syncwrite" => {
             write = true;
@@ -569,7 +626,12 @@ fn run(args: &Args) -> Res<serde_json::Value> {
                 Ok(())
             })?;
             let secs = start.elapsed().as_secs_f64();
-            Outcome { ops: total, secs, found: None, user_bytes: total * (16 + VALUE_BYTES as u64) }
+            Outcome {
+                ops: total,
+                secs,
+                found: None,
+                user_bytes: total * (16 + VALUE_BYTES as u64),
+            }
         }
         other => return Err(format!("unknown workload {other}").into()),
     };
@@ -602,6 +664,11 @@ fn run(args: &Args) -> Res<serde_json::Value> {
     });
     if args.engine == "rocksdb" {
         doc["rocksdb_version"] = rocks::version().into();
+    }
+    if args.workload == "compact" {
+        // Bytes on disk (tables, logs, manifest: the whole directory) per byte of live data.
+        let live = n * (16 + VALUE_BYTES as u64);
+        doc["space_amp"] = (dir_bytes(&args.dir) as f64 / live as f64).into();
     }
     for (k, v) in extras {
         doc[k] = v;
@@ -638,7 +705,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("storage-bench: {} {} failed: {e}", args.engine, args.workload);
+            eprintln!(
+                "storage-bench: {} {} failed: {e}",
+                args.engine, args.workload
+            );
             ExitCode::FAILURE
         }
     }
