@@ -93,7 +93,7 @@ mod value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -428,6 +428,8 @@ pub struct LsmStats {
     pub immutable_memtables: usize,
     /// Bytes of the WAL segments on disk.
     pub wal_bytes: u64,
+    /// fsyncs of the WAL since open (group commit shares one among concurrent writers).
+    pub wal_fsyncs: u64,
     /// Block cache hits, misses and usage.
     pub cache: CacheStats,
     /// Flushes, compactions and the table bytes they wrote.
@@ -493,6 +495,8 @@ struct Inner {
     /// The largest sequence number readers may see: published by a writer only after its
     /// whole batch is in the memtable. Read together with `state.current` (under `state`).
     visible_seqno: AtomicU64,
+    /// Who writes with [`SyncPolicy::Always`], for the group commit's gathering step.
+    sync_group: SyncGroup,
     /// Held while a compaction runs (background or [`LsmEngine::compact_range`]) and while
     /// [`LsmEngine::checkpoint`] links table files: only its holder deletes table files.
     compaction_lock: Mutex<()>,
@@ -507,6 +511,63 @@ struct Inner {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The longest a group-commit leader waits for other writers to append (see
+/// [`SyncGroup::gather`]).
+const MAX_GATHER_WAIT: Duration = Duration::from_micros(100);
+
+/// The synced writers of an engine, for group commit's gathering step.
+#[derive(Debug, Default)]
+struct SyncGroup {
+    /// Synced writers inside `write_many` now.
+    inside: AtomicUsize,
+    /// The most that were inside at once since the last fsync began.
+    peak: AtomicUsize,
+    /// Write batches appended by synced writers since open.
+    appended: AtomicU64,
+    /// `appended` when the last fsync began.
+    appended_at_last_sync: AtomicU64,
+}
+
+/// A synced writer's membership in its [`SyncGroup`], until dropped.
+struct SyncMember<'a>(&'a SyncGroup);
+
+impl SyncGroup {
+    fn enter(&self) -> SyncMember<'_> {
+        let inside = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(inside, Ordering::SeqCst);
+        SyncMember(self)
+    }
+
+    /// Run by the group-commit leader just before its fsync. Writers that each wait for their
+    /// own fsync otherwise fall into a rhythm where every other fsync carries one writer: the
+    /// one that appended while the previous fsync ran, alone, because the writers that fsync
+    /// released have not yet appended their next record. So the leader waits, at most
+    /// [`MAX_GATHER_WAIT`] (a few writers' appends; an fsync takes milliseconds), until as
+    /// many batches wait for this fsync as writers were recently seen at once. A lone writer
+    /// (a shard's writer thread) never waits.
+    fn gather(&self) {
+        let want = self
+            .peak
+            .swap(self.inside.load(Ordering::SeqCst), Ordering::SeqCst) as u64;
+        let since = self.appended_at_last_sync.load(Ordering::SeqCst);
+        let pending = || self.appended.load(Ordering::SeqCst).saturating_sub(since);
+        if want > 1 && pending() < want {
+            let start = Instant::now();
+            while pending() < want && start.elapsed() < MAX_GATHER_WAIT {
+                std::thread::yield_now();
+            }
+        }
+        self.appended_at_last_sync
+            .store(self.appended.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+impl Drop for SyncMember<'_> {
+    fn drop(&mut self) {
+        self.0.inside.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// `m`'s guard if it is free now or within a few retries (a holder that only appends to the
@@ -747,6 +808,7 @@ impl LsmEngine {
                 snapshots: BTreeMap::new(),
             }),
             visible_seqno: AtomicU64::new(visible_seqno),
+            sync_group: SyncGroup::default(),
             compaction_lock: Mutex::new(()),
             work: Condvar::new(),
             progress: Condvar::new(),
@@ -1036,6 +1098,7 @@ impl LsmEngine {
                 .sum(),
             immutable_memtables: sv.imms.len(),
             wal_bytes: self.inner.wal_bytes(),
+            wal_fsyncs: self.inner.wal.fsync_count(),
             cache: self.inner.cache.stats(),
             counters: self.counters(),
             user_bytes_written: self
@@ -1304,6 +1367,8 @@ impl Inner {
     fn write_many(&self, ops: &[WriteOp<'_>]) -> Result<Vec<bool>> {
         check_ops(ops)?;
         self.check_writable()?;
+        let synced = self.options.sync == SyncPolicy::Always;
+        let _member = synced.then(|| self.sync_group.enter());
         let (flags, last_seqno) = {
             let _writer = lock(&self.writer);
             self.check_writable()?;
@@ -1324,11 +1389,17 @@ impl Inner {
                     .fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(self.options.write_slowdown_delay);
             }
-            self.apply(&sv, ops, now_ms(), Reach::Disk)?
-                .ok_or_else(|| engine_bug("a write allowed to use the disk gave up"))?
+            let applied = self
+                .apply(&sv, ops, now_ms(), Reach::Disk)?
+                .ok_or_else(|| engine_bug("a write allowed to use the disk gave up"))?;
+            if synced {
+                self.sync_group.appended.fetch_add(1, Ordering::SeqCst);
+            }
+            applied
         };
-        if let (SyncPolicy::Always, Some(last)) = (self.options.sync, last_seqno) {
-            self.wal.sync_to(last)?;
+        if let (true, Some(last)) = (synced, last_seqno) {
+            self.wal
+                .sync_to_gathering(last, || self.sync_group.gather())?;
         }
         Ok(flags)
     }

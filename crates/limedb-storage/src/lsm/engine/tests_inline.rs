@@ -267,3 +267,47 @@ fn l0_limits_are_kept_above_the_compaction_trigger() {
     assert_eq!(options.l0_slowdown_tables, trigger);
     assert_eq!(options.l0_stop_tables, trigger + 1);
 }
+
+/// Concurrent writers under `SyncPolicy::Always` share fsyncs (group commit with a gathering
+/// leader), and every acknowledged write is there after a reopen.
+#[test]
+fn synced_writers_share_fsyncs() -> TestResult {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 150;
+    let dir = tempfile::tempdir()?;
+    let always = || LsmOptions {
+        sync: SyncPolicy::Always,
+        ..roomy()
+    };
+    let fsyncs = {
+        let engine = Arc::new(LsmEngine::open(dir.path(), always())?);
+        let before = engine.stats_detailed().wal_fsyncs;
+        let writers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let engine = Arc::clone(&engine);
+                std::thread::spawn(move || -> Result<()> {
+                    for i in 0..PER_THREAD {
+                        engine.put(&key(t * 10_000 + i), b"synced", None)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().map_err(|_| "writer panicked")??;
+        }
+        engine.stats_detailed().wal_fsyncs - before
+    };
+    let writes = (THREADS * PER_THREAD) as u64;
+    assert!(
+        fsyncs * 4 <= writes * 3,
+        "{fsyncs} fsyncs for {writes} synced writes from {THREADS} threads"
+    );
+    let engine = LsmEngine::open(dir.path(), always())?;
+    for t in 0..THREADS {
+        for i in 0..PER_THREAD {
+            assert!(engine.get(&key(t * 10_000 + i))?.is_some(), "lost {t}/{i}");
+        }
+    }
+    Ok(())
+}

@@ -80,9 +80,12 @@
 //!
 //! [`Wal::append`] writes the record with one `write(2)` before it returns, so an acknowledged
 //! batch survives the process being killed under every [`SyncPolicy`]. Under
-//! [`SyncPolicy::Always`] it also waits until the record is fsynced: the first waiter fsyncs
-//! everything written so far, and every writer whose record that fsync covered returns
-//! without an fsync of its own (group commit). Under `Interval` the engine's background thread
+//! [`SyncPolicy::Always`] it also waits until the record is fsynced, by a leader/follower
+//! group commit ([`Wal::sync_to_gathering`]): the first waiter becomes the leader and fsyncs
+//! everything written so far; writers that come meanwhile sleep until it is done and return
+//! without an fsync of their own if it covered them, else one of them leads the next fsync.
+//! (The engine lets its leader wait a moment for writers about to append, so that the
+//! fsync carries them too.) Under `Interval` the engine's background thread
 //! calls [`Wal::sync`] every period; under `Never` only [`Wal::sync`] and [`Wal::close`] fsync
 //! (dropping a [`Wal`] fsyncs too, best effort). A failed write or fsync **poisons** the log:
 //! every later append returns [`StorageError::Poisoned`] until it is reopened, since after a
@@ -118,7 +121,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 
@@ -172,6 +175,12 @@ pub struct Wal {
     syncer: Mutex<Syncer>,
     /// Sequence number of the last operation written with `write(2)` (0 if none ever).
     written_seqno: AtomicU64,
+    /// A copy of `syncer.synced_seqno`, readable without waiting for an fsync in progress.
+    synced_seqno: AtomicU64,
+    /// Whether a group-commit leader is fsyncing (see [`Wal::sync_to_gathering`]); waiters
+    /// sleep on `sync_done` until it is done.
+    sync_leader: Mutex<bool>,
+    sync_done: Condvar,
     poisoned: AtomicBool,
     fsyncs: AtomicU64,
     /// Test hooks: the next append writes half its record and fails; the next fsync fails.
@@ -339,6 +348,9 @@ impl Wal {
                 synced_seqno: last,
             }),
             written_seqno: AtomicU64::new(last),
+            synced_seqno: AtomicU64::new(last),
+            sync_leader: Mutex::new(false),
+            sync_done: Condvar::new(),
             poisoned: AtomicBool::new(false),
             fsyncs: AtomicU64::new(0),
             #[cfg(test)]
@@ -426,17 +438,59 @@ impl Wal {
     /// written so far, covering every writer queued behind it. The engine calls it after
     /// releasing its writer lock, so that writers queued behind one another share an fsync.
     pub(crate) fn sync_to(&self, seqno: u64) -> Result<()> {
-        let mut syncer = lock(&self.syncer);
-        if syncer.synced_seqno >= seqno {
-            return Ok(());
+        self.sync_to_gathering(seqno, || {})
+    }
+
+    /// As [`Wal::sync_to`], as a leader/follower protocol: the first caller that finds
+    /// `seqno` unsynced becomes the *leader*, runs `gather` (the engine's chance to let
+    /// writers that are about to append join this fsync), then fsyncs everything written so
+    /// far; callers that come while a leader works sleep until it is done and return at once
+    /// if its fsync covered them. Nobody waits on a lock held across an fsync just to learn
+    /// that their record is already synced.
+    pub(crate) fn sync_to_gathering(&self, seqno: u64, gather: impl FnOnce()) -> Result<()> {
+        let mut gather = Some(gather);
+        loop {
+            if self.synced_seqno.load(Ordering::SeqCst) >= seqno {
+                return Ok(());
+            }
+            let mut leader = lock(&self.sync_leader);
+            if self.synced_seqno.load(Ordering::SeqCst) >= seqno {
+                return Ok(());
+            }
+            if *leader {
+                drop(
+                    self.sync_done
+                        .wait(leader)
+                        .unwrap_or_else(PoisonError::into_inner),
+                );
+                continue;
+            }
+            *leader = true;
+            drop(leader);
+            if let Some(gather) = gather.take() {
+                gather();
+            }
+            let result = self.sync_written();
+            *lock(&self.sync_leader) = false;
+            self.sync_done.notify_all();
+            return result;
         }
+    }
+
+    /// fsyncs everything written so far (the leader's part of [`Wal::sync_to_gathering`]).
+    fn sync_written(&self) -> Result<()> {
+        let mut syncer = lock(&self.syncer);
         // After a failed fsync the kernel may have dropped dirty pages; never retry.
         self.check_writable()?;
         // Everything up to `target` was written to this segment or to an earlier one, which
         // was fsynced when it was closed (rotation swaps the file under this lock).
         let target = self.written_seqno.load(Ordering::SeqCst);
+        if syncer.synced_seqno >= target {
+            return Ok(());
+        }
         self.fsync(&syncer.file, &syncer.path)?;
         syncer.synced_seqno = target;
+        self.synced_seqno.store(target, Ordering::SeqCst);
         Ok(())
     }
 
@@ -476,6 +530,8 @@ impl Wal {
         // damage in any segment but the last as corruption.
         self.fsync(&syncer.file, &syncer.path)?;
         syncer.synced_seqno = self.written_seqno.load(Ordering::SeqCst);
+        self.synced_seqno
+            .store(syncer.synced_seqno, Ordering::SeqCst);
         // A failure from here on leaves the old segment active and intact: no poison.
         let (file, path) = create_segment(&self.dir, w.next_seqno)?;
         let sync_file = match file.try_clone() {
