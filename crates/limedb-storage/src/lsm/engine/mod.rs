@@ -830,11 +830,16 @@ impl LsmEngine {
         })
     }
 
-    /// Freezes the active memtable (if it holds anything) and waits until every frozen
-    /// memtable has been flushed to an SSTable.
+    /// Freezes the active memtable (if it holds anything) and waits until it and every
+    /// memtable frozen before it have been flushed to SSTables: everything written before the
+    /// call is then in tables. Memtables frozen by writes during the call are not waited for.
     pub fn flush(&self) -> Result<()> {
         self.inner.check_writable()?;
-        {
+        // The newest memtable frozen by (or before) this call: flushes go oldest first, so
+        // once it is gone, everything written before the call is in tables. Memtables that
+        // writers freeze later are not waited for, so a steady stream of writes cannot keep
+        // this call waiting forever.
+        let newest = {
             let _writer = lock(&self.inner.writer);
             self.inner.check_writable()?;
             let mut state = lock(&self.inner.state);
@@ -842,10 +847,17 @@ impl LsmEngine {
                 state = self.inner.wait_for_room(state)?;
                 self.inner.freeze(&mut state)?;
             }
-        }
+            state.current.imms.last().cloned()
+        };
+        let Some(newest) = newest else {
+            return Ok(());
+        };
         let mut state = lock(&self.inner.state);
-        while !state.current.imms.is_empty() {
+        while state.current.imms.iter().any(|m| Arc::ptr_eq(m, &newest)) {
             self.inner.check_writable()?;
+            if state.stop {
+                return Err(StorageError::Closed);
+            }
             state = wait(&self.inner.progress, state);
         }
         Ok(())

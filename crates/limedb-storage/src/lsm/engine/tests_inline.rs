@@ -311,3 +311,48 @@ fn synced_writers_share_fsyncs() -> TestResult {
     }
     Ok(())
 }
+
+/// `flush` waits for what was written before it, not for memtables that a steady stream of
+/// writes keeps freezing meanwhile.
+#[test]
+fn flush_returns_under_a_steady_stream_of_writes() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let engine = Arc::new(LsmEngine::open(
+        dir.path(),
+        LsmOptions {
+            memtable_bytes: 1 << 10,
+            ..tiny()
+        },
+    )?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (engine, stop) = (Arc::clone(&engine), Arc::clone(&stop));
+        std::thread::spawn(move || -> Result<u64> {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                engine.put(&key(i % 5000), &[b'w'; 64], None)?;
+                i += 1;
+            }
+            Ok(i as u64)
+        })
+    };
+    for round in 0..20 {
+        engine.put(format!("flushed{round}").as_bytes(), b"v", None)?;
+        engine.flush()?;
+        // What was written before the flush is in a table now.
+        let sv = engine.inner.current();
+        assert!(
+            sv.active
+                .get(format!("flushed{round}").as_bytes(), MAX_SEQNO)
+                .is_none()
+                && sv.imms.iter().all(|m| m
+                    .get(format!("flushed{round}").as_bytes(), MAX_SEQNO)
+                    .is_none()),
+            "round {round}: the key is still in a memtable after flush"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    let written = writer.join().map_err(|_| "writer panicked")??;
+    assert!(written > 0);
+    Ok(())
+}
