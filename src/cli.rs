@@ -91,8 +91,8 @@ pub struct ShardArgs {
     pub storage: Option<String>,
 
     /// LSM: size of a memtable in MiB. Writes go to the active memtable; a full one is frozen
-    /// and flushed to disk in the background, and writes stall while two frozen ones wait, so
-    /// memtables hold at most 3× this. [default: 64]
+    /// and flushed to disk in the background, and writes stall while a frozen one still waits
+    /// for its flush, so memtables hold at most 2× this. [default: 64]
     #[arg(long, env = "LIMEDB_MEMTABLE_MB", value_name = "MIB")]
     pub memtable_mb: Option<u64>,
 

@@ -212,6 +212,8 @@ mod lime {
                 ("bytes_flushed", c.bytes_flushed.into()),
                 ("bytes_compacted", c.bytes_compacted.into()),
                 ("compactions", c.compactions.into()),
+                ("write_stalls", c.write_stalls.into()),
+                ("write_slowdowns", c.write_slowdowns.into()),
             ];
             if user_bytes > 0 {
                 let wa = table_bytes as f64 / user_bytes as f64;

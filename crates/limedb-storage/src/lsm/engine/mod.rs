@@ -16,7 +16,7 @@
 //!  ──────────────                                  ─────────────────────────────────
 //!  write_many ─ lock writer ─┐                     loop, woken by a Condvar:
 //!   │ active over budget?    │                      1. oldest immutable memtable?
-//!   │   stall while 2 imms   │                         → TableWriter tables/<n>.sst
+//!   │   stall while 1 imm    │                         → TableWriter tables/<n>.sst
 //!   │   freeze, wal.rotate ──┼──► imms (oldest..)     → manifest: add to L0, last seqno,
 //!   │ answers: read at latest│                           log number → new SuperVersion
 //!   │ wal.append (write(2)) ─┘                         → wal.delete_obsolete
@@ -127,7 +127,7 @@ pub struct LsmOptions {
     /// The active memtable is frozen and flushed once it holds this many bytes (estimated by
     /// [`Memtable::approximate_bytes`]). Default 64 MiB.
     pub memtable_bytes: u64,
-    /// Frozen memtables allowed to wait for the flush thread before writers stall. Default 2.
+    /// Frozen memtables allowed to wait for the flush thread before writers stall. Default 1.
     pub max_immutable_memtables: usize,
     /// Budget of the block cache of decompressed data blocks. Default 64 MiB.
     pub block_cache_bytes: usize,
@@ -153,7 +153,7 @@ impl Default for LsmOptions {
         LsmOptions {
             sync: SyncPolicy::default(),
             memtable_bytes: 64 << 20,
-            max_immutable_memtables: 2,
+            max_immutable_memtables: 1,
             block_cache_bytes: 64 << 20,
             table: TableOptions::default(),
             leveled: LeveledOptions::default(),
