@@ -118,9 +118,9 @@ impl Shared {
                     self.set_health(Health::Healthy);
                 }
             }
-            Err(StorageError::Unavailable { reason, .. }) => {
+            Err(e @ StorageError::Unavailable { .. }) => {
                 self.set_health(Health::Unavailable {
-                    reason: reason.clone(),
+                    reason: e.to_string(),
                 });
             }
             Err(_) => {}
@@ -436,9 +436,14 @@ impl PgEngine {
                 expired_reclaimed: AtomicU64::new(0),
                 user_bytes_written: AtomicU64::new(0),
             };
-            let client = shared.client().await?;
-            sql::ensure_table(&client, &target).await?;
-            drop(client);
+            // Open a few connections now, concurrently: logging in (SCRAM) costs CPU, and a
+            // burst of first requests should not all wait for new connections.
+            let warm = options.pool_size.min(4);
+            let clients = try_join_all((0..warm).map(|_| shared.client())).await?;
+            if let Some(client) = clients.first() {
+                sql::ensure_table(client, &target).await?;
+            }
+            drop(clients);
             shared.refresh_figures().await?;
             Ok::<_, StorageError>(Arc::new(shared))
         })?;

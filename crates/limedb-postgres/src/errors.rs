@@ -36,9 +36,25 @@ pub fn from_pg(context: &str, e: &tokio_postgres::Error) -> StorageError {
         }
         None => StorageError::Unavailable {
             backend: BACKEND,
-            reason: format!("{context}: {e}"),
+            reason: format!("{context}: {}", with_causes(e)),
         },
     }
+}
+
+/// `e` followed by each of its sources: tokio-postgres keeps the useful part ("Connection
+/// refused") in the source of a generic "error connecting to server".
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Classifies a failure to get a pooled connection.

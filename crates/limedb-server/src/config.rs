@@ -117,6 +117,8 @@ pub enum StorageKind {
     Memory,
     /// LimeDB's LSM-tree engine: write-ahead log, memtables, SSTables, leveled compaction.
     Lsm,
+    /// A PostgreSQL database per shard (see [`PgSettings`]).
+    Postgres,
 }
 
 impl std::str::FromStr for StorageKind {
@@ -125,8 +127,9 @@ impl std::str::FromStr for StorageKind {
         match s {
             "memory" => Ok(StorageKind::Memory),
             "lsm" => Ok(StorageKind::Lsm),
+            "postgres" | "postgresql" => Ok(StorageKind::Postgres),
             other => Err(format!(
-                "unknown storage backend {other:?}: the available backends are \"memory\" and \"lsm\""
+                "unknown storage backend {other:?}: the available backends are \"memory\", \"lsm\" and \"postgres\""
             )),
         }
     }
@@ -137,7 +140,57 @@ impl std::fmt::Display for StorageKind {
         match self {
             StorageKind::Memory => f.write_str("memory"),
             StorageKind::Lsm => f.write_str("lsm"),
+            StorageKind::Postgres => f.write_str("postgres"),
         }
+    }
+}
+
+/// How shards reach PostgreSQL (`--storage postgres`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgSettings {
+    /// `postgres://user[:password]@host[:port][/maintenance_db]`.
+    pub url: String,
+    /// The shard's database name; `{id}` is replaced by the shard id.
+    pub database_template: String,
+    /// Pooled connections per shard.
+    pub pool_size: usize,
+    /// Bound on connecting, waiting for a connection and each statement.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for PgSettings {
+    // The URL may carry a password: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSettings")
+            .field("url", &limedb_postgres::options::redact_url(&self.url))
+            .field("database_template", &self.database_template)
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl PgSettings {
+    /// Settings with the default database template, pool size and timeout.
+    pub fn new(url: impl Into<String>) -> PgSettings {
+        PgSettings {
+            url: url.into(),
+            database_template: limedb_postgres::DEFAULT_DATABASE_TEMPLATE.to_string(),
+            pool_size: limedb_postgres::options::DEFAULT_POOL_SIZE,
+            timeout: limedb_postgres::options::DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The engine options of shard `id`.
+    pub fn options(
+        &self,
+        id: ShardId,
+    ) -> Result<limedb_postgres::PgOptions, limedb_storage::StorageError> {
+        let database = limedb_postgres::database_name(&self.database_template, id.0)?;
+        let mut options = limedb_postgres::PgOptions::new(self.url.clone(), database);
+        options.pool_size = self.pool_size;
+        options.timeout = self.timeout;
+        Ok(options)
     }
 }
 
@@ -156,6 +209,8 @@ pub struct ShardConfig {
     pub storage: StorageKind,
     /// When writes reach the disk.
     pub wal_sync: SyncPolicy,
+    /// Where PostgreSQL is; required by [`StorageKind::Postgres`], ignored otherwise.
+    pub postgres: Option<PgSettings>,
     /// Key and value size limits.
     pub limits: Limits,
     /// Cap on open connections per listener.

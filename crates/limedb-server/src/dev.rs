@@ -12,8 +12,9 @@ use limedb_storage::SyncPolicy;
 use tokio::task::JoinSet;
 
 use crate::config::{
-    CoordinatorConfig, Limits, ShardConfig, ShardSpec, StorageKind, DEFAULT_CONNECTIONS_PER_SHARD,
-    DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHARD_TIMEOUT,
+    CoordinatorConfig, Limits, PgSettings, ShardConfig, ShardSpec, StorageKind,
+    DEFAULT_CONNECTIONS_PER_SHARD, DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SHARD_TIMEOUT,
 };
 use crate::coordinator::CoordinatorServer;
 use crate::error::ServerError;
@@ -35,6 +36,8 @@ pub struct DevConfig {
     pub storage: StorageKind,
     /// Sync policy of every shard.
     pub wal_sync: SyncPolicy,
+    /// Where PostgreSQL is, for `StorageKind::Postgres`.
+    pub postgres: Option<PgSettings>,
     /// Virtual nodes per shard.
     pub vnodes_per_shard: u32,
     /// Key and value limits.
@@ -88,6 +91,7 @@ impl DevCluster {
                 data_dir: config.data_dir.join(format!("shard-{id}")),
                 storage: config.storage,
                 wal_sync: config.wal_sync,
+                postgres: config.postgres.clone(),
                 limits: config.limits,
                 max_connections: config.max_connections,
             })
@@ -160,6 +164,7 @@ impl Default for DevConfig {
             data_dir: PathBuf::from("limedb-data"),
             storage: StorageKind::Memory,
             wal_sync: SyncPolicy::default(),
+            postgres: None,
             vnodes_per_shard: limedb_cluster::DEFAULT_VNODES_PER_SHARD,
             limits: Limits::default(),
             shard_timeout: DEFAULT_SHARD_TIMEOUT,

@@ -88,7 +88,8 @@ pub enum Health {
     /// The engine cannot serve requests until something outside it recovers (a database server
     /// that is down, unreachable or restarting); `reason` names the cause for operators.
     Unavailable {
-        /// What is wrong, e.g. "PostgreSQL at 127.0.0.1:5432 is unreachable: connection refused".
+        /// What is wrong, e.g. "PostgreSQL is unavailable: cannot connect to
+        /// limedb@127.0.0.1:5432/limedb_shard_1: ... Connection refused".
         reason: String,
     },
 }
