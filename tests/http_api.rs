@@ -44,6 +44,9 @@ fn backend_args(storage: &str) -> (Vec<String>, Option<TestDatabases>) {
         databases.url().to_string(),
         "--pg-database".to_string(),
         databases.template(),
+        // Tests run side by side against one server with 100 connections by default.
+        "--pg-pool-size".to_string(),
+        "8".to_string(),
     ]);
     (args, Some(databases))
 }
