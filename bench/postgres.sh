@@ -17,7 +17,8 @@
 # stdout, one line of JSON. Progress goes to stderr.
 #
 # Usage: bench/postgres.sh [--requests N] [--connections C] [--runs R]
-#                          [--keyspace K] [--value-size B]
+#                          [--keyspace K] [--value-size B] [--pg-pool-size P]
+# (--pg-pool-size is passed to each postgres shard; default: the shard's own.)
 # Environment: CARGO_TARGET_DIR is honoured; LIMEDB_BIN=path uses that limedb
 # binary instead of building one; LIMEDB_BENCH_PG_URL=postgres://... uses an
 # existing server (its role must create databases; databases
@@ -32,6 +33,7 @@ CONNECTIONS=64
 RUNS=3
 KEYSPACE=20000
 VALUE_SIZE=100
+PG_POOL_ARGS=()
 READY_TIMEOUT_SECS="${READY_TIMEOUT_SECS:-60}"
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
@@ -47,6 +49,7 @@ while [[ $# -gt 0 ]]; do
         --runs)        need_value "$@"; need_uint "$1" "$2"; RUNS=$2; shift 2 ;;
         --keyspace)    need_value "$@"; need_uint "$1" "$2"; KEYSPACE=$2; shift 2 ;;
         --value-size)  need_value "$@"; [[ "$2" =~ ^[0-9]+$ ]] || die "--value-size must be an integer"; VALUE_SIZE=$2; shift 2 ;;
+        --pg-pool-size) need_value "$@"; need_uint "$1" "$2"; PG_POOL_ARGS=(--pg-pool-size "$2"); shift 2 ;;
         -h|--help)     usage; exit 0 ;;
         *)             die "unknown argument '$1' (see --help)" ;;
     esac
@@ -195,7 +198,8 @@ start_cluster() { # NAME SHARD-ARGS...
 }
 
 start_cluster lsm --storage lsm --wal-sync always
-start_cluster pg --storage postgres --pg-url "$PG_URL" --pg-database 'limedb_bench_shard_{id}'
+start_cluster pg --storage postgres --pg-url "$PG_URL" --pg-database 'limedb_bench_shard_{id}' \
+    "${PG_POOL_ARGS[@]+"${PG_POOL_ARGS[@]}"}"
 
 # --- rounds ---------------------------------------------------------------------------
 RESULTS="$WORK/results.jsonl"
