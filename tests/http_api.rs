@@ -44,9 +44,10 @@ fn backend_args(storage: &str) -> (Vec<String>, Option<TestDatabases>) {
         databases.url().to_string(),
         "--pg-database".to_string(),
         databases.template(),
-        // Tests run side by side against one server with 100 connections by default.
+        // Tests run side by side against one server, which allows 100 connections by default:
+        // 3 shards of 4 connections let 8 such tests run at once.
         "--pg-pool-size".to_string(),
-        "8".to_string(),
+        "4".to_string(),
     ]);
     (args, Some(databases))
 }
