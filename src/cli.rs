@@ -83,10 +83,11 @@ pub struct ShardArgs {
     pub data_dir: Option<PathBuf>,
 
     /// Storage backend: "lsm" (LimeDB's LSM-tree engine: write-ahead log, memtables,
-    /// SSTables, leveled compaction; data larger than memory) or "memory" (an in-memory
-    /// ordered map made durable by an append-only log; every key and value stays in memory).
-    /// The two keep different files: a data directory belongs to the backend that created it.
-    /// [default: lsm]
+    /// SSTables, leveled compaction; data larger than memory), "memory" (an in-memory ordered
+    /// map made durable by an append-only log; every key and value stays in memory) or
+    /// "postgres" (a PostgreSQL database per shard; needs --pg-url). lsm and memory keep
+    /// different files: a data directory belongs to the backend that created it; postgres
+    /// keeps nothing in it. [default: lsm]
     #[arg(long, env = "LIMEDB_STORAGE", value_name = "BACKEND")]
     pub storage: Option<String>,
 
@@ -106,6 +107,10 @@ pub struct ShardArgs {
     #[arg(long, env = "LIMEDB_TABLE_READS", value_name = "MODE")]
     pub table_reads: Option<String>,
 
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub postgres: PgArgs,
+
     /// When acknowledged writes reach the disk: "always" (fsync before every acknowledgement,
     /// concurrent writers share one fsync), "interval" (fsync every --wal-sync-interval-ms) or
     /// "never" (leave it to the OS). Every acknowledged write survives a crash of the process
@@ -121,6 +126,34 @@ pub struct ShardArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub limits: LimitArgs,
+}
+
+/// PostgreSQL settings of `--storage postgres` (shard and dev).
+#[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PgArgs {
+    /// PostgreSQL server for --storage postgres, as postgres://USER:PASSWORD@HOST:PORT/DB
+    /// (password, port and DB may be left out). The shard keeps its keys in its own database
+    /// (see --pg-database), which it creates with its table if absent through DB (default
+    /// "postgres"); the role needs CREATEDB unless the database exists. Durability is
+    /// PostgreSQL's: keep synchronous_commit on. TLS is not supported.
+    #[arg(long, env = "LIMEDB_PG_URL", value_name = "URL")]
+    pub pg_url: Option<String>,
+
+    /// Name of the shard's PostgreSQL database; "{id}" is replaced by the shard id.
+    /// [default: limedb_shard_{id}]
+    #[arg(long, env = "LIMEDB_PG_DATABASE", value_name = "NAME")]
+    pub pg_database: Option<String>,
+
+    /// PostgreSQL connections per shard. [default: 16]
+    #[arg(long, env = "LIMEDB_PG_POOL_SIZE", value_name = "N")]
+    pub pg_pool_size: Option<usize>,
+
+    /// Bound on connecting to PostgreSQL, waiting for a pooled connection and each statement,
+    /// in milliseconds; past it a request fails with 503 and the shard reports itself
+    /// unhealthy until PostgreSQL answers again. [default: 1500]
+    #[arg(long, env = "LIMEDB_PG_TIMEOUT_MS", value_name = "MS")]
+    pub pg_timeout_ms: Option<u64>,
 }
 
 /// Size and connection limits shared by every node kind.
@@ -215,6 +248,10 @@ pub struct DevArgs {
     /// Storage backend of every shard (see `limedb shard --help`). [default: lsm]
     #[arg(long, env = "LIMEDB_STORAGE", value_name = "BACKEND")]
     pub storage: Option<String>,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub postgres: PgArgs,
 
     /// Sync policy of every shard (see `limedb shard --help`). [default: interval]
     #[arg(long, env = "LIMEDB_WAL_SYNC", value_name = "POLICY")]
@@ -447,6 +484,40 @@ mod tests {
         assert_eq!(merged.port, Some(7200));
         assert_eq!(merged.wal_sync.as_deref(), Some("always"));
         assert_eq!(merged.limits.max_key_bytes, Some(10));
+    }
+
+    #[test]
+    fn postgres_settings_come_from_the_file_and_flags() {
+        let file = FileConfig::parse(
+            "[shard]\nstorage = \"postgres\"\npg_url = \"postgres://u@h:5432/\"\npg_pool_size = 4\n",
+        )
+        .expect("valid toml");
+        let flags = ShardArgs {
+            postgres: PgArgs {
+                pg_database: Some("kv_{id}".into()),
+                ..PgArgs::default()
+            },
+            ..ShardArgs::default()
+        };
+        let merged = overlay(&flags, &file.shard).expect("merge");
+        assert_eq!(merged.storage.as_deref(), Some("postgres"));
+        assert_eq!(
+            merged.postgres.pg_url.as_deref(),
+            Some("postgres://u@h:5432/")
+        );
+        assert_eq!(merged.postgres.pg_pool_size, Some(4));
+        assert_eq!(merged.postgres.pg_database.as_deref(), Some("kv_{id}"));
+        let cli = Cli::try_parse_from(args(
+            "limedb shard --storage postgres --pg-url postgres://x@y/ --pg-timeout-ms 900",
+        ))
+        .expect("parses");
+        match cli.command {
+            Command::Shard(s) => {
+                assert_eq!(s.postgres.pg_url.as_deref(), Some("postgres://x@y/"));
+                assert_eq!(s.postgres.pg_timeout_ms, Some(900));
+            }
+            other => panic!("expected shard, got {other:?}"),
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use limedb_cluster::{ShardId, DEFAULT_VNODES_PER_SHARD};
 use limedb_server::config::{
-    parse_shard_list, CoordinatorConfig, Limits, LsmTuning, ShardConfig, StorageKind,
+    parse_shard_list, CoordinatorConfig, Limits, LsmTuning, PgSettings, ShardConfig, StorageKind,
     DEFAULT_CONNECTIONS_PER_SHARD, DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_SHARD_TIMEOUT, MAX_KEY_BYTES_CAP, MAX_VALUE_BYTES_CAP, SEED_SHARD_URLS,
 };
@@ -23,7 +23,9 @@ use limedb_server::shutdown;
 use limedb_storage::lsm::sstable::ReadMode;
 use limedb_storage::SyncPolicy;
 
-use cli::{BenchArgs, Cli, Command, CoordinatorArgs, DevArgs, FileConfig, LimitArgs, ShardArgs};
+use cli::{
+    BenchArgs, Cli, Command, CoordinatorArgs, DevArgs, FileConfig, LimitArgs, PgArgs, ShardArgs,
+};
 
 fn main() -> ExitCode {
     let argv = cli::translate_seed_args(std::env::args().collect());
@@ -195,6 +197,32 @@ fn lsm_tuning(args: &ShardArgs) -> Result<LsmTuning, String> {
     })
 }
 
+/// The PostgreSQL settings, required (and only allowed to matter) with `--storage postgres`.
+fn pg_settings(storage: StorageKind, args: &PgArgs) -> Result<Option<PgSettings>, String> {
+    if storage != StorageKind::Postgres {
+        return Ok(None);
+    }
+    let url = args.pg_url.clone().ok_or(
+        "--storage postgres needs --pg-url postgres://USER[:PASSWORD]@HOST[:PORT]/ (or pg_url in the config file, or LIMEDB_PG_URL)",
+    )?;
+    let mut settings = PgSettings::new(url);
+    if let Some(template) = &args.pg_database {
+        limedb_postgres::database_name(template, 1).map_err(|e| format!("--pg-database: {e}"))?;
+        settings.database_template = template.clone();
+    }
+    match args.pg_pool_size {
+        Some(0) => return Err("--pg-pool-size must be at least 1".into()),
+        Some(n) => settings.pool_size = n,
+        None => {}
+    }
+    match args.pg_timeout_ms {
+        Some(0) => return Err("--pg-timeout-ms must be at least 1".into()),
+        Some(ms) => settings.timeout = Duration::from_millis(ms),
+        None => {}
+    }
+    Ok(Some(settings))
+}
+
 fn shard_config(args: ShardArgs) -> Result<ShardConfig, String> {
     let id = args.id.unwrap_or(1);
     if id == 0 {
@@ -208,6 +236,7 @@ fn shard_config(args: ShardArgs) -> Result<ShardConfig, String> {
             .map_err(|_| format!("shard id {id} has no default port; give --port"))?,
     };
     let internal_port = args.internal_port.unwrap_or(default_internal_port(port));
+    let storage = storage_kind(args.storage.as_deref())?;
     if port != 0 && port == internal_port {
         return Err(format!("--port and --internal-port are both {port}"));
     }
@@ -218,9 +247,10 @@ fn shard_config(args: ShardArgs) -> Result<ShardConfig, String> {
         data_dir: args
             .data_dir
             .unwrap_or_else(|| PathBuf::from("limedb-data").join(format!("shard-{id}"))),
-        storage: storage_kind(args.storage.as_deref())?,
+        storage,
         wal_sync: sync_policy(args.wal_sync.as_deref(), args.wal_sync_interval_ms)?,
         lsm,
+        postgres: pg_settings(storage, &args.postgres)?,
         limits: limits(&args.limits)?,
         max_connections: max_connections(&args.limits),
     })
@@ -260,13 +290,15 @@ fn coordinator_config(args: CoordinatorArgs) -> Result<CoordinatorConfig, String
 
 fn dev_config(args: DevArgs) -> Result<DevConfig, String> {
     let defaults = DevConfig::default();
+    let storage = storage_kind(args.storage.as_deref())?;
     Ok(DevConfig {
         host: parse_host(args.host)?,
         coordinator_port: args.coordinator_port.unwrap_or(defaults.coordinator_port),
         shard_ports: args.shard_ports.unwrap_or(defaults.shard_ports),
         data_dir: args.data_dir.unwrap_or(defaults.data_dir),
-        storage: storage_kind(args.storage.as_deref())?,
+        storage,
         wal_sync: sync_policy(args.wal_sync.as_deref(), None)?,
+        postgres: pg_settings(storage, &args.postgres)?,
         vnodes_per_shard: args.vnodes.unwrap_or(defaults.vnodes_per_shard),
         limits: limits(&args.limits)?,
         shard_timeout: defaults.shard_timeout,

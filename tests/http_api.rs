@@ -1,6 +1,7 @@
 //! The HTTP API of the coordinator and of a shard, with real processes: the documented answers
 //! and errors, URL-encoded and binary keys and values, TTLs, paging, metrics, and 64 concurrent
-//! clients.
+//! clients. Every check runs on every storage backend: memory, lsm and postgres (the postgres
+//! shards use fresh databases on the server named by `LIMEDB_TEST_PG_URL`, dropped afterwards).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use limedb_cluster::{Ring, ShardId, DEFAULT_VNODES_PER_SHARD};
 use limedb_testkit::http::encode;
+use limedb_testkit::pg::{test_url, TestDatabases};
 use limedb_testkit::{wait_for, Cluster, HttpConn, HttpResponse};
 
 fn bin() -> &'static Path {
@@ -17,11 +19,54 @@ fn bin() -> &'static Path {
 /// Small limits so the oversized cases are cheap to send.
 const LIMITS: [&str; 4] = ["--max-key-bytes", "1024", "--max-value-bytes", "65536"];
 
-/// Starts 3 shards on `storage` ("memory" or "lsm") and a coordinator, with small limits.
-async fn cluster(storage: &str) -> Cluster {
-    let mut shard_args = LIMITS.to_vec();
-    shard_args.extend(["--storage", storage]);
-    Cluster::start(bin(), 3, &shard_args, &LIMITS).await
+/// A cluster and, on postgres, the databases its shards use (dropped after the processes).
+struct TestCluster {
+    cluster: Cluster,
+    _databases: Option<TestDatabases>,
+}
+
+impl std::ops::Deref for TestCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+/// The shard arguments that select `storage` ("memory", "lsm" or "postgres").
+fn backend_args(storage: &str) -> (Vec<String>, Option<TestDatabases>) {
+    let mut args = vec!["--storage".to_string(), storage.to_string()];
+    if storage != "postgres" {
+        return (args, None);
+    }
+    let databases = TestDatabases::new(&test_url());
+    args.extend([
+        "--pg-url".to_string(),
+        databases.url().to_string(),
+        "--pg-database".to_string(),
+        databases.template(),
+        // Tests run side by side against one server, which allows 100 connections by default:
+        // 3 shards of 4 connections let 8 such tests run at once.
+        "--pg-pool-size".to_string(),
+        "4".to_string(),
+    ]);
+    (args, Some(databases))
+}
+
+/// Starts 3 shards with `extra` arguments on `storage` and a coordinator with `coordinator`
+/// arguments.
+async fn cluster_with(storage: &str, extra: &[&str], coordinator: &[&str]) -> TestCluster {
+    let (backend, databases) = backend_args(storage);
+    let mut shard_args: Vec<&str> = extra.to_vec();
+    shard_args.extend(backend.iter().map(String::as_str));
+    TestCluster {
+        cluster: Cluster::start(bin(), 3, &shard_args, coordinator).await,
+        _databases: databases,
+    }
+}
+
+/// Starts 3 shards on `storage` and a coordinator, with small limits.
+async fn cluster(storage: &str) -> TestCluster {
+    cluster_with(storage, &LIMITS, &LIMITS).await
 }
 
 /// Runs one check against a cluster of every storage backend: the API must not depend on it.
@@ -37,6 +82,11 @@ macro_rules! on_every_backend {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn lsm() {
                     super::$check("lsm").await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$check("postgres").await
                 }
             }
         )*
@@ -68,7 +118,7 @@ fn assert_error(r: &HttpResponse, status: u16, code: &str) {
 }
 
 /// Every check runs against the coordinator and against shard 1 directly.
-async fn both(cluster: &Cluster) -> Vec<HttpConn> {
+async fn both(cluster: &TestCluster) -> Vec<HttpConn> {
     vec![
         HttpConn::connect(&cluster.addr())
             .await
@@ -526,8 +576,7 @@ async fn a_page_of_keys_at_the_size_limits_lists_without_breaking_the_link(stora
 }
 
 async fn shard_limits_below_the_coordinators_give_413_and_keep_the_link(storage: &str) {
-    let shard_args = ["--max-value-bytes", "1024", "--storage", storage];
-    let cluster = Cluster::start(bin(), 3, &shard_args, &[]).await;
+    let cluster = cluster_with(storage, &["--max-value-bytes", "1024"], &[]).await;
     let mut c = HttpConn::connect(&cluster.addr()).await.expect("connect");
     let r = c
         .set("too-big-for-the-shard", &"v".repeat(2000))

@@ -118,6 +118,8 @@ pub enum StorageKind {
     Memory,
     /// LimeDB's LSM-tree engine: write-ahead log, memtables, SSTables, leveled compaction.
     Lsm,
+    /// A PostgreSQL database per shard (see [`PgSettings`]).
+    Postgres,
 }
 
 impl std::str::FromStr for StorageKind {
@@ -126,8 +128,9 @@ impl std::str::FromStr for StorageKind {
         match s {
             "memory" => Ok(StorageKind::Memory),
             "lsm" => Ok(StorageKind::Lsm),
+            "postgres" | "postgresql" => Ok(StorageKind::Postgres),
             other => Err(format!(
-                "unknown storage backend {other:?}: the available backends are \"memory\" and \"lsm\""
+                "unknown storage backend {other:?}: the available backends are \"memory\", \"lsm\" and \"postgres\""
             )),
         }
     }
@@ -138,6 +141,7 @@ impl std::fmt::Display for StorageKind {
         match self {
             StorageKind::Memory => f.write_str("memory"),
             StorageKind::Lsm => f.write_str("lsm"),
+            StorageKind::Postgres => f.write_str("postgres"),
         }
     }
 }
@@ -145,8 +149,8 @@ impl std::fmt::Display for StorageKind {
 /// Tuning of the LSM backend (`--storage lsm`); the other backends ignore it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LsmTuning {
-    /// Bytes a memtable holds before it is frozen and flushed (up to three are in memory: the
-    /// active one and two waiting for the flush thread).
+    /// Bytes a memtable holds before it is frozen and flushed (up to two are in memory: the
+    /// active one and one waiting for the flush thread).
     pub memtable_bytes: u64,
     /// Budget of the block cache of decompressed data blocks.
     pub block_cache_bytes: usize,
@@ -178,6 +182,55 @@ impl LsmTuning {
     }
 }
 
+/// How shards reach PostgreSQL (`--storage postgres`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgSettings {
+    /// `postgres://user[:password]@host[:port][/maintenance_db]`.
+    pub url: String,
+    /// The shard's database name; `{id}` is replaced by the shard id.
+    pub database_template: String,
+    /// Pooled connections per shard.
+    pub pool_size: usize,
+    /// Bound on connecting, waiting for a connection and each statement.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for PgSettings {
+    // The URL may carry a password: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSettings")
+            .field("url", &limedb_postgres::options::redact_url(&self.url))
+            .field("database_template", &self.database_template)
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl PgSettings {
+    /// Settings with the default database template, pool size and timeout.
+    pub fn new(url: impl Into<String>) -> PgSettings {
+        PgSettings {
+            url: url.into(),
+            database_template: limedb_postgres::DEFAULT_DATABASE_TEMPLATE.to_string(),
+            pool_size: limedb_postgres::options::DEFAULT_POOL_SIZE,
+            timeout: limedb_postgres::options::DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The engine options of shard `id`.
+    pub fn options(
+        &self,
+        id: ShardId,
+    ) -> Result<limedb_postgres::PgOptions, limedb_storage::StorageError> {
+        let database = limedb_postgres::database_name(&self.database_template, id.0)?;
+        let mut options = limedb_postgres::PgOptions::new(self.url.clone(), database);
+        options.pool_size = self.pool_size;
+        options.timeout = self.timeout;
+        Ok(options)
+    }
+}
+
 /// Everything a shard needs to start.
 #[derive(Clone, Debug)]
 pub struct ShardConfig {
@@ -195,6 +248,8 @@ pub struct ShardConfig {
     pub wal_sync: SyncPolicy,
     /// Memory budgets and read mode of the LSM backend.
     pub lsm: LsmTuning,
+    /// Where PostgreSQL is; required by [`StorageKind::Postgres`], ignored otherwise.
+    pub postgres: Option<PgSettings>,
     /// Key and value size limits.
     pub limits: Limits,
     /// Cap on open connections per listener.

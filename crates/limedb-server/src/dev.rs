@@ -12,7 +12,7 @@ use limedb_storage::SyncPolicy;
 use tokio::task::JoinSet;
 
 use crate::config::{
-    CoordinatorConfig, Limits, LsmTuning, ShardConfig, ShardSpec, StorageKind,
+    CoordinatorConfig, Limits, LsmTuning, PgSettings, ShardConfig, ShardSpec, StorageKind,
     DEFAULT_CONNECTIONS_PER_SHARD, DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_SHARD_TIMEOUT,
 };
@@ -36,6 +36,8 @@ pub struct DevConfig {
     pub storage: StorageKind,
     /// Sync policy of every shard.
     pub wal_sync: SyncPolicy,
+    /// Where PostgreSQL is, for `StorageKind::Postgres`.
+    pub postgres: Option<PgSettings>,
     /// Virtual nodes per shard.
     pub vnodes_per_shard: u32,
     /// Key and value limits.
@@ -90,6 +92,7 @@ impl DevCluster {
                 storage: config.storage,
                 wal_sync: config.wal_sync,
                 lsm: LsmTuning::default(),
+                postgres: config.postgres.clone(),
                 limits: config.limits,
                 max_connections: config.max_connections,
             })
@@ -162,6 +165,7 @@ impl Default for DevConfig {
             data_dir: PathBuf::from("limedb-data"),
             storage: StorageKind::Lsm,
             wal_sync: SyncPolicy::default(),
+            postgres: None,
             vnodes_per_shard: limedb_cluster::DEFAULT_VNODES_PER_SHARD,
             limits: Limits::default(),
             shard_timeout: DEFAULT_SHARD_TIMEOUT,

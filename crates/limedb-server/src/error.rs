@@ -55,6 +55,10 @@ pub enum ApiError {
     /// This node is shutting down and no longer takes requests.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The database the shard keeps its data in (PostgreSQL) is down, restarting or
+    /// unreachable; nothing was written. 503: retry once it is back.
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
     /// The storage engine failed (I/O error, poisoned after a failed fsync, ...).
     #[error("storage error: {0}")]
     Storage(String),
@@ -83,9 +87,9 @@ impl ApiError {
             }
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::ShardUnavailable { .. } | ApiError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::ShardUnavailable { .. }
+            | ApiError::ShuttingDown
+            | ApiError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Storage(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ShardRejected { code, .. } => match code {
                 ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
@@ -106,6 +110,7 @@ impl ApiError {
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::ShardUnavailable { .. } => "shard_unavailable",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::StorageUnavailable(_) => "storage_unavailable",
             ApiError::Storage(_) => "storage_error",
             ApiError::Internal(_) => "internal_error",
             ApiError::ShardRejected { code, .. } => match code {
@@ -130,7 +135,12 @@ impl IntoResponse for ApiError {
 
 impl From<limedb_storage::StorageError> for ApiError {
     fn from(e: limedb_storage::StorageError) -> Self {
-        ApiError::Storage(e.to_string())
+        match e {
+            limedb_storage::StorageError::Unavailable { .. } => {
+                ApiError::StorageUnavailable(e.to_string())
+            }
+            e => ApiError::Storage(e.to_string()),
+        }
     }
 }
 

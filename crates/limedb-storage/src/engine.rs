@@ -84,6 +84,20 @@ pub struct LevelFigures {
     pub bytes: u64,
 }
 
+/// Whether an engine can serve requests right now, as [`Engine::health`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// The engine serves requests.
+    Healthy,
+    /// The engine cannot serve requests until something outside it recovers (a database server
+    /// that is down, unreachable or restarting); `reason` names the cause for operators.
+    Unavailable {
+        /// What is wrong, e.g. "PostgreSQL is unavailable: cannot connect to
+        /// limedb@127.0.0.1:5432/limedb_shard_1: ... Connection refused".
+        reason: String,
+    },
+}
+
 /// One write of a batch given to [`Engine::write_many`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteOp<'a> {
@@ -175,6 +189,14 @@ pub trait Engine: Send + Sync + 'static {
     fn try_get_now(&self, key: &[u8]) -> Option<Result<Option<Value>>> {
         let _ = key;
         None
+    }
+
+    /// Whether the engine can serve requests, as last observed; never blocks, so an async
+    /// caller may call it inline (a health endpoint). Engines that keep their data in local
+    /// files are always healthy (a failed write shows as [`crate::StorageError::Poisoned`]
+    /// instead); an engine that depends on a server reports it unreachable here.
+    fn health(&self) -> Health {
+        Health::Healthy
     }
 
     /// Makes every write acknowledged so far durable (fsync), whatever the sync policy.

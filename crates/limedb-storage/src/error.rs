@@ -69,6 +69,28 @@ pub enum StorageError {
     /// refused until the engine is reopened. Reads still work.
     #[error("storage engine is poisoned by an earlier write or fsync failure; writes are refused")]
     Poisoned,
+    /// The server an engine keeps its data in (PostgreSQL) cannot be reached or refuses to
+    /// serve right now: down, restarting, unreachable, timing out, or refusing our
+    /// credentials. Nothing was acknowledged; the same request may succeed once it is back.
+    #[error("{backend} is unavailable: {reason}")]
+    Unavailable {
+        /// The server, e.g. "PostgreSQL".
+        backend: &'static str,
+        /// Why, including the server's own message.
+        reason: String,
+    },
+    /// The server an engine keeps its data in answered a request with an error that is not
+    /// about its availability (a bug in our SQL, a full disk on the server, ...).
+    #[error("{backend} error: {reason}")]
+    Backend {
+        /// The server, e.g. "PostgreSQL".
+        backend: &'static str,
+        /// Its error message.
+        reason: String,
+    },
+    /// The engine's settings are invalid (a malformed connection URL, a bad database name).
+    #[error("invalid storage configuration: {0}")]
+    Config(String),
     /// The engine was closed.
     #[error("storage engine is closed")]
     Closed,

@@ -15,8 +15,9 @@
 //! ```
 //!
 //! - [`engine`]: the backend-agnostic [`Engine`] trait and its plain data types ([`Value`],
-//!   [`Page`], [`EngineStats`]). A later LSM engine and a PostgreSQL engine implement the same
-//!   trait.
+//!   [`Page`], [`EngineStats`], [`Health`]). The PostgreSQL backend implements the same trait
+//!   in its own crate, `limedb-postgres`, so that this crate stays free of async code and
+//!   sockets.
 //! - [`memory`]: the first backend, [`MemoryEngine`]: an ordered in-memory map made durable by
 //!   an append-only log that is replayed on open and rewritten when it grows too large.
 //! - [`lsm`]: LimeDB's own LSM-tree engine, [`LsmEngine`], and its building blocks (WAL,
@@ -68,7 +69,7 @@ pub mod memory;
 pub mod sync;
 
 pub use clock::now_ms;
-pub use engine::{Engine, EngineStats, LevelFigures, Page, Value, WriteOp};
+pub use engine::{Engine, EngineStats, Health, LevelFigures, Page, Value, WriteOp};
 pub use error::StorageError;
 pub use lsm::engine::{LsmEngine, LsmOptions};
 pub use memory::{MemoryEngine, MemoryOptions};

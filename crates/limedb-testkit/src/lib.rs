@@ -7,6 +7,7 @@
 //! themselves. Dropping a [`Node`] kills its process.
 
 pub mod http;
+pub mod pg;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

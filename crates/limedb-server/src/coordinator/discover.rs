@@ -87,7 +87,9 @@ async fn get(url: &str, path: &str) -> Result<Bytes, String> {
         .await
         .map_err(|e| format!("cannot read {url}{path}: {e}"))?
         .to_bytes();
-    if !status.is_success() {
+    // A shard whose storage is unavailable answers its health with 503 and the same document:
+    // its identity is still good, and requests will tell their own errors.
+    if !status.is_success() && status != hyper::StatusCode::SERVICE_UNAVAILABLE {
         return Err(format!("GET {url}{path} answered {status}"));
     }
     Ok(body)

@@ -17,7 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use limedb_cluster::{Ring, ShardId};
 use limedb_proto::{ErrorCode, Request, Response, PROTOCOL_VERSION};
-use limedb_storage::{now_ms, Engine, LsmEngine, MemoryEngine, MemoryOptions};
+use limedb_storage::{now_ms, Engine, Health, LsmEngine, MemoryEngine, MemoryOptions};
 use tokio::net::TcpListener;
 
 use crate::config::{Limits, ShardConfig, StorageKind};
@@ -125,9 +125,15 @@ impl ShardNode {
         result.unwrap_or_else(|e| error_response(&e))
     }
 
-    fn storage_json(&self) -> serde_json::Value {
+    fn storage_json(&self, health: &Health) -> serde_json::Value {
         let stats = self.inner.storage.engine().stats();
+        let (status, error) = match health {
+            Health::Healthy => ("healthy", None),
+            Health::Unavailable { reason } => ("unavailable", Some(reason.as_str())),
+        };
         serde_json::json!({
+            "status": status,
+            "error": error,
             "backend": stats.backend,
             "keys": stats.keys,
             "liveBytes": stats.live_bytes,
@@ -146,7 +152,9 @@ pub fn error_response(e: &ApiError) -> Response {
         }
         ApiError::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
         ApiError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
-        ApiError::ShardUnavailable { .. } => ErrorCode::Unavailable,
+        ApiError::ShardUnavailable { .. } | ApiError::StorageUnavailable(_) => {
+            ErrorCode::Unavailable
+        }
         ApiError::ShuttingDown => ErrorCode::ShuttingDown,
         ApiError::Storage(_) => ErrorCode::Storage,
         ApiError::Internal(_) => ErrorCode::Internal,
@@ -202,17 +210,23 @@ impl KvNode for ShardNode {
     }
 
     async fn health(&self) -> HealthReport {
+        let health = self.inner.storage.engine().health();
+        let (serving, status, reason) = match &health {
+            Health::Healthy => (true, "healthy", None),
+            Health::Unavailable { reason } => (false, "unhealthy", Some(reason.clone())),
+        };
         HealthReport {
-            serving: true,
+            serving,
             body: serde_json::json!({
-                "status": "healthy",
+                "status": status,
+                "reason": reason,
                 "type": "shard",
                 "shardId": self.inner.id.0,
                 "httpAddr": self.inner.http_addr.to_string(),
                 "internalAddr": self.inner.internal_addr.to_string(),
                 "internalPort": self.inner.internal_addr.port(),
                 "protocolVersion": PROTOCOL_VERSION,
-                "storage": self.storage_json(),
+                "storage": self.storage_json(&health),
                 "uptimeSecs": self.inner.started.elapsed().as_secs(),
                 "version": SERVER_NAME,
             }),
@@ -277,19 +291,27 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         })
 }
 
-/// A file only the given backend creates in its data directory.
-fn marker_file(kind: StorageKind) -> &'static str {
+/// A file only the given backend creates in its data directory (`None`: it keeps no files).
+fn marker_file(kind: StorageKind) -> Option<&'static str> {
     match kind {
-        StorageKind::Memory => "memory.log",
-        StorageKind::Lsm => "CURRENT",
+        StorageKind::Memory => Some("memory.log"),
+        StorageKind::Lsm => Some("CURRENT"),
+        _ => None,
     }
 }
 
 fn open_engine(config: &ShardConfig) -> Result<Arc<dyn Engine>, ServerError> {
     // A data directory belongs to the backend that created it: opening it with the other one
-    // would start empty and hide the data, so refuse.
-    for other in [StorageKind::Memory, StorageKind::Lsm] {
-        if other != config.storage && config.data_dir.join(marker_file(other)).exists() {
+    // would start empty and hide the data, so refuse. (PostgreSQL keeps no files here.)
+    let file_backends = [StorageKind::Memory, StorageKind::Lsm];
+    for other in file_backends {
+        let Some(marker) = marker_file(other) else {
+            continue;
+        };
+        if file_backends.contains(&config.storage)
+            && other != config.storage
+            && config.data_dir.join(marker).exists()
+        {
             return Err(ServerError::Config(format!(
                 "{} holds data of the {other} storage backend; start the shard with --storage {other} (or use another --data-dir)",
                 config.data_dir.display()
@@ -307,6 +329,16 @@ fn open_engine(config: &ShardConfig) -> Result<Arc<dyn Engine>, ServerError> {
         StorageKind::Lsm => {
             let options = config.lsm.options(config.wal_sync);
             Ok(Arc::new(LsmEngine::open(&config.data_dir, options)?))
+        }
+        StorageKind::Postgres => {
+            let settings = config.postgres.as_ref().ok_or_else(|| {
+                ServerError::Config(
+                    "--storage postgres needs --pg-url (or pg_url in the file, or LIMEDB_PG_URL)"
+                        .into(),
+                )
+            })?;
+            let options = settings.options(config.id)?;
+            Ok(Arc::new(limedb_postgres::PgEngine::open(options)?))
         }
     }
 }
