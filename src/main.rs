@@ -333,6 +333,10 @@ async fn run_coordinator(config: CoordinatorConfig) -> Result<(), String> {
 async fn run_dev(config: DevConfig) -> Result<(), String> {
     let shutdown = shutdown_on_signal()?;
     let data_dir = config.data_dir.clone();
+    let pg_template = config
+        .postgres
+        .as_ref()
+        .map(|pg| pg.database_template.clone());
     let cluster = DevCluster::bind(config).await.map_err(|e| e.to_string())?;
     let endpoints = cluster.endpoints();
     let c = endpoints.coordinator;
@@ -340,9 +344,15 @@ async fn run_dev(config: DevConfig) -> Result<(), String> {
     banner.push_str("LimeDB local cluster is running.\n\n");
     banner.push_str(&format!("  coordinator  http://{c}\n"));
     for (id, http, internal) in &endpoints.shards {
+        let data = match &pg_template {
+            Some(template) => format!(
+                "PostgreSQL database {}",
+                template.replace("{id}", &id.to_string())
+            ),
+            None => format!("data {}", data_dir.join(format!("shard-{id}")).display()),
+        };
         banner.push_str(&format!(
-            "  shard {id}      http://{http}  (internal protocol {internal}, data {})\n",
-            data_dir.join(format!("shard-{id}")).display()
+            "  shard {id}      http://{http}  (internal protocol {internal}, {data})\n"
         ));
     }
     banner.push_str(&format!(

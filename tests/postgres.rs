@@ -39,7 +39,7 @@ async fn a_postgres_outage_is_reported_fails_fast_and_heals_without_losing_write
         "--pg-timeout-ms",
         "1000",
     ];
-    let cluster = Cluster::start(bin(), 3, &shard_args, &[]).await;
+    let mut cluster = Cluster::start(bin(), 3, &shard_args, &[]).await;
     let mut c = HttpConn::connect(&cluster.addr()).await.expect("connect");
     let keys: Vec<String> = (0..200).map(|i| format!("acked-{i}")).collect();
     for key in &keys {
@@ -98,6 +98,19 @@ async fn a_postgres_outage_is_reported_fails_fast_and_heals_without_losing_write
             .expect("keys");
         assert_eq!(r.status, 503, "{}", r.text());
     }
+
+    // A coordinator started during the outage still finds the shards (their health answers
+    // 503 but names them) and forwards to them.
+    cluster.restart_coordinator();
+    cluster.wait_all_up().await;
+    let r = HttpConn::connect(&cluster.addr())
+        .await
+        .expect("connect")
+        .get(&keys[0])
+        .await
+        .expect("get");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("PostgreSQL"), "{}", r.text());
 
     let start = tokio::task::spawn_blocking(move || server.start_again().map(|()| server));
     let _server = start.await.expect("task").expect("restart PostgreSQL");

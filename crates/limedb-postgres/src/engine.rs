@@ -45,6 +45,8 @@ use crate::BACKEND;
 
 /// How often the live-key figures of [`Engine::stats`] are recounted (a full scan).
 const FIGURES_INTERVAL: Duration = Duration::from_secs(5);
+/// Bound on one background statement (the stats recount scans the whole table).
+const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most expired rows deleted by one maintenance statement.
 const RECLAIM_BATCH_ROWS: i64 = 10_000;
 
@@ -330,17 +332,31 @@ impl Shared {
     }
 
     /// Recounts the live keys and their bytes for [`Engine::stats`].
+    ///
+    /// A full scan: on a large table it takes longer than a request may, so it runs in a
+    /// transaction with its own statement timeout, [`BACKGROUND_TIMEOUT`].
     async fn refresh_figures(&self) -> Result<()> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let ctx = || format!("stats on {}", self.target);
         let statement = client
             .prepare_cached(sql::FIGURES)
             .await
             .map_err(|e| from_pg(&ctx(), &e))?;
-        let row = client
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| from_pg(&ctx(), &e))?;
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            BACKGROUND_TIMEOUT.as_millis()
+        ))
+        .await
+        .map_err(|e| from_pg(&ctx(), &e))?;
+        let row = tx
             .query_one(&statement, &[&to_i64(now_ms())])
             .await
             .map_err(|e| from_pg(&ctx(), &e))?;
+        tx.commit().await.map_err(|e| from_pg(&ctx(), &e))?;
         let keys: i64 = column(&row, 0)?;
         let bytes: i64 = column(&row, 1)?;
         self.keys
@@ -436,14 +452,15 @@ impl PgEngine {
                 expired_reclaimed: AtomicU64::new(0),
                 user_bytes_written: AtomicU64::new(0),
             };
-            // Open a few connections now, concurrently: logging in (SCRAM) costs CPU, and a
-            // burst of first requests should not all wait for new connections.
-            let warm = options.pool_size.min(4);
-            let clients = try_join_all((0..warm).map(|_| shared.client())).await?;
-            if let Some(client) = clients.first() {
-                sql::ensure_table(client, &target).await?;
-            }
-            drop(clients);
+            let client = shared.client().await?;
+            sql::ensure_table(&client, &target).await?;
+            // Open a few more connections now, concurrently: logging in (SCRAM) costs CPU, and
+            // a burst of first requests should not all wait for new connections. Best effort:
+            // the pool opens what is missing on demand.
+            let warm = options.pool_size.min(4).saturating_sub(1);
+            let more = futures_util::future::join_all((0..warm).map(|_| shared.client())).await;
+            drop(more);
+            drop(client);
             shared.refresh_figures().await?;
             Ok::<_, StorageError>(Arc::new(shared))
         })?;
@@ -485,7 +502,9 @@ async fn monitor(shared: Arc<Shared>, interval: Duration) {
     }
 }
 
-/// Deletes expired rows every `interval` and refreshes the stats figures now and then.
+/// Deletes expired rows every `interval` and refreshes the stats figures now and then. Their
+/// failures are logged but do not change the engine's health: a slow recount of a large table
+/// says nothing about whether requests can be served (the probe and the requests tell that).
 async fn maintain(shared: Arc<Shared>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -495,19 +514,19 @@ async fn maintain(shared: Arc<Shared>, interval: Duration) {
         if !shared.healthy.load(Ordering::Acquire) {
             continue;
         }
-        match shared.bounded("expiry sweep", shared.reclaim()).await {
-            Ok(n) => {
+        match tokio::time::timeout(BACKGROUND_TIMEOUT, shared.reclaim()).await {
+            Ok(Ok(n)) => {
                 shared.expired_reclaimed.fetch_add(n, Ordering::Relaxed);
             }
-            Err(e) => tracing::debug!(error = %e, "expiry sweep failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "expiry sweep failed"),
+            Err(_) => tracing::warn!("expiry sweep timed out"),
         }
         if last_figures.elapsed() >= FIGURES_INTERVAL {
             last_figures = tokio::time::Instant::now();
-            if let Err(e) = shared
-                .bounded("stats refresh", shared.refresh_figures())
-                .await
-            {
-                tracing::debug!(error = %e, "stats refresh failed");
+            match tokio::time::timeout(BACKGROUND_TIMEOUT, shared.refresh_figures()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "stats recount failed"),
+                Err(_) => tracing::warn!("stats recount timed out"),
             }
         }
     }

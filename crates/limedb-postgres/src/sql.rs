@@ -160,9 +160,10 @@ pub async fn ensure_table(client: &tokio_postgres::Client, what: &str) -> Result
     loop {
         match client.batch_execute(CREATE_TABLE).await {
             Ok(()) => return Ok(()),
-            // Two processes creating the same table at once: the loser sees a unique violation
-            // in the catalog; the table exists now, so try once more.
-            Err(e) if attempts == 0 && matches!(sqlstate(&e), Some("23505" | "42P07")) => {
+            // Two processes creating the same table at once: `IF NOT EXISTS` does not cover a
+            // creation in flight, so the loser sees the catalog's unique violation (23505), a
+            // duplicate row type (42710) or relation (42P07). It exists now: try again.
+            Err(e) if attempts < 3 && matches!(sqlstate(&e), Some("23505" | "42710" | "42P07")) => {
                 attempts += 1;
             }
             Err(e) => {
