@@ -56,35 +56,36 @@ use crossbeam_skiplist::SkipMap;
 use super::key::{self, compare_encoded, seek_key, ValueKind, MAX_SEQNO, TRAILER_LEN};
 
 /// Bytes [`Memtable::approximate_bytes`] charges per entry on top of its key and value: the
-/// skiplist node with its tower of pointers, two `Bytes` handles and allocator headers.
-pub const ENTRY_OVERHEAD_BYTES: u64 = 96;
+/// skiplist node with its tower of pointers, the key's 16-byte order prefix, two `Bytes`
+/// handles and allocator headers.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 112;
 
 /// An encoded internal key (see [`super::key`]) that orders by [`compare_encoded`], so it can key
 /// a [`SkipMap`].
 ///
 /// Built only by [`InternalKey::new`], so it always has a trailer with a known kind.
 ///
-/// It also carries the first 8 bytes of the user key as a big-endian integer, zero-padded
+/// It also carries the first 16 bytes of the user key as a big-endian integer, zero-padded
 /// (`prefix`): comparing two prefixes settles most comparisons of a skiplist search without
 /// following the pointer to either key's bytes, which is where a search spends its time (a
 /// cache miss per node). Zero-padding keeps the order: when two prefixes differ, the first
-/// differing byte among the first 8 decides the byte-wise order of the user keys too (a key
+/// differing byte among the first 16 decides the byte-wise order of the user keys too (a key
 /// that ends early pads with 0, which is never above the other key's byte there); when they
 /// are equal, the full keys are compared.
 #[derive(Clone)]
 pub struct InternalKey {
-    prefix: u64,
+    prefix: u128,
     encoded: Bytes,
 }
 
 /// The ordering prefix of a user key (see [`InternalKey`]).
-fn prefix_of(user_key: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let n = user_key.len().min(8);
+fn prefix_of(user_key: &[u8]) -> u128 {
+    let mut bytes = [0u8; 16];
+    let n = user_key.len().min(16);
     if let (Some(dst), Some(src)) = (bytes.get_mut(..n), user_key.get(..n)) {
         dst.copy_from_slice(src);
     }
-    u64::from_be_bytes(bytes)
+    u128::from_be_bytes(bytes)
 }
 
 impl InternalKey {
@@ -433,11 +434,11 @@ mod tests {
 
     proptest! {
         /// The prefix shortcut never changes the order: short keys, zero bytes and keys that
-        /// share their first 8 bytes included.
+        /// share their first 16 bytes included.
         #[test]
         fn prefix_order_is_the_encoded_order(
-            a in proptest::collection::vec(0u8..3, 0..12),
-            b in proptest::collection::vec(0u8..3, 0..12),
+            a in proptest::collection::vec(0u8..3, 0..20),
+            b in proptest::collection::vec(0u8..3, 0..20),
             seq_a in 0u64..4,
             seq_b in 0u64..4,
         ) {

@@ -94,7 +94,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -492,6 +492,9 @@ struct Inner {
     /// Lock order: `writer` before `state`.
     writer: Mutex<()>,
     state: Mutex<State>,
+    /// A copy of `state.current`, replaced under the `state` lock each time that is: readers
+    /// load it without contending for `state` with writers and the background thread.
+    published: RwLock<Arc<SuperVersion>>,
     /// The largest sequence number readers may see: published by a writer only after its
     /// whole batch is in the memtable. Read together with `state.current` (under `state`).
     visible_seqno: AtomicU64,
@@ -671,11 +674,12 @@ fn check_ops(ops: &[WriteOp<'_>]) -> Result<()> {
 ///
 /// Readers read at the *visible seqno*, not at whatever the memtable holds: a writer inserts
 /// its whole batch into the memtable (under the writer lock) and only then publishes the
-/// batch's last seqno. A reader takes the current `SuperVersion` and the visible seqno
-/// together under the state lock, so the super version holds every version up to that seqno
-/// (a memtable written before the publish is the active one, a frozen one or a flushed table
-/// of that super version), and ignores anything newer: [`LsmEngine::write_batch`] is seen
-/// whole or not at all.
+/// batch's last seqno. A reader loads the visible seqno *first* and the current
+/// `SuperVersion` after it (no lock: see `Inner::published`), so the super version holds every
+/// version up to that seqno (a memtable written before the publish was the active one then,
+/// and every later super version holds it as the active one, a frozen one or the flushed
+/// table), and ignores anything newer: [`LsmEngine::write_batch`] is seen whole or not at
+/// all.
 ///
 /// # Snapshots
 ///
@@ -801,6 +805,7 @@ impl LsmEngine {
             manifest: Mutex::new(manifest),
             cache,
             writer: Mutex::new(()),
+            published: RwLock::new(Arc::clone(&current)),
             state: Mutex::new(State {
                 current,
                 stop: false,
@@ -1308,17 +1313,30 @@ impl Inner {
     }
 
     fn current(&self) -> Arc<SuperVersion> {
-        Arc::clone(&lock(&self.state).current)
+        Arc::clone(
+            &self
+                .published
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
-    /// The current [`SuperVersion`] and the visible seqno, read together: the super version
-    /// holds every version up to that seqno (see [`LsmEngine#consistency`]).
+    /// Makes `sv` the current super version (the caller holds `state`).
+    fn install(&self, state: &mut State, sv: SuperVersion) {
+        let sv = Arc::new(sv);
+        *self
+            .published
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::clone(&sv);
+        state.current = sv;
+    }
+
+    /// The visible seqno and then the current [`SuperVersion`]: the super version holds every
+    /// version up to that seqno (see [`LsmEngine#consistency`]). Takes no lock but the
+    /// read side of `published`.
     fn read_view(&self) -> (Arc<SuperVersion>, u64) {
-        let state = lock(&self.state);
-        (
-            Arc::clone(&state.current),
-            self.visible_seqno.load(Ordering::SeqCst),
-        )
+        let seqno = self.visible_seqno.load(Ordering::SeqCst);
+        (self.current(), seqno)
     }
 
     /// Registers a snapshot at `seqno` (the caller holds `state`, so no flush or compaction
@@ -1366,12 +1384,13 @@ impl Inner {
         let sv = &state.current;
         let mut imms = sv.imms.clone();
         imms.push(Arc::clone(&sv.active));
-        state.current = Arc::new(SuperVersion {
+        let sv = SuperVersion {
             active: Arc::new(Memtable::new()),
             imms,
             version: Arc::clone(&sv.version),
             tables: sv.tables.clone(),
-        });
+        };
+        self.install(state, sv);
         self.work.notify_all();
         Ok(())
     }
@@ -1432,14 +1451,12 @@ impl Inner {
         if let Err(e) = self.check_writable() {
             return Some(Err(e));
         }
-        let sv = {
-            let state = lock(&self.state);
-            let full = state.current.active.approximate_bytes() >= self.options.memtable_bytes;
-            if full || self.l0_tables(&state) >= self.options.l0_slowdown_tables {
-                return None;
-            }
-            Arc::clone(&state.current)
-        };
+        // The writer lock keeps the active memtable from being frozen under us.
+        let sv = self.current();
+        let full = sv.active.approximate_bytes() >= self.options.memtable_bytes;
+        if full || sv.version.level(0).len() >= self.options.l0_slowdown_tables {
+            return None;
+        }
         if self.wal.append_would_rotate() {
             return None;
         }
@@ -1718,12 +1735,13 @@ impl Inner {
             }
             let mut tables = cur.tables.clone();
             tables.insert(n, table);
-            state.current = Arc::new(SuperVersion {
+            let sv = SuperVersion {
                 active: Arc::clone(&cur.active),
                 imms,
                 version,
                 tables,
-            });
+            };
+            self.install(&mut state, sv);
         }
         self.progress.notify_all();
         self.wal.delete_obsolete(max_seqno)?;
@@ -1855,12 +1873,13 @@ impl Inner {
             tables.remove(n);
         }
         tables.extend(added);
-        state.current = Arc::new(SuperVersion {
+        let sv = SuperVersion {
             active: Arc::clone(&cur.active),
             imms: cur.imms.clone(),
             version,
             tables,
-        });
+        };
+        self.install(&mut state, sv);
     }
 
     /// Total size of the WAL segments on disk.
