@@ -15,6 +15,8 @@
 # Usage: bench/http.sh [--requests N] [--connections C] [--runs R]
 #                      [--keyspace K] [--value-size B]
 #                      [--targets shard,coordinator,ceiling] [--client limedb|example]
+#                      [--storage lsm|memory]
+# (--storage picks the shards' backend; default: the shards' default, lsm.)
 # (--client example uses crates/limedb-bench/examples/bench_client.rs, which
 #  takes the same flags as `limedb bench`.)
 # Environment: CARGO_TARGET_DIR is honoured; LIMEDB_BIN=path uses that limedb
@@ -28,6 +30,7 @@ REQUESTS=200000
 CONNECTIONS=64
 RUNS=3
 KEYSPACE=100000
+STORAGE=lsm
 VALUE_SIZE=100
 TARGETS="shard,coordinator,ceiling"
 CLIENT="limedb"
@@ -52,10 +55,13 @@ while [[ $# -gt 0 ]]; do
         --value-size)  need_value "$@"; [[ "$2" =~ ^[0-9]+$ ]] || die "--value-size must be an integer"; VALUE_SIZE=$2; shift 2 ;;
         --targets)     need_value "$@"; TARGETS=$2; shift 2 ;;
         --client)      need_value "$@"; CLIENT=$2; shift 2 ;;
+        --storage)     need_value "$@"; STORAGE=$2; shift 2 ;;
         -h|--help)     usage; exit 0 ;;
         *)             die "unknown argument '$1' (see --help)" ;;
     esac
 done
+
+case "$STORAGE" in lsm|memory) ;; *) die "--storage must be lsm or memory, got '$STORAGE'" ;; esac
 
 want() { [[ ",$TARGETS," == *",$1,"* ]]; }
 for t in ${TARGETS//,/ }; do
@@ -166,7 +172,7 @@ start_shard() { # NAME ID [EXTRA ARGS...] -> SHARD_HTTP
     shift 2
     mkdir -p "$WORK/data-$name"
     start "$name" "$LIMEDB" shard --id "$id" --host 127.0.0.1 --port 0 --internal-port 0 \
-        --data-dir "$WORK/data-$name" "$@"
+        --data-dir "$WORK/data-$name" --storage "$STORAGE" "$@"
     wait_ready "$name" "$STARTED_PID"
     SHARD_HTTP="$(field "$READY_LINE" http)"
     [[ -n "$SHARD_HTTP" ]] || die "no http= in '$READY_LINE'"
@@ -277,10 +283,11 @@ for ((run = 1; run <= RUNS; run++)); do
 done
 
 # --- summary --------------------------------------------------------------------
-python3 - "$RESULTS" "$CONNECTIONS" "$REQUESTS" "$RUNS" <<'PY'
+python3 - "$RESULTS" "$CONNECTIONS" "$REQUESTS" "$RUNS" "$STORAGE" <<'PY'
 import json, statistics, sys
 
 path, connections, requests, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+storage = sys.argv[5]
 cells = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
 TARGETS = {"shard_min": 0.7, "coordinator_min": 0.45, "p99_max_ratio": 2.0}
 
@@ -336,7 +343,7 @@ def fmt(value, width, decimals=0):
     return f"{'-':>{width}}" if value is None else f"{value:>{width},.{decimals}f}"
 
 print()
-print(f"HTTP bench: {connections} connections, {requests} requests per cell, median of {runs} runs")
+print(f"HTTP bench: {connections} connections, {requests} requests per cell, median of {runs} runs, {storage} shards")
 print(f"{'':<12}{'GET ops/s':>12}{'GET p99 us':>12}{'SET ops/s':>12}{'SET p99 us':>12}")
 for target in ("shard", "coordinator", "ceiling"):
     row = summary[target]
@@ -363,7 +370,7 @@ if errors:
     print(f"warning: {errors} failed requests across all cells", file=sys.stderr)
 print()
 print(json.dumps({
-    "bench": "http", "connections": connections, "requests": requests, "runs": runs,
+    "bench": "http", "storage": storage, "connections": connections, "requests": requests, "runs": runs,
     "shard": summary["shard"], "coordinator": summary["coordinator"], "ceiling": summary["ceiling"],
     "ratio": ratio, "targets": TARGETS, "met": met,
 }, separators=(",", ":")))
