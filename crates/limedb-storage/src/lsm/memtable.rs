@@ -57,8 +57,10 @@ use super::key::{self, compare_encoded, seek_key, ValueKind, MAX_SEQNO, TRAILER_
 
 /// Bytes [`Memtable::approximate_bytes`] charges per entry on top of its key and value: the
 /// skiplist node with its tower of pointers, the key's 16-byte order prefix, two `Bytes`
-/// handles and allocator headers.
-pub const ENTRY_OVERHEAD_BYTES: u64 = 112;
+/// handles, and the allocator's headers and size-class rounding of the node, the encoded key
+/// and the value. Measured: 500,000 entries of 16-byte keys and 101-byte stored values grew
+/// the process's anonymous memory by 277 bytes each (24 + 101 + 152).
+pub const ENTRY_OVERHEAD_BYTES: u64 = 152;
 
 /// An encoded internal key (see [`super::key`]) that orders by [`compare_encoded`], so it can key
 /// a [`SkipMap`].
