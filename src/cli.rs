@@ -103,7 +103,26 @@ pub struct ShardArgs {
 
     #[command(flatten)]
     #[serde(flatten)]
+    pub resp: RespArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
     pub limits: LimitArgs,
+}
+
+/// The RESP (Redis protocol) listener of a shard or coordinator.
+#[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RespArgs {
+    /// Port of the RESP (Redis protocol) listener, for redis-cli and Redis clients; 0 picks a
+    /// free port. [default: none; no RESP listener]
+    #[arg(long, env = "LIMEDB_RESP_PORT", value_name = "PORT")]
+    pub resp_port: Option<u16>,
+
+    /// Close RESP connections that send nothing for this many milliseconds; 0 never closes
+    /// them (Redis's `timeout 0`). [default: 0]
+    #[arg(long, env = "LIMEDB_RESP_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub resp_idle_timeout_ms: Option<u64>,
 }
 
 /// Size and connection limits shared by every node kind.
@@ -165,6 +184,10 @@ pub struct CoordinatorArgs {
 
     #[command(flatten)]
     #[serde(flatten)]
+    pub resp: RespArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
     pub limits: LimitArgs,
 }
 
@@ -206,6 +229,11 @@ pub struct DevArgs {
     /// Virtual nodes per shard. [default: 128]
     #[arg(long, env = "LIMEDB_VNODES", value_name = "N")]
     pub vnodes: Option<u32>,
+
+    /// The coordinator's RESP (Redis protocol) port, for redis-cli and Redis clients; 0 picks
+    /// a free port. [default: 6379]
+    #[arg(long, env = "LIMEDB_RESP_PORT", value_name = "PORT")]
+    pub resp_port: Option<u16>,
 
     #[command(flatten)]
     #[serde(flatten)]

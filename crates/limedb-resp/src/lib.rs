@@ -20,7 +20,7 @@
 
 mod decode;
 mod error;
-mod request;
+pub mod request;
 mod value;
 
 pub use decode::{decode_value, ValueLimits};

@@ -67,7 +67,7 @@ struct Partial {
     bulk_len: Option<usize>,
 }
 
-/// Takes requests off the front of a read buffer; see the [module docs](self).
+/// Takes requests off the front of a read buffer; see the [module docs](crate::request).
 #[derive(Debug)]
 pub struct RequestParser {
     limits: RequestLimits,

@@ -367,6 +367,11 @@ impl CoordinatorServer {
         self.node.inner.http_addr
     }
 
+    /// Address of the RESP listener, if it runs one.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
     /// The coordinator's request handler.
     pub fn node(&self) -> &CoordinatorNode {
         &self.node
