@@ -461,6 +461,19 @@ mod tests {
     }
 
     #[test]
+    fn resp_settings_come_from_the_file_too() {
+        let file = FileConfig::parse(
+            "[shard]\nresp_port = 6380\nresp_idle_timeout_ms = 5000\n[coordinator]\nresp_port = 6379\n[dev]\nresp_port = 0\n",
+        )
+        .expect("valid toml");
+        let merged = overlay(&ShardArgs::default(), &file.shard).expect("merge");
+        assert_eq!(merged.resp.resp_port, Some(6380));
+        assert_eq!(merged.resp.resp_idle_timeout_ms, Some(5000));
+        assert_eq!(file.coordinator.resp.resp_port, Some(6379));
+        assert_eq!(file.dev.resp_port, Some(0));
+    }
+
+    #[test]
     fn unknown_file_keys_are_rejected() {
         let err = FileConfig::parse("[shard]\nprot = 1\n").expect_err("typo");
         assert!(err.contains("prot"), "{err}");

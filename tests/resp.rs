@@ -849,3 +849,308 @@ fn multi_exec_is_atomic_and_watch_aborts_on_a_change() {
         .expect("read");
     assert_eq!((x, y), (600, 400));
 }
+
+// ---- through the coordinator, 3 shards -------------------------------------------------
+
+struct Cluster3 {
+    cluster: limedb_testkit::Cluster,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Cluster3 {
+    fn start() -> Cluster3 {
+        let rt = runtime();
+        let cluster = rt.block_on(limedb_testkit::Cluster::start(
+            bin(),
+            3,
+            &[],
+            &["--resp-port", "0"],
+        ));
+        Cluster3 { cluster, rt }
+    }
+
+    fn resp_addr(&self) -> String {
+        self.cluster
+            .coordinator
+            .ready
+            .get("resp")
+            .cloned()
+            .expect("resp= in the ready line")
+    }
+
+    fn client(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://{}/", self.resp_addr()))
+            .expect("client")
+            .get_connection()
+            .expect("connect")
+    }
+
+    /// How many keys shard `i` (0-based) holds, asked over HTTP.
+    fn shard_keys(&self, i: usize) -> u64 {
+        let addr = self.cluster.shards[i].http_addr();
+        let r = self
+            .rt
+            .block_on(http::request(
+                &addr,
+                "GET",
+                "/api/v1/keys?page=1&pageSize=1",
+                &[],
+                None,
+            ))
+            .expect("keys");
+        r.json()
+            .and_then(|d| d["total"].as_u64())
+            .unwrap_or_else(|| panic!("no total in {}", r.text()))
+    }
+}
+
+#[test]
+fn cluster_multi_key_commands_span_shards_without_crossslot() {
+    let c3 = Cluster3::start();
+    let mut c = c3.client();
+    let keys: Vec<String> = (0..60).map(|i| format!("key:{i}")).collect();
+    let mut mset = redis::cmd("MSET");
+    for (i, k) in keys.iter().enumerate() {
+        mset.arg(k).arg(format!("v{i}"));
+    }
+    let _: () = mset.query(&mut c).expect("mset");
+    // The keys really are spread: every shard holds some.
+    for i in 0..3 {
+        assert!(
+            c3.shard_keys(i) > 0,
+            "shard {} holds none of the 60 keys",
+            i + 1
+        );
+    }
+    let mut mget = redis::cmd("MGET");
+    mget.arg("missing-1");
+    for k in &keys {
+        mget.arg(k);
+    }
+    let values: Vec<Option<String>> = mget.query(&mut c).expect("mget");
+    assert_eq!(values[0], None);
+    for (i, v) in values[1..].iter().enumerate() {
+        assert_eq!(
+            v.as_deref(),
+            Some(format!("v{i}").as_str()),
+            "MGET keeps the key order"
+        );
+    }
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(&keys[..10])
+        .arg("missing")
+        .arg(&keys[0])
+        .query(&mut c)
+        .expect("exists");
+    assert_eq!(n, 11);
+    assert_eq!(
+        redis::cmd("DBSIZE").query::<i64>(&mut c).expect("dbsize"),
+        60
+    );
+    let mut all: Vec<String> = c.keys("key:*").expect("keys");
+    all.sort();
+    let mut expected = keys.clone();
+    expected.sort();
+    assert_eq!(all, expected);
+    // One SCAN cursor walks every shard; COUNT 7 makes it take many steps.
+    let mut cursor = 0u64;
+    let mut scanned = Vec::new();
+    let mut steps = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("key:*")
+            .arg("COUNT")
+            .arg(7)
+            .query(&mut c)
+            .expect("scan");
+        scanned.extend(batch);
+        steps += 1;
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    scanned.sort();
+    assert_eq!(scanned, expected, "SCAN returned every key exactly once");
+    assert!(
+        steps >= 6,
+        "a cursor per step, not one big answer: {steps} steps"
+    );
+    // RENAME and COPY across shards keep value and ttl.
+    let _: () = redis::cmd("SET")
+        .arg("src")
+        .arg("payload")
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut c)
+        .expect("set");
+    let mut renamed = 0;
+    for i in 0..20 {
+        let dst = format!("dst{i}");
+        let _: () = c.rename("src", &dst).expect("rename");
+        assert_eq!(
+            c.get::<_, Option<String>>(&dst).expect("get").as_deref(),
+            Some("payload")
+        );
+        assert!(c.pttl::<_, i64>(&dst).expect("pttl") > 59_000);
+        assert!(!c.exists::<_, bool>("src").expect("exists"));
+        let _: () = c.rename(&dst, "src").expect("rename back");
+        renamed += 1;
+    }
+    assert_eq!(renamed, 20);
+    let n: i64 = redis::cmd("COPY")
+        .arg("src")
+        .arg("copy-a")
+        .query(&mut c)
+        .expect("copy");
+    assert_eq!(n, 1);
+    let n: i64 = redis::cmd("COPY")
+        .arg("src")
+        .arg("copy-a")
+        .query(&mut c)
+        .expect("copy");
+    assert_eq!(n, 0);
+    assert_eq!(
+        err_text(c.rename::<_, _, ()>("nothing", "x")),
+        "ERR no such key"
+    );
+    let n: i64 = redis::cmd("MSETNX")
+        .arg("fresh1")
+        .arg("1")
+        .arg("fresh2")
+        .arg("2")
+        .arg("key:1")
+        .arg("x")
+        .query(&mut c)
+        .expect("msetnx");
+    assert_eq!(n, 0);
+    assert!(!c.exists::<_, bool>("fresh1").expect("exists"));
+    let n: i64 = redis::cmd("MSETNX")
+        .arg("fresh1")
+        .arg("1")
+        .arg("fresh2")
+        .arg("2")
+        .arg("fresh3")
+        .arg("3")
+        .query(&mut c)
+        .expect("msetnx");
+    assert_eq!(n, 1);
+    // DEL across shards counts every removed key.
+    let n: i64 = redis::cmd("DEL")
+        .arg(&keys)
+        .arg("missing")
+        .query(&mut c)
+        .expect("del");
+    assert_eq!(n, 60);
+    let rk: String = redis::cmd("RANDOMKEY").query(&mut c).expect("randomkey");
+    assert!(c.exists::<_, bool>(&rk).expect("exists"));
+    let _: () = redis::cmd("FLUSHDB").query(&mut c).expect("flushdb");
+    assert_eq!(
+        redis::cmd("DBSIZE").query::<i64>(&mut c).expect("dbsize"),
+        0
+    );
+}
+
+#[test]
+fn cluster_pipelines_expiry_and_transactions() {
+    let c3 = Cluster3::start();
+    let mut c = c3.client();
+    let mut pipe = redis::pipe();
+    for i in 0..10_000 {
+        pipe.cmd("SET").arg(format!("p{i}")).arg(i).ignore();
+    }
+    for i in 0..10_000 {
+        pipe.cmd("GET").arg(format!("p{i}"));
+    }
+    let values: Vec<i64> = pipe.query(&mut c).expect("pipeline");
+    assert_eq!(values, (0..10_000).collect::<Vec<i64>>());
+    // Expiry through the coordinator.
+    let started = Instant::now();
+    let _: () = redis::cmd("SET")
+        .arg("brief")
+        .arg("v")
+        .arg("PX")
+        .arg(120)
+        .query(&mut c)
+        .expect("set");
+    loop {
+        let v: Option<String> = c.get("brief").expect("get");
+        if v.is_none() {
+            assert!(started.elapsed() >= Duration::from_millis(110));
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "never expired");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A transaction on keys of one shard runs atomically; one spanning shards is refused whole.
+    let tagged: Vec<String> = (0..200).map(|i| format!("t{i}")).collect();
+    let shard_of = |k: &str| -> u64 {
+        let ring = limedb_cluster::Ring::new(
+            &[
+                limedb_cluster::ShardId(1),
+                limedb_cluster::ShardId(2),
+                limedb_cluster::ShardId(3),
+            ],
+            limedb_cluster::DEFAULT_VNODES_PER_SHARD,
+        )
+        .expect("ring");
+        u64::from(ring.shard_for_key(k.as_bytes()).0)
+    };
+    let a = &tagged[0];
+    let same = tagged
+        .iter()
+        .find(|k| *k != a && shard_of(k) == shard_of(a))
+        .expect("a key on the same shard");
+    let other = tagged
+        .iter()
+        .find(|k| shard_of(k) != shard_of(a))
+        .expect("a key on another shard");
+    let (x, y): (i64, i64) = redis::pipe()
+        .atomic()
+        .incr(a, 1)
+        .incr(same, 5)
+        .query(&mut c)
+        .expect("exec");
+    assert_eq!((x, y), (1, 5));
+    let _: () = redis::cmd("MULTI").query(&mut c).expect("multi");
+    let _: String = redis::cmd("INCR").arg(a).query(&mut c).expect("queued");
+    let _: String = redis::cmd("INCR").arg(other).query(&mut c).expect("queued");
+    let e = err_text(redis::cmd("EXEC").query::<()>(&mut c));
+    assert!(
+        e.starts_with("ERR this transaction's keys live on shards"),
+        "{e}"
+    );
+    assert_eq!(
+        c.get::<_, i64>(a).expect("get"),
+        1,
+        "nothing of the refused transaction ran"
+    );
+    assert!(!c.exists::<_, bool>(other).expect("exists"));
+    // WATCH through the coordinator.
+    let _: () = redis::cmd("WATCH").arg(a).query(&mut c).expect("watch");
+    let mut d = c3.client();
+    let _: () = d.set(a, 50).expect("set");
+    let r: Value = redis::pipe()
+        .atomic()
+        .incr(a, 1)
+        .query(&mut c)
+        .expect("exec");
+    assert_eq!(r, Value::Nil);
+    // Same data over HTTP and RESP through the coordinator.
+    let _: () = c
+        .set("shared", b"\x00\x01\xfe\xff".as_slice())
+        .expect("set");
+    let got = c3
+        .rt
+        .block_on(http::request(
+            &c3.cluster.addr(),
+            "GET",
+            "/api/v1/kv/shared",
+            &[],
+            None,
+        ))
+        .expect("get");
+    assert_eq!(got.body, b"\x00\x01\xfe\xff");
+}

@@ -8,7 +8,9 @@
 //!
 //! Besides Redis's commands a shard understands a few internal ones that only a coordinator
 //! sends (names starting `limedb.`): `LIMEDB.SCAN start count [pattern]` lists keys from a key
-//! on, `LIMEDB.WATCH key...` returns the write versions that `WATCH` remembers.
+//! on, `LIMEDB.WATCH key...` returns the write versions that `WATCH` remembers, and
+//! `LIMEDB.DUMP key` returns a key's value, absolute expiry (ms, -1 for none) and write version
+//! together (a cross-shard `RENAME`/`COPY` reads its source with it).
 
 use bytes::{Bytes, BytesMut};
 use limedb_resp::{string_to_i64, Value};
@@ -161,6 +163,12 @@ impl Keyspace<'_> {
         };
         if !spec.arity_ok(args.len()) {
             return Err(arity_error(spec.name));
+        }
+        match spec.name {
+            // Harmless inside a forwarded transaction.
+            "ping" if args.len() == 1 => return Ok(Value::Simple("PONG".into())),
+            "ping" | "echo" if args.len() == 2 => return Ok(Value::Bulk(args[1].clone())),
+            _ => {}
         }
         if spec.route == Route::Connection {
             return Err(Fail::new(format!(
@@ -545,6 +553,24 @@ impl Keyspace<'_> {
                     next.map_or(Value::Null, Value::Bulk),
                     Value::Array(keys.into_iter().map(Value::Bulk).collect()),
                 ]))
+            }
+            b"LIMEDB.DUMP" if args.len() == 2 => {
+                // Value, absolute expiry and write version, read together under the key's lock.
+                let key = &args[1];
+                let _locks = self.storage.lock(&[key]).await;
+                let version = self.storage.stripe_version(key) as i64;
+                Ok(match self.get(key).await? {
+                    None => Value::Array(vec![
+                        Value::Null,
+                        Value::Integer(-1),
+                        Value::Integer(version),
+                    ]),
+                    Some(v) => Value::Array(vec![
+                        Value::Bulk(v.data),
+                        Value::Integer(v.expires_at_ms.map_or(-1, |t| t as i64)),
+                        Value::Integer(version),
+                    ]),
+                })
             }
             b"LIMEDB.WATCH" => Ok(Value::Array(
                 args[1..]

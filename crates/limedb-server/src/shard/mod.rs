@@ -108,6 +108,22 @@ impl ShardNode {
                 }
                 .await,
             ),
+            Request::Command { args } => (
+                Op::Command,
+                Ok(Response::Reply(
+                    self.execute_command(args)
+                        .await
+                        .to_bytes(limedb_resp::Protocol::Resp3),
+                )),
+            ),
+            Request::Transaction { commands, watched } => (
+                Op::Command,
+                Ok(Response::Reply(
+                    self.execute_transaction(commands, watched)
+                        .await
+                        .to_bytes(limedb_resp::Protocol::Resp3),
+                )),
+            ),
             Request::KeysPage {
                 offset,
                 limit,
