@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every LimeDB test: unit, property, doc and process-level tests of the whole workspace.
 #
-# On a fresh Debian machine (as root) it first installs whatever the tests need and is missing.
-# Today the tests need only the Rust toolchain and the C compiler that ships with it; when a
-# test needs an outside server (redis-tools, PostgreSQL) its install-and-start step goes here,
-# so that this one command keeps working on a brand-new machine.
+# On a fresh Debian machine (as root) it first installs whatever the tests need and is missing:
+# the C compiler that ships with Rust, and redis-tools (redis-cli, for the scripted session in
+# tests/redis_cli.rs). When a test needs another outside server (PostgreSQL) its
+# install-and-start step goes here, so that this one command keeps working on a brand-new
+# machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,7 @@ fi
 apt_packages=()
 need cc || apt_packages+=(gcc libc6-dev)
 need kill || apt_packages+=(procps)
+need redis-cli || apt_packages+=(redis-tools)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && need apt-get; then
     echo "installing: ${apt_packages[*]}"
