@@ -154,9 +154,8 @@ impl Keyspace<'_> {
         let Some(name) = args.first() else {
             return Ok(Value::error("ERR empty command"));
         };
-        let cmd = upper(name);
-        if cmd.starts_with(b"LIMEDB.") {
-            return self.internal(&cmd, args).await;
+        if name.len() > 7 && name[..7].eq_ignore_ascii_case(b"LIMEDB.") {
+            return self.internal(&upper(name), args).await;
         }
         let Some(spec) = lookup(name) else {
             return Err(unknown_command(args));
@@ -605,7 +604,12 @@ impl Keyspace<'_> {
             }
             i += 1;
         }
-        let old = self.get(key).await?;
+        // Only NX, XX, GET and KEEPTTL need the old value; a plain SET does not read.
+        let old = if nx || xx || get || keepttl {
+            self.get(key).await?
+        } else {
+            None
+        };
         let reply_old = || {
             if get {
                 bulk_or_null(old.clone())

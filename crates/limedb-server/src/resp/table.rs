@@ -123,9 +123,12 @@ pub const COMMANDS: &[Spec] = &[
 
 /// The command named `name` (any case).
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
-    let lower = name.to_ascii_lowercase();
     COMMANDS
-        .binary_search_by(|s| s.name.as_bytes().cmp(&lower[..]))
+        .binary_search_by(|s| {
+            s.name
+                .bytes()
+                .cmp(name.iter().map(|b| b.to_ascii_lowercase()))
+        })
         .ok()
         .and_then(|i| COMMANDS.get(i))
 }
