@@ -1154,3 +1154,49 @@ fn cluster_pipelines_expiry_and_transactions() {
         .expect("get");
     assert_eq!(got.body, b"\x00\x01\xfe\xff");
 }
+
+#[test]
+fn thousands_of_concurrent_connections_are_served() {
+    let shard = Shard::start(&[]);
+    // 2000 connections, or fewer if this process's file-descriptor limit (which the server
+    // inherits) is too low for that.
+    let fd_limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|n| n.parse::<usize>().ok())
+        })
+        .unwrap_or(1024);
+    let connections = 2000.min(fd_limit.saturating_sub(200));
+    if connections < 2000 {
+        eprintln!("file-descriptor limit {fd_limit}: testing {connections} connections");
+    }
+    let mut sockets: Vec<TcpStream> = (0..connections).map(|_| shard.raw()).collect();
+    // Every connection is open at once; each one sets its own key and reads it back.
+    for (i, s) in sockets.iter_mut().enumerate() {
+        let cmd = format!("SET conn:{i} {i}\r\n");
+        s.write_all(cmd.as_bytes()).expect("write");
+    }
+    for (i, s) in sockets.iter_mut().enumerate() {
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"+OK\r\n", "connection {i}");
+    }
+    let mut c = shard.client();
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query(&mut c)
+        .expect("info");
+    let connected: usize = info
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("connected_clients");
+    assert!(connected > connections, "{connected} connected");
+    assert_eq!(
+        redis::cmd("DBSIZE").query::<usize>(&mut c).expect("dbsize"),
+        connections
+    );
+}
