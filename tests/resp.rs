@@ -1200,3 +1200,29 @@ fn thousands_of_concurrent_connections_are_served() {
         connections
     );
 }
+
+#[test]
+fn strings_cannot_grow_past_the_value_limit() {
+    let shard = Shard::start(&["--max-value-bytes", "1024"]);
+    let mut c = shard.client();
+    assert_eq!(
+        err_text(
+            redis::cmd("SETRANGE")
+                .arg("k")
+                .arg(100_000_000)
+                .arg("x")
+                .query::<()>(&mut c)
+        ),
+        "ERR string exceeds maximum allowed size (proto-max-bulk-len)"
+    );
+    let _: () = c.set("a", vec![b'a'; 1000]).expect("set");
+    assert_eq!(
+        err_text(c.append::<_, _, i64>("a", vec![b'b'; 100])),
+        "ERR string exceeds maximum allowed size (proto-max-bulk-len)"
+    );
+    assert_eq!(
+        c.strlen::<_, i64>("a").expect("strlen"),
+        1000,
+        "the refused APPEND changed nothing"
+    );
+}

@@ -90,6 +90,12 @@ fn bulk_or_null(v: Option<limedb_storage::Value>) -> Value {
 }
 
 impl Keyspace<'_> {
+    /// The longest string APPEND and SETRANGE may build: Redis's 512 MiB, or the node's value
+    /// limit if that is smaller.
+    fn max_string_bytes(&self) -> usize {
+        MAX_STRING_BYTES.min(self.limits.max_value_bytes)
+    }
+
     fn check_key(&self, key: &[u8]) -> Result<(), Fail> {
         if key.len() > self.limits.max_key_bytes {
             return Err(Fail::new(format!(
@@ -366,7 +372,7 @@ impl Keyspace<'_> {
                     Some(v) => (BytesMut::from(&v.data[..]), v.expires_at_ms),
                     None => (BytesMut::new(), None),
                 };
-                if data.len() + add.len() > MAX_STRING_BYTES {
+                if data.len() + add.len() > self.max_string_bytes() {
                     return Err(Fail::new(
                         "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
                     ));
@@ -396,7 +402,8 @@ impl Keyspace<'_> {
                 if add.is_empty() {
                     return Ok(Value::Integer(old.map_or(0, |v| v.data.len() as i64)));
                 }
-                if offset.saturating_add(add.len()) > MAX_STRING_BYTES {
+                // Checked before the string is grown, so a far offset cannot allocate much.
+                if offset.saturating_add(add.len()) > self.max_string_bytes() {
                     return Err(Fail::new(
                         "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
                     ));
