@@ -233,17 +233,20 @@ for t in ("shard", "coordinator"):
             met[key] = None if goal is None or ratio[key] is None else ratio[key] >= goal
 print()
 print(f"redis-benchmark -t set,get -n {requests} -c {connections} -r {keyspace} -d {value_size}; median of {runs} runs; ops/s (p99 ms)")
-head = "".join(f"{f'-P {p} {op.upper()}':>22}" for p in pipelines for op in ("set", "get"))
-print(f"{'':<13}{head}")
+def cell(t, p, op):
+    ops, lat = figures[t]["P%d" % p][op], p99[t]["P%d" % p][op]
+    return "-" if ops is None else "%s (%.2f)" % (format(round(ops), ","), lat)
+head = "".join(("-P %d %s" % (p, op.upper())).rjust(22) for p in pipelines for op in ("set", "get"))
+print(" " * 13 + head)
 for t in targets:
-    row = "".join(f"{(f'{figures[t][f'P{p}'][op]:,.0f} ({p99[t][f'P{p}'][op]:.2f})' if figures[t][f'P{p}'][op] else '-'):>22}" for p in pipelines for op in ("set", "get"))
-    print(f"{t:<13}{row}")
+    print(t.ljust(13) + "".join(cell(t, p, op).rjust(22) for p in pipelines for op in ("set", "get")))
 print()
 for key, value in ratio.items():
     t, p, op = key.split("_")
     goal = GOALS.get((t, int(p[1:])))
     verdict = {True: "met", False: "MISSED", None: "n/a"}[met[key]]
-    print(f"{t} / redis {p} {op.upper():<4}{'-' if value is None else f'{value:.3f}':>8}   target >= {goal}  {verdict}")
+    shown = "-" if value is None else "%.3f" % value
+    print("%s / redis %s %-4s%8s   target >= %s  %s" % (t, p, op.upper(), shown, goal, verdict))
 checked = [v for v in met.values() if v is not None]
 print()
 print(json.dumps({"bench": "resp", "requests": requests, "connections": connections, "runs": runs,

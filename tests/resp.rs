@@ -1226,3 +1226,49 @@ fn strings_cannot_grow_past_the_value_limit() {
         "the refused APPEND changed nothing"
     );
 }
+
+/// A pipeline mixing batched stretches (plain GETs, plain SETs) with other commands and errors
+/// must behave exactly as the commands one by one (raw bytes, so the error reply is checked in
+/// place).
+fn check_pipeline_order(addr: &str) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let commands: &[&[&str]] = &[
+        &["SET", "po", "a"],
+        &["SET", "po", "b"],
+        &["SET", "po2", "x"],
+        &["SET", "po", "c"],
+        &["GET", "po"],
+        &["GET", "po2"],
+        &["APPEND", "po", "d"],
+        &["GET", "po"],
+        &["SET", "", "empty-key"],
+        &["SET", "po", "1"],
+        &["INCR", "po"],
+        &["GET", "po"],
+        &["DEL", "po"],
+        &["GET", "po"],
+    ];
+    let mut wire = Vec::new();
+    for args in commands {
+        wire.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in *args {
+            wire.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+    }
+    let expected: &[u8] = b"+OK\r\n+OK\r\n+OK\r\n+OK\r\n$1\r\nc\r\n$1\r\nx\r\n:2\r\n$2\r\ncd\r\n-ERR empty keys are not supported by LimeDB\r\n+OK\r\n:2\r\n$1\r\n2\r\n:1\r\n$-1\r\n";
+    let got = exchange(&mut s, &wire, expected.len());
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(expected)
+    );
+}
+
+#[test]
+fn pipelined_stretches_keep_command_order() {
+    let shard = Shard::start(&[]);
+    check_pipeline_order(&shard.resp_addr());
+    let c3 = Cluster3::start();
+    check_pipeline_order(&c3.resp_addr());
+}

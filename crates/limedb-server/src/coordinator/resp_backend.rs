@@ -438,9 +438,91 @@ impl CoordinatorNode {
     }
 }
 
+impl CoordinatorNode {
+    /// Sends each shard its part of a stretch of single-key commands, concurrently: one
+    /// `Command` for a lone command, else one `Transaction` (no watches), which the shard runs in
+    /// order. Commands of different shards touch different keys, so their relative order does
+    /// not matter; replies come back in the stretch's order.
+    async fn run_single_key_stretch(&self, stretch: Vec<(usize, Vec<Bytes>)>) -> Vec<Value> {
+        let n = stretch.len();
+        let mut per_shard: BTreeMap<usize, (Vec<usize>, Vec<Vec<Bytes>>)> = BTreeMap::new();
+        for (i, (shard, args)) in stretch.into_iter().enumerate() {
+            let entry = per_shard.entry(shard).or_default();
+            entry.0.push(i);
+            entry.1.push(args);
+        }
+        let mut tasks = JoinSet::new();
+        for (shard, (positions, mut commands)) in per_shard {
+            let node = self.clone();
+            tasks.spawn(async move {
+                let replies = if commands.len() == 1 {
+                    let args = commands.pop().unwrap_or_default();
+                    vec![node.command_on(shard, args).await]
+                } else {
+                    let count = commands.len();
+                    let request = Request::Transaction {
+                        commands,
+                        watched: Vec::new(),
+                    };
+                    match node.on_shard(shard, request).await {
+                        Value::Array(replies) if replies.len() == count => replies,
+                        e if e.is_error() => vec![e; count],
+                        _ => vec![bad_reply("a pipeline"); count],
+                    }
+                };
+                (positions, replies)
+            });
+        }
+        let mut out: Vec<Value> = vec![Value::error("ERR internal error: a shard call failed"); n];
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((positions, replies)) = joined {
+                for (p, reply) in positions.into_iter().zip(replies) {
+                    if let Some(slot) = out.get_mut(p) {
+                        *slot = reply;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Backend for CoordinatorNode {
     async fn execute(&self, args: Vec<Bytes>) -> Value {
         self.route(args).await
+    }
+
+    async fn execute_many(&self, commands: Vec<Vec<Bytes>>) -> Vec<Value> {
+        let mut out = Vec::with_capacity(commands.len());
+        let mut stretch: Vec<(usize, Vec<Bytes>)> = Vec::new();
+        for args in commands {
+            let one_key = args
+                .first()
+                .and_then(|n| lookup(n))
+                .is_some_and(|s| s.route == Route::OneKey && s.arity_ok(args.len()));
+            let shard = if one_key {
+                args.get(1).and_then(|k| self.shard_index(k))
+            } else {
+                None
+            };
+            match shard {
+                Some(shard) => stretch.push((shard, args)),
+                None => {
+                    // Anything else is a barrier: what came before it finishes first.
+                    if !stretch.is_empty() {
+                        out.extend(
+                            self.run_single_key_stretch(std::mem::take(&mut stretch))
+                                .await,
+                        );
+                    }
+                    out.push(self.route(args).await);
+                }
+            }
+        }
+        if !stretch.is_empty() {
+            out.extend(self.run_single_key_stretch(stretch).await);
+        }
+        out
     }
 
     async fn watch(&self, keys: Vec<Bytes>) -> Result<Vec<u64>, Fail> {

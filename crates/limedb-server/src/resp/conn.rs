@@ -71,6 +71,45 @@ impl<B: Backend> Session<B> {
         self.protocol
     }
 
+    /// Executes a pipeline's requests in order and appends their replies to `out`; `true` when
+    /// the connection must close after them (QUIT; requests after it are not executed).
+    /// Consecutive data commands outside MULTI go to [`Backend::execute_many`] together.
+    pub async fn handle_batch(&mut self, batch: Vec<Vec<Bytes>>, out: &mut BytesMut) -> bool {
+        let mut run: Vec<Vec<Bytes>> = Vec::new();
+        for args in batch {
+            let is_data = self.queued.is_none()
+                && args.first().and_then(|n| lookup(n)).is_some_and(|spec| {
+                    spec.route != Route::Connection && spec.arity_ok(args.len())
+                });
+            if is_data {
+                run.push(args);
+                continue;
+            }
+            self.flush_run(&mut run, out).await;
+            if self.handle(args, out).await {
+                return true;
+            }
+        }
+        self.flush_run(&mut run, out).await;
+        false
+    }
+
+    async fn flush_run(&mut self, run: &mut Vec<Vec<Bytes>>, out: &mut BytesMut) {
+        match run.len() {
+            0 => {}
+            1 => {
+                if let Some(args) = run.pop() {
+                    self.backend.execute(args).await.encode(self.protocol, out);
+                }
+            }
+            _ => {
+                for reply in self.backend.execute_many(std::mem::take(run)).await {
+                    reply.encode(self.protocol, out);
+                }
+            }
+        }
+    }
+
     /// Executes one request and appends its reply to `out`; `true` when the connection must
     /// close after the reply (QUIT).
     pub async fn handle(&mut self, args: Vec<Bytes>, out: &mut BytesMut) -> bool {

@@ -147,6 +147,68 @@ impl Keyspace<'_> {
         Ok(self.storage.delete_locked(locks, key.clone()).await?)
     }
 
+    /// Executes `commands` in order, as [`Keyspace::execute`] would one by one, but runs each
+    /// stretch of plain `GET k` with one storage hand-off and each stretch of plain `SET k v`
+    /// as one locked batch of writes (one writer-thread round and one log append): how a
+    /// pipeline or a transaction of simple commands stays cheap. `held` as for `execute`.
+    pub async fn execute_many(
+        &self,
+        commands: &[Vec<Bytes>],
+        held: Option<&KeyLocks<'_>>,
+    ) -> Vec<Value> {
+        let mut out = Vec::with_capacity(commands.len());
+        let mut i = 0;
+        while i < commands.len() {
+            let gets = commands[i..]
+                .iter()
+                .take_while(|c| is_plain(c, b"get", 2))
+                .count();
+            if gets > 1 {
+                let keys: Vec<Bytes> = commands[i..i + gets].iter().map(|c| c[1].clone()).collect();
+                match self.storage.get_many(keys).await {
+                    Ok(values) => out.extend(values.into_iter().map(bulk_or_null)),
+                    Err(e) => out.extend((0..gets).map(|_| Value::error(Fail::from(e.clone()).0))),
+                }
+                i += gets;
+                continue;
+            }
+            let sets = commands[i..]
+                .iter()
+                .take_while(|c| {
+                    is_plain(c, b"set", 3)
+                        && !c[1].is_empty()
+                        && self.check_key(&c[1]).is_ok()
+                        && self.check_value(c[2].len()).is_ok()
+                })
+                .count();
+            if sets > 1 {
+                let run = &commands[i..i + sets];
+                let own;
+                let locks = match held {
+                    Some(l) => l,
+                    None => {
+                        let keys: Vec<&Bytes> = run.iter().map(|c| &c[1]).collect();
+                        own = self.storage.lock(&keys).await;
+                        &own
+                    }
+                };
+                let items = run
+                    .iter()
+                    .map(|c| (c[1].clone(), c[2].clone(), None))
+                    .collect();
+                match self.storage.put_many_locked(locks, items).await {
+                    Ok(()) => out.extend((0..sets).map(|_| Value::ok())),
+                    Err(e) => out.extend((0..sets).map(|_| Value::error(Fail::from(e.clone()).0))),
+                }
+                i += sets;
+                continue;
+            }
+            out.push(self.execute(&commands[i], held).await);
+            i += 1;
+        }
+        out
+    }
+
     /// Executes one data command; `held` are locks a transaction already holds (covering every
     /// key the command writes).
     pub async fn execute(&self, args: &[Bytes], held: Option<&KeyLocks<'_>>) -> Value {
@@ -726,6 +788,11 @@ impl Keyspace<'_> {
         }
         Ok(Value::Integer(1))
     }
+}
+
+/// Whether `args` is command `name` (lower case) with exactly `argc` arguments.
+fn is_plain(args: &[Bytes], name: &[u8], argc: usize) -> bool {
+    args.len() == argc && args.first().is_some_and(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// Formats an `INCRBYFLOAT` result as Redis does: plain decimal notation, no exponent, no

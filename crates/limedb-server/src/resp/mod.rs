@@ -7,6 +7,9 @@
 //!   [`limedb_resp::RequestParser`], executes them one after another and appends the replies to
 //!   an output buffer, which is written once the read buffer holds no complete request (or once
 //!   it passes [`FLUSH_BYTES`]): pipelined requests are answered in order with few writes.
+//!   The requests that are buffered together go to the session as one batch, and stretches of
+//!   data commands in it to [`Backend::execute_many`], so a shard serves a pipeline of GETs with
+//!   one storage hand-off and a coordinator sends one round trip per shard.
 //!   While a reply is being written nothing more is read, so a client that does not read its
 //!   replies only fills its own socket. Memory per connection is one request (bounded by
 //!   [`RespConfig`]'s limits) plus [`FLUSH_BYTES`] of replies plus the largest single reply.
@@ -42,6 +45,10 @@ use crate::shutdown::Shutdown;
 
 /// Replies buffered before they are written even though more requests are waiting.
 pub const FLUSH_BYTES: usize = 64 * 1024;
+/// Most requests of one pipeline executed as one batch.
+const MAX_BATCH_COMMANDS: usize = 1024;
+/// A batch stops growing once its arguments reach this many bytes.
+const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Bytes asked of the socket per read (more when a large argument is arriving).
 const READ_CHUNK: usize = 16 * 1024;
 /// Largest single read reservation, so a declared huge argument costs memory only as it arrives.
@@ -118,6 +125,10 @@ pub fn unknown_command(args: &[Bytes]) -> Fail {
 pub trait Backend: Clone + Send + Sync + 'static {
     /// Executes one data command (any command whose [`table::Route`] is not `Connection`).
     fn execute(&self, args: Vec<Bytes>) -> impl Future<Output = Value> + Send;
+    /// Executes several data commands of one pipeline, in order, with the same effect and
+    /// replies as calling [`Backend::execute`] on each in turn; lets a node share work among
+    /// them (one storage hand-off, one round trip per shard).
+    fn execute_many(&self, commands: Vec<Vec<Bytes>>) -> impl Future<Output = Vec<Value>> + Send;
     /// The write versions of `keys` now, for `WATCH`.
     fn watch(&self, keys: Vec<Bytes>) -> impl Future<Output = Result<Vec<u64>, Fail>> + Send;
     /// Runs `commands` atomically if no watched key changed since its version was taken:
@@ -213,28 +224,48 @@ async fn serve_connection<B: Backend>(
     let mut output = BytesMut::new();
     let id = stats.next_id.fetch_add(1, Ordering::Relaxed);
     let mut session = conn::Session::new(id, peer, backend, Arc::clone(stats));
+    let mut batch: Vec<Vec<Bytes>> = Vec::new();
     loop {
         loop {
-            match parser.next(&mut input) {
-                Ok(Some(args)) => {
-                    stats.commands.fetch_add(1, Ordering::Relaxed);
-                    let close = session.handle(args, &mut output).await;
-                    if close {
-                        stream.write_all(&output).await?;
-                        return stream.shutdown().await;
+            // Take every complete request that is buffered (up to a bound), then execute them
+            // together: the session batches what it can.
+            let mut failure = None;
+            let mut batch_bytes = 0;
+            while batch.len() < MAX_BATCH_COMMANDS && batch_bytes < MAX_BATCH_BYTES {
+                match parser.next(&mut input) {
+                    Ok(Some(args)) => {
+                        batch_bytes += args.iter().map(|a| a.len() + 16).sum::<usize>();
+                        batch.push(args);
                     }
-                    if output.len() >= FLUSH_BYTES {
-                        stream.write_all(&output).await?;
-                        output.clear();
+                    Ok(None) => break,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "resp protocol error; closing");
-                    Value::error(e.to_string()).encode(session.protocol(), &mut output);
-                    stream.write_all(&output).await?;
-                    return stream.shutdown().await;
-                }
+            }
+            if batch.is_empty() && failure.is_none() {
+                break;
+            }
+            stats
+                .commands
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let close = session
+                .handle_batch(std::mem::take(&mut batch), &mut output)
+                .await;
+            if close {
+                stream.write_all(&output).await?;
+                return stream.shutdown().await;
+            }
+            if let Some(e) = failure {
+                tracing::debug!(%peer, error = %e, "resp protocol error; closing");
+                Value::error(e.to_string()).encode(session.protocol(), &mut output);
+                stream.write_all(&output).await?;
+                return stream.shutdown().await;
+            }
+            if output.len() >= FLUSH_BYTES {
+                stream.write_all(&output).await?;
+                output.clear();
             }
         }
         if !output.is_empty() {

@@ -58,6 +58,33 @@ impl ShardNode {
         ]))
     }
 
+    /// Executes `commands` in order (a pipeline or a transaction's block), batching stretches of
+    /// plain GETs and SETs ([`Keyspace::execute_many`]); SCANs run on their own.
+    async fn run_commands(
+        &self,
+        commands: &[Vec<Bytes>],
+        held: Option<&crate::shard::storage::KeyLocks<'_>>,
+    ) -> Vec<Value> {
+        let is_scan = |c: &Vec<Bytes>| c.first().is_some_and(|n| n.eq_ignore_ascii_case(b"scan"));
+        let mut out = Vec::with_capacity(commands.len());
+        let mut rest = commands;
+        while !rest.is_empty() {
+            let plain = rest.iter().take_while(|c| !is_scan(c)).count();
+            let (now, later) = rest.split_at(plain);
+            out.extend(self.keyspace().execute_many(now, held).await);
+            rest = later;
+            if let Some((scan, later)) = rest.split_first() {
+                out.push(
+                    self.scan(scan)
+                        .await
+                        .unwrap_or_else(|Fail(text)| Value::error(text)),
+                );
+                rest = later;
+            }
+        }
+        out
+    }
+
     /// Runs a `MULTI`/`EXEC` block atomically (see the module docs).
     pub async fn execute_transaction(
         &self,
@@ -104,6 +131,10 @@ impl ShardNode {
 impl Backend for ShardNode {
     async fn execute(&self, args: Vec<Bytes>) -> Value {
         self.execute_command(args).await
+    }
+
+    async fn execute_many(&self, commands: Vec<Vec<Bytes>>) -> Vec<Value> {
+        self.run_commands(&commands, None).await
     }
 
     async fn watch(&self, keys: Vec<Bytes>) -> Result<Vec<u64>, Fail> {

@@ -205,6 +205,65 @@ impl Storage {
         }
     }
 
+    /// Reads several keys with one executor hand-off (a pipeline of GETs).
+    pub async fn get_many(&self, keys: Vec<Bytes>) -> Result<Vec<Option<Value>>, ApiError> {
+        if self.get_inline {
+            keys.iter()
+                .map(|k| self.engine.get(k).map_err(ApiError::from))
+                .collect()
+        } else {
+            blocking(&self.engine, move |e| {
+                keys.iter().map(|k| e.get(k)).collect::<Result<Vec<_>, _>>()
+            })
+            .await
+        }
+    }
+
+    /// Writes several keys whose locks the caller holds, in order, sharing executor hand-offs:
+    /// writes that can run inline do, and once one has to go to the writer thread all later ones
+    /// are queued behind it without waiting in between (so they share its batch and fsync, and
+    /// keep their order).
+    pub async fn put_many_locked(
+        &self,
+        locks: &KeyLocks<'_>,
+        items: Vec<(Bytes, Bytes, Option<u64>)>,
+    ) -> Result<(), ApiError> {
+        if items.iter().any(|(k, _, _)| !locks.covers(k)) {
+            return Err(ApiError::Internal("write without the key's lock".into()));
+        }
+        let mut pending = Vec::new();
+        for (key, value, expires_at_ms) in items {
+            self.bump(&key);
+            if pending.is_empty() && key.len() + value.len() <= INLINE_WRITE_MAX_BYTES {
+                let op = limedb_storage::WriteOp::Put {
+                    key: &key,
+                    value: &value,
+                    expires_at_ms,
+                };
+                if let Some(done) = self.engine.try_write_now(op) {
+                    done.map_err(ApiError::from)?;
+                    continue;
+                }
+            }
+            let (reply, answer) = oneshot::channel();
+            self.writer
+                .queue
+                .send(WriteOp::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                    reply,
+                })
+                .await
+                .map_err(|_| writer_gone())?;
+            pending.push(answer);
+        }
+        for answer in pending {
+            answer.await.map_err(|_| writer_gone())??;
+        }
+        Ok(())
+    }
+
     /// Writes a key (taking its lock for the write).
     pub async fn put(
         &self,
