@@ -30,6 +30,9 @@ use crate::RespError;
 /// Redis's `PROTO_INLINE_MAX_SIZE`: the longest inline line or length line.
 pub const DEFAULT_MAX_INLINE_BYTES: usize = 64 * 1024;
 
+/// Arguments up to this size are copied out of the read buffer; larger ones share it.
+const COPY_ARG_MAX_BYTES: usize = 4096;
+
 /// Bounds on one request; they bound a connection's memory too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestLimits {
@@ -221,7 +224,16 @@ fn fill(
         if buf.len() < len + 2 {
             return Ok(false);
         }
-        let arg = buf.split_to(len).freeze();
+        // Small arguments are copied out, so the read buffer stays the sole owner of its memory
+        // and is reused for the next read instead of being reallocated; large ones are split off
+        // without a copy.
+        let arg = if len <= COPY_ARG_MAX_BYTES {
+            let arg = Bytes::copy_from_slice(&buf[..len]);
+            buf.advance(len);
+            arg
+        } else {
+            buf.split_to(len).freeze()
+        };
         buf.advance(2);
         partial.args.push(arg);
         partial.bytes += len;
