@@ -223,6 +223,13 @@ impl Keyspace<'_> {
             return Ok(Value::error("ERR empty command"));
         };
         if name.len() > 7 && name[..7].eq_ignore_ascii_case(b"LIMEDB.") {
+            if held.is_some() {
+                // DUMP takes a key lock itself: under a transaction's locks it could wait on
+                // one this task holds.
+                return Err(Fail::new(
+                    "ERR LimeDB internal commands cannot run in a transaction",
+                ));
+            }
             return self.internal(&upper(name), args).await;
         }
         let Some(spec) = lookup(name) else {
@@ -551,6 +558,13 @@ impl Keyspace<'_> {
                 Ok(Value::Array(out))
             }
             "flushdb" | "flushall" => {
+                if held.is_some() {
+                    // Each delete takes its key's lock, which this transaction may hold.
+                    return Err(Fail::new(format!(
+                        "ERR {} inside MULTI is not supported by LimeDB",
+                        spec.name.to_uppercase()
+                    )));
+                }
                 match args.get(1).map(|a| upper(a)) {
                     None => {}
                     Some(a) if a == b"ASYNC" || a == b"SYNC" => {}
