@@ -13,6 +13,7 @@
 //! | `0x06` | `KeysPage` | `offset: u64, limit: u32, value_prefix_bytes: u32` |
 //! | `0x07` | `Command` | `argc: u32, argc × arg: bytes` |
 //! | `0x08` | `Transaction` | `commands: u32, commands × (argc: u32, argc × arg: bytes), watched: u32, watched × (key: bytes, version: u64)` |
+//! | `0x09` | `Pipeline` | `commands: u32, commands × (argc: u32, argc × arg: bytes)` |
 //! | `0x81` | `HelloOk` | `shard_id: u32, protocol_version: u8, server: string` |
 //! | `0x82` | `Pong` | empty |
 //! | `0x83` | `Value` | `value: opt<bytes>` |
@@ -41,7 +42,7 @@ use crate::ProtoError;
 ///
 /// | kind | reserved for |
 /// |---|---|
-/// | `0x09..=0x0F` | more key-value requests (batch, range scan) |
+/// | `0x0A..=0x0F` | more key-value requests (batch, range scan) |
 /// | `0x10`, `0x11`, `0x12` | transaction `Prepare`, `Commit`, `Abort` (by txn id) |
 /// | `0x20..=0x2F` | Raft transport (append entries, vote, install snapshot) |
 /// | `0x90`, `0x91`, `0x92` | `Prepared`, `Committed`, `Aborted` |
@@ -65,6 +66,8 @@ pub mod kind {
     pub const COMMAND: u8 = 0x07;
     /// Request: `Transaction` (a MULTI/EXEC block for the shard to execute atomically).
     pub const TRANSACTION: u8 = 0x08;
+    /// Request: `Pipeline` (Redis commands for the shard to execute in order, not atomically).
+    pub const PIPELINE: u8 = 0x09;
 
     /// Response: `HelloOk`.
     pub const HELLO_OK: u8 = 0x81;
@@ -83,7 +86,7 @@ pub mod kind {
     /// Response: `Error`, a valid answer to any request.
     pub const ERROR: u8 = 0xFF;
 
-    // Reserved, see the module docs and docs/protocol.md: 0x09..=0x0F, 0x10 TxnPrepare,
+    // Reserved, see the module docs and docs/protocol.md: 0x0A..=0x0F, 0x10 TxnPrepare,
     // 0x11 TxnCommit, 0x12 TxnAbort, 0x20..=0x2F Raft, 0x90..=0x92 txn replies, 0xA0..=0xAF Raft
     // replies, 0xFD WrongShard { ring_epoch }, 0xFE NotLeader { leader_hint }.
 
@@ -104,6 +107,7 @@ pub mod kind {
                 | KEYS_PAGE
                 | COMMAND
                 | TRANSACTION
+                | PIPELINE
                 | HELLO_OK
                 | PONG
                 | VALUE
@@ -171,6 +175,13 @@ pub enum Request {
         /// Watched keys with the write versions the shard reported for them.
         watched: Vec<(Bytes, u64)>,
     },
+    /// Execute several Redis commands in order, each as [`Request::Command`] would but not as a
+    /// unit (other writes may come between them), so the shard can share work among them.
+    /// Answered by [`Response::Reply`] carrying the array of their replies.
+    Pipeline {
+        /// The commands, in order.
+        commands: Vec<Vec<Bytes>>,
+    },
 }
 
 /// One key of a [`Response::KeysPage`], with (a prefix of) its value.
@@ -202,6 +213,7 @@ impl Request {
             Request::KeysPage { .. } => "keys_page",
             Request::Command { .. } => "command",
             Request::Transaction { .. } => "transaction",
+            Request::Pipeline { .. } => "pipeline",
         }
     }
 
@@ -216,6 +228,7 @@ impl Request {
             Request::KeysPage { .. } => kind::KEYS_PAGE,
             Request::Command { .. } => kind::COMMAND,
             Request::Transaction { .. } => kind::TRANSACTION,
+            Request::Pipeline { .. } => kind::PIPELINE,
         }
     }
 
@@ -238,6 +251,9 @@ impl Request {
                         .iter()
                         .map(|(k, _)| bytes_field_len(k.len()) + 8)
                         .sum::<usize>()
+            }
+            Request::Pipeline { commands } => {
+                4 + commands.iter().map(|c| args_len(c)).sum::<usize>()
             }
         }
     }
@@ -273,6 +289,12 @@ impl Request {
                 for (key, version) in watched {
                     put_bytes(dst, key);
                     dst.put_u64_le(*version);
+                }
+            }
+            Request::Pipeline { commands } => {
+                dst.put_u32_le(crate::coding::wire_len(commands.len()));
+                for command in commands {
+                    put_args(dst, command);
                 }
             }
         }
@@ -611,6 +633,14 @@ impl Message {
                     watched.push((key, version));
                 }
                 Message::Request(Request::Transaction { commands, watched })
+            }
+            kind::PIPELINE => {
+                let count = r.count("commands", 4)?;
+                let mut commands = Vec::with_capacity(count);
+                for _ in 0..count {
+                    commands.push(read_args(&mut r)?);
+                }
+                Message::Request(Request::Pipeline { commands })
             }
             kind::REPLY => Message::Response(Response::Reply(r.bytes("reply")?)),
             kind::HELLO_OK => {

@@ -366,7 +366,7 @@ fn rejects_bad_version() {
 #[test]
 fn rejects_unknown_and_reserved_kinds() {
     for k in [
-        0x00, 0x09, 0x10, 0x11, 0x12, 0x7F, 0x80, 0x88, 0x90, 0xFD, 0xFE,
+        0x00, 0x0A, 0x10, 0x11, 0x12, 0x7F, 0x80, 0x88, 0x90, 0xFD, 0xFE,
     ] {
         assert_eq!(decode_err(raw(1, k, 0, 1, &[])), ProtoError::UnknownKind(k));
     }
@@ -594,6 +594,8 @@ fn arb_request() -> impl Strategy<Value = Request> {
             proptest::collection::vec((arb_bytes(), any::<u64>()), 0..3)
         )
             .prop_map(|(commands, watched)| Request::Transaction { commands, watched }),
+        proptest::collection::vec(proptest::collection::vec(arb_bytes(), 0..4), 0..4)
+            .prop_map(|commands| Request::Pipeline { commands }),
     ]
 }
 

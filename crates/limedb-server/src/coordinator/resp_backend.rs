@@ -440,8 +440,7 @@ impl CoordinatorNode {
 
 impl CoordinatorNode {
     /// Sends each shard its part of a stretch of single-key commands, concurrently: one
-    /// `Command` for a lone command, else one `Transaction` (no watches), which the shard runs in
-    /// order. Commands of different shards touch different keys, so their relative order does
+    /// `Command` for a lone command, else one `Pipeline`, which the shard runs in order. Commands of different shards touch different keys, so their relative order does
     /// not matter; replies come back in the stretch's order.
     async fn run_single_key_stretch(&self, stretch: Vec<(usize, Vec<Bytes>)>) -> Vec<Value> {
         let n = stretch.len();
@@ -460,10 +459,7 @@ impl CoordinatorNode {
                     vec![node.command_on(shard, args).await]
                 } else {
                     let count = commands.len();
-                    let request = Request::Transaction {
-                        commands,
-                        watched: Vec::new(),
-                    };
+                    let request = Request::Pipeline { commands };
                     match node.on_shard(shard, request).await {
                         Value::Array(replies) if replies.len() == count => replies,
                         e if e.is_error() => vec![e; count],

@@ -124,6 +124,14 @@ impl ShardNode {
                         .to_bytes(limedb_resp::Protocol::Resp3),
                 )),
             ),
+            Request::Pipeline { commands } => (
+                Op::Command,
+                Ok(Response::Reply(
+                    self.execute_pipeline(commands)
+                        .await
+                        .to_bytes(limedb_resp::Protocol::Resp3),
+                )),
+            ),
             Request::KeysPage {
                 offset,
                 limit,

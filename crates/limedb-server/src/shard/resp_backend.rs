@@ -85,6 +85,11 @@ impl ShardNode {
         out
     }
 
+    /// Runs a coordinator's `Pipeline` request: the commands in order, not as a unit.
+    pub async fn execute_pipeline(&self, commands: Vec<Vec<Bytes>>) -> Value {
+        Value::Array(self.run_commands(&commands, None).await)
+    }
+
     /// Runs a `MULTI`/`EXEC` block atomically (see the module docs).
     pub async fn execute_transaction(
         &self,
