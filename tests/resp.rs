@@ -731,12 +731,18 @@ fn a_stuck_client_does_not_stall_others_and_idle_ones_are_closed() {
     // A client that pipelines big replies and never reads them.
     let mut c = shard.client();
     let _: () = c.set("big", vec![b'x'; 512 * 1024]).expect("set");
-    let mut greedy = shard.raw();
+    // Four clients that pipeline 200 GETs of it (100 MiB of replies each) and never read.
     let mut req = Vec::new();
     for _ in 0..200 {
         req.extend_from_slice(b"GET big\r\n");
     }
-    greedy.write_all(&req).expect("write");
+    let greedy: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = shard.raw();
+            s.write_all(&req).expect("write");
+            s
+        })
+        .collect();
     // Others are served meanwhile.
     let started = Instant::now();
     for i in 0..100 {
@@ -753,6 +759,26 @@ fn a_stuck_client_does_not_stall_others_and_idle_ones_are_closed() {
         closed_by_peer(&mut stuck),
         "the idle half-request connection was closed"
     );
+    // The greedy clients' replies are produced only as they are written: the shard's memory
+    // stays far below the 400 MiB they asked for.
+    let rss_kib = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let pid = shard.node.pid().expect("pid");
+    let rss = rss_kib(pid);
+    assert!(
+        rss > 0 && rss < 200 * 1024,
+        "shard RSS {rss} KiB with 4 clients not reading"
+    );
+    drop(greedy);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! QUIT, COMMAND, CLIENT, INFO, CONFIG, and the transaction commands MULTI, EXEC, DISCARD,
 //! WATCH and UNWATCH. Every other command goes to the node's [`Backend`].
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +17,9 @@ use super::{arity_error, unknown_command, Backend, Fail, Reply, RespStats};
 /// The version LimeDB reports as `redis_version`: the Redis release whose commands and
 /// replies it follows.
 pub const REDIS_VERSION: &str = "7.0.15";
+
+/// Most pipelined data commands executed as one stretch ([`Backend::execute_many`]).
+pub const MAX_STRETCH: usize = 64;
 
 /// Harmless answers for `CONFIG GET`.
 const CONFIG: &[(&str, &str)] = &[
@@ -71,18 +75,31 @@ impl<B: Backend> Session<B> {
         self.protocol
     }
 
-    /// Executes a pipeline's requests in order and appends their replies to `out`; `true` when
-    /// the connection must close after them (QUIT; requests after it are not executed).
-    /// Consecutive data commands outside MULTI go to [`Backend::execute_many`] together.
-    pub async fn handle_batch(&mut self, batch: Vec<Vec<Bytes>>, out: &mut BytesMut) -> bool {
+    /// Executes requests from the front of a pipeline, in order, appending their replies to
+    /// `out`, until `batch` is empty or `out` holds [`FLUSH_BYTES`](super::FLUSH_BYTES) (the
+    /// caller writes it and calls again with the rest); `true` when the connection must close
+    /// (QUIT; requests after it are not executed). Consecutive data commands outside MULTI go to
+    /// [`Backend::execute_many`] together, at most [`MAX_STRETCH`] at a time, so the replies
+    /// held at once stay bounded.
+    pub async fn handle_batch(
+        &mut self,
+        batch: &mut VecDeque<Vec<Bytes>>,
+        out: &mut BytesMut,
+    ) -> bool {
         let mut run: Vec<Vec<Bytes>> = Vec::new();
-        for args in batch {
+        while out.len() < super::FLUSH_BYTES {
+            let Some(args) = batch.pop_front() else {
+                break;
+            };
             let is_data = self.queued.is_none()
                 && args.first().and_then(|n| lookup(n)).is_some_and(|spec| {
                     spec.route != Route::Connection && spec.arity_ok(args.len())
                 });
             if is_data {
                 run.push(args);
+                if run.len() >= MAX_STRETCH {
+                    self.flush_run(&mut run, out).await;
+                }
                 continue;
             }
             self.flush_run(&mut run, out).await;

@@ -12,7 +12,8 @@
 //!   one storage hand-off and a coordinator sends one round trip per shard.
 //!   While a reply is being written nothing more is read, so a client that does not read its
 //!   replies only fills its own socket. Memory per connection is one request (bounded by
-//!   [`RespConfig`]'s limits) plus [`FLUSH_BYTES`] of replies plus the largest single reply.
+//!   [`RespConfig`]'s limits) plus [`FLUSH_BYTES`] of replies plus the replies of one stretch
+//!   of batched commands (at most [`conn::MAX_STRETCH`] replies).
 //! - A protocol error is answered with Redis's text and the connection closed, as Redis does;
 //!   an idle connection is closed after [`RespConfig::idle_timeout`] (if set).
 //! - [`conn`] answers the connection's own commands (PING, HELLO, CLIENT, MULTI, ...);
@@ -26,6 +27,7 @@ pub mod glob;
 pub mod keys;
 pub mod table;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -224,7 +226,7 @@ async fn serve_connection<B: Backend>(
     let mut output = BytesMut::new();
     let id = stats.next_id.fetch_add(1, Ordering::Relaxed);
     let mut session = conn::Session::new(id, peer, backend, Arc::clone(stats));
-    let mut batch: Vec<Vec<Bytes>> = Vec::new();
+    let mut batch: VecDeque<Vec<Bytes>> = VecDeque::new();
     loop {
         loop {
             // Take every complete request that is buffered (up to a bound), then execute them
@@ -235,7 +237,7 @@ async fn serve_connection<B: Backend>(
                 match parser.next(&mut input) {
                     Ok(Some(args)) => {
                         batch_bytes += args.iter().map(|a| a.len() + 16).sum::<usize>();
-                        batch.push(args);
+                        batch.push_back(args);
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -250,12 +252,16 @@ async fn serve_connection<B: Backend>(
             stats
                 .commands
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            let close = session
-                .handle_batch(std::mem::take(&mut batch), &mut output)
-                .await;
-            if close {
-                stream.write_all(&output).await?;
-                return stream.shutdown().await;
+            while !batch.is_empty() {
+                let close = session.handle_batch(&mut batch, &mut output).await;
+                if close {
+                    stream.write_all(&output).await?;
+                    return stream.shutdown().await;
+                }
+                if output.len() >= FLUSH_BYTES {
+                    stream.write_all(&output).await?;
+                    output.clear();
+                }
             }
             if let Some(e) = failure {
                 tracing::debug!(%peer, error = %e, "resp protocol error; closing");
