@@ -2,7 +2,8 @@
 # Runs every LimeDB test: unit, property, doc and process-level tests of the whole workspace.
 #
 # On a fresh Debian machine (as root) it first installs whatever the tests need and is missing:
-# the C compiler that ships with Rust, and PostgreSQL (Debian's `postgresql` package), which it
+# the C compiler that ships with Rust, redis-tools (redis-cli, for the scripted session in
+# tests/redis_cli.rs), and PostgreSQL (Debian's `postgresql` package), which it
 # starts and in which it creates a role for the tests. The postgres tests also start private
 # PostgreSQL servers of their own (initdb + pg_ctl from the same package) to stop and restart.
 #
@@ -27,6 +28,7 @@ need kill || apt_packages+=(procps)
 need runuser || apt_packages+=(util-linux)
 pg_installed() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "${LIMEDB_PG_BINDIR:-}" ]; }
 pg_installed || apt_packages+=(postgresql)
+need redis-cli || apt_packages+=(redis-tools)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && need apt-get; then
     echo "installing: ${apt_packages[*]}"

@@ -125,6 +125,10 @@ pub struct ShardArgs {
 
     #[command(flatten)]
     #[serde(flatten)]
+    pub resp: RespArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
     pub limits: LimitArgs,
 }
 
@@ -154,6 +158,21 @@ pub struct PgArgs {
     /// unhealthy until PostgreSQL answers again. [default: 1500]
     #[arg(long, env = "LIMEDB_PG_TIMEOUT_MS", value_name = "MS")]
     pub pg_timeout_ms: Option<u64>,
+}
+
+/// The RESP (Redis protocol) listener of a shard or coordinator.
+#[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RespArgs {
+    /// Port of the RESP (Redis protocol) listener, for redis-cli and Redis clients; 0 picks a
+    /// free port. [default: none; no RESP listener]
+    #[arg(long, env = "LIMEDB_RESP_PORT", value_name = "PORT")]
+    pub resp_port: Option<u16>,
+
+    /// Close RESP connections that send nothing for this many milliseconds; 0 never closes
+    /// them (Redis's `timeout 0`). [default: 0]
+    #[arg(long, env = "LIMEDB_RESP_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub resp_idle_timeout_ms: Option<u64>,
 }
 
 /// Size and connection limits shared by every node kind.
@@ -215,6 +234,10 @@ pub struct CoordinatorArgs {
 
     #[command(flatten)]
     #[serde(flatten)]
+    pub resp: RespArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
     pub limits: LimitArgs,
 }
 
@@ -260,6 +283,11 @@ pub struct DevArgs {
     /// Virtual nodes per shard. [default: 128]
     #[arg(long, env = "LIMEDB_VNODES", value_name = "N")]
     pub vnodes: Option<u32>,
+
+    /// The coordinator's RESP (Redis protocol) port, for redis-cli and Redis clients; 0 picks
+    /// a free port. [default: 6379]
+    #[arg(long, env = "LIMEDB_RESP_PORT", value_name = "PORT")]
+    pub resp_port: Option<u16>,
 
     #[command(flatten)]
     #[serde(flatten)]
@@ -518,6 +546,19 @@ mod tests {
             }
             other => panic!("expected shard, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn resp_settings_come_from_the_file_too() {
+        let file = FileConfig::parse(
+            "[shard]\nresp_port = 6380\nresp_idle_timeout_ms = 5000\n[coordinator]\nresp_port = 6379\n[dev]\nresp_port = 0\n",
+        )
+        .expect("valid toml");
+        let merged = overlay(&ShardArgs::default(), &file.shard).expect("merge");
+        assert_eq!(merged.resp.resp_port, Some(6380));
+        assert_eq!(merged.resp.resp_idle_timeout_ms, Some(5000));
+        assert_eq!(file.coordinator.resp.resp_port, Some(6379));
+        assert_eq!(file.dev.resp_port, Some(0));
     }
 
     #[test]

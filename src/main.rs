@@ -253,7 +253,16 @@ fn shard_config(args: ShardArgs) -> Result<ShardConfig, String> {
         postgres: pg_settings(storage, &args.postgres)?,
         limits: limits(&args.limits)?,
         max_connections: max_connections(&args.limits),
+        resp_addr: args.resp.resp_port.map(|p| SocketAddr::new(host, p)),
+        resp_idle_timeout: resp_idle_timeout(&args.resp),
     })
+}
+
+/// `--resp-idle-timeout-ms`; 0 or unset is no timeout.
+fn resp_idle_timeout(args: &cli::RespArgs) -> Option<Duration> {
+    args.resp_idle_timeout_ms
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis)
 }
 
 fn coordinator_config(args: CoordinatorArgs) -> Result<CoordinatorConfig, String> {
@@ -265,8 +274,9 @@ fn coordinator_config(args: CoordinatorArgs) -> Result<CoordinatorConfig, String
         Some(ms) => Ok(Duration::from_millis(ms)),
         None => Ok(default),
     };
+    let host = parse_host(args.host)?;
     Ok(CoordinatorConfig {
-        http_addr: SocketAddr::new(parse_host(args.host)?, args.port.unwrap_or(8080)),
+        http_addr: SocketAddr::new(host, args.port.unwrap_or(8080)),
         shards: parse_shard_list(&shard_urls).map_err(|e| format!("--shards: {e}"))?,
         vnodes_per_shard: args.vnodes.unwrap_or(DEFAULT_VNODES_PER_SHARD),
         shard_timeout: millis(
@@ -285,6 +295,8 @@ fn coordinator_config(args: CoordinatorArgs) -> Result<CoordinatorConfig, String
             .max(1),
         limits: limits(&args.limits)?,
         max_connections: max_connections(&args.limits),
+        resp_addr: args.resp.resp_port.map(|p| SocketAddr::new(host, p)),
+        resp_idle_timeout: resp_idle_timeout(&args.resp),
     })
 }
 
@@ -303,7 +315,13 @@ fn dev_config(args: DevArgs) -> Result<DevConfig, String> {
         limits: limits(&args.limits)?,
         shard_timeout: defaults.shard_timeout,
         max_connections: max_connections(&args.limits),
+        resp_port: args.resp_port.unwrap_or(defaults.resp_port),
     })
+}
+
+/// ` resp=ADDR` for a readiness line, when there is a RESP listener.
+fn resp_field(addr: Option<SocketAddr>) -> String {
+    addr.map(|a| format!(" resp={a}")).unwrap_or_default()
 }
 
 async fn run_shard(config: ShardConfig) -> Result<(), String> {
@@ -311,9 +329,10 @@ async fn run_shard(config: ShardConfig) -> Result<(), String> {
     let shutdown = shutdown_on_signal()?;
     let server = ShardServer::bind(config).await.map_err(|e| e.to_string())?;
     announce(format!(
-        "LIMEDB_READY role=shard id={id} http={} internal={}",
+        "LIMEDB_READY role=shard id={id} http={} internal={}{}",
         server.http_addr(),
-        server.internal_addr()
+        server.internal_addr(),
+        resp_field(server.resp_addr())
     ));
     server.run(shutdown).await.map_err(|e| e.to_string())
 }
@@ -324,8 +343,9 @@ async fn run_coordinator(config: CoordinatorConfig) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     announce(format!(
-        "LIMEDB_READY role=coordinator http={}",
-        server.http_addr()
+        "LIMEDB_READY role=coordinator http={}{}",
+        server.http_addr(),
+        resp_field(server.resp_addr())
     ));
     server.run(shutdown).await.map_err(|e| e.to_string())
 }
@@ -343,6 +363,13 @@ async fn run_dev(config: DevConfig) -> Result<(), String> {
     let mut banner = String::new();
     banner.push_str("LimeDB local cluster is running.\n\n");
     banner.push_str(&format!("  coordinator  http://{c}\n"));
+    if let Some(r) = endpoints.resp {
+        banner.push_str(&format!(
+            "  redis        {r}  (RESP: redis-cli -h {} -p {})\n",
+            r.ip(),
+            r.port()
+        ));
+    }
     for (id, http, internal) in &endpoints.shards {
         let data = match &pg_template {
             Some(template) => format!(
@@ -358,7 +385,10 @@ async fn run_dev(config: DevConfig) -> Result<(), String> {
     banner.push_str(&format!(
         "\nTry:\n  curl -X POST http://{c}/api/v1/set -H 'content-type: application/json' -d '{{\"key\":\"hello\",\"value\":\"world\"}}'\n  curl http://{c}/api/v1/get/hello\n  curl -X DELETE http://{c}/api/v1/del/hello\n  curl http://{c}/api/v1/health\n  curl 'http://{c}/api/v1/keys?page=1&pageSize=20'\n  limedb bench --url http://{c} -c 64 -n 100000 -w mixed\n\nPress Ctrl-C to stop.\n"
     ));
-    announce(format!("LIMEDB_READY role=dev http={c}"));
+    announce(format!(
+        "LIMEDB_READY role=dev http={c}{}",
+        resp_field(endpoints.resp)
+    ));
     println!("{banner}");
     cluster.run(shutdown).await.map_err(|e| e.to_string())
 }

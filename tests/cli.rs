@@ -224,6 +224,8 @@ fn help_explains_every_option() {
                 "--storage",
                 "--wal-sync",
                 "--max-value-bytes",
+                "--resp-port",
+                "--resp-idle-timeout-ms",
                 "LIMEDB_",
             ],
         ),
@@ -239,7 +241,12 @@ fn help_explains_every_option() {
         ),
         (
             vec!["dev", "--help"],
-            vec!["--coordinator-port", "--shard-ports", "--data-dir"],
+            vec![
+                "--coordinator-port",
+                "--shard-ports",
+                "--data-dir",
+                "--resp-port",
+            ],
         ),
         (
             vec!["bench", "--help"],
@@ -274,7 +281,15 @@ async fn dev_runs_a_cluster_and_bench_drives_it() {
     let ports = format!("{},{},{}", free_port(), free_port(), free_port());
     let mut dev = Node::spawn_in(
         bin(),
-        &["dev", "--coordinator-port", "0", "--shard-ports", &ports],
+        &[
+            "dev",
+            "--coordinator-port",
+            "0",
+            "--shard-ports",
+            &ports,
+            "--resp-port",
+            "0",
+        ],
         &dir.path().join("dev.log"),
         Some(dir.path()),
         &[],
@@ -291,6 +306,24 @@ async fn dev_runs_a_cluster_and_bench_drives_it() {
         }
     })
     .await;
+    // The coordinator's RESP listener is announced and serves Redis clients.
+    let resp = dev
+        .ready
+        .get("resp")
+        .cloned()
+        .expect("resp= in the ready line");
+    let answer = tokio::task::spawn_blocking(move || -> redis::RedisResult<Option<String>> {
+        let mut c = redis::Client::open(format!("redis://{resp}/"))?.get_connection()?;
+        redis::cmd("SET")
+            .arg("dev-key")
+            .arg("dev-value")
+            .query::<()>(&mut c)?;
+        redis::cmd("GET").arg("dev-key").query(&mut c)
+    })
+    .await
+    .expect("join")
+    .expect("redis round trip");
+    assert_eq!(answer.as_deref(), Some("dev-value"));
     let url = format!("http://{addr}");
     let bench_args: Vec<String> = [
         "bench",

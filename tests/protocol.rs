@@ -149,3 +149,98 @@ async fn requests_before_hello_and_garbage_are_refused_and_the_connection_closed
     let (answers, _) = read_frames(&mut s, 2).await;
     assert_eq!(answers.len(), 2);
 }
+
+/// Decodes a `Reply`'s RESP3 value.
+fn reply_value(frame: &Frame) -> limedb_resp::Value {
+    match &frame.message {
+        Message::Response(Response::Reply(bytes)) => {
+            let mut buf = BytesMut::from(&bytes[..]);
+            limedb_resp::decode_value(&mut buf, &limedb_resp::ValueLimits::default())
+                .expect("valid RESP3")
+                .expect("a whole value")
+        }
+        other => panic!("expected a Reply, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_and_transactions_run_on_the_shard() {
+    let dir = temp_dir();
+    let shard = start_shard(bin(), dir.path(), 1, "0", &[]);
+    let mut s = TcpStream::connect(&shard.ready["internal"])
+        .await
+        .expect("connect");
+    let args = |a: &[&str]| {
+        a.iter()
+            .map(|s| Bytes::from(s.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let frames = vec![
+        Frame::request(1, Request::Hello),
+        Frame::request(
+            2,
+            Request::Command {
+                args: args(&["INCRBY", "n", "5"]),
+            },
+        ),
+        Frame::request(
+            3,
+            Request::Command {
+                args: args(&["NOSUCH", "x"]),
+            },
+        ),
+    ];
+    s.write_all(&send(&frames)).await.expect("write");
+    let (answers, _) = read_frames(&mut s, 3).await;
+    let by_id = |id: u64| {
+        answers
+            .iter()
+            .find(|f| f.request_id == id)
+            .expect("answered")
+    };
+    assert_eq!(reply_value(by_id(2)), limedb_resp::Value::Integer(5));
+    assert_eq!(
+        reply_value(by_id(3)),
+        limedb_resp::Value::Error(
+            "ERR unknown command 'NOSUCH', with args beginning with: 'x' ".into()
+        )
+    );
+    // A transaction with a stale watch runs nothing; commands that would wait on a lock the
+    // transaction holds are refused instead of hanging it.
+    let frames = vec![
+        Frame::request(
+            4,
+            Request::Transaction {
+                commands: vec![args(&["INCR", "n"])],
+                watched: vec![(Bytes::from("n"), u64::MAX)],
+            },
+        ),
+        Frame::request(
+            5,
+            Request::Transaction {
+                commands: vec![
+                    args(&["INCR", "n"]),
+                    args(&["LIMEDB.DUMP", "n"]),
+                    args(&["FLUSHDB"]),
+                ],
+                watched: Vec::new(),
+            },
+        ),
+    ];
+    s.write_all(&send(&frames)).await.expect("write");
+    let (answers, _) = read_frames(&mut s, 2).await;
+    let by_id = |id: u64| {
+        answers
+            .iter()
+            .find(|f| f.request_id == id)
+            .expect("answered")
+    };
+    assert_eq!(reply_value(by_id(4)), limedb_resp::Value::Null);
+    match reply_value(by_id(5)) {
+        limedb_resp::Value::Array(items) => {
+            assert_eq!(items[0], limedb_resp::Value::Integer(6));
+            assert!(items[1].is_error() && items[2].is_error(), "{items:?}");
+        }
+        other => panic!("expected an array, got {other:?}"),
+    }
+}

@@ -11,12 +11,16 @@
 //! | `0x04` | `Set` | `key: bytes, value: bytes, ttl_ms: opt<u64>` |
 //! | `0x05` | `Delete` | `key: bytes` |
 //! | `0x06` | `KeysPage` | `offset: u64, limit: u32, value_prefix_bytes: u32` |
+//! | `0x07` | `Command` | `argc: u32, argc × arg: bytes` |
+//! | `0x08` | `Transaction` | `commands: u32, commands × (argc: u32, argc × arg: bytes), watched: u32, watched × (key: bytes, version: u64)` |
+//! | `0x09` | `Pipeline` | `commands: u32, commands × (argc: u32, argc × arg: bytes)` |
 //! | `0x81` | `HelloOk` | `shard_id: u32, protocol_version: u8, server: string` |
 //! | `0x82` | `Pong` | empty |
 //! | `0x83` | `Value` | `value: opt<bytes>` |
 //! | `0x84` | `Done` | empty |
 //! | `0x85` | `Deleted` | `deleted: u8 (0/1)` |
 //! | `0x86` | `KeysPage` | `total: u64, count: u32, count × (key: bytes, value: bytes, value_len: u64)` |
+//! | `0x87` | `Reply` | `resp3: bytes` (one RESP3-encoded value) |
 //! | `0xFF` | `Error` | `code: u16, message: string` |
 //!
 //! `bytes` and `string` are `u32 len` + that many bytes (strings UTF-8); `opt<T>` is a `u8`
@@ -38,7 +42,7 @@ use crate::ProtoError;
 ///
 /// | kind | reserved for |
 /// |---|---|
-/// | `0x07..=0x0F` | more key-value requests (batch, range scan) |
+/// | `0x0A..=0x0F` | more key-value requests (batch, range scan) |
 /// | `0x10`, `0x11`, `0x12` | transaction `Prepare`, `Commit`, `Abort` (by txn id) |
 /// | `0x20..=0x2F` | Raft transport (append entries, vote, install snapshot) |
 /// | `0x90`, `0x91`, `0x92` | `Prepared`, `Committed`, `Aborted` |
@@ -58,6 +62,12 @@ pub mod kind {
     pub const DELETE: u8 = 0x05;
     /// Request: `KeysPage`.
     pub const KEYS_PAGE: u8 = 0x06;
+    /// Request: `Command` (a Redis command for the shard to execute).
+    pub const COMMAND: u8 = 0x07;
+    /// Request: `Transaction` (a MULTI/EXEC block for the shard to execute atomically).
+    pub const TRANSACTION: u8 = 0x08;
+    /// Request: `Pipeline` (Redis commands for the shard to execute in order, not atomically).
+    pub const PIPELINE: u8 = 0x09;
 
     /// Response: `HelloOk`.
     pub const HELLO_OK: u8 = 0x81;
@@ -71,10 +81,12 @@ pub mod kind {
     pub const DELETED: u8 = 0x85;
     /// Response: `KeysPage`.
     pub const KEYS_PAGE_OK: u8 = 0x86;
+    /// Response: `Reply`, the answer to `Command` and `Transaction`.
+    pub const REPLY: u8 = 0x87;
     /// Response: `Error`, a valid answer to any request.
     pub const ERROR: u8 = 0xFF;
 
-    // Reserved, see the module docs and docs/protocol.md: 0x07..=0x0F, 0x10 TxnPrepare,
+    // Reserved, see the module docs and docs/protocol.md: 0x0A..=0x0F, 0x10 TxnPrepare,
     // 0x11 TxnCommit, 0x12 TxnAbort, 0x20..=0x2F Raft, 0x90..=0x92 txn replies, 0xA0..=0xAF Raft
     // replies, 0xFD WrongShard { ring_epoch }, 0xFE NotLeader { leader_hint }.
 
@@ -93,12 +105,16 @@ pub mod kind {
                 | SET
                 | DELETE
                 | KEYS_PAGE
+                | COMMAND
+                | TRANSACTION
+                | PIPELINE
                 | HELLO_OK
                 | PONG
                 | VALUE
                 | DONE
                 | DELETED
                 | KEYS_PAGE_OK
+                | REPLY
                 | ERROR
         )
     }
@@ -143,6 +159,29 @@ pub enum Request {
         /// reported in [`KeyEntry::value_len`]. Keeps a page of large values small.
         value_prefix_bytes: u32,
     },
+    /// Execute one Redis command (name and arguments, as a RESP client sent them) on the shard.
+    /// Answered by [`Response::Reply`]; a command the shard refuses is a RESP error *inside* the
+    /// reply, not a [`Response::Error`].
+    Command {
+        /// The command name and its arguments.
+        args: Vec<Bytes>,
+    },
+    /// Execute a `MULTI`/`EXEC` block atomically on the shard, unless one of `watched` changed
+    /// since its version was taken. Answered by [`Response::Reply`] carrying the array of
+    /// replies, or a null when a watched key changed.
+    Transaction {
+        /// The queued commands, in order.
+        commands: Vec<Vec<Bytes>>,
+        /// Watched keys with the write versions the shard reported for them.
+        watched: Vec<(Bytes, u64)>,
+    },
+    /// Execute several Redis commands in order, each as [`Request::Command`] would but not as a
+    /// unit (other writes may come between them), so the shard can share work among them.
+    /// Answered by [`Response::Reply`] carrying the array of their replies.
+    Pipeline {
+        /// The commands, in order.
+        commands: Vec<Vec<Bytes>>,
+    },
 }
 
 /// One key of a [`Response::KeysPage`], with (a prefix of) its value.
@@ -172,6 +211,9 @@ impl Request {
             Request::Set { .. } => "set",
             Request::Delete { .. } => "delete",
             Request::KeysPage { .. } => "keys_page",
+            Request::Command { .. } => "command",
+            Request::Transaction { .. } => "transaction",
+            Request::Pipeline { .. } => "pipeline",
         }
     }
 
@@ -184,6 +226,9 @@ impl Request {
             Request::Set { .. } => kind::SET,
             Request::Delete { .. } => kind::DELETE,
             Request::KeysPage { .. } => kind::KEYS_PAGE,
+            Request::Command { .. } => kind::COMMAND,
+            Request::Transaction { .. } => kind::TRANSACTION,
+            Request::Pipeline { .. } => kind::PIPELINE,
         }
     }
 
@@ -198,6 +243,18 @@ impl Request {
                     + if ttl_ms.is_some() { 8 } else { 0 }
             }
             Request::KeysPage { .. } => 8 + 4 + 4,
+            Request::Command { args } => args_len(args),
+            Request::Transaction { commands, watched } => {
+                4 + commands.iter().map(|c| args_len(c)).sum::<usize>()
+                    + 4
+                    + watched
+                        .iter()
+                        .map(|(k, _)| bytes_field_len(k.len()) + 8)
+                        .sum::<usize>()
+            }
+            Request::Pipeline { commands } => {
+                4 + commands.iter().map(|c| args_len(c)).sum::<usize>()
+            }
         }
     }
 
@@ -222,8 +279,48 @@ impl Request {
                 dst.put_u32_le(*limit);
                 dst.put_u32_le(*value_prefix_bytes);
             }
+            Request::Command { args } => put_args(dst, args),
+            Request::Transaction { commands, watched } => {
+                dst.put_u32_le(crate::coding::wire_len(commands.len()));
+                for command in commands {
+                    put_args(dst, command);
+                }
+                dst.put_u32_le(crate::coding::wire_len(watched.len()));
+                for (key, version) in watched {
+                    put_bytes(dst, key);
+                    dst.put_u64_le(*version);
+                }
+            }
+            Request::Pipeline { commands } => {
+                dst.put_u32_le(crate::coding::wire_len(commands.len()));
+                for command in commands {
+                    put_args(dst, command);
+                }
+            }
         }
     }
+}
+
+/// Encoded size of an argument list.
+fn args_len(args: &[Bytes]) -> usize {
+    4 + args.iter().map(|a| bytes_field_len(a.len())).sum::<usize>()
+}
+
+fn put_args(dst: &mut BytesMut, args: &[Bytes]) {
+    dst.put_u32_le(crate::coding::wire_len(args.len()));
+    for arg in args {
+        put_bytes(dst, arg);
+    }
+}
+
+fn read_args(r: &mut Reader) -> Result<Vec<Bytes>, ProtoError> {
+    // Each argument takes at least its 4-byte length.
+    let count = r.count("args", 4)?;
+    let mut args = Vec::with_capacity(count);
+    for _ in 0..count {
+        args.push(r.bytes("arg")?);
+    }
+    Ok(args)
 }
 
 /// A response from a shard, carrying the request id of the request it answers.
@@ -253,6 +350,9 @@ pub enum Response {
         /// The page's entries, in key order.
         entries: Vec<KeyEntry>,
     },
+    /// Answer to [`Request::Command`] and [`Request::Transaction`]: the RESP3 encoding of the
+    /// reply value (the coordinator re-encodes it for its client's protocol version).
+    Reply(Bytes),
     /// The request failed. Valid as the answer to any request.
     Error {
         /// What kind of failure.
@@ -273,6 +373,7 @@ impl Response {
             Response::Done => "done",
             Response::Deleted(_) => "deleted",
             Response::KeysPage { .. } => "keys_page",
+            Response::Reply(_) => "reply",
             Response::Error { .. } => "error",
         }
     }
@@ -286,6 +387,7 @@ impl Response {
             Response::Done => kind::DONE,
             Response::Deleted(_) => kind::DELETED,
             Response::KeysPage { .. } => kind::KEYS_PAGE_OK,
+            Response::Reply(_) => kind::REPLY,
             Response::Error { .. } => kind::ERROR,
         }
     }
@@ -303,6 +405,7 @@ impl Response {
                         .map(|e| bytes_field_len(e.key.len()) + bytes_field_len(e.value.len()) + 8)
                         .sum::<usize>()
             }
+            Response::Reply(value) => bytes_field_len(value.len()),
             Response::Error { message, .. } => 2 + bytes_field_len(message.len()),
         }
     }
@@ -335,6 +438,7 @@ impl Response {
                     dst.put_u64_le(entry.value_len);
                 }
             }
+            Response::Reply(value) => put_bytes(dst, value),
             Response::Error { code, message } => {
                 dst.put_u16_le(code.as_u16());
                 put_bytes(dst, message.as_bytes());
@@ -511,6 +615,34 @@ impl Message {
                     value_prefix_bytes,
                 })
             }
+            kind::COMMAND => Message::Request(Request::Command {
+                args: read_args(&mut r)?,
+            }),
+            kind::TRANSACTION => {
+                // A command takes at least its 4-byte count; a watch at least 4 + 8 bytes.
+                let count = r.count("commands", 4)?;
+                let mut commands = Vec::with_capacity(count);
+                for _ in 0..count {
+                    commands.push(read_args(&mut r)?);
+                }
+                let count = r.count("watched", 12)?;
+                let mut watched = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let key = r.bytes("watched key")?;
+                    let version = r.u64("watched version")?;
+                    watched.push((key, version));
+                }
+                Message::Request(Request::Transaction { commands, watched })
+            }
+            kind::PIPELINE => {
+                let count = r.count("commands", 4)?;
+                let mut commands = Vec::with_capacity(count);
+                for _ in 0..count {
+                    commands.push(read_args(&mut r)?);
+                }
+                Message::Request(Request::Pipeline { commands })
+            }
+            kind::REPLY => Message::Response(Response::Reply(r.bytes("reply")?)),
             kind::HELLO_OK => {
                 let shard_id = r.u32("shard_id")?;
                 let protocol_version = r.u8("protocol_version")?;

@@ -366,7 +366,7 @@ fn rejects_bad_version() {
 #[test]
 fn rejects_unknown_and_reserved_kinds() {
     for k in [
-        0x00, 0x07, 0x10, 0x11, 0x12, 0x7F, 0x80, 0x87, 0x90, 0xFD, 0xFE,
+        0x00, 0x0A, 0x10, 0x11, 0x12, 0x7F, 0x80, 0x88, 0x90, 0xFD, 0xFE,
     ] {
         assert_eq!(decode_err(raw(1, k, 0, 1, &[])), ProtoError::UnknownKind(k));
     }
@@ -588,6 +588,14 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 value_prefix_bytes
             }
         ),
+        proptest::collection::vec(arb_bytes(), 0..5).prop_map(|args| Request::Command { args }),
+        (
+            proptest::collection::vec(proptest::collection::vec(arb_bytes(), 0..4), 0..4),
+            proptest::collection::vec((arb_bytes(), any::<u64>()), 0..3)
+        )
+            .prop_map(|(commands, watched)| Request::Transaction { commands, watched }),
+        proptest::collection::vec(proptest::collection::vec(arb_bytes(), 0..4), 0..4)
+            .prop_map(|commands| Request::Pipeline { commands }),
     ]
 }
 
@@ -619,6 +627,7 @@ fn arb_response() -> impl Strategy<Value = Response> {
                     })
                     .collect()
             }),
+        arb_bytes().prop_map(Response::Reply),
         (any::<u16>(), any::<String>()).prop_map(|(code, message)| Response::Error {
             code: ErrorCode::from_u16(code),
             message
@@ -725,4 +734,28 @@ proptest! {
         }
         decode_until_stuck(&mut wire, MAX);
     }
+}
+
+#[test]
+fn command_and_reply_have_documented_bodies() {
+    let mut out = BytesMut::new();
+    Frame::request(
+        9,
+        Request::Command {
+            args: vec![Bytes::from_static(b"GET"), Bytes::from_static(b"k")],
+        },
+    )
+    .encode(&mut out);
+    // header (16 bytes) then argc = 2, "GET", "k"
+    assert_eq!(out[5], kind::COMMAND);
+    assert_eq!(
+        &out[16..],
+        &[2, 0, 0, 0, 3, 0, 0, 0, b'G', b'E', b'T', 1, 0, 0, 0, b'k'][..]
+    );
+    // A Command claiming more arguments than its body can hold is rejected before allocating.
+    let body = [0xff, 0xff, 0xff, 0x7f];
+    assert!(matches!(
+        decode_err(raw(1, kind::COMMAND, 0, 1, &body)),
+        ProtoError::CountTooLarge { what: "args", .. }
+    ));
 }

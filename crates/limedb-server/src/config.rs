@@ -254,6 +254,10 @@ pub struct ShardConfig {
     pub limits: Limits,
     /// Cap on open connections per listener.
     pub max_connections: usize,
+    /// Address of the RESP (Redis protocol) listener; `None` runs none.
+    pub resp_addr: Option<SocketAddr>,
+    /// Close RESP connections idle this long (`None`: never).
+    pub resp_idle_timeout: Option<Duration>,
 }
 
 /// One shard as the coordinator knows it.
@@ -284,6 +288,10 @@ pub struct CoordinatorConfig {
     pub limits: Limits,
     /// Cap on open client connections.
     pub max_connections: usize,
+    /// Address of the RESP (Redis protocol) listener; `None` runs none.
+    pub resp_addr: Option<SocketAddr>,
+    /// Close RESP connections idle this long (`None`: never).
+    pub resp_idle_timeout: Option<Duration>,
 }
 
 /// Parses a `--shards` entry: `URL` (its 1-based position in the list is its id) or `ID=URL`.

@@ -46,6 +46,8 @@ pub struct DevConfig {
     pub shard_timeout: Duration,
     /// Cap on open connections per listener.
     pub max_connections: usize,
+    /// The coordinator's RESP (Redis protocol) port; 0 picks a free one (default 6379).
+    pub resp_port: u16,
 }
 
 /// A bound local cluster.
@@ -59,6 +61,8 @@ pub struct DevCluster {
 pub struct DevEndpoints {
     /// Coordinator HTTP address.
     pub coordinator: SocketAddr,
+    /// Coordinator RESP address.
+    pub resp: Option<SocketAddr>,
     /// `(id, http, internal)` of each shard.
     pub shards: Vec<(ShardId, SocketAddr, SocketAddr)>,
 }
@@ -95,6 +99,8 @@ impl DevCluster {
                 postgres: config.postgres.clone(),
                 limits: config.limits,
                 max_connections: config.max_connections,
+                resp_addr: None,
+                resp_idle_timeout: None,
             })
             .await?;
             shards.push(shard);
@@ -115,6 +121,8 @@ impl DevCluster {
             connections_per_shard: DEFAULT_CONNECTIONS_PER_SHARD,
             limits: config.limits,
             max_connections: config.max_connections,
+            resp_addr: Some(SocketAddr::new(config.host, config.resp_port)),
+            resp_idle_timeout: None,
         })
         .await?;
         Ok(DevCluster {
@@ -127,6 +135,7 @@ impl DevCluster {
     pub fn endpoints(&self) -> DevEndpoints {
         DevEndpoints {
             coordinator: self.coordinator.http_addr(),
+            resp: self.coordinator.resp_addr(),
             shards: self
                 .shards
                 .iter()
@@ -170,6 +179,7 @@ impl Default for DevConfig {
             limits: Limits::default(),
             shard_timeout: DEFAULT_SHARD_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            resp_port: 6379,
         }
     }
 }

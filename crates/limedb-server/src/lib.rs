@@ -11,6 +11,8 @@
 //!   with a supervised connection pool per shard ([`coordinator::link`]).
 //! - [`http`]: the JSON API router shared by both node kinds and the accept loop.
 //! - [`node`]: the [`node::KvNode`] trait the HTTP API is written against.
+//! - [`resp`]: the Redis protocol listener (shard and coordinator), its commands and
+//!   transactions.
 //! - [`config`]: resolved configuration of each node kind; [`metrics`]: Prometheus metrics;
 //!   [`shutdown`]: the shutdown signal every loop listens to; [`dev`]: a whole local cluster in
 //!   one process.
@@ -29,6 +31,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod resp;
 pub mod ring_json;
 pub mod shard;
 pub mod shutdown;

@@ -34,14 +34,17 @@ pub enum Op {
     Delete = 2,
     /// List a page of keys.
     Keys = 3,
+    /// A Redis command or transaction forwarded by a coordinator's RESP listener.
+    Command = 4,
 }
 
 const APIS: [(Api, &str); 2] = [(Api::Http, "http"), (Api::Internal, "internal")];
-const OPS: [(Op, &str); 4] = [
+const OPS: [(Op, &str); 5] = [
     (Op::Get, "get"),
     (Op::Set, "set"),
     (Op::Delete, "del"),
     (Op::Keys, "keys"),
+    (Op::Command, "command"),
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -8,6 +8,7 @@
 
 pub mod discover;
 pub mod link;
+mod resp_backend;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,7 @@ struct CoordinatorInner {
     metrics: Arc<Metrics>,
     http_addr: SocketAddr,
     started: Instant,
+    cursors: crate::resp::cursor::Cursors,
 }
 
 impl CoordinatorNode {
@@ -305,6 +307,8 @@ impl KvNode for CoordinatorNode {
 pub struct CoordinatorServer {
     node: CoordinatorNode,
     http: TcpListener,
+    resp: Option<TcpListener>,
+    resp_config: crate::resp::RespConfig,
     max_connections: usize,
     health_interval: std::time::Duration,
 }
@@ -325,6 +329,19 @@ impl CoordinatorServer {
             context: "cannot read the bound address".into(),
             source,
         })?;
+        let resp = match config.resp_addr {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            addr: addr.to_string(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let options = LinkOptions {
             timeout: config.shard_timeout,
@@ -354,9 +371,15 @@ impl CoordinatorServer {
                     metrics,
                     http_addr,
                     started: Instant::now(),
+                    cursors: crate::resp::cursor::Cursors::default(),
                 }),
             },
             http,
+            resp,
+            resp_config: crate::resp::RespConfig::for_limits(
+                &config.limits,
+                config.resp_idle_timeout,
+            ),
             max_connections: config.max_connections,
             health_interval: config.health_interval,
         })
@@ -365,6 +388,11 @@ impl CoordinatorServer {
     /// Address of the HTTP API.
     pub fn http_addr(&self) -> SocketAddr {
         self.node.inner.http_addr
+    }
+
+    /// Address of the RESP listener, if it runs one.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The coordinator's request handler.
@@ -378,6 +406,8 @@ impl CoordinatorServer {
         let CoordinatorServer {
             node,
             http,
+            resp,
+            resp_config,
             max_connections,
             health_interval,
         } = self;
@@ -395,14 +425,27 @@ impl CoordinatorServer {
         for link in &node.inner.links {
             supervisors.spawn(Arc::clone(link).supervise(links_shutdown.clone()));
         }
-        crate::http::serve::serve(
+        let http_task = crate::http::serve::serve(
             http,
             crate::http::api::router(node.clone()),
             max_connections,
             node.inner.metrics.connections("http"),
-            shutdown,
-        )
-        .await;
+            shutdown.clone(),
+        );
+        let resp_task = async {
+            if let Some(listener) = resp {
+                crate::resp::serve(
+                    listener,
+                    node.clone(),
+                    resp_config,
+                    max_connections,
+                    node.inner.metrics.connections("resp"),
+                    shutdown,
+                )
+                .await;
+            }
+        };
+        tokio::join!(http_task, resp_task);
         stop_links.trigger();
         while supervisors.join_next().await.is_some() {}
         tracing::info!("coordinator stopped");

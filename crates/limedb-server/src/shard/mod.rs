@@ -8,6 +8,7 @@
 //! engine, so a clean stop never loses an acknowledged write.
 
 pub mod internal;
+mod resp_backend;
 pub mod storage;
 
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use crate::config::{Limits, ShardConfig, StorageKind};
 use crate::error::{ApiError, ServerError};
 use crate::metrics::{Api, Metrics, Op};
 use crate::node::{HealthReport, KeyEntry, KeysPage, KvNode};
+use crate::resp::RespConfig;
 use crate::shutdown::Shutdown;
 use crate::{ring_json, SERVER_NAME};
 use storage::Storage;
@@ -50,6 +52,7 @@ struct ShardInner {
     http_addr: SocketAddr,
     internal_addr: SocketAddr,
     started: Instant,
+    cursors: crate::resp::cursor::Cursors,
 }
 
 impl std::fmt::Debug for ShardNode {
@@ -104,6 +107,30 @@ impl ShardNode {
                     self.delete(key).await.map(Response::Deleted)
                 }
                 .await,
+            ),
+            Request::Command { args } => (
+                Op::Command,
+                Ok(Response::Reply(
+                    self.execute_command(args)
+                        .await
+                        .to_bytes(limedb_resp::Protocol::Resp3),
+                )),
+            ),
+            Request::Transaction { commands, watched } => (
+                Op::Command,
+                Ok(Response::Reply(
+                    self.execute_transaction(commands, watched)
+                        .await
+                        .to_bytes(limedb_resp::Protocol::Resp3),
+                )),
+            ),
+            Request::Pipeline { commands } => (
+                Op::Command,
+                Ok(Response::Reply(
+                    self.execute_pipeline(commands)
+                        .await
+                        .to_bytes(limedb_resp::Protocol::Resp3),
+                )),
             ),
             Request::KeysPage {
                 offset,
@@ -279,6 +306,8 @@ pub struct ShardServer {
     node: ShardNode,
     http: TcpListener,
     internal: TcpListener,
+    resp: Option<TcpListener>,
+    resp_config: RespConfig,
     max_connections: usize,
 }
 
@@ -348,6 +377,10 @@ impl ShardServer {
     pub async fn bind(config: ShardConfig) -> Result<Self, ServerError> {
         let http = bind(config.http_addr).await?;
         let internal = bind(config.internal_addr).await?;
+        let resp = match config.resp_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let http_addr = local_addr(&http)?;
         let internal_addr = local_addr(&internal)?;
         let cfg = config.clone();
@@ -378,12 +411,16 @@ impl ShardServer {
                 http_addr,
                 internal_addr,
                 started: Instant::now(),
+                cursors: crate::resp::cursor::Cursors::default(),
             }),
         };
+        let resp_config = RespConfig::for_limits(&config.limits, config.resp_idle_timeout);
         Ok(ShardServer {
             node,
             http,
             internal,
+            resp,
+            resp_config,
             max_connections: config.max_connections,
         })
     }
@@ -398,6 +435,11 @@ impl ShardServer {
         self.node.inner.internal_addr
     }
 
+    /// Address of the RESP listener, if it runs one.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The shard's request handler (for in-process use and tests).
     pub fn node(&self) -> &ShardNode {
         &self.node
@@ -409,6 +451,8 @@ impl ShardServer {
             node,
             http,
             internal,
+            resp,
+            resp_config,
             max_connections,
         } = self;
         tracing::info!(
@@ -431,9 +475,22 @@ impl ShardServer {
             node.clone(),
             max_connections,
             metrics.connections("internal"),
-            shutdown,
+            shutdown.clone(),
         );
-        tokio::join!(http_task, internal_task);
+        let resp_task = async {
+            if let Some(listener) = resp {
+                crate::resp::serve(
+                    listener,
+                    node.clone(),
+                    resp_config,
+                    max_connections,
+                    metrics.connections("resp"),
+                    shutdown,
+                )
+                .await;
+            }
+        };
+        tokio::join!(http_task, internal_task, resp_task);
         node.inner
             .storage
             .close()

@@ -19,7 +19,25 @@
 //! answered only after its write, so one client's writes apply in the order it sent them
 //! whichever path they take. A slow write (a log rewrite, an fsync) holds up only the writes
 //! queued behind it, never reads or the runtime.
+//!
+//! ## Key locks: what makes read-modify-write atomic
+//!
+//! Writes take two paths (inline on whichever runtime worker the request runs on, or the writer
+//! thread), so neither path alone can serialize a read-modify-write such as `INCR` against other
+//! writes. Instead every write to a key, from every API (HTTP, internal protocol, RESP), holds
+//! the key's *stripe lock* from [`Storage::lock`]: one of [`LOCK_STRIPES`] async mutexes chosen
+//! by the key's hash. [`Storage::put`] and [`Storage::delete`] take it for their one write; a
+//! read-modify-write (RESP's `INCR`, `APPEND`, `SET NX`, `RENAME`, a `MULTI`/`EXEC` block, ...)
+//! takes the stripes of all its keys at once (in stripe order, so two multi-key callers cannot
+//! deadlock), reads, decides and writes with [`Storage::put_locked`] / [`Storage::delete_locked`]
+//! before it lets go. Reads take no lock: they see either the old or the new value.
+//!
+//! Each stripe also counts the writes made under it ([`Storage::stripe_version`]); `WATCH`
+//! remembers the count and `EXEC` aborts if it moved. Two keys may share a stripe, so an
+//! unrelated write can abort a transaction (it retries), but a write to a watched key never goes
+//! unnoticed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -32,6 +50,9 @@ use crate::error::ApiError;
 /// Writes larger than this (key plus value) always go to the writer thread: copying and
 /// logging them takes long enough to hold up a runtime worker.
 pub const INLINE_WRITE_MAX_BYTES: usize = 64 * 1024;
+
+/// How many key locks a shard has (see the module docs).
+pub const LOCK_STRIPES: usize = 1024;
 
 /// Writes queued for the writer thread before callers wait for room.
 const WRITE_QUEUE_DEPTH: usize = 4096;
@@ -55,6 +76,31 @@ enum WriteOp {
 pub struct Storage {
     engine: Arc<dyn Engine>,
     writer: Writer,
+    stripes: Box<[Stripe]>,
+}
+
+/// One key lock and the number of writes made under it.
+struct Stripe {
+    lock: tokio::sync::Mutex<()>,
+    version: AtomicU64,
+}
+
+/// The stripe locks of a set of keys, held until dropped; proof for [`Storage::put_locked`].
+pub struct KeyLocks<'a> {
+    stripes: Vec<usize>,
+    _guards: Vec<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl KeyLocks<'_> {
+    /// Whether `key` is covered by these locks.
+    pub fn covers(&self, key: &[u8]) -> bool {
+        self.stripes.binary_search(&stripe_of(key)).is_ok()
+    }
+}
+
+/// The stripe of `key`.
+fn stripe_of(key: &[u8]) -> usize {
+    (limedb_cluster::key_hash(key) % LOCK_STRIPES as u64) as usize
 }
 
 struct Writer {
@@ -97,7 +143,48 @@ impl Storage {
             queue,
             thread: std::sync::Mutex::new(Some(thread)),
         };
-        Ok(Storage { engine, writer })
+        let stripes = (0..LOCK_STRIPES)
+            .map(|_| Stripe {
+                lock: tokio::sync::Mutex::new(()),
+                version: AtomicU64::new(0),
+            })
+            .collect();
+        Ok(Storage {
+            engine,
+            writer,
+            stripes,
+        })
+    }
+
+    /// Takes the stripe locks of `keys` (in stripe order; duplicates are fine) and holds them
+    /// until the returned value is dropped.
+    pub async fn lock<K: AsRef<[u8]>>(&self, keys: &[K]) -> KeyLocks<'_> {
+        let mut stripes: Vec<usize> = keys.iter().map(|k| stripe_of(k.as_ref())).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for &i in &stripes {
+            if let Some(stripe) = self.stripes.get(i) {
+                guards.push(stripe.lock.lock().await);
+            }
+        }
+        KeyLocks {
+            stripes,
+            _guards: guards,
+        }
+    }
+
+    /// How many writes were made so far under `key`'s stripe (for `WATCH`).
+    pub fn stripe_version(&self, key: &[u8]) -> u64 {
+        self.stripes
+            .get(stripe_of(key))
+            .map_or(0, |s| s.version.load(Ordering::Acquire))
+    }
+
+    fn bump(&self, key: &[u8]) {
+        if let Some(s) = self.stripes.get(stripe_of(key)) {
+            s.version.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// The engine itself, for figures that need no executor (stats).
@@ -113,13 +200,102 @@ impl Storage {
         }
     }
 
-    /// Writes a key.
+    /// Reads several keys with one executor hand-off (a pipeline of GETs).
+    /// Keys the engine answers without I/O are read inline; from the first that needs I/O on,
+    /// the rest are read in one hand-off to the blocking pool.
+    pub async fn get_many(&self, mut keys: Vec<Bytes>) -> Result<Vec<Option<Value>>, ApiError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in &keys {
+            match self.engine.try_get_now(key) {
+                Some(value) => found.push(value.map_err(ApiError::from)?),
+                None => break,
+            }
+        }
+        if found.len() < keys.len() {
+            let rest = keys.split_off(found.len());
+            let more = blocking(&self.engine, move |e| {
+                rest.iter().map(|k| e.get(k)).collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+            found.extend(more);
+        }
+        Ok(found)
+    }
+
+    /// Writes several keys whose locks the caller holds, in order, sharing executor hand-offs:
+    /// writes that can run inline do, and once one has to go to the writer thread all later ones
+    /// are queued behind it without waiting in between (so they share its batch and fsync, and
+    /// keep their order).
+    pub async fn put_many_locked(
+        &self,
+        locks: &KeyLocks<'_>,
+        items: Vec<(Bytes, Bytes, Option<u64>)>,
+    ) -> Result<(), ApiError> {
+        if items.iter().any(|(k, _, _)| !locks.covers(k)) {
+            return Err(ApiError::Internal("write without the key's lock".into()));
+        }
+        let mut pending = Vec::new();
+        for (key, value, expires_at_ms) in items {
+            self.bump(&key);
+            if pending.is_empty() && key.len() + value.len() <= INLINE_WRITE_MAX_BYTES {
+                let op = limedb_storage::WriteOp::Put {
+                    key: &key,
+                    value: &value,
+                    expires_at_ms,
+                };
+                if let Some(done) = self.engine.try_write_now(op) {
+                    done.map_err(ApiError::from)?;
+                    continue;
+                }
+            }
+            let (reply, answer) = oneshot::channel();
+            self.writer
+                .queue
+                .send(WriteOp::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                    reply,
+                })
+                .await
+                .map_err(|_| writer_gone())?;
+            pending.push(answer);
+        }
+        for answer in pending {
+            answer.await.map_err(|_| writer_gone())??;
+        }
+        Ok(())
+    }
+
+    /// Writes a key (taking its lock for the write).
     pub async fn put(
         &self,
         key: Bytes,
         value: Bytes,
         expires_at_ms: Option<u64>,
     ) -> Result<(), ApiError> {
+        let locks = self.lock(&[&key]).await;
+        self.put_locked(&locks, key, value, expires_at_ms).await
+    }
+
+    /// Deletes a key (taking its lock for the write); `true` when it existed.
+    pub async fn delete(&self, key: Bytes) -> Result<bool, ApiError> {
+        let locks = self.lock(&[&key]).await;
+        self.delete_locked(&locks, key).await
+    }
+
+    /// Writes a key whose lock the caller holds in `locks`.
+    pub async fn put_locked(
+        &self,
+        locks: &KeyLocks<'_>,
+        key: Bytes,
+        value: Bytes,
+        expires_at_ms: Option<u64>,
+    ) -> Result<(), ApiError> {
+        if !locks.covers(&key) {
+            return Err(ApiError::Internal("write without the key's lock".into()));
+        }
+        self.bump(&key);
         if key.len() + value.len() <= INLINE_WRITE_MAX_BYTES {
             let op = limedb_storage::WriteOp::Put {
                 key: &key,
@@ -139,8 +315,12 @@ impl Storage {
         .await
     }
 
-    /// Deletes a key; `true` when it existed.
-    pub async fn delete(&self, key: Bytes) -> Result<bool, ApiError> {
+    /// Deletes a key whose lock the caller holds in `locks`; `true` when it existed.
+    pub async fn delete_locked(&self, locks: &KeyLocks<'_>, key: Bytes) -> Result<bool, ApiError> {
+        if !locks.covers(&key) {
+            return Err(ApiError::Internal("write without the key's lock".into()));
+        }
+        self.bump(&key);
         if let Some(done) = self
             .engine
             .try_write_now(limedb_storage::WriteOp::Delete { key: &key })
@@ -162,6 +342,20 @@ impl Storage {
             .await
             .map_err(|_| writer_gone())?;
         answer.await.map_err(|_| writer_gone())?
+    }
+
+    /// At most `limit` live entries with keys `>= start`, ascending.
+    pub async fn scan(
+        &self,
+        start: Option<Bytes>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Value)>, ApiError> {
+        blocking(&self.engine, move |e| e.scan(start.as_deref(), limit)).await
+    }
+
+    /// The number of live keys.
+    pub async fn key_count(&self) -> Result<u64, ApiError> {
+        blocking(&self.engine, |e| e.len()).await
     }
 
     /// A page of live keys in key order.

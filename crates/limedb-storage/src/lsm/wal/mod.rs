@@ -81,7 +81,7 @@
 //! [`Wal::append`] writes the record with one `write(2)` before it returns, so an acknowledged
 //! batch survives the process being killed under every [`SyncPolicy`]. Under
 //! [`SyncPolicy::Always`] it also waits until the record is fsynced, by a leader/follower
-//! group commit ([`Wal::sync_to_gathering`]): the first waiter becomes the leader and fsyncs
+//! group commit (`Wal::sync_to_gathering`): the first waiter becomes the leader and fsyncs
 //! everything written so far; writers that come meanwhile sleep until it is done and return
 //! without an fsync of their own if it covered them, else one of them leads the next fsync.
 //! (The engine lets its leader wait a moment for writers about to append, so that the

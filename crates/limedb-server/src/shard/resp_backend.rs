@@ -1,0 +1,159 @@
+//! The shard as a RESP [`Backend`]: data commands run on its own storage ([`Keyspace`]),
+//! `SCAN` walks its keys in order with cursors from its own table, and a transaction takes the
+//! locks of every key it names (watched keys included), checks the watched versions and runs
+//! its commands while holding them: atomic with respect to every other write on the shard.
+
+use bytes::Bytes;
+use limedb_resp::Value;
+
+use super::ShardNode;
+use crate::resp::cursor::{parse_scan, Position};
+use crate::resp::keys::Keyspace;
+use crate::resp::table::lookup;
+use crate::resp::{Backend, Fail};
+
+impl ShardNode {
+    fn keyspace(&self) -> Keyspace<'_> {
+        Keyspace {
+            storage: &self.inner.storage,
+            limits: self.inner.limits,
+        }
+    }
+
+    /// Executes one data command of the RESP protocol on this shard (also what a coordinator's
+    /// `Command` request runs).
+    pub async fn execute_command(&self, args: Vec<Bytes>) -> Value {
+        let is_scan = args
+            .first()
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"scan"));
+        if !is_scan {
+            return self.keyspace().execute(&args, None).await;
+        }
+        match self.scan(&args).await {
+            Ok(v) => v,
+            Err(Fail(text)) => Value::error(text),
+        }
+    }
+
+    async fn scan(&self, args: &[Bytes]) -> Result<Value, Fail> {
+        let scan = parse_scan(args)?;
+        let start = self
+            .inner
+            .cursors
+            .find(scan.cursor)
+            .ok_or_else(|| Fail::new("ERR invalid cursor"))?
+            .map(|p| p.key);
+        let (keys, next) = self
+            .keyspace()
+            .scan_from(start, scan.count, scan.pattern.as_deref())
+            .await?;
+        let cursor = match next {
+            Some(key) => self.inner.cursors.save(Position { shard: 0, key }),
+            None => 0,
+        };
+        let keys = if scan.type_matches { keys } else { Vec::new() };
+        Ok(Value::Array(vec![
+            Value::bulk(cursor.to_string()),
+            Value::Array(keys.into_iter().map(Value::Bulk).collect()),
+        ]))
+    }
+
+    /// Executes `commands` in order (a pipeline or a transaction's block), batching stretches of
+    /// plain GETs and SETs ([`Keyspace::execute_many`]); SCANs run on their own.
+    async fn run_commands(
+        &self,
+        commands: &[Vec<Bytes>],
+        held: Option<&crate::shard::storage::KeyLocks<'_>>,
+    ) -> Vec<Value> {
+        let is_scan = |c: &Vec<Bytes>| c.first().is_some_and(|n| n.eq_ignore_ascii_case(b"scan"));
+        let mut out = Vec::with_capacity(commands.len());
+        let mut rest = commands;
+        while !rest.is_empty() {
+            let plain = rest.iter().take_while(|c| !is_scan(c)).count();
+            let (now, later) = rest.split_at(plain);
+            out.extend(self.keyspace().execute_many(now, held).await);
+            rest = later;
+            if let Some((scan, later)) = rest.split_first() {
+                out.push(
+                    self.scan(scan)
+                        .await
+                        .unwrap_or_else(|Fail(text)| Value::error(text)),
+                );
+                rest = later;
+            }
+        }
+        out
+    }
+
+    /// Runs a coordinator's `Pipeline` request: the commands in order, not as a unit.
+    pub async fn execute_pipeline(&self, commands: Vec<Vec<Bytes>>) -> Value {
+        Value::Array(self.run_commands(&commands, None).await)
+    }
+
+    /// Runs a `MULTI`/`EXEC` block atomically (see the module docs).
+    pub async fn execute_transaction(
+        &self,
+        commands: Vec<Vec<Bytes>>,
+        watched: Vec<(Bytes, u64)>,
+    ) -> Value {
+        let storage = &self.inner.storage;
+        let mut keys: Vec<Bytes> = watched.iter().map(|(k, _)| k.clone()).collect();
+        for args in &commands {
+            if let Some(spec) = args.first().and_then(|n| lookup(n)) {
+                keys.extend(
+                    spec.key_positions(args.len())
+                        .into_iter()
+                        .filter_map(|i| args.get(i).cloned()),
+                );
+            }
+        }
+        let locks = storage.lock(&keys).await;
+        if watched
+            .iter()
+            .any(|(key, version)| storage.stripe_version(key) != *version)
+        {
+            return Value::NullArray;
+        }
+        let keyspace = self.keyspace();
+        let mut replies = Vec::with_capacity(commands.len());
+        for args in &commands {
+            let reply = if args
+                .first()
+                .is_some_and(|n| n.eq_ignore_ascii_case(b"scan"))
+            {
+                self.scan(args)
+                    .await
+                    .unwrap_or_else(|Fail(text)| Value::error(text))
+            } else {
+                keyspace.execute(args, Some(&locks)).await
+            };
+            replies.push(reply);
+        }
+        Value::Array(replies)
+    }
+}
+
+impl Backend for ShardNode {
+    async fn execute(&self, args: Vec<Bytes>) -> Value {
+        self.execute_command(args).await
+    }
+
+    async fn execute_many(&self, commands: Vec<Vec<Bytes>>) -> Vec<Value> {
+        self.run_commands(&commands, None).await
+    }
+
+    async fn watch(&self, keys: Vec<Bytes>) -> Result<Vec<u64>, Fail> {
+        Ok(keys
+            .iter()
+            .map(|k| self.inner.storage.stripe_version(k))
+            .collect())
+    }
+
+    async fn transaction(&self, commands: Vec<Vec<Bytes>>, watched: Vec<(Bytes, u64)>) -> Value {
+        self.execute_transaction(commands, watched).await
+    }
+
+    fn role(&self) -> &'static str {
+        "shard"
+    }
+}
