@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use limedb_testkit::pg::{test_url, TestDatabases};
 use limedb_testkit::{http, start_shard, temp_dir, Node};
 use redis::{Commands, RedisResult, Value};
 
@@ -18,15 +19,45 @@ fn bin() -> &'static Path {
 struct Shard {
     node: Node,
     _dir: tempfile::TempDir,
+    _databases: Option<TestDatabases>,
+}
+
+/// `--storage` and, for postgres, the flags that give the shards their own test databases.
+fn backend_args(storage: &str) -> (Vec<String>, Option<TestDatabases>) {
+    let mut args = vec!["--storage".to_string(), storage.to_string()];
+    if storage != "postgres" {
+        return (args, None);
+    }
+    let databases = TestDatabases::new(&test_url());
+    args.extend([
+        "--pg-url".to_string(),
+        databases.url().to_string(),
+        "--pg-database".to_string(),
+        databases.template(),
+        "--pg-pool-size".to_string(),
+        "4".to_string(),
+    ]);
+    (args, Some(databases))
 }
 
 impl Shard {
     fn start(extra: &[&str]) -> Shard {
+        Shard::start_on("lsm", extra)
+    }
+
+    /// A shard on backend `storage` ("lsm", "memory" or "postgres").
+    fn start_on(storage: &str, extra: &[&str]) -> Shard {
         let dir = temp_dir();
+        let (backend, databases) = backend_args(storage);
         let mut args = vec!["--resp-port", "0"];
         args.extend_from_slice(extra);
+        args.extend(backend.iter().map(String::as_str));
         let node = start_shard(bin(), dir.path(), 1, "0", &args);
-        Shard { node, _dir: dir }
+        Shard {
+            node,
+            _dir: dir,
+            _databases: databases,
+        }
     }
 
     fn resp_addr(&self) -> String {
@@ -90,9 +121,8 @@ fn err_text<T: std::fmt::Debug>(r: RedisResult<T>) -> String {
     }
 }
 
-#[test]
-fn string_commands_follow_redis_semantics() {
-    let shard = Shard::start(&[]);
+fn string_commands_follow_redis_semantics(storage: &str) {
+    let shard = Shard::start_on(storage, &[]);
     let mut c = shard.client();
     let pong: String = redis::cmd("PING").query(&mut c).expect("ping");
     assert_eq!(pong, "PONG");
@@ -434,9 +464,8 @@ fn a_pipeline_of_10k_commands_is_answered_in_order() {
     assert_eq!(values, (0..10_000).step_by(2).collect::<Vec<i64>>());
 }
 
-#[test]
-fn expiry_has_millisecond_precision() {
-    let shard = Shard::start(&[]);
+fn expiry_has_millisecond_precision(storage: &str) {
+    let shard = Shard::start_on(storage, &[]);
     let mut c = shard.client();
     let started = Instant::now();
     let _: () = redis::cmd("SET")
@@ -575,9 +604,8 @@ fn concurrent_incrs_and_http_sets_lose_no_update() {
     );
 }
 
-#[test]
-fn http_and_resp_see_the_same_bytes() {
-    let shard = Shard::start(&[]);
+fn http_and_resp_see_the_same_bytes(storage: &str) {
+    let shard = Shard::start_on(storage, &[]);
     let mut c = shard.client();
     let all_bytes: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
     let _: () = c.set(b"bin\x00key\xff", &all_bytes[..]).expect("set");
@@ -781,9 +809,8 @@ fn a_stuck_client_does_not_stall_others_and_idle_ones_are_closed() {
     drop(greedy);
 }
 
-#[test]
-fn multi_exec_is_atomic_and_watch_aborts_on_a_change() {
-    let shard = Shard::start(&[]);
+fn multi_exec_is_atomic_and_watch_aborts_on_a_change(storage: &str) {
+    let shard = Shard::start_on(storage, &[]);
     let mut c = shard.client();
     let (a, b): (i64, i64) = redis::pipe()
         .atomic()
@@ -881,18 +908,30 @@ fn multi_exec_is_atomic_and_watch_aborts_on_a_change() {
 struct Cluster3 {
     cluster: limedb_testkit::Cluster,
     rt: tokio::runtime::Runtime,
+    _databases: Option<TestDatabases>,
 }
 
 impl Cluster3 {
     fn start() -> Cluster3 {
+        Cluster3::start_on("lsm")
+    }
+
+    /// Three shards on backend `storage` and a coordinator with a RESP listener.
+    fn start_on(storage: &str) -> Cluster3 {
         let rt = runtime();
+        let (backend, databases) = backend_args(storage);
+        let shard_args: Vec<&str> = backend.iter().map(String::as_str).collect();
         let cluster = rt.block_on(limedb_testkit::Cluster::start(
             bin(),
             3,
-            &[],
+            &shard_args,
             &["--resp-port", "0"],
         ));
-        Cluster3 { cluster, rt }
+        Cluster3 {
+            cluster,
+            rt,
+            _databases: databases,
+        }
     }
 
     fn resp_addr(&self) -> String {
@@ -930,9 +969,8 @@ impl Cluster3 {
     }
 }
 
-#[test]
-fn cluster_multi_key_commands_span_shards_without_crossslot() {
-    let c3 = Cluster3::start();
+fn cluster_multi_key_commands_span_shards_without_crossslot(storage: &str) {
+    let c3 = Cluster3::start_on(storage);
     let mut c = c3.client();
     let keys: Vec<String> = (0..60).map(|i| format!("key:{i}")).collect();
     let mut mset = redis::cmd("MSET");
@@ -1079,9 +1117,8 @@ fn cluster_multi_key_commands_span_shards_without_crossslot() {
     );
 }
 
-#[test]
-fn cluster_pipelines_expiry_and_transactions() {
-    let c3 = Cluster3::start();
+fn cluster_pipelines_expiry_and_transactions(storage: &str) {
+    let c3 = Cluster3::start_on(storage);
     let mut c = c3.client();
     let mut pipe = redis::pipe();
     for i in 0..10_000 {
@@ -1298,3 +1335,35 @@ fn pipelined_stretches_keep_command_order() {
     let c3 = Cluster3::start();
     check_pipeline_order(&c3.resp_addr());
 }
+
+/// Runs each check against shards on every storage backend: the commands, their TTLs, the
+/// multi-key commands and SCAN behave the same whatever keeps the data.
+macro_rules! on_every_backend {
+    ($($check:ident),* $(,)?) => {
+        $(
+            mod $check {
+                #[test]
+                fn lsm() {
+                    super::$check("lsm")
+                }
+                #[test]
+                fn memory() {
+                    super::$check("memory")
+                }
+                #[test]
+                fn postgres() {
+                    super::$check("postgres")
+                }
+            }
+        )*
+    };
+}
+
+on_every_backend!(
+    string_commands_follow_redis_semantics,
+    expiry_has_millisecond_precision,
+    http_and_resp_see_the_same_bytes,
+    multi_exec_is_atomic_and_watch_aborts_on_a_change,
+    cluster_multi_key_commands_span_shards_without_crossslot,
+    cluster_pipelines_expiry_and_transactions,
+);
