@@ -157,9 +157,17 @@ pub trait Engine: Send + Sync + 'static {
     /// [`Engine::write_many`] would;
     /// returns `None` without writing anything otherwise, and the caller queues `op` for
     /// [`Engine::write_many`] on a thread that may block. Lets an async caller skip a thread
-    /// hand-off for most writes. The default never writes at once.
+    /// hand-off for most writes. The default asks [`Engine::try_write_many_now`].
     fn try_write_now(&self, op: WriteOp<'_>) -> Option<Result<bool>> {
-        let _ = op;
+        self.try_write_many_now(std::slice::from_ref(&op))
+            .map(|answer| answer.map(|flags| flags.first().copied().unwrap_or(false)))
+    }
+
+    /// [`Engine::try_write_now`] for a batch: performs all of `ops` at once, with the answers
+    /// and the sharing of one log append of [`Engine::write_many`], or none of them (`None`).
+    /// The default never writes at once.
+    fn try_write_many_now(&self, ops: &[WriteOp<'_>]) -> Option<Result<Vec<bool>>> {
+        let _ = ops;
         None
     }
 

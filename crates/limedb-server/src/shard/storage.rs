@@ -234,6 +234,25 @@ impl Storage {
         if items.iter().any(|(k, _, _)| !locks.covers(k)) {
             return Err(ApiError::Internal("write without the key's lock".into()));
         }
+        // The whole batch at once (one log append) if the engine can write it without waiting.
+        let bytes: usize = items.iter().map(|(k, v, _)| k.len() + v.len()).sum();
+        if bytes <= INLINE_WRITE_MAX_BYTES {
+            let ops: Vec<limedb_storage::WriteOp<'_>> = items
+                .iter()
+                .map(|(key, value, expires_at_ms)| limedb_storage::WriteOp::Put {
+                    key,
+                    value,
+                    expires_at_ms: *expires_at_ms,
+                })
+                .collect();
+            if let Some(done) = self.engine.try_write_many_now(&ops) {
+                done.map_err(ApiError::from)?;
+                for (key, _, _) in &items {
+                    self.bump(key);
+                }
+                return Ok(());
+            }
+        }
         let mut pending = Vec::new();
         for (key, value, expires_at_ms) in items {
             self.bump(&key);

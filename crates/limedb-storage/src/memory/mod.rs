@@ -787,11 +787,11 @@ impl Engine for MemoryEngine {
     /// Writes at once unless that would wait for the disk: under [`SyncPolicy::Always`] (an
     /// fsync), while a log rewrite runs, or when one is due. It may wait a moment for another
     /// writer's append.
-    fn try_write_now(&self, op: WriteOp<'_>) -> Option<Result<bool>> {
+    fn try_write_many_now(&self, ops: &[WriteOp<'_>]) -> Option<Result<Vec<bool>>> {
         if matches!(self.inner.options.sync, SyncPolicy::Always) {
             return None;
         }
-        if let Err(e) = check_ops(&[op]).and_then(|()| self.inner.check_writable()) {
+        if let Err(e) = check_ops(ops).and_then(|()| self.inner.check_writable()) {
             return Some(Err(e));
         }
         // Another writer holds the log for one append (microseconds): wait for it. A rewrite
@@ -806,8 +806,8 @@ impl Engine for MemoryEngine {
         }
         Some(
             self.inner
-                .write_locked(&mut slot, &[op], false)
-                .map(|(flags, _)| flags.first().copied().unwrap_or(false)),
+                .write_locked(&mut slot, ops, false)
+                .map(|(flags, _)| flags),
         )
     }
 

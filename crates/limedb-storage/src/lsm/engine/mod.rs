@@ -1435,16 +1435,15 @@ impl Inner {
         Ok(flags)
     }
 
-    /// [`Engine::try_write_now`]: `op` written at once when that needs neither an fsync
+    /// [`Engine::try_write_many_now`]: `ops` written at once when that needs neither an fsync
     /// (`SyncPolicy::Always`), a memtable freeze, a WAL segment switch, a write slowdown, more
     /// than a moment's wait for the writer lock, nor a table read (a delete must know whether
     /// the key is live).
-    fn try_write_now(&self, op: WriteOp<'_>) -> Option<Result<bool>> {
+    fn try_write_many_now(&self, ops: &[WriteOp<'_>]) -> Option<Result<Vec<bool>>> {
         if self.options.sync == SyncPolicy::Always {
             return None;
         }
-        let ops = [op];
-        if let Err(e) = check_ops(&ops).and_then(|()| self.check_writable()) {
+        if let Err(e) = check_ops(ops).and_then(|()| self.check_writable()) {
             return Some(Err(e));
         }
         let _writer = try_lock_briefly(&self.writer)?;
@@ -1460,8 +1459,8 @@ impl Inner {
         if self.wal.append_would_rotate() {
             return None;
         }
-        match self.apply(&sv, &ops, now_ms(), Reach::Memory) {
-            Ok(Some((flags, _))) => Some(Ok(flags.first().copied().unwrap_or(false))),
+        match self.apply(&sv, ops, now_ms(), Reach::Memory) {
+            Ok(Some((flags, _))) => Some(Ok(flags)),
             Ok(None) => None,
             Err(e) => Some(Err(e)),
         }
@@ -1918,8 +1917,8 @@ impl Engine for LsmEngine {
         self.inner.write_many(ops)
     }
 
-    fn try_write_now(&self, op: WriteOp<'_>) -> Option<Result<bool>> {
-        self.inner.try_write_now(op)
+    fn try_write_many_now(&self, ops: &[WriteOp<'_>]) -> Option<Result<Vec<bool>>> {
+        self.inner.try_write_many_now(ops)
     }
 
     fn try_get_now(&self, key: &[u8]) -> Option<Result<Option<Value>>> {

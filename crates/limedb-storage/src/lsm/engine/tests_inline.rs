@@ -356,3 +356,41 @@ fn flush_returns_under_a_steady_stream_of_writes() -> TestResult {
     assert!(written > 0);
     Ok(())
 }
+
+/// A batch goes inline whole (one WAL append, the answers of `write_many`) or not at all.
+#[test]
+fn try_write_many_now_writes_a_batch_whole_or_not_at_all() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("db");
+    {
+        let engine = LsmEngine::open(&path, roomy())?;
+        engine.put(b"live", b"x", None)?;
+        let ops = [
+            put(b"a", b"1"),
+            WriteOp::Delete { key: b"live" },
+            put(b"b", b"2"),
+            WriteOp::Delete { key: b"a" },
+            WriteOp::Delete { key: b"never" },
+        ];
+        let answers = engine.try_write_many_now(&ops).transpose()?;
+        assert_eq!(answers, Some(vec![false, true, false, true, false]));
+        assert_eq!(engine.get(b"a")?, None);
+        assert_eq!(engine.get(b"b")?.map(|v| v.data), Some(Bytes::from("2")));
+        assert_eq!(engine.get(b"live")?, None);
+        for i in 0..100 {
+            engine.put(&key(i), b"table", None)?;
+        }
+        engine.flush()?;
+        engine.close()?;
+    }
+    let engine = LsmEngine::open(&path, roomy())?;
+    // The delete needs an uncached block: nothing of the batch is written.
+    let ops = [put(b"c", b"3"), WriteOp::Delete { key: &key(5) }];
+    assert!(engine.try_write_many_now(&ops).is_none());
+    assert_eq!(engine.get(b"c")?, None);
+    assert_eq!(
+        engine.get(&key(5))?.map(|v| v.data),
+        Some(Bytes::from("table"))
+    );
+    Ok(())
+}
