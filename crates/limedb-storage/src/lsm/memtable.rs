@@ -27,19 +27,7 @@
 //! version newer than the snapshot.
 //!
 //! [`Memtable::approximate_bytes`] is the byte budget counter: encoded key plus value plus
-//! [`ENTRY_OVERHEAD_BYTES`] per entry, an estimate of what the skiplist really holds, plus
-//! [`INDEX_ENTRY_BYTES`] per distinct user key for the point-read index.
-//!
-//! # Point reads: the newest-version index
-//!
-//! A skiplist search is a chain of dependent cache misses, one per level, and it was most of a
-//! shard's CPU under point reads. Next to the skiplist, a hash index (sharded `RwLock`ed hash
-//! maps, keyed by user key) keeps each key's newest version (seqno, kind, value). A read at
-//! snapshot `s` asks it first: no entry means the memtable has no version of the key at all;
-//! an entry at or below `s` is the answer; only an entry newer than `s` (a read at an older
-//! snapshot, or a batch being inserted right now) sends the read to the skiplist. Inserts
-//! update the skiplist first and the index second, and the engine publishes a batch only after
-//! both, so a read at a published seqno never misses a version the index has not got yet.
+//! [`ENTRY_OVERHEAD_BYTES`] per entry, an estimate of what the skiplist really holds.
 //!
 //! # Example
 //!
@@ -58,18 +46,14 @@
 //! ```
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::BuildHasherDefault;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::{PoisonError, RwLock};
 
 use bytes::Bytes;
 use crossbeam_skiplist::SkipMap;
 
 use super::key::{self, compare_encoded, seek_key, ValueKind, MAX_SEQNO, TRAILER_LEN};
-use super::sstable::hash64;
 
 /// Bytes [`Memtable::approximate_bytes`] charges per entry on top of its key and value: the
 /// skiplist node with its tower of pointers, the key's 16-byte order prefix, two `Bytes`
@@ -77,49 +61,6 @@ use super::sstable::hash64;
 /// and the value. Measured: 500,000 entries of 16-byte keys and 101-byte stored values grew
 /// the process's anonymous memory by 277 bytes each (24 + 101 + 152).
 pub const ENTRY_OVERHEAD_BYTES: u64 = 152;
-
-/// Bytes [`Memtable::approximate_bytes`] charges for each distinct user key in the point-read
-/// index: its hash-map slot (the key's `Bytes` handle, seqno, kind and the value's `Bytes`
-/// handle) at the map's load factor, plus its control byte.
-pub const INDEX_ENTRY_BYTES: u64 = 96;
-
-/// Shards of the point-read index (a power of two).
-const INDEX_SHARDS: usize = 16;
-
-/// A key's newest version in the point-read index.
-#[derive(Clone, Debug)]
-struct Latest {
-    seqno: u64,
-    kind: ValueKind,
-    value: Bytes,
-}
-
-impl Latest {
-    /// Whether this version sorts before `other` among versions of one user key (what a
-    /// skiplist read would meet first): higher seqno, then the higher kind byte.
-    fn is_newer_or_same_as(&self, other: &Latest) -> bool {
-        (self.seqno, self.kind as u8) >= (other.seqno, other.kind as u8)
-    }
-}
-
-/// A [`std::hash::Hasher`] over our own [`hash64`] of the key bytes (the index's keys are
-/// `Bytes`, which hash as their bytes).
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = hash64(bytes) ^ self.0.rotate_left(5);
-    }
-    fn write_usize(&mut self, _: usize) {
-        // The length prefix of a slice: the bytes' hash already depends on the length.
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type IndexShard = RwLock<HashMap<Bytes, Latest, BuildHasherDefault<KeyHasher>>>;
 
 /// An encoded internal key (see [`super::key`]) that orders by [`compare_encoded`], so it can key
 /// a [`SkipMap`].
@@ -185,12 +126,6 @@ impl InternalKey {
     /// The encoded bytes as a shared buffer.
     pub fn into_bytes(self) -> Bytes {
         self.encoded
-    }
-
-    /// The user key, sharing the encoded key's buffer.
-    pub fn user_key_bytes(&self) -> Bytes {
-        let end = self.encoded.len().saturating_sub(TRAILER_LEN);
-        self.encoded.slice(..end)
     }
 
     /// The user key.
@@ -264,8 +199,6 @@ pub struct MemtableEntry {
 /// A concurrent, ordered in-memory buffer of versions (see the [module docs](self)).
 pub struct Memtable {
     map: SkipMap<InternalKey, Bytes>,
-    /// The newest version of each user key (see the [module docs](self#point-reads-the-newest-version-index)).
-    index: [IndexShard; INDEX_SHARDS],
     approximate_bytes: AtomicU64,
     max_seqno: AtomicU64,
 }
@@ -291,7 +224,6 @@ impl Memtable {
     pub fn new() -> Self {
         Memtable {
             map: SkipMap::new(),
-            index: std::array::from_fn(|_| IndexShard::default()),
             approximate_bytes: AtomicU64::new(0),
             max_seqno: AtomicU64::new(0),
         }
@@ -308,31 +240,8 @@ impl Memtable {
             ValueKind::Delete => Bytes::new(),
         };
         let key = InternalKey::new(user_key, seqno, kind);
-        let mut charge = key.encoded().len() as u64 + value.len() as u64 + ENTRY_OVERHEAD_BYTES;
-        let user_key_bytes = key.user_key_bytes();
-        let latest = Latest {
-            seqno: seqno & MAX_SEQNO,
-            kind,
-            value: value.clone(),
-        };
-        // Skiplist first, index second: see the module docs.
+        let charge = key.encoded().len() as u64 + value.len() as u64 + ENTRY_OVERHEAD_BYTES;
         self.map.insert(key, value);
-        let mut shard = self
-            .index_shard(&user_key_bytes)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        match shard.get_mut(&user_key_bytes) {
-            Some(old) => {
-                if latest.is_newer_or_same_as(old) {
-                    *old = latest;
-                }
-            }
-            None => {
-                shard.insert(user_key_bytes, latest);
-                charge += INDEX_ENTRY_BYTES;
-            }
-        }
-        drop(shard);
         self.approximate_bytes
             .fetch_add(charge, AtomicOrdering::Relaxed);
         self.max_seqno
@@ -343,28 +252,10 @@ impl Memtable {
     /// and value: `Some((Delete, empty))` for a tombstone (the key is deleted at that snapshot;
     /// older tables must not be consulted), `None` if this memtable has no visible version.
     pub fn get(&self, user_key: &[u8], snapshot_seqno: u64) -> Option<(ValueKind, Bytes)> {
-        {
-            let shard = self
-                .index_shard(user_key)
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            let latest = shard.get(user_key)?;
-            if latest.seqno <= snapshot_seqno {
-                return Some((latest.kind, latest.value.clone()));
-            }
-        }
         let seek = InternalKey::seek(user_key, snapshot_seqno);
         let entry = self.map.lower_bound(Bound::Included(&seek))?;
         let key = entry.key();
         (key.user_key() == user_key).then(|| (key.kind(), entry.value().clone()))
-    }
-
-    /// The index shard of `user_key`.
-    fn index_shard(&self, user_key: &[u8]) -> &IndexShard {
-        // Bits 32.. of the hash: the shard's hash map uses the lowest bits for its bucket and
-        // the top 7 as its tag, so keys of one shard still differ in both.
-        // The mask keeps the index below INDEX_SHARDS, the array's length.
-        &self.index[(hash64(user_key) >> 32) as usize & (INDEX_SHARDS - 1)]
     }
 
     /// Estimated memory held, in bytes: encoded keys plus values plus [`ENTRY_OVERHEAD_BYTES`]
@@ -680,10 +571,9 @@ mod tests {
         m.insert(b"abc", 1, ValueKind::Put, Bytes::from(vec![0u8; 100]));
         m.insert(b"abc", 2, ValueKind::Delete, Bytes::from(vec![0u8; 100]));
         let key = (3 + TRAILER_LEN) as u64;
-        // Two versions of one user key: one index entry.
         assert_eq!(
             m.approximate_bytes(),
-            (key + 100 + ENTRY_OVERHEAD_BYTES) + (key + ENTRY_OVERHEAD_BYTES) + INDEX_ENTRY_BYTES
+            (key + 100 + ENTRY_OVERHEAD_BYTES) + (key + ENTRY_OVERHEAD_BYTES)
         );
     }
 
