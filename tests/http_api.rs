@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use limedb_cluster::{Ring, ShardId, DEFAULT_VNODES_PER_SHARD};
 use limedb_testkit::http::encode;
-use limedb_testkit::pg::{test_url, TestDatabases};
+use limedb_testkit::pg::{backend_args, TestDatabases};
 use limedb_testkit::{wait_for, Cluster, HttpConn, HttpResponse};
 
 fn bin() -> &'static Path {
@@ -30,26 +30,6 @@ impl std::ops::Deref for TestCluster {
     fn deref(&self) -> &Cluster {
         &self.cluster
     }
-}
-
-/// The shard arguments that select `storage` ("memory", "lsm" or "postgres").
-fn backend_args(storage: &str) -> (Vec<String>, Option<TestDatabases>) {
-    let mut args = vec!["--storage".to_string(), storage.to_string()];
-    if storage != "postgres" {
-        return (args, None);
-    }
-    let databases = TestDatabases::new(&test_url());
-    args.extend([
-        "--pg-url".to_string(),
-        databases.url().to_string(),
-        "--pg-database".to_string(),
-        databases.template(),
-        // Tests run side by side against one server, which allows 100 connections by default:
-        // 3 shards of 4 connections let 8 such tests run at once.
-        "--pg-pool-size".to_string(),
-        "4".to_string(),
-    ]);
-    (args, Some(databases))
 }
 
 /// Starts 3 shards with `extra` arguments on `storage` and a coordinator with `coordinator`

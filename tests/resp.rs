@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use limedb_testkit::pg::{test_url, TestDatabases};
+use limedb_testkit::pg::{backend_args, TestDatabases};
 use limedb_testkit::{http, start_shard, temp_dir, Node};
 use redis::{Commands, RedisResult, Value};
 
@@ -20,24 +20,6 @@ struct Shard {
     node: Node,
     _dir: tempfile::TempDir,
     _databases: Option<TestDatabases>,
-}
-
-/// `--storage` and, for postgres, the flags that give the shards their own test databases.
-fn backend_args(storage: &str) -> (Vec<String>, Option<TestDatabases>) {
-    let mut args = vec!["--storage".to_string(), storage.to_string()];
-    if storage != "postgres" {
-        return (args, None);
-    }
-    let databases = TestDatabases::new(&test_url());
-    args.extend([
-        "--pg-url".to_string(),
-        databases.url().to_string(),
-        "--pg-database".to_string(),
-        databases.template(),
-        "--pg-pool-size".to_string(),
-        "4".to_string(),
-    ]);
-    (args, Some(databases))
 }
 
 impl Shard {

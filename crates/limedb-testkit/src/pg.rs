@@ -104,6 +104,27 @@ impl TestDatabases {
     }
 }
 
+/// The shard flags that select backend `storage` ("lsm", "memory" or "postgres"): `--storage`
+/// and, for postgres, a server URL, fresh test databases (dropped with the returned
+/// [`TestDatabases`]) and a small pool, so that tests side by side stay under a stock
+/// server's 100 connections.
+pub fn backend_args(storage: &str) -> (Vec<String>, Option<TestDatabases>) {
+    let mut args = vec!["--storage".to_string(), storage.to_string()];
+    if storage != "postgres" {
+        return (args, None);
+    }
+    let databases = TestDatabases::new(&test_url());
+    args.extend([
+        "--pg-url".to_string(),
+        databases.url().to_string(),
+        "--pg-database".to_string(),
+        databases.template(),
+        "--pg-pool-size".to_string(),
+        "4".to_string(),
+    ]);
+    (args, Some(databases))
+}
+
 impl Drop for TestDatabases {
     fn drop(&mut self) {
         let (url, prefix) = (self.url.clone(), self.prefix.clone());
