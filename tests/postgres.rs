@@ -38,8 +38,10 @@ async fn a_postgres_outage_is_reported_fails_fast_and_heals_without_losing_write
         url.as_str(),
         "--pg-timeout-ms",
         "1000",
+        "--resp-port",
+        "0",
     ];
-    let mut cluster = Cluster::start(bin(), 3, &shard_args, &[]).await;
+    let mut cluster = Cluster::start(bin(), 3, &shard_args, &["--resp-port", "0"]).await;
     let mut c = HttpConn::connect(&cluster.addr()).await.expect("connect");
     let keys: Vec<String> = (0..200).map(|i| format!("acked-{i}")).collect();
     for key in &keys {
@@ -99,6 +101,46 @@ async fn a_postgres_outage_is_reported_fails_fast_and_heals_without_losing_write
         assert_eq!(r.status, 503, "{}", r.text());
     }
 
+    // Over RESP too: an -ERR naming PostgreSQL, quickly, from the shard and the coordinator.
+    let resp_addrs = [
+        cluster.shards[0]
+            .ready
+            .get("resp")
+            .cloned()
+            .expect("shard resp="),
+        cluster
+            .coordinator
+            .ready
+            .get("resp")
+            .cloned()
+            .expect("coordinator resp="),
+    ];
+    let resp_keys = keys.clone();
+    tokio::task::spawn_blocking(move || {
+        for addr in resp_addrs {
+            let mut conn = redis::Client::open(format!("redis://{addr}/"))
+                .expect("client")
+                .get_connection()
+                .expect("connect");
+            for key in resp_keys.iter().take(5) {
+                let started = Instant::now();
+                let r: redis::RedisResult<Option<String>> =
+                    redis::cmd("GET").arg(key).query(&mut conn);
+                assert!(started.elapsed() < Duration::from_secs(3));
+                let e = r.expect_err("GET during the outage");
+                assert!(e.to_string().contains("PostgreSQL"), "{addr}: {e}");
+            }
+            let r: redis::RedisResult<()> = redis::cmd("SET")
+                .arg("during-outage-resp")
+                .arg("x")
+                .query(&mut conn);
+            let e = r.expect_err("SET during the outage");
+            assert!(e.to_string().contains("PostgreSQL"), "{addr}: {e}");
+        }
+    })
+    .await
+    .expect("RESP checks");
+
     // A coordinator started during the outage still finds the shards (their health answers
     // 503 but names them) and forwards to them.
     cluster.restart_coordinator();
@@ -136,6 +178,7 @@ async fn a_postgres_outage_is_reported_fails_fast_and_heals_without_losing_write
         assert_eq!((r.status, r.text()), (200, format!("v-{key}")), "{key}");
     }
     assert_eq!(c.get("during-outage").await.expect("get").status, 404);
+    assert_eq!(c.get("during-outage-resp").await.expect("get").status, 404);
     assert_eq!(c.set("after", "y").await.expect("set").status, 200);
     assert_eq!(c.get("after").await.expect("get").text(), "y");
 }
