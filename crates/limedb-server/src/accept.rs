@@ -1,4 +1,5 @@
-//! The accept side shared by every listener: a cap on open connections and a stop on shutdown.
+//! The accept side shared by every listener: a cap on open connections, a stop on shutdown,
+//! and the drain of the connections still open after it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,6 +7,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::shutdown::Shutdown;
 
@@ -54,5 +56,22 @@ impl Acceptor {
                 () = shutdown.wait() => return None,
             }
         }
+    }
+}
+
+/// After a listener stopped accepting: waits up to `timeout` for its open connections to finish
+/// (they answer what they have read and close), then aborts the stragglers. `name` labels the
+/// log line.
+pub async fn drain(mut connections: JoinSet<()>, timeout: Duration, name: &'static str) {
+    let drained = tokio::time::timeout(timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            listener = name,
+            "connections still busy after the drain timeout; closing them"
+        );
+        connections.abort_all();
     }
 }

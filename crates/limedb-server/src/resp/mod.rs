@@ -41,7 +41,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::accept::Acceptor;
+use crate::accept::{self, Acceptor};
 use crate::http::serve::DRAIN_TIMEOUT;
 use crate::shutdown::Shutdown;
 
@@ -202,13 +202,7 @@ pub async fn serve<B: Backend>(
         });
     }
     drop(acceptor);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        connections.abort_all();
-    }
+    accept::drain(connections, DRAIN_TIMEOUT, "resp").await;
 }
 
 /// Serves one connection until the client quits or closes, a protocol error, the idle

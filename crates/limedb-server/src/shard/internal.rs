@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::ShardNode;
-use crate::accept::Acceptor;
+use crate::accept::{self, Acceptor};
 use crate::http::serve::DRAIN_TIMEOUT;
 use crate::shutdown::Shutdown;
 use crate::wire::{write_coalesced, FrameReader, ReadError};
@@ -51,14 +51,7 @@ pub async fn serve(
         });
     }
     drop(acceptor);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("internal connections still busy after the drain timeout; closing them");
-        connections.abort_all();
-    }
+    accept::drain(connections, DRAIN_TIMEOUT, "internal").await;
 }
 
 /// Serves one connection until the peer closes it, a malformed frame arrives, or shutdown.

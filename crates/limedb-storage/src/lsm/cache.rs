@@ -191,13 +191,8 @@ impl BlockCache {
         if before >> 20 == after >> 20 {
             return;
         }
-        let used: u64 = self
-            .shards
-            .iter()
-            .map(|s| s.used_bytes.load(Ordering::Relaxed))
-            .sum();
         let budget = (self.capacity_bytes as u64)
-            .saturating_sub(used)
+            .saturating_sub(self.used_bytes())
             .max(MIN_MAPPED_BYTES);
         if after <= budget {
             return;
@@ -292,11 +287,20 @@ impl BlockCache {
         removed
     }
 
+    /// Bytes currently charged, summed over the shards without locking them.
+    fn used_bytes(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.used_bytes.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// The counters, summed over the shards without locking them.
     pub fn stats(&self) -> CacheStats {
         let mut stats = CacheStats {
             capacity_bytes: self.capacity_bytes as u64,
             mapped_releases: self.mapped_releases(),
+            used_bytes: self.used_bytes(),
             ..CacheStats::default()
         };
         for shard in self.shards.iter() {
@@ -305,7 +309,6 @@ impl BlockCache {
             stats.inserts += shard.inserts.load(Ordering::Relaxed);
             stats.evictions += shard.evictions.load(Ordering::Relaxed);
             stats.rejected += shard.rejected.load(Ordering::Relaxed);
-            stats.used_bytes += shard.used_bytes.load(Ordering::Relaxed);
             stats.entries += shard.entries.load(Ordering::Relaxed);
         }
         stats

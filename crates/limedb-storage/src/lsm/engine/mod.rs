@@ -190,12 +190,12 @@ struct SuperVersion {
 
 impl SuperVersion {
     fn table(&self, file_number: u64) -> Result<&Table> {
-        self.tables
-            .get(&file_number)
-            .ok_or_else(|| StorageError::InvalidInput {
-                path: PathBuf::from(table_file_name(file_number)),
-                reason: "table is in the version but not open (engine bug)".into(),
-            })
+        self.tables.get(&file_number).ok_or_else(|| {
+            engine_bug(&format!(
+                "table {} is in the version but not open",
+                table_file_name(file_number)
+            ))
+        })
     }
 
     /// Sources over every memtable and table, newest first, from user key `start`.
@@ -496,7 +496,8 @@ struct Inner {
     /// load it without contending for `state` with writers and the background thread.
     published: RwLock<Arc<SuperVersion>>,
     /// The largest sequence number readers may see: published by a writer only after its
-    /// whole batch is in the memtable. Read together with `state.current` (under `state`).
+    /// whole batch is in the memtable. Readers load it before `published` (see
+    /// [`LsmEngine#consistency`]).
     visible_seqno: AtomicU64,
     /// Who writes with [`SyncPolicy::Always`], for the group commit's gathering step.
     sync_group: SyncGroup,
@@ -889,7 +890,7 @@ impl LsmEngine {
 
     /// The current version: the tables of each level.
     pub fn version(&self) -> Arc<Version> {
-        Arc::clone(&lock(&self.inner.state).current.version)
+        Arc::clone(&self.inner.current().version)
     }
 
     /// Hit and miss counters of the block cache.

@@ -51,8 +51,18 @@ fn data(engine: &LsmEngine, key: &[u8]) -> Result<Option<Vec<u8>>> {
     Ok(engine.get(key)?.map(|v| v.data.to_vec()))
 }
 
-fn key(i: usize) -> Vec<u8> {
+/// The `i`-th test key, `key000123`: keys sort in the order of `i`.
+pub(super) fn key(i: usize) -> Vec<u8> {
     format!("key{i:06}").into_bytes()
+}
+
+/// A put without expiry, for `write_many`, `write_batch` and `try_write_*`.
+pub(super) fn put<'a>(key: &'a [u8], value: &'a [u8]) -> WriteOp<'a> {
+    WriteOp::Put {
+        key,
+        value,
+        expires_at_ms: None,
+    }
 }
 
 fn table_count(engine: &LsmEngine) -> usize {

@@ -7,19 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use super::*;
 
-use super::tests::{tiny, TestResult};
-
-fn key(i: usize) -> Vec<u8> {
-    format!("key{i:06}").into_bytes()
-}
-
-fn put<'a>(key: &'a [u8], value: &'a [u8]) -> WriteOp<'a> {
-    WriteOp::Put {
-        key,
-        value,
-        expires_at_ms: None,
-    }
-}
+use super::tests::{key, put, tiny, TestResult};
 
 fn collect(it: impl Iterator<Item = Result<(Bytes, Value)>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     it.map(|e| e.map(|(k, v)| (k.to_vec(), v.data.to_vec())))

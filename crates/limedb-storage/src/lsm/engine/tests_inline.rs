@@ -3,20 +3,8 @@
 
 use std::sync::atomic::AtomicUsize;
 
-use super::tests::{tiny, TestResult};
+use super::tests::{key, put, tiny, TestResult};
 use super::*;
-
-fn key(i: usize) -> Vec<u8> {
-    format!("key{i:06}").into_bytes()
-}
-
-fn put<'a>(key: &'a [u8], value: &'a [u8]) -> WriteOp<'a> {
-    WriteOp::Put {
-        key,
-        value,
-        expires_at_ms: None,
-    }
-}
 
 /// `tiny()` without background compaction pressure on the tests' expectations: a big memtable,
 /// so nothing is flushed unless a test asks.
