@@ -64,6 +64,7 @@ pub mod clock;
 pub mod engine;
 pub mod error;
 mod fsutil;
+mod lifecycle;
 pub mod lsm;
 pub mod memory;
 pub mod sync;

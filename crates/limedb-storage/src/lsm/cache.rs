@@ -226,14 +226,10 @@ impl BlockCache {
 
     /// The block cached under `key`, which becomes the most recently used of its shard.
     pub fn get(&self, key: BlockKey) -> Option<Bytes> {
-        let shard = self.shard(key);
-        let found = shard.lock().and_then(|mut lru| lru.get(key));
-        let counter = if found.is_some() {
-            &shard.hits
-        } else {
-            &shard.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        let found = self.probe(key);
+        if found.is_none() {
+            self.shard(key).misses.fetch_add(1, Ordering::Relaxed);
+        }
         found
     }
 

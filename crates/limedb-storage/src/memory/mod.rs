@@ -50,6 +50,7 @@ use bytes::Bytes;
 use self::log::{LogWriter, Record};
 use crate::engine::{Engine, EngineStats, Page, Value, WriteOp};
 use crate::error::StorageError;
+use crate::lifecycle::Lifecycle;
 use crate::sync::SyncPolicy;
 use crate::{now_ms, Result, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
@@ -117,8 +118,8 @@ struct Inner {
     syncer: Mutex<Syncer>,
     /// Sequence number of the last record written to the log (1-based; 0 = none since open).
     written_seq: AtomicU64,
-    poisoned: AtomicBool,
-    closed: AtomicBool,
+    /// Closed and poisoned flags.
+    lifecycle: Lifecycle,
     /// Set while a log rewrite holds the log lock, so quick writers do not queue behind it.
     rewriting: AtomicBool,
     log_bytes: AtomicU64,
@@ -328,8 +329,7 @@ impl MemoryEngine {
             }),
             syncer: Mutex::new(syncer),
             written_seq: AtomicU64::new(0),
-            poisoned: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
+            lifecycle: Lifecycle::default(),
             rewriting: AtomicBool::new(false),
             log_rewrites: AtomicU64::new(0),
             expired_reclaimed: AtomicU64::new(0),
@@ -390,7 +390,7 @@ impl Drop for MemoryEngine {
     fn drop(&mut self) {
         self.stop_background();
         let inner = &self.inner;
-        if !inner.closed.load(Ordering::SeqCst) && !inner.poisoned.load(Ordering::SeqCst) {
+        if !inner.lifecycle.is_closed() && !inner.lifecycle.is_poisoned() {
             if let Err(error) = inner.sync_written() {
                 tracing::warn!(%error, "fsync on drop of memory engine failed");
             }
@@ -400,22 +400,15 @@ impl Drop for MemoryEngine {
 
 impl Inner {
     fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(StorageError::Closed);
-        }
-        Ok(())
+        self.lifecycle.check_open()
     }
 
     fn check_writable(&self) -> Result<()> {
-        self.check_open()?;
-        if self.poisoned.load(Ordering::SeqCst) {
-            return Err(StorageError::Poisoned);
-        }
-        Ok(())
+        self.lifecycle.check_writable()
     }
 
     fn poison(&self, error: &StorageError) {
-        if !self.poisoned.swap(true, Ordering::SeqCst) {
+        if self.lifecycle.poison() {
             tracing::error!(%error, path = %self.path.display(), "memory engine poisoned; refusing writes");
         }
     }
@@ -569,7 +562,7 @@ impl Inner {
             return Ok(());
         }
         // After a failed fsync the kernel may have dropped dirty pages; never retry.
-        if self.poisoned.load(Ordering::SeqCst) {
+        if self.lifecycle.is_poisoned() {
             return Err(StorageError::Poisoned);
         }
         let target = self.written_seq.load(Ordering::SeqCst);
@@ -706,7 +699,7 @@ impl Inner {
                 self.reap_expired(now_ms());
             }
             if let SyncPolicy::Interval(period) = self.options.sync {
-                if last_sync.elapsed() >= period && !self.poisoned.load(Ordering::SeqCst) {
+                if last_sync.elapsed() >= period && !self.lifecycle.is_poisoned() {
                     last_sync = Instant::now();
                     if let Err(error) = self.sync_written() {
                         tracing::warn!(%error, "interval fsync failed");
@@ -847,7 +840,7 @@ impl Engine for MemoryEngine {
         {
             // Under the log lock, so no write is half-way through when we flip the flag.
             let _slot = lock(&self.inner.log);
-            if self.inner.closed.swap(true, Ordering::SeqCst) {
+            if !self.inner.lifecycle.close() {
                 return Err(StorageError::Closed);
             }
         }

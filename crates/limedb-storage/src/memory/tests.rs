@@ -595,7 +595,7 @@ fn oversized_keys_are_rejected() -> TestResult {
         engine.put(&key, b"v", None),
         Err(StorageError::KeyTooLarge { .. })
     ));
-    assert!(engine.inner.poisoned.load(Ordering::SeqCst).eq(&false));
+    assert!(!engine.inner.lifecycle.is_poisoned());
     Ok(())
 }
 

@@ -93,7 +93,7 @@ mod value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -108,6 +108,7 @@ pub use self::range::RangeIter;
 use crate::engine::{Engine, EngineStats, LevelFigures, Page, Value, WriteOp};
 use crate::error::StorageError;
 use crate::fsutil::fsync_dir;
+use crate::lifecycle::Lifecycle;
 use crate::lsm::cache::{BlockCache, CacheStats};
 use crate::lsm::compaction::{leveled, Action, Choice, LeveledOptions};
 use crate::lsm::key::{user_key, InternalKeyRef, ValueKind, MAX_SEQNO};
@@ -508,8 +509,8 @@ struct Inner {
     work: Condvar,
     /// Signals progress of the background thread (stalled writers, `flush`, `wait_idle`).
     progress: Condvar,
-    poisoned: AtomicBool,
-    closed: AtomicBool,
+    /// Closed and poisoned flags.
+    lifecycle: Lifecycle,
     counters: Counters,
 }
 
@@ -818,8 +819,7 @@ impl LsmEngine {
             compaction_lock: Mutex::new(()),
             work: Condvar::new(),
             progress: Condvar::new(),
-            poisoned: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
+            lifecycle: Lifecycle::default(),
             counters: Counters::default(),
         });
         let worker = Arc::clone(&inner);
@@ -1282,7 +1282,7 @@ fn remove_orphan_tables(tables_dir: &Path, live: &HashSet<u64>) -> Result<()> {
 impl Drop for LsmEngine {
     fn drop(&mut self) {
         self.stop_background();
-        if !self.inner.closed.load(Ordering::SeqCst) && !self.inner.wal.is_poisoned() {
+        if !self.inner.lifecycle.is_closed() && !self.inner.wal.is_poisoned() {
             if let Err(error) = self.inner.wal.sync() {
                 tracing::warn!(%error, "fsync on drop of LSM engine failed");
             }
@@ -1292,22 +1292,19 @@ impl Drop for LsmEngine {
 
 impl Inner {
     fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(StorageError::Closed);
-        }
-        Ok(())
+        self.lifecycle.check_open()
     }
 
     fn check_writable(&self) -> Result<()> {
-        self.check_open()?;
-        if self.poisoned.load(Ordering::SeqCst) || self.wal.is_poisoned() {
+        self.lifecycle.check_writable()?;
+        if self.wal.is_poisoned() {
             return Err(StorageError::Poisoned);
         }
         Ok(())
     }
 
     fn poison(&self, error: &StorageError) {
-        if !self.poisoned.swap(true, Ordering::SeqCst) {
+        if self.lifecycle.poison() {
             tracing::error!(%error, dir = %self.dir.display(), "LSM engine poisoned; refusing writes");
         }
         self.progress.notify_all();
@@ -1424,7 +1421,7 @@ impl Inner {
             let applied = self
                 .apply(&sv, ops, now_ms(), Reach::Disk)?
                 .ok_or_else(|| engine_bug("a write allowed to use the disk gave up"))?;
-            if synced {
+            if synced && applied.1.is_some() {
                 self.sync_group.appended.fetch_add(1, Ordering::SeqCst);
             }
             applied
@@ -1624,7 +1621,7 @@ impl Inner {
                         self.progress.notify_all();
                         return;
                     }
-                    let healthy = !self.poisoned.load(Ordering::SeqCst);
+                    let healthy = !self.lifecycle.is_poisoned();
                     if healthy && !state.current.imms.is_empty() {
                         state.busy = true;
                         break Job::Flush(Arc::clone(&state.current));
@@ -2018,7 +2015,7 @@ impl Engine for LsmEngine {
         {
             // Under the writer lock, so no write is half-way through when we flip the flag.
             let _writer = lock(&self.inner.writer);
-            if self.inner.closed.swap(true, Ordering::SeqCst) {
+            if !self.inner.lifecycle.close() {
                 return Err(StorageError::Closed);
             }
         }

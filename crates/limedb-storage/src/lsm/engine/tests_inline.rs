@@ -1,7 +1,7 @@
 //! Tests of the paths that let an async caller skip a thread hand-off ([`Engine::try_get_now`],
 //! [`Engine::try_write_now`]) and of write back-pressure from L0 (slowdown, stall).
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use super::tests::{key, put, tiny, TestResult};
 use super::*;
