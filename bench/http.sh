@@ -25,6 +25,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH_SCRIPT="${BASH_SOURCE[0]}"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 REQUESTS=200000
 CONNECTIONS=64
@@ -36,15 +39,6 @@ TARGETS="shard,coordinator,ceiling"
 CLIENT="limedb"
 READY_TIMEOUT_SECS="${READY_TIMEOUT_SECS:-30}"
 
-usage() {
-    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
-}
-
-log() { printf '[http.sh] %s\n' "$*" >&2; }
-die() { printf '[http.sh] error: %s\n' "$*" >&2; exit 1; }
-
-need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"; }
-need_uint() { [[ "$2" =~ ^[0-9]+$ && "$2" -gt 0 ]] || die "$1 must be a positive integer, got '$2'"; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -78,17 +72,7 @@ PIDS=()
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
-    local pid
-    if [[ -n "${BENCH_PID:-}" ]]; then kill -TERM "$BENCH_PID" 2>/dev/null || true; fi
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    done
-    local deadline=$((SECONDS + 5))
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_children 5
     rm -rf "$WORK"
     exit "$status"
 }
@@ -114,12 +98,7 @@ if ((NEED_LIMEDB || ${#EXAMPLES[@]})); then
     "${BUILD[@]}" >&2 || die "build failed"
 fi
 
-TARGET_DIR="${CARGO_TARGET_DIR:-}"
-if [[ -z "$TARGET_DIR" ]]; then
-    TARGET_DIR="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-fi
-BIN_DIR="$TARGET_DIR/release"
+BIN_DIR="$(cargo_target_dir)/release"
 LIMEDB="${LIMEDB_BIN:-$BIN_DIR/limedb}"
 CEILING="$BIN_DIR/examples/http_ceiling"
 if [[ "$CLIENT" == limedb ]]; then
@@ -129,44 +108,6 @@ else
 fi
 
 # --- servers --------------------------------------------------------------------
-SETSID=""
-if command -v setsid >/dev/null; then SETSID="setsid"; fi
-
-# start NAME CMD... : runs CMD in the background, stdout/stderr to $WORK/NAME.{out,err}
-start() {
-    local name=$1
-    shift
-    # Own session and process group (when setsid exists), so cleanup also
-    # reaches anything a wrapper script spawned.
-    $SETSID "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-    PIDS+=("$!")
-    STARTED_PID=$!
-}
-
-# wait_ready NAME PID : waits for the LIMEDB_READY line, sets READY_LINE
-wait_ready() {
-    local name=$1 pid=$2 deadline=$((SECONDS + READY_TIMEOUT_SECS))
-    while true; do
-        if READY_LINE="$(grep -m1 '^LIMEDB_READY' "$WORK/$name.out" 2>/dev/null)"; then
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "$name exited before it was ready; its stderr:"
-            tail -n 40 "$WORK/$name.err" >&2 || true
-            die "$name failed to start"
-        fi
-        if ((SECONDS >= deadline)); then
-            log "$name printed no LIMEDB_READY line within ${READY_TIMEOUT_SECS} s; its stderr:"
-            tail -n 40 "$WORK/$name.err" >&2 || true
-            die "$name did not become ready"
-        fi
-        sleep 0.1
-    done
-}
-
-# field LINE KEY : value of KEY=VALUE in a READY line
-field() { sed -n "s/.*[[:space:]]$2=\([^[:space:]]*\).*/\1/p" <<<"$1"; }
-
 start_shard() { # NAME ID [EXTRA ARGS...] -> SHARD_HTTP
     local name=$1 id=$2
     shift 2

@@ -27,6 +27,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH_SCRIPT="${BASH_SOURCE[0]}"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 REQUESTS=50000
 CONNECTIONS=64
@@ -36,11 +39,6 @@ VALUE_SIZE=100
 PG_POOL_ARGS=()
 READY_TIMEOUT_SECS="${READY_TIMEOUT_SECS:-60}"
 
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
-log() { printf '[postgres.sh] %s\n' "$*" >&2; }
-die() { printf '[postgres.sh] error: %s\n' "$*" >&2; exit 1; }
-need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"; }
-need_uint() { [[ "$2" =~ ^[0-9]+$ && "$2" -gt 0 ]] || die "$1 must be a positive integer, got '$2'"; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -66,15 +64,7 @@ AS_PG=()
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
-    local pid
-    if [[ -n "${BENCH_PID:-}" ]]; then kill -TERM "$BENCH_PID" 2>/dev/null || true; fi
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    local deadline=$((SECONDS + 10))
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_children 10
     if [[ -n "$PG_DATA" ]]; then
         "${AS_PG[@]+"${AS_PG[@]}"}" "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null 2>&1 || true
     fi
@@ -92,12 +82,7 @@ if [[ -n "${LIMEDB_BIN:-}" ]]; then
 else
     log "building: cargo build --release -p limedb --bin limedb"
     cargo build --release --manifest-path "$ROOT/Cargo.toml" -p limedb --bin limedb >&2 || die "build failed"
-    TARGET_DIR="${CARGO_TARGET_DIR:-}"
-    if [[ -z "$TARGET_DIR" ]]; then
-        TARGET_DIR="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" |
-            python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-    fi
-    LIMEDB="$TARGET_DIR/release/limedb"
+    LIMEDB="$(cargo_target_dir)/release/limedb"
 fi
 
 # --- PostgreSQL -------------------------------------------------------------------
@@ -143,28 +128,6 @@ fi
 log "PostgreSQL: $PG_WHERE ($PG_SETTINGS)"
 
 # --- LimeDB clusters ----------------------------------------------------------------
-start() { # NAME CMD...
-    local name=$1
-    shift
-    "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-    PIDS+=("$!")
-    STARTED_PID=$!
-}
-
-wait_ready() { # NAME PID -> READY_LINE
-    local name=$1 pid=$2 deadline=$((SECONDS + READY_TIMEOUT_SECS))
-    while ! READY_LINE="$(grep -m1 '^LIMEDB_READY' "$WORK/$name.out" 2>/dev/null)"; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 40 "$WORK/$name.err" >&2 || true
-            die "$name exited before it was ready"
-        fi
-        ((SECONDS < deadline)) || { tail -n 40 "$WORK/$name.err" >&2; die "$name did not become ready"; }
-        sleep 0.1
-    done
-}
-
-field() { sed -n "s/.*[[:space:]]$2=\([^[:space:]]*\).*/\1/p" <<<"$1"; }
-
 wait_healthy() { # URL
     local url=$1 deadline=$((SECONDS + READY_TIMEOUT_SECS))
     while ((SECONDS < deadline)); do

@@ -21,6 +21,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH_SCRIPT="${BASH_SOURCE[0]}"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 REQUESTS=200000
 CONNECTIONS=50
@@ -31,11 +34,6 @@ PIPELINES="1,16"
 TARGETS="shard,coordinator,redis"
 READY_TIMEOUT_SECS="${READY_TIMEOUT_SECS:-30}"
 
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
-log() { printf '[resp.sh] %s\n' "$*" >&2; }
-die() { printf '[resp.sh] error: %s\n' "$*" >&2; exit 1; }
-need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"; }
-need_uint() { [[ "$2" =~ ^[0-9]+$ && "$2" -gt 0 ]] || die "$1 must be a positive integer, got '$2'"; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -66,17 +64,7 @@ PIDS=()
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
-    local pid
-    if [[ -n "${BENCH_PID:-}" ]]; then kill -TERM "$BENCH_PID" 2>/dev/null || true; fi
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    done
-    local deadline=$((SECONDS + 5))
-    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_children 5
     rm -rf "$WORK"
     exit "$status"
 }
@@ -91,33 +79,10 @@ if [[ -n "${LIMEDB_BIN:-}" ]]; then
 elif want shard || want coordinator; then
     log "building: cargo build --release -p limedb --bin limedb"
     cargo build --release --manifest-path "$ROOT/Cargo.toml" -p limedb --bin limedb >&2 || die "build failed"
-    TARGET_DIR="${CARGO_TARGET_DIR:-}"
-    if [[ -z "$TARGET_DIR" ]]; then
-        TARGET_DIR="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" |
-            python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-    fi
-    LIMEDB="$TARGET_DIR/release/limedb"
+    LIMEDB="$(cargo_target_dir)/release/limedb"
 fi
 
 # --- servers ----------------------------------------------------------------------
-SETSID=""
-if command -v setsid >/dev/null; then SETSID="setsid"; fi
-start() { # NAME CMD... : in the background, stdout/stderr to $WORK/NAME.{out,err}
-    local name=$1
-    shift
-    $SETSID "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-    PIDS+=("$!")
-    STARTED_PID=$!
-}
-wait_ready() { # NAME PID : waits for the LIMEDB_READY line, sets READY_LINE
-    local name=$1 pid=$2 deadline=$((SECONDS + READY_TIMEOUT_SECS))
-    until READY_LINE="$(grep -m1 '^LIMEDB_READY' "$WORK/$name.out" 2>/dev/null)"; do
-        kill -0 "$pid" 2>/dev/null || { tail -n 40 "$WORK/$name.err" >&2; die "$name exited before it was ready"; }
-        ((SECONDS < deadline)) || { tail -n 40 "$WORK/$name.err" >&2; die "$name did not become ready"; }
-        sleep 0.1
-    done
-}
-field() { sed -n "s/.*[[:space:]]$2=\([^[:space:]]*\).*/\1/p" <<<"$1"; }
 wait_pong() { # NAME HOST:PORT : until the server answers DBSIZE without an error
     local name=$1 addr=$2 deadline=$((SECONDS + READY_TIMEOUT_SECS))
     until [[ "$(redis-cli -h "${addr%:*}" -p "${addr##*:}" DBSIZE 2>/dev/null)" =~ ^[0-9]+$ ]]; do

@@ -38,6 +38,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH_SCRIPT="${BASH_SOURCE[0]}"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 BENCH_DIR="$ROOT/bench/storage"
 
 KEYS=1000000
@@ -51,15 +54,6 @@ WORKLOADS="$ALL_WORKLOADS"
 TARGET_DIR="${STORAGE_BENCH_TARGET_DIR:-$BENCH_DIR/target}"
 DATA_PARENT="${STORAGE_BENCH_DATA_DIR:-$TARGET_DIR/data}"
 
-usage() {
-    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
-}
-
-log() { printf '[storage.sh] %s\n' "$*" >&2; }
-die() { printf '[storage.sh] error: %s\n' "$*" >&2; exit 1; }
-
-need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"; }
-need_uint() { [[ "$2" =~ ^[0-9]+$ && "$2" -gt 0 ]] || die "$1 must be a positive integer, got '$2'"; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
