@@ -43,18 +43,11 @@ impl Shard {
     }
 
     fn resp_addr(&self) -> String {
-        self.node
-            .ready
-            .get("resp")
-            .cloned()
-            .expect("resp= in the ready line")
+        resp_addr(&self.node)
     }
 
     fn client(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://{}/", self.resp_addr()))
-            .expect("client")
-            .get_connection()
-            .expect("connect")
+        connect(&self.resp_addr())
     }
 
     fn raw(&self) -> TcpStream {
@@ -63,6 +56,22 @@ impl Shard {
             .expect("timeout");
         s
     }
+}
+
+/// The RESP address a node announced in its ready line.
+fn resp_addr(node: &Node) -> String {
+    node.ready
+        .get("resp")
+        .cloned()
+        .expect("resp= in the ready line")
+}
+
+/// A `redis` crate connection to `addr`.
+fn connect(addr: &str) -> redis::Connection {
+    redis::Client::open(format!("redis://{addr}/"))
+        .expect("client")
+        .get_connection()
+        .expect("connect")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -917,19 +926,11 @@ impl Cluster3 {
     }
 
     fn resp_addr(&self) -> String {
-        self.cluster
-            .coordinator
-            .ready
-            .get("resp")
-            .cloned()
-            .expect("resp= in the ready line")
+        resp_addr(&self.cluster.coordinator)
     }
 
     fn client(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://{}/", self.resp_addr()))
-            .expect("client")
-            .get_connection()
-            .expect("connect")
+        connect(&self.resp_addr())
     }
 
     /// How many keys shard `i` (0-based) holds, asked over HTTP.
