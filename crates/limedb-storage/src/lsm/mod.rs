@@ -8,14 +8,15 @@
 //! - [`key`]: internal keys (user key + sequence number + kind) and their order.
 //! - [`manifest`]: the durable log of version edits (`MANIFEST-<n>` and `CURRENT`) that
 //!   installs flushes and compactions atomically.
-//! - [`memtable`]: the in-memory write buffer, a concurrent skiplist of internal keys.
+//! - [`memtable`]: the in-memory write buffer of internal keys, indexed by [`skiplist`].
+//! - [`skiplist`]: the memtable's skiplist: nodes (key, value, tower) in an arena, one writer
+//!   at a time, readers without locks.
 //! - [`sstable`]: immutable sorted table files (blocks, index, bloom filter, footer), their
 //!   writer and reader.
 //! - [`version`]: an immutable snapshot of the tables in each level (L0..L6) and the counters.
 //! - [`wal`]: the write-ahead log: segmented, checksummed write batches with group commit.
 //!
-//! Shards use it with `limedb shard --storage lsm`; [`crate::MemoryEngine`] stays the default
-//! until the storage benchmark has been run against RocksDB at full size.
+//! It is every shard's default backend (`limedb shard --storage lsm`).
 
 pub mod cache;
 pub mod compaction;
@@ -24,6 +25,7 @@ pub mod key;
 pub mod manifest;
 pub mod memtable;
 mod records;
+pub mod skiplist;
 pub mod sstable;
 pub mod version;
 pub mod wal;

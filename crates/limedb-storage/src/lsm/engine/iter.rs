@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::value;
 use crate::engine::Value;
 use crate::lsm::key::{compare_encoded, seek_key, user_key, InternalKeyRef, ValueKind, MAX_SEQNO};
-use crate::lsm::memtable::Memtable;
+use crate::lsm::memtable::{Memtable, MemtableEntry};
 use crate::lsm::sstable::{Table, TableIter};
 use crate::{Result, StorageError};
 
@@ -36,10 +36,16 @@ pub(crate) fn memtable_range_source<'a>(
     reverse: bool,
 ) -> Source<'a> {
     let range = memtable.range(lower, upper);
+    let owned = |e: MemtableEntry<'_>| {
+        Ok((
+            Bytes::copy_from_slice(e.encoded_key()),
+            Bytes::copy_from_slice(e.value()),
+        ))
+    };
     if reverse {
-        Box::new(range.rev().map(|e| Ok((e.key.into_bytes(), e.value))))
+        Box::new(range.rev().map(owned))
     } else {
-        Box::new(range.map(|e| Ok((e.key.into_bytes(), e.value))))
+        Box::new(range.map(owned))
     }
 }
 

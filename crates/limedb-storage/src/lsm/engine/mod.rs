@@ -779,8 +779,7 @@ impl LsmEngine {
         for batch in &recovered {
             for (seqno, op) in batch.iter() {
                 if seqno > flushed {
-                    let value = op.value().cloned().unwrap_or_default();
-                    active.insert(op.key(), seqno, op.kind(), value);
+                    active.insert(op.key(), seqno, op.kind(), op.value().map_or(&[], |v| v));
                 }
             }
         }
@@ -1567,7 +1566,7 @@ impl Inner {
         let first = last + 1 - batch.len() as u64;
         let mut user_bytes = 0u64;
         for (seqno, op) in (first..).zip(batch.ops()) {
-            let value = op.value().cloned().unwrap_or_default();
+            let value = op.value().map_or(&[][..], |v| v);
             user_bytes += (op.key().len() + value.len()) as u64;
             sv.active.insert(op.key(), seqno, op.kind(), value);
         }
@@ -1704,10 +1703,10 @@ impl Inner {
         // Keep, for every live snapshot, the newest version it can see (see `Retention`).
         let mut retention = Retention::new(self.smallest_snapshot());
         for entry in memtable.iter() {
-            if retention.shadowed(entry.key.user_key(), entry.key.seqno()) {
+            if retention.shadowed(entry.user_key(), entry.seqno()) {
                 continue;
             }
-            writer.add(entry.key.encoded(), &entry.value)?;
+            writer.add(entry.encoded_key(), entry.value())?;
         }
         let (handle, table) = self.finish_table(n, writer)?;
         fsync_dir(&self.tables_dir)?;
