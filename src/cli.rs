@@ -101,9 +101,10 @@ pub struct ShardArgs {
     #[arg(long, env = "LIMEDB_BLOCK_CACHE_MB", value_name = "MIB")]
     pub block_cache_mb: Option<u64>,
 
-    /// LSM: how table files are read: "mmap" (a memory map; the pages it keeps resident
-    /// share the block cache's budget) or "pread" (a read(2) per block not in the block
-    /// cache). [default: mmap]
+    /// LSM: how table files are read: "mmap" (scans and compactions read through a memory
+    /// map, whose resident pages share the block cache's budget) or "pread" (a read(2) per
+    /// block not in the block cache). Point reads that miss the block cache copy their block
+    /// with pread in both modes. [default: mmap]
     #[arg(long, env = "LIMEDB_TABLE_READS", value_name = "MODE")]
     pub table_reads: Option<String>,
 

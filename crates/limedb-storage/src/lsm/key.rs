@@ -111,6 +111,23 @@ fn trailer(encoded: &[u8]) -> u64 {
     u64::from_le_bytes(bytes)
 }
 
+/// The order prefix of a user key: its first 16 bytes, zero-padded, as a big-endian pair of
+/// words. Comparing two prefixes settles most key comparisons without touching the keys'
+/// bytes (the memtable's skiplist and the tables' in-memory indexes keep one beside each
+/// key): when the prefixes differ, the first differing byte among the first 16 decides the
+/// byte-wise order of the keys too (a key that ends early pads with 0, which is never above
+/// the other key's byte there); when they are equal, the whole keys must be compared.
+pub fn order_prefix(user_key: &[u8]) -> [u64; 2] {
+    let mut bytes = [0u8; 16];
+    let n = user_key.len().min(16);
+    if let (Some(dst), Some(src)) = (bytes.get_mut(..n), user_key.get(..n)) {
+        dst.copy_from_slice(src);
+    }
+    let (hi, lo) = bytes.split_at(8);
+    let word = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
+    [word(hi), word(lo)]
+}
+
 /// The order of encoded internal keys: user key ascending, then trailer (sequence number, then
 /// kind) descending.
 pub fn compare_encoded(a: &[u8], b: &[u8]) -> Ordering {
@@ -130,6 +147,19 @@ pub fn seek_key(user_key: &[u8], seqno: u64) -> Vec<u8> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// The prefix never contradicts the byte-wise order: short keys, zero bytes and keys
+        /// that share their first 16 bytes included.
+        #[test]
+        fn order_prefix_agrees_with_the_key_order(
+            a in proptest::collection::vec(0u8..3, 0..20),
+            b in proptest::collection::vec(0u8..3, 0..20),
+        ) {
+            let by_prefix = order_prefix(&a).cmp(&order_prefix(&b));
+            prop_assert!(by_prefix == Ordering::Equal || by_prefix == a.cmp(&b));
+        }
+    }
 
     #[test]
     fn round_trip_and_layout() {

@@ -19,8 +19,7 @@
 //!   the end of every reader ([`Cursor`] borrows the list).
 //!
 //! Order: [`compare_encoded`] (user key ascending, then newest version first), decided first
-//! by the 16-byte big-endian prefix of the user key kept in the header (zero-padded, which
-//! keeps the byte-wise order: see [`prefix_of`]).
+//! by the user key's 16-byte order prefix kept in the header (see [`order_prefix`]).
 //!
 //! Height: a node is `h` levels high with probability `(1/4)^(h-1)·(3/4)`, at most
 //! [`MAX_HEIGHT`] (12): searches stay logarithmic up to tens of millions of entries.
@@ -42,7 +41,7 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Mutex, PoisonError};
 
-use super::key::{compare_encoded, user_key, TRAILER_LEN};
+use super::key::{compare_encoded, order_prefix, user_key, TRAILER_LEN};
 
 /// The tallest tower.
 pub const MAX_HEIGHT: usize = 12;
@@ -83,21 +82,6 @@ fn node_bytes(height: usize, key_len: usize, value_len: usize) -> usize {
     raw.next_multiple_of(8)
 }
 
-/// The order prefix of a user key: its first 16 bytes, zero-padded, as a big-endian pair of
-/// words. When two prefixes differ, the first differing byte among the first 16 decides the
-/// byte-wise order of the keys too (a key that ends early pads with 0, which is never above
-/// the other key's byte there); when they are equal the whole keys must be compared.
-pub fn prefix_of(user_key: &[u8]) -> [u64; 2] {
-    let mut bytes = [0u8; 16];
-    let n = user_key.len().min(16);
-    if let (Some(dst), Some(src)) = (bytes.get_mut(..n), user_key.get(..n)) {
-        dst.copy_from_slice(src);
-    }
-    let (hi, lo) = bytes.split_at(8);
-    let word = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
-    [word(hi), word(lo)]
-}
-
 /// A key to search for: an encoded internal key and its prefix.
 #[derive(Clone, Copy)]
 pub struct Probe<'k> {
@@ -109,7 +93,7 @@ impl<'k> Probe<'k> {
     /// A probe for the encoded internal key `encoded`.
     pub fn new(encoded: &'k [u8]) -> Self {
         Probe {
-            prefix: prefix_of(user_key(encoded)),
+            prefix: order_prefix(user_key(encoded)),
             encoded,
         }
     }
@@ -276,7 +260,7 @@ impl SkipList {
         // can reach it until it is linked below.
         unsafe {
             node.write(Node {
-                prefix: prefix_of(user_key),
+                prefix: order_prefix(user_key),
                 // Keys are bounded far below 4 GiB by the servers' limits.
                 key_len: u32::try_from(key_len).unwrap_or(u32::MAX),
                 height: height as u32,
