@@ -2,10 +2,11 @@
 //!
 //! One node holds everything of one version in one piece of memory: a 32-byte header (the
 //! key's 16-byte order prefix, the key and value lengths, the height), the tower of `height`
-//! next-pointers, the encoded internal key and the value. Nodes are carved out of 1 MiB chunks
-//! by a bump allocator (an entry above 256 KiB gets an allocation of its own), so an insert
-//! costs no call to the allocator most of the time, a search touches one cache line per node
-//! it passes, and the whole memtable is freed at once when it is dropped. Nothing is ever
+//! next-pointers, the encoded internal key and the value. Nodes are carved out of 2 MiB chunks
+//! (anonymous maps that ask for transparent huge pages) by a bump allocator (an entry above
+//! 512 KiB gets an allocation of its own), so an insert costs no call to the allocator most of
+//! the time, a search touches one cache line and few TLB entries per node it passes, and the
+//! whole memtable is freed at once when it is dropped. Nothing is ever
 //! removed from the list, which is what makes the concurrency simple:
 //!
 //! - **One writer at a time.** Inserts take the list's writer lock (the LSM engine already
@@ -266,7 +267,7 @@ impl SkipList {
     }
 
     /// Bytes held by the entries' nodes: the memory the list costs, but for the unused tail of
-    /// its current 1 MiB chunk.
+    /// its current chunk.
     pub fn node_bytes(&self) -> usize {
         self.node_bytes.load(AtomicOrdering::Relaxed)
     }

@@ -433,13 +433,7 @@ impl TableInner {
 
     fn read_block(&self, handle: BlockHandle) -> Result<Bytes> {
         let Some(cache) = &self.cache else {
-            return read_block(
-                &self.source,
-                Via::Map,
-                &self.meta.path,
-                self.footer_offset,
-                handle,
-            );
+            return self.read_uncached(Via::Map, handle);
         };
         let read = || {
             if matches!(self.source, Source::Mmap { .. }) {
@@ -447,24 +441,12 @@ impl TableInner {
                 // at once, so that is what a read may add to resident memory.
                 cache.charge_mapped(u64::from(handle.size).max(FAULT_AROUND_BYTES));
             }
-            read_block(
-                &self.source,
-                Via::Map,
-                &self.meta.path,
-                self.footer_offset,
-                handle,
-            )
+            self.read_uncached(Via::Map, handle)
         };
         if self.is_zero_copy(handle) {
             return read();
         }
-        let key = BlockKey::new(self.table_id, handle.offset);
-        if let Some(block) = cache.get(key) {
-            return Ok(block);
-        }
-        let block = read()?;
-        cache.insert(key, block.clone());
-        Ok(block)
+        self.through_cache(cache, handle, read)
     }
 
     /// The block at `handle` for a point read: from the block cache, or else copied out of the
@@ -474,18 +456,20 @@ impl TableInner {
     /// storage benchmark's readrandom: 88k against 150k reads/s), and a copied block stays hot
     /// in the cache where a mapped one would be released with the rest of the map.
     fn read_block_copied(&self, handle: BlockHandle) -> Result<Bytes> {
-        let read = || {
-            read_block(
-                &self.source,
-                Via::Copy,
-                &self.meta.path,
-                self.footer_offset,
-                handle,
-            )
-        };
-        let Some(cache) = &self.cache else {
-            return read();
-        };
+        let read = || self.read_uncached(Via::Copy, handle);
+        match &self.cache {
+            Some(cache) => self.through_cache(cache, handle, read),
+            None => read(),
+        }
+    }
+
+    /// The block at `handle` from `cache`, or else `read()` and cached.
+    fn through_cache(
+        &self,
+        cache: &BlockCache,
+        handle: BlockHandle,
+        read: impl FnOnce() -> Result<Bytes>,
+    ) -> Result<Bytes> {
         let key = BlockKey::new(self.table_id, handle.offset);
         if let Some(block) = cache.get(key) {
             return Ok(block);
@@ -493,6 +477,17 @@ impl TableInner {
         let block = read()?;
         cache.insert(key, block.clone());
         Ok(block)
+    }
+
+    /// Reads, checks and decompresses the block at `handle`, bypassing the cache.
+    fn read_uncached(&self, via: Via, handle: BlockHandle) -> Result<Bytes> {
+        read_block(
+            &self.source,
+            via,
+            &self.meta.path,
+            self.footer_offset,
+            handle,
+        )
     }
 
     /// Whether the block at `handle` is read as a slice of the memory map: mapped and stored
