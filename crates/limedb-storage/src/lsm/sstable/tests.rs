@@ -10,7 +10,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
-use crate::lsm::cache::{BlockCache, CacheStats, ENTRY_OVERHEAD_BYTES};
+use crate::lsm::cache::{BlockCache, ENTRY_OVERHEAD_BYTES};
 use crate::lsm::key::{compare_encoded, encode, seek_key, InternalKeyRef, ValueKind};
 use crate::StorageError;
 
