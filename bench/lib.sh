@@ -73,3 +73,15 @@ cargo_target_dir() {
             python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
     fi
 }
+
+# Sets LIMEDB: $LIMEDB_BIN if set (it must be executable), else the release binary, built now.
+limedb_binary() {
+    if [[ -n "${LIMEDB_BIN:-}" ]]; then
+        [[ -x "$LIMEDB_BIN" ]] || die "LIMEDB_BIN=$LIMEDB_BIN is not executable"
+        LIMEDB="$LIMEDB_BIN"
+        return
+    fi
+    log "building: cargo build --release -p limedb --bin limedb"
+    cargo build --release --manifest-path "$ROOT/Cargo.toml" -p limedb --bin limedb >&2 || die "build failed"
+    LIMEDB="$(cargo_target_dir)/release/limedb"
+}

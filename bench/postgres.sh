@@ -76,14 +76,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- build ------------------------------------------------------------------------
-if [[ -n "${LIMEDB_BIN:-}" ]]; then
-    [[ -x "$LIMEDB_BIN" ]] || die "LIMEDB_BIN=$LIMEDB_BIN is not executable"
-    LIMEDB="$LIMEDB_BIN"
-else
-    log "building: cargo build --release -p limedb --bin limedb"
-    cargo build --release --manifest-path "$ROOT/Cargo.toml" -p limedb --bin limedb >&2 || die "build failed"
-    LIMEDB="$(cargo_target_dir)/release/limedb"
-fi
+limedb_binary
 
 # --- PostgreSQL -------------------------------------------------------------------
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

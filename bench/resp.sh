@@ -73,13 +73,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- build ------------------------------------------------------------------------
-if [[ -n "${LIMEDB_BIN:-}" ]]; then
-    [[ -x "$LIMEDB_BIN" ]] || die "LIMEDB_BIN=$LIMEDB_BIN is not executable"
-    LIMEDB="$LIMEDB_BIN"
-elif want shard || want coordinator; then
-    log "building: cargo build --release -p limedb --bin limedb"
-    cargo build --release --manifest-path "$ROOT/Cargo.toml" -p limedb --bin limedb >&2 || die "build failed"
-    LIMEDB="$(cargo_target_dir)/release/limedb"
+if [[ -n "${LIMEDB_BIN:-}" ]] || want shard || want coordinator; then
+    limedb_binary
 fi
 
 # --- servers ----------------------------------------------------------------------

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use limedb_testkit::{temp_dir, wait_for, HttpConn, Node};
+use limedb_testkit::{free_port, temp_dir, wait_for, HttpConn, Node};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_limedb"))
@@ -272,13 +272,8 @@ fn help_explains_every_option() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_runs_a_cluster_and_bench_drives_it() {
     let dir = temp_dir();
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port().to_string())
-            .expect("free port")
-    };
-    let ports = format!("{},{},{}", free_port(), free_port(), free_port());
+    let port = || free_port().expect("free port").to_string();
+    let ports = format!("{},{},{}", port(), port(), port());
     let mut dev = Node::spawn_in(
         bin(),
         &[

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use limedb_testkit::{start_shard, temp_dir, Node};
+use limedb_testkit::{free_port, start_shard, temp_dir, Node};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_limedb"))
@@ -65,13 +65,8 @@ fn redis_cli_session_against_a_shard_matches_redis() {
 #[test]
 fn redis_cli_session_against_a_3_shard_cluster_matches_redis() {
     let dir = temp_dir();
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port().to_string())
-            .expect("free port")
-    };
-    let ports = format!("{},{},{}", free_port(), free_port(), free_port());
+    let port = || free_port().expect("free port").to_string();
+    let ports = format!("{},{},{}", port(), port(), port());
     let data = dir.path().join("data");
     let data = data.to_string_lossy();
     let dev = Node::spawn(

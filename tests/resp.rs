@@ -102,6 +102,16 @@ fn closed_by_peer(stream: &mut TcpStream) -> bool {
     matches!(stream.read(&mut buf), Ok(0))
 }
 
+/// Runs the command `words` (name first) and converts its reply; panics, failing the test,
+/// on an error reply.
+fn run<T: redis::FromRedisValue>(c: &mut impl redis::ConnectionLike, words: &[&str]) -> T {
+    let mut cmd = redis::cmd(words.first().copied().unwrap_or("PING"));
+    for word in words.iter().skip(1) {
+        cmd.arg(*word);
+    }
+    cmd.query(c).unwrap_or_else(|e| panic!("{words:?}: {e}"))
+}
+
 fn err_text<T: std::fmt::Debug>(r: RedisResult<T>) -> String {
     let e = r.expect_err("an error reply");
     // The redis crate splits "CODE detail"; put it back together.
@@ -115,7 +125,7 @@ fn err_text<T: std::fmt::Debug>(r: RedisResult<T>) -> String {
 fn string_commands_follow_redis_semantics(storage: &str) {
     let shard = Shard::start_on(storage, &[]);
     let mut c = shard.client();
-    let pong: String = redis::cmd("PING").query(&mut c).expect("ping");
+    let pong: String = run(&mut c, &["PING"]);
     assert_eq!(pong, "PONG");
     let _: () = c.set("k", "v").expect("set");
     assert_eq!(
@@ -123,27 +133,11 @@ fn string_commands_follow_redis_semantics(storage: &str) {
         Some("v")
     );
     // SET options: NX/XX/GET/KEEPTTL.
-    let r: Option<String> = redis::cmd("SET")
-        .arg("k")
-        .arg("w")
-        .arg("NX")
-        .query(&mut c)
-        .expect("nx");
+    let r: Option<String> = run(&mut c, &["SET", "k", "w", "NX"]);
     assert_eq!(r, None);
-    let r: Option<String> = redis::cmd("SET")
-        .arg("k")
-        .arg("w")
-        .arg("XX")
-        .arg("GET")
-        .query(&mut c)
-        .expect("xx get");
+    let r: Option<String> = run(&mut c, &["SET", "k", "w", "XX", "GET"]);
     assert_eq!(r.as_deref(), Some("v"));
-    let r: Option<String> = redis::cmd("SET")
-        .arg("absent")
-        .arg("x")
-        .arg("XX")
-        .query(&mut c)
-        .expect("xx");
+    let r: Option<String> = run(&mut c, &["SET", "absent", "x", "XX"]);
     assert_eq!(r, None);
     let _: () = redis::cmd("SET")
         .arg("t")
@@ -152,12 +146,7 @@ fn string_commands_follow_redis_semantics(storage: &str) {
         .arg(100)
         .query(&mut c)
         .expect("ex");
-    let _: () = redis::cmd("SET")
-        .arg("t")
-        .arg("2")
-        .arg("KEEPTTL")
-        .query(&mut c)
-        .expect("keepttl");
+    let _: () = run(&mut c, &["SET", "t", "2", "KEEPTTL"]);
     let ttl: i64 = c.ttl("t").expect("ttl");
     assert!((99..=100).contains(&ttl), "KEEPTTL kept the ttl: {ttl}");
     let _: () = c.set("t", "3").expect("set");
@@ -171,17 +160,9 @@ fn string_commands_follow_redis_semantics(storage: &str) {
     assert_eq!(c.incr::<_, _, i64>("n", 1).expect("incr"), 1);
     assert_eq!(c.incr::<_, _, i64>("n", 41).expect("incrby"), 42);
     assert_eq!(c.decr::<_, _, i64>("n", 2).expect("decrby"), 40);
-    let f: String = redis::cmd("INCRBYFLOAT")
-        .arg("f")
-        .arg("10.5")
-        .query(&mut c)
-        .expect("float");
+    let f: String = run(&mut c, &["INCRBYFLOAT", "f", "10.5"]);
     assert_eq!(f, "10.5");
-    let f: String = redis::cmd("INCRBYFLOAT")
-        .arg("f")
-        .arg("0.1")
-        .query(&mut c)
-        .expect("float");
+    let f: String = run(&mut c, &["INCRBYFLOAT", "f", "0.1"]);
     assert_eq!(f, "10.6");
     let _: () = c.set("big", i64::MAX).expect("set");
     assert_eq!(
@@ -207,7 +188,7 @@ fn string_commands_follow_redis_semantics(storage: &str) {
         c.getset::<_, _, String>("s", "new").expect("getset"),
         "Hello World"
     );
-    let gd: Option<String> = redis::cmd("GETDEL").arg("s").query(&mut c).expect("getdel");
+    let gd: Option<String> = run(&mut c, &["GETDEL", "s"]);
     assert_eq!(gd.as_deref(), Some("new"));
     assert!(!c.exists::<_, bool>("s").expect("exists"));
     let _: () = c.set("g", "1").expect("set");
@@ -219,52 +200,21 @@ fn string_commands_follow_redis_semantics(storage: &str) {
         .expect("getex");
     let pttl: i64 = c.pttl("g").expect("pttl");
     assert!(pttl > 49_000 && pttl <= 50_000, "{pttl}");
-    let _: String = redis::cmd("GETEX")
-        .arg("g")
-        .arg("PERSIST")
-        .query(&mut c)
-        .expect("getex");
+    let _: String = run(&mut c, &["GETEX", "g", "PERSIST"]);
     assert_eq!(c.pttl::<_, i64>("g").expect("pttl"), -1);
     // Multi-key.
-    let _: () = redis::cmd("MSET")
-        .arg("a")
-        .arg("1")
-        .arg("b")
-        .arg("2")
-        .query(&mut c)
-        .expect("mset");
-    let got: Vec<Option<String>> = redis::cmd("MGET")
-        .arg("a")
-        .arg("zz")
-        .arg("b")
-        .query(&mut c)
-        .expect("mget");
+    let _: () = run(&mut c, &["MSET", "a", "1", "b", "2"]);
+    let got: Vec<Option<String>> = run(&mut c, &["MGET", "a", "zz", "b"]);
     assert_eq!(got, vec![Some("1".into()), None, Some("2".into())]);
-    let n: i64 = redis::cmd("MSETNX")
-        .arg("a")
-        .arg("9")
-        .arg("c")
-        .arg("3")
-        .query(&mut c)
-        .expect("msetnx");
+    let n: i64 = run(&mut c, &["MSETNX", "a", "9", "c", "3"]);
     assert_eq!(n, 0);
     assert!(
         !c.exists::<_, bool>("c").expect("exists"),
         "MSETNX set nothing"
     );
-    let n: i64 = redis::cmd("EXISTS")
-        .arg("a")
-        .arg("a")
-        .arg("zz")
-        .query(&mut c)
-        .expect("exists");
+    let n: i64 = run(&mut c, &["EXISTS", "a", "a", "zz"]);
     assert_eq!(n, 2);
-    let n: i64 = redis::cmd("DEL")
-        .arg("a")
-        .arg("b")
-        .arg("zz")
-        .query(&mut c)
-        .expect("del");
+    let n: i64 = run(&mut c, &["DEL", "a", "b", "zz"]);
     assert_eq!(n, 2);
     // RENAME / RENAMENX / COPY / TYPE.
     let _: () = redis::cmd("SET")
@@ -280,24 +230,13 @@ fn string_commands_follow_redis_semantics(storage: &str) {
         "RENAME keeps the ttl"
     );
     assert_eq!(err_text(c.rename::<_, _, ()>("r", "r3")), "ERR no such key");
-    let n: i64 = redis::cmd("COPY")
-        .arg("r2")
-        .arg("r4")
-        .query(&mut c)
-        .expect("copy");
+    let n: i64 = run(&mut c, &["COPY", "r2", "r4"]);
     assert_eq!(n, 1);
-    let n: i64 = redis::cmd("COPY")
-        .arg("r2")
-        .arg("r4")
-        .query(&mut c)
-        .expect("copy");
+    let n: i64 = run(&mut c, &["COPY", "r2", "r4"]);
     assert_eq!(n, 0);
-    let t: String = redis::cmd("TYPE").arg("r4").query(&mut c).expect("type");
+    let t: String = run(&mut c, &["TYPE", "r4"]);
     assert_eq!(t, "string");
-    let t: String = redis::cmd("TYPE")
-        .arg("nothing")
-        .query(&mut c)
-        .expect("type");
+    let t: String = run(&mut c, &["TYPE", "nothing"]);
     assert_eq!(t, "none");
     // EXPIRE options.
     let _: () = c.set("e", "1").expect("set");
@@ -322,10 +261,7 @@ fn string_commands_follow_redis_semantics(storage: &str) {
         .query(&mut c)
         .expect("expire");
     assert_eq!(n, 0);
-    let at: i64 = redis::cmd("EXPIRETIME")
-        .arg("e")
-        .query(&mut c)
-        .expect("expiretime");
+    let at: i64 = run(&mut c, &["EXPIRETIME", "e"]);
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -343,12 +279,12 @@ fn string_commands_follow_redis_semantics(storage: &str) {
         "a past expiry deletes"
     );
     // Keyspace.
-    let _: () = redis::cmd("FLUSHDB").query(&mut c).expect("flushdb");
+    let _: () = run(&mut c, &["FLUSHDB"]);
     assert_eq!(
         redis::cmd("DBSIZE").query::<i64>(&mut c).expect("dbsize"),
         0
     );
-    let none: Option<String> = redis::cmd("RANDOMKEY").query(&mut c).expect("randomkey");
+    let none: Option<String> = run(&mut c, &["RANDOMKEY"]);
     assert_eq!(none, None);
     for i in 0..30 {
         let _: () = c.set(format!("user:{i}"), i).expect("set");
@@ -360,7 +296,7 @@ fn string_commands_follow_redis_semantics(storage: &str) {
     let mut scanned: Vec<String> = c.scan_match("user:*").expect("scan").collect();
     scanned.sort();
     assert_eq!(scanned, keys);
-    let rk: String = redis::cmd("RANDOMKEY").query(&mut c).expect("randomkey");
+    let rk: String = run(&mut c, &["RANDOMKEY"]);
     assert!(rk == "other" || rk.starts_with("user:"));
 }
 
@@ -422,7 +358,7 @@ fn errors_use_redis_wording() {
     );
     // The connection is still usable after error replies.
     let _: () = redis::cmd("SELECT").arg(0).query(&mut c).expect("select 0");
-    let pong: String = redis::cmd("PING").query(&mut c).expect("ping");
+    let pong: String = run(&mut c, &["PING"]);
     assert_eq!(pong, "PONG");
 }
 
@@ -505,10 +441,7 @@ fn expiry_has_millisecond_precision(storage: &str) {
         .arg("v")
         .query(&mut c)
         .expect("psetex");
-    let at: i64 = redis::cmd("PEXPIRETIME")
-        .arg("k")
-        .query(&mut c)
-        .expect("pexpiretime");
+    let at: i64 = run(&mut c, &["PEXPIRETIME", "k"]);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -723,7 +656,7 @@ fn bad_input_gets_redis_errors_and_the_connection_closes() {
         let _ = s.write_all(&garbage);
     }
     let mut c = shard.client();
-    let pong: String = redis::cmd("PING").query(&mut c).expect("ping");
+    let pong: String = run(&mut c, &["PING"]);
     assert_eq!(pong, "PONG");
     // Telnet-style inline commands work.
     let mut s = shard.raw();
@@ -814,17 +747,17 @@ fn multi_exec_is_atomic_and_watch_aborts_on_a_change(storage: &str) {
         .expect("exec");
     assert_eq!((a, b), (1, 10));
     // WATCH, a write by someone else, EXEC: aborted (nil).
-    let _: () = redis::cmd("WATCH").arg("x").query(&mut c).expect("watch");
+    let _: () = run(&mut c, &["WATCH", "x"]);
     let mut other = shard.client();
     let _: () = other.set("x", 100).expect("set");
-    let _: () = redis::cmd("MULTI").query(&mut c).expect("multi");
-    let q: String = redis::cmd("INCR").arg("x").query(&mut c).expect("queued");
+    let _: () = run(&mut c, &["MULTI"]);
+    let q: String = run(&mut c, &["INCR", "x"]);
     assert_eq!(q, "QUEUED");
-    let r: Value = redis::cmd("EXEC").query(&mut c).expect("exec");
+    let r: Value = run(&mut c, &["EXEC"]);
     assert_eq!(r, Value::Nil);
     assert_eq!(c.get::<_, i64>("x").expect("get"), 100);
     // Unchanged watch: EXEC runs.
-    let _: () = redis::cmd("WATCH").arg("x").query(&mut c).expect("watch");
+    let _: () = run(&mut c, &["WATCH", "x"]);
     let r: Vec<i64> = redis::pipe()
         .atomic()
         .cmd("INCR")
@@ -833,12 +766,8 @@ fn multi_exec_is_atomic_and_watch_aborts_on_a_change(storage: &str) {
         .expect("exec");
     assert_eq!(r, vec![101]);
     // A queued command with wrong arity aborts the whole transaction.
-    let _: () = redis::cmd("MULTI").query(&mut c).expect("multi");
-    let _: String = redis::cmd("SET")
-        .arg("x")
-        .arg("0")
-        .query(&mut c)
-        .expect("queued");
+    let _: () = run(&mut c, &["MULTI"]);
+    let _: String = run(&mut c, &["SET", "x", "0"]);
     assert_eq!(
         err_text(redis::cmd("GET").query::<()>(&mut c)),
         "ERR wrong number of arguments for 'get' command"
@@ -1047,42 +976,24 @@ fn cluster_multi_key_commands_span_shards_without_crossslot(storage: &str) {
         renamed += 1;
     }
     assert_eq!(renamed, 20);
-    let n: i64 = redis::cmd("COPY")
-        .arg("src")
-        .arg("copy-a")
-        .query(&mut c)
-        .expect("copy");
+    let n: i64 = run(&mut c, &["COPY", "src", "copy-a"]);
     assert_eq!(n, 1);
-    let n: i64 = redis::cmd("COPY")
-        .arg("src")
-        .arg("copy-a")
-        .query(&mut c)
-        .expect("copy");
+    let n: i64 = run(&mut c, &["COPY", "src", "copy-a"]);
     assert_eq!(n, 0);
     assert_eq!(
         err_text(c.rename::<_, _, ()>("nothing", "x")),
         "ERR no such key"
     );
-    let n: i64 = redis::cmd("MSETNX")
-        .arg("fresh1")
-        .arg("1")
-        .arg("fresh2")
-        .arg("2")
-        .arg("key:1")
-        .arg("x")
-        .query(&mut c)
-        .expect("msetnx");
+    let n: i64 = run(
+        &mut c,
+        &["MSETNX", "fresh1", "1", "fresh2", "2", "key:1", "x"],
+    );
     assert_eq!(n, 0);
     assert!(!c.exists::<_, bool>("fresh1").expect("exists"));
-    let n: i64 = redis::cmd("MSETNX")
-        .arg("fresh1")
-        .arg("1")
-        .arg("fresh2")
-        .arg("2")
-        .arg("fresh3")
-        .arg("3")
-        .query(&mut c)
-        .expect("msetnx");
+    let n: i64 = run(
+        &mut c,
+        &["MSETNX", "fresh1", "1", "fresh2", "2", "fresh3", "3"],
+    );
     assert_eq!(n, 1);
     // DEL across shards counts every removed key.
     let n: i64 = redis::cmd("DEL")
@@ -1091,9 +1002,9 @@ fn cluster_multi_key_commands_span_shards_without_crossslot(storage: &str) {
         .query(&mut c)
         .expect("del");
     assert_eq!(n, 60);
-    let rk: String = redis::cmd("RANDOMKEY").query(&mut c).expect("randomkey");
+    let rk: String = run(&mut c, &["RANDOMKEY"]);
     assert!(c.exists::<_, bool>(&rk).expect("exists"));
-    let _: () = redis::cmd("FLUSHDB").query(&mut c).expect("flushdb");
+    let _: () = run(&mut c, &["FLUSHDB"]);
     assert_eq!(
         redis::cmd("DBSIZE").query::<i64>(&mut c).expect("dbsize"),
         0
@@ -1160,7 +1071,7 @@ fn cluster_pipelines_expiry_and_transactions(storage: &str) {
         .query(&mut c)
         .expect("exec");
     assert_eq!((x, y), (1, 5));
-    let _: () = redis::cmd("MULTI").query(&mut c).expect("multi");
+    let _: () = run(&mut c, &["MULTI"]);
     let _: String = redis::cmd("INCR").arg(a).query(&mut c).expect("queued");
     let _: String = redis::cmd("INCR").arg(other).query(&mut c).expect("queued");
     let e = err_text(redis::cmd("EXEC").query::<()>(&mut c));
@@ -1231,10 +1142,7 @@ fn thousands_of_concurrent_connections_are_served() {
         assert_eq!(&buf, b"+OK\r\n", "connection {i}");
     }
     let mut c = shard.client();
-    let info: String = redis::cmd("INFO")
-        .arg("clients")
-        .query(&mut c)
-        .expect("info");
+    let info: String = run(&mut c, &["INFO", "clients"]);
     let connected: usize = info
         .lines()
         .find_map(|l| l.strip_prefix("connected_clients:"))

@@ -38,7 +38,7 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
 use tokio_postgres::Row;
 
-use crate::errors::{from_pg, from_pool, timed_out};
+use crate::errors::{from_pool, timed_out, During};
 use crate::options::{redact_url, PgOptions};
 use crate::sql;
 use crate::BACKEND;
@@ -155,14 +155,11 @@ impl Shared {
     async fn get(&self, key: &[u8]) -> Result<Option<Value>> {
         let client = self.client().await?;
         let ctx = || format!("get on {}", self.target);
-        let statement = client
-            .prepare_cached(sql::GET)
-            .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
+        let statement = client.prepare_cached(sql::GET).await.during(ctx)?;
         let row = client
             .query_opt(&statement, &[&key, &to_i64(now_ms())])
             .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
+            .during(ctx)?;
         match row {
             None => Ok(None),
             Some(row) => {
@@ -179,18 +176,9 @@ impl Shared {
     async fn write_many(&self, ops: &[WriteOp<'_>]) -> Result<Vec<bool>> {
         let mut client = self.client().await?;
         let ctx = || format!("write of {} keys on {}", ops.len(), self.target);
-        let put = client
-            .prepare_cached(sql::PUT)
-            .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
-        let delete = client
-            .prepare_cached(sql::DELETE)
-            .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
+        let put = client.prepare_cached(sql::PUT).await.during(ctx)?;
+        let delete = client.prepare_cached(sql::DELETE).await.during(ctx)?;
+        let tx = client.transaction().await.during(ctx)?;
         let now = to_i64(now_ms());
         // Polled together, the statements are pipelined on the connection and run in order.
         let statements = ops.iter().map(|op| {
@@ -215,10 +203,8 @@ impl Shared {
                 }
             }
         });
-        let flags = try_join_all(statements)
-            .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
-        tx.commit().await.map_err(|e| from_pg(&ctx(), &e))?;
+        let flags = try_join_all(statements).await.during(ctx)?;
+        tx.commit().await.during(ctx)?;
         let written: usize = ops
             .iter()
             .map(|op| match op {
@@ -234,14 +220,8 @@ impl Shared {
     async fn page(&self, offset: u64, limit: usize) -> Result<Page> {
         let mut client = self.client().await?;
         let ctx = || format!("key listing on {}", self.target);
-        let page = client
-            .prepare_cached(sql::PAGE)
-            .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
-        let count = client
-            .prepare_cached(sql::COUNT)
-            .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
+        let page = client.prepare_cached(sql::PAGE).await.during(ctx)?;
+        let count = client.prepare_cached(sql::COUNT).await.during(ctx)?;
         // One snapshot for the page and the total, so they agree.
         let tx = client
             .build_transaction()
@@ -249,18 +229,15 @@ impl Shared {
             .read_only(true)
             .start()
             .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
+            .during(ctx)?;
         let now = to_i64(now_ms());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = tx
             .query(&page, &[&now, &to_i64(offset), &limit])
             .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
-        let total_row = tx
-            .query_one(&count, &[&now])
-            .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
-        tx.commit().await.map_err(|e| from_pg(&ctx(), &e))?;
+            .during(ctx)?;
+        let total_row = tx.query_one(&count, &[&now]).await.during(ctx)?;
+        tx.commit().await.during(ctx)?;
         let total: i64 = column(&total_row, 0)?;
         let entries = rows.iter().map(entry).collect::<Result<Vec<_>>>()?;
         Ok(Page {
@@ -272,30 +249,24 @@ impl Shared {
     async fn scan(&self, start: Option<&[u8]>, limit: usize) -> Result<Vec<(Bytes, Value)>> {
         let client = self.client().await?;
         let ctx = || format!("scan on {}", self.target);
-        let statement = client
-            .prepare_cached(sql::SCAN)
-            .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
+        let statement = client.prepare_cached(sql::SCAN).await.during(ctx)?;
         let start: &[u8] = start.unwrap_or(&[]);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = client
             .query(&statement, &[&start, &to_i64(now_ms()), &limit])
             .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
+            .during(ctx)?;
         rows.iter().map(entry).collect()
     }
 
     async fn len(&self) -> Result<u64> {
         let client = self.client().await?;
         let ctx = || format!("count on {}", self.target);
-        let statement = client
-            .prepare_cached(sql::COUNT)
-            .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
+        let statement = client.prepare_cached(sql::COUNT).await.during(ctx)?;
         let row = client
             .query_one(&statement, &[&to_i64(now_ms())])
             .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
+            .during(ctx)?;
         let n: i64 = column(&row, 0)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -306,7 +277,7 @@ impl Shared {
         client
             .simple_query("SELECT 1")
             .await
-            .map_err(|e| from_pg(&format!("health probe of {}", self.target), &e))?;
+            .during(|| format!("health probe of {}", self.target))?;
         Ok(())
     }
 
@@ -314,16 +285,13 @@ impl Shared {
     async fn reclaim(&self) -> Result<u64> {
         let client = self.client().await?;
         let ctx = || format!("expiry sweep on {}", self.target);
-        let statement = client
-            .prepare_cached(sql::RECLAIM)
-            .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
+        let statement = client.prepare_cached(sql::RECLAIM).await.during(ctx)?;
         let mut total = 0;
         loop {
             let n = client
                 .execute(&statement, &[&to_i64(now_ms()), &RECLAIM_BATCH_ROWS])
                 .await
-                .map_err(|e| from_pg(&ctx(), &e))?;
+                .during(ctx)?;
             total += n;
             if n < RECLAIM_BATCH_ROWS as u64 {
                 return Ok(total);
@@ -338,25 +306,19 @@ impl Shared {
     async fn refresh_figures(&self) -> Result<()> {
         let mut client = self.client().await?;
         let ctx = || format!("stats on {}", self.target);
-        let statement = client
-            .prepare_cached(sql::FIGURES)
-            .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
+        let statement = client.prepare_cached(sql::FIGURES).await.during(ctx)?;
+        let tx = client.transaction().await.during(ctx)?;
         tx.batch_execute(&format!(
             "SET LOCAL statement_timeout = {}",
             BACKGROUND_TIMEOUT.as_millis()
         ))
         .await
-        .map_err(|e| from_pg(&ctx(), &e))?;
+        .during(ctx)?;
         let row = tx
             .query_one(&statement, &[&to_i64(now_ms())])
             .await
-            .map_err(|e| from_pg(&ctx(), &e))?;
-        tx.commit().await.map_err(|e| from_pg(&ctx(), &e))?;
+            .during(ctx)?;
+        tx.commit().await.during(ctx)?;
         let keys: i64 = column(&row, 0)?;
         let bytes: i64 = column(&row, 1)?;
         self.keys

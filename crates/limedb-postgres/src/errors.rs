@@ -57,6 +57,19 @@ fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// `.during(what)` on a tokio-postgres result: the error classified by [`from_pg`], with
+/// `what()` (built only on failure) saying what was being done and where.
+pub trait During<T> {
+    /// See the [trait docs](During).
+    fn during(self, what: impl FnOnce() -> String) -> Result<T, StorageError>;
+}
+
+impl<T> During<T> for Result<T, tokio_postgres::Error> {
+    fn during(self, what: impl FnOnce() -> String) -> Result<T, StorageError> {
+        self.map_err(|e| from_pg(&what(), &e))
+    }
+}
+
 /// Classifies a failure to get a pooled connection.
 pub fn from_pool(context: &str, e: &PoolError) -> StorageError {
     match e {

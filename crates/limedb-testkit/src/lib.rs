@@ -209,6 +209,14 @@ where
     }
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (the listener that found it is closed),
+/// for commands that take fixed ports, such as `limedb dev --shard-ports`.
+pub fn free_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+}
+
 /// A fresh temporary directory, removed when dropped.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()

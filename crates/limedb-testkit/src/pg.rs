@@ -232,10 +232,7 @@ impl PrivatePostgres {
                 return Err("cannot give the temp dir to the postgres OS user (is PostgreSQL installed? it creates that user)".into());
             }
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| format!("cannot find a free port: {e}"))?;
+        let port = crate::free_port().map_err(|e| format!("cannot find a free port: {e}"))?;
         let mut server = PrivatePostgres {
             dir,
             bindir,

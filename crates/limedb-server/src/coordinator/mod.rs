@@ -432,19 +432,14 @@ impl CoordinatorServer {
             node.inner.metrics.connections("http"),
             shutdown.clone(),
         );
-        let resp_task = async {
-            if let Some(listener) = resp {
-                crate::resp::serve(
-                    listener,
-                    node.clone(),
-                    resp_config,
-                    max_connections,
-                    node.inner.metrics.connections("resp"),
-                    shutdown,
-                )
-                .await;
-            }
-        };
+        let resp_task = crate::resp::serve_if_bound(
+            resp,
+            node.clone(),
+            resp_config,
+            max_connections,
+            &node.inner.metrics,
+            shutdown,
+        );
         tokio::join!(http_task, resp_task);
         stop_links.trigger();
         while supervisors.join_next().await.is_some() {}

@@ -161,6 +161,30 @@ pub struct RespStats {
     pub port: u16,
 }
 
+/// [`serve`] on `listener` when the node has a RESP listener (its connection gauge registered
+/// in `metrics` only then); finishes at once when it has none.
+pub async fn serve_if_bound<B: Backend>(
+    listener: Option<TcpListener>,
+    backend: B,
+    config: RespConfig,
+    max_connections: usize,
+    metrics: &crate::metrics::Metrics,
+    shutdown: Shutdown,
+) {
+    if let Some(listener) = listener {
+        let open_connections = metrics.connections("resp");
+        serve(
+            listener,
+            backend,
+            config,
+            max_connections,
+            open_connections,
+            shutdown,
+        )
+        .await;
+    }
+}
+
 /// Accepts RESP connections until `shutdown`, then closes them (after the request each is
 /// executing) within the drain timeout.
 pub async fn serve<B: Backend>(

@@ -477,19 +477,14 @@ impl ShardServer {
             metrics.connections("internal"),
             shutdown.clone(),
         );
-        let resp_task = async {
-            if let Some(listener) = resp {
-                crate::resp::serve(
-                    listener,
-                    node.clone(),
-                    resp_config,
-                    max_connections,
-                    metrics.connections("resp"),
-                    shutdown,
-                )
-                .await;
-            }
-        };
+        let resp_task = crate::resp::serve_if_bound(
+            resp,
+            node.clone(),
+            resp_config,
+            max_connections,
+            metrics,
+            shutdown,
+        );
         tokio::join!(http_task, internal_task, resp_task);
         node.inner
             .storage
