@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use limedb_postgres::{PgEngine, PgOptions};
 use limedb_storage::{now_ms, Engine, Health, StorageError, WriteOp};
 use limedb_testkit::pg::{test_url, PrivatePostgres, TestDatabases};
+use limedb_testkit::wait_until;
 
 fn open(dbs: &TestDatabases, id: u32) -> PgEngine {
     PgEngine::open(PgOptions::new(dbs.url(), dbs.name(id))).expect("open the engine")
@@ -101,14 +102,11 @@ fn expired_rows_are_deleted_in_the_background() {
         .put(b"short", b"v", Some(now_ms() + 100))
         .expect("put");
     engine.put(b"long", b"v", None).expect("put");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while engine.stats().expired_reclaimed == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the expired row was never reclaimed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        "the expired row to be reclaimed",
+        || engine.stats().expired_reclaimed > 0,
+    );
     assert_eq!(engine.len().expect("len"), 1);
     engine.close().expect("close");
 }
@@ -194,11 +192,9 @@ fn an_outage_fails_fast_reports_unhealthy_and_recovers_without_losing_writes() {
     }
 
     server.start_again().expect("restart");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while engine.health() != Health::Healthy {
-        assert!(Instant::now() < deadline, "never became healthy again");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(20), "health to come back", || {
+        engine.health() == Health::Healthy
+    });
     for i in 0..100u32 {
         let v = engine
             .get(format!("k{i}").as_bytes())

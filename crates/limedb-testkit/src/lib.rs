@@ -209,6 +209,19 @@ where
     }
 }
 
+/// Polls `done` every 20 ms on this thread until it holds, or fails after `timeout` with
+/// `what` (the blocking twin of [`wait_for`], for tests without a runtime).
+pub fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (the listener that found it is closed),
 /// for commands that take fixed ports, such as `limedb dev --shard-ports`.
 pub fn free_port() -> std::io::Result<u16> {
