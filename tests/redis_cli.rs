@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use limedb_testkit::{free_port, start_shard, temp_dir, Node};
+use limedb_testkit::{free_port, start_shard, temp_dir, wait_until, Node};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_limedb"))
@@ -87,20 +87,16 @@ fn redis_cli_session_against_a_3_shard_cluster_matches_redis() {
     .expect("dev starts");
     let addr = dev.ready.get("resp").cloned().expect("resp address");
     // Wait until the coordinator reaches every shard (a PING answered by all of them).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let out = Command::new("redis-cli")
-            .args(["-u", &format!("redis://{addr}"), "DBSIZE"])
-            .output()
-            .expect("redis-cli");
-        if String::from_utf8_lossy(&out.stdout).trim() == "0" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "cluster not ready: {out:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until(
+        std::time::Duration::from_secs(20),
+        "DBSIZE through the coordinator to answer 0",
+        || {
+            let out = Command::new("redis-cli")
+                .args(["-u", &format!("redis://{addr}"), "DBSIZE"])
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).trim() == "0"
+        },
+    );
     assert_same_as_redis(&run_session(&addr), "a 3-shard cluster");
 }

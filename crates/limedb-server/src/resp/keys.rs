@@ -300,11 +300,8 @@ impl Keyspace<'_> {
             }
             "getex" => self.getex(locked()?, args, now).await,
             "mget" => {
-                let mut out = Vec::with_capacity(args.len() - 1);
-                for k in &args[1..] {
-                    out.push(bulk_or_null(self.get(k).await?));
-                }
-                Ok(Value::Array(out))
+                let values = self.storage.get_many(args[1..].to_vec()).await?;
+                Ok(Value::Array(values.into_iter().map(bulk_or_null).collect()))
             }
             "mset" | "msetnx" => {
                 if args.len() % 2 != 1 {
@@ -340,11 +337,8 @@ impl Keyspace<'_> {
                 Ok(Value::Integer(n))
             }
             "exists" => {
-                let mut n = 0;
-                for k in &args[1..] {
-                    n += i64::from(self.get(k).await?.is_some());
-                }
-                Ok(Value::Integer(n))
+                let values = self.storage.get_many(args[1..].to_vec()).await?;
+                Ok(Value::Integer(values.iter().flatten().count() as i64))
             }
             "type" => Ok(Value::Simple(
                 if self.get(&key).await?.is_some() {

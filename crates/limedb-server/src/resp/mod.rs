@@ -287,10 +287,6 @@ async fn serve_connection<B: Backend>(
                 stream.write_all(&output).await?;
                 return stream.shutdown().await;
             }
-            if output.len() >= FLUSH_BYTES {
-                stream.write_all(&output).await?;
-                output.clear();
-            }
         }
         if !output.is_empty() {
             stream.write_all(&output).await?;

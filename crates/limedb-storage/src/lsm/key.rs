@@ -103,7 +103,9 @@ pub fn user_key(encoded: &[u8]) -> &[u8] {
     &encoded[..encoded.len().saturating_sub(TRAILER_LEN)]
 }
 
-fn trailer(encoded: &[u8]) -> u64 {
+/// The 8-byte trailer (sequence number and kind) of an encoded internal key, read as if
+/// zero-padded when the key is too short to have one.
+pub(crate) fn trailer(encoded: &[u8]) -> u64 {
     let start = encoded.len().saturating_sub(TRAILER_LEN);
     let mut bytes = [0u8; TRAILER_LEN];
     let tail = &encoded[start..];

@@ -55,7 +55,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use bytes::Bytes;
 
-use super::key::{self, compare_encoded, seek_key, ValueKind, MAX_SEQNO, TRAILER_LEN};
+use super::key::{self, compare_encoded, seek_key, trailer, ValueKind, MAX_SEQNO};
 use super::skiplist::{Cursor, Probe, SkipList};
 
 /// An owned encoded internal key (see [`super::key`]), ordered by [`compare_encoded`]: a bound
@@ -128,14 +128,6 @@ fn fmt_encoded(encoded: &[u8], name: &str, f: &mut fmt::Formatter<'_>) -> fmt::R
     )
 }
 
-fn trailer(encoded: &[u8]) -> u64 {
-    let start = encoded.len().saturating_sub(TRAILER_LEN);
-    encoded
-        .get(start..)
-        .and_then(|t| <[u8; TRAILER_LEN]>::try_from(t).ok())
-        .map_or(0, u64::from_le_bytes)
-}
-
 fn kind_of(encoded: &[u8]) -> ValueKind {
     // The memtable only stores keys built by `key::encode`, whose kind byte is valid.
     ValueKind::from_u8((trailer(encoded) & 0xff) as u8).unwrap_or(ValueKind::Delete)
@@ -191,7 +183,6 @@ impl fmt::Debug for MemtableEntry<'_> {
 /// A concurrent, ordered in-memory buffer of versions (see the [module docs](self)).
 pub struct Memtable {
     list: SkipList,
-    approximate_bytes: AtomicU64,
     max_seqno: AtomicU64,
 }
 
@@ -216,7 +207,6 @@ impl Memtable {
     pub fn new() -> Self {
         Memtable {
             list: SkipList::new(),
-            approximate_bytes: AtomicU64::new(0),
             max_seqno: AtomicU64::new(0),
         }
     }
@@ -233,9 +223,7 @@ impl Memtable {
             ValueKind::Delete => &[],
         };
         let trailer = key::pack_trailer(seqno, kind).to_le_bytes();
-        let bytes = self.list.insert(user_key, &trailer, value);
-        self.approximate_bytes
-            .fetch_add(bytes as u64, AtomicOrdering::Relaxed);
+        self.list.insert(user_key, &trailer, value);
         self.max_seqno
             .fetch_max(seqno & MAX_SEQNO, AtomicOrdering::Relaxed);
     }
@@ -254,7 +242,7 @@ impl Memtable {
     /// encoded key, value; see [`super::skiplist`]). The engine freezes the memtable when this
     /// passes its budget.
     pub fn approximate_bytes(&self) -> u64 {
-        self.approximate_bytes.load(AtomicOrdering::Relaxed)
+        self.list.node_bytes() as u64
     }
 
     /// Number of versions (entries) held.
@@ -399,6 +387,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::lsm::key::TRAILER_LEN;
 
     fn kind(put: bool) -> ValueKind {
         if put {

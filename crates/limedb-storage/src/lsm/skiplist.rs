@@ -305,7 +305,7 @@ impl SkipList {
         let probe = unsafe { probe_of(node) };
 
         let mut prev = [self.head.as_ptr().cast_const(); MAX_HEIGHT];
-        self.search(|n| compare(n, &probe) == Ordering::Less, &mut prev);
+        self.search(|n| n.cmp_probe(&probe) == Ordering::Less, &mut prev);
         if height > self.height.load(AtomicOrdering::Relaxed) {
             // Readers that see the new height find null head links up there and step down.
             self.height.store(height, AtomicOrdering::Release);
@@ -325,13 +325,14 @@ impl SkipList {
         bytes
     }
 
-    /// Walks down from the top: at each level, moves right while `advance(next)` holds, and
+    /// Walks down from the top: at each level, moves right while `advance(next)` holds (`next`
+    /// a published node, handed over as a [`Cursor`]), and
     /// records in `prev` the node where it stepped down. Returns the level-0 node it stopped
     /// at (the head, or the last node for which `advance` held) and the node after it (null
     /// at the end). `advance` must hold for a prefix of the list (monotone).
     fn search(
         &self,
-        advance: impl Fn(*const Node) -> bool,
+        advance: impl Fn(Cursor<'_>) -> bool,
         prev: &mut [*const Node; MAX_HEIGHT],
     ) -> (*const Node, *const Node) {
         let mut at = self.head.as_ptr().cast_const();
@@ -344,7 +345,13 @@ impl SkipList {
             // SAFETY: `at` is the head (tower MAX_HEIGHT) or a node reached at `level`, whose
             // tower is taller than `level`.
             let next = unsafe { (*tower(at, level)).load(AtomicOrdering::Acquire) }.cast_const();
-            if !next.is_null() && advance(next) {
+            // A non-null link leads to a published node of this list.
+            if !next.is_null()
+                && advance(Cursor {
+                    node: next,
+                    _list: PhantomData,
+                })
+            {
                 at = next;
                 continue;
             }
@@ -368,28 +375,28 @@ impl SkipList {
     /// The first entry `>= probe`.
     pub fn seek_ge(&self, probe: &Probe<'_>) -> Option<Cursor<'_>> {
         let mut prev = [ptr::null(); MAX_HEIGHT];
-        let (_, next) = self.search(|n| compare(n, probe) == Ordering::Less, &mut prev);
+        let (_, next) = self.search(|n| n.cmp_probe(probe) == Ordering::Less, &mut prev);
         self.cursor(next)
     }
 
     /// The first entry `> probe`.
     pub fn seek_gt(&self, probe: &Probe<'_>) -> Option<Cursor<'_>> {
         let mut prev = [ptr::null(); MAX_HEIGHT];
-        let (_, next) = self.search(|n| compare(n, probe) != Ordering::Greater, &mut prev);
+        let (_, next) = self.search(|n| n.cmp_probe(probe) != Ordering::Greater, &mut prev);
         self.cursor(next)
     }
 
     /// The last entry `< probe`.
     pub fn seek_lt(&self, probe: &Probe<'_>) -> Option<Cursor<'_>> {
         let mut prev = [ptr::null(); MAX_HEIGHT];
-        let (at, _) = self.search(|n| compare(n, probe) == Ordering::Less, &mut prev);
+        let (at, _) = self.search(|n| n.cmp_probe(probe) == Ordering::Less, &mut prev);
         self.cursor(at)
     }
 
     /// The last entry `<= probe`.
     pub fn seek_le(&self, probe: &Probe<'_>) -> Option<Cursor<'_>> {
         let mut prev = [ptr::null(); MAX_HEIGHT];
-        let (at, _) = self.search(|n| compare(n, probe) != Ordering::Greater, &mut prev);
+        let (at, _) = self.search(|n| n.cmp_probe(probe) != Ordering::Greater, &mut prev);
         self.cursor(at)
     }
 
@@ -485,7 +492,17 @@ impl<'a> Cursor<'a> {
     pub fn cmp_entry(&self, other: &Cursor<'_>) -> Ordering {
         // SAFETY: `other` points at a published node of a borrowed list.
         let probe = unsafe { probe_of(other.node) };
-        compare(self.node, &probe)
+        self.cmp_probe(&probe)
+    }
+
+    /// The order of this entry against `probe`.
+    fn cmp_probe(&self, probe: &Probe<'_>) -> Ordering {
+        // SAFETY: a cursor points at a published node, alive while the list is borrowed; its
+        // header never changes after publication.
+        let prefix = unsafe { (*self.node).prefix };
+        prefix
+            .cmp(&probe.prefix)
+            .then_with(|| compare_encoded(self.key(), probe.encoded))
     }
 }
 
@@ -536,16 +553,6 @@ unsafe fn probe_of<'a>(node: *const Node) -> Probe<'a> {
             encoded: key_of(node),
         }
     }
-}
-
-/// The order of `node`'s key against `probe`.
-fn compare(node: *const Node, probe: &Probe<'_>) -> Ordering {
-    // SAFETY: callers pass nodes reached through the list (published, alive while the list is
-    // borrowed) or the node being inserted (fully written).
-    let (prefix, key) = unsafe { ((*node).prefix, key_of(node)) };
-    prefix
-        .cmp(&probe.prefix)
-        .then_with(|| compare_encoded(key, probe.encoded))
 }
 
 #[cfg(test)]

@@ -285,6 +285,10 @@ impl Table {
             ));
         }
 
+        let index_prefixes: Vec<[u64; 2]> = index
+            .iter()
+            .map(|entry| order_prefix(user_key(&entry.last_key)))
+            .collect();
         let table = TableInner {
             meta: TableMeta {
                 path: path.clone(),
@@ -299,15 +303,12 @@ impl Table {
             },
             source,
             footer_offset,
-            index_samples: index
+            index_samples: index_prefixes
                 .iter()
                 .step_by(INDEX_SAMPLE_STRIDE)
-                .map(|entry| order_prefix(user_key(&entry.last_key)))
+                .copied()
                 .collect(),
-            index_prefixes: index
-                .iter()
-                .map(|entry| order_prefix(user_key(&entry.last_key)))
-                .collect(),
+            index_prefixes,
             index,
             filter,
             cache,
