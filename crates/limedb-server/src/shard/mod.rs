@@ -108,29 +108,14 @@ impl ShardNode {
                 }
                 .await,
             ),
-            Request::Command { args } => (
-                Op::Command,
-                Ok(Response::Reply(
-                    self.execute_command(args)
-                        .await
-                        .to_bytes(limedb_resp::Protocol::Resp3),
-                )),
-            ),
+            Request::Command { args } => (Op::Command, Ok(reply(self.execute_command(args).await))),
             Request::Transaction { commands, watched } => (
                 Op::Command,
-                Ok(Response::Reply(
-                    self.execute_transaction(commands, watched)
-                        .await
-                        .to_bytes(limedb_resp::Protocol::Resp3),
-                )),
+                Ok(reply(self.execute_transaction(commands, watched).await)),
             ),
             Request::Pipeline { commands } => (
                 Op::Command,
-                Ok(Response::Reply(
-                    self.execute_pipeline(commands)
-                        .await
-                        .to_bytes(limedb_resp::Protocol::Resp3),
-                )),
+                Ok(reply(self.execute_pipeline(commands).await)),
             ),
             Request::KeysPage {
                 offset,
@@ -494,6 +479,11 @@ impl ShardServer {
         tracing::info!(shard = %node.inner.id, "shard stopped; storage synced and closed");
         Ok(())
     }
+}
+
+/// A Redis reply as the internal protocol carries it (RESP3 bytes).
+fn reply(value: limedb_resp::Value) -> Response {
+    Response::Reply(value.to_bytes(limedb_resp::Protocol::Resp3))
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, ServerError> {
