@@ -1,33 +1,64 @@
-//! The memtable's index: a skiplist of encoded internal keys whose nodes live in an arena.
+//! The memtable's index: a skiplist of encoded internal keys whose nodes live in an arena, with
+//! a hash index of user keys and short chains of versions beside it.
 //!
-//! One node holds everything of one version in one piece of memory: a 32-byte header (the
-//! key's 16-byte order prefix, the key and value lengths, the height), the tower of `height`
-//! next-pointers, the encoded internal key and the value. Nodes are carved out of 2 MiB chunks
-//! (anonymous maps that ask for transparent huge pages) by a bump allocator (an entry above
-//! 512 KiB gets an allocation of its own), so an insert costs no call to the allocator most of
-//! the time, a search touches one cache line and few TLB entries per node it passes, and the
-//! whole memtable is freed at once when it is dropped. Nothing is ever
-//! removed from the list, which is what makes the concurrency simple:
+//! One node holds everything of one version in one piece of memory: a 40-byte header (the
+//! key's 16-byte order prefix, the key and value lengths, the tower's height, the version
+//! chain's link), the tower of `height` next-pointers, the encoded internal key and the value.
+//! Nodes are carved out of 2 MiB chunks (anonymous maps that ask for transparent huge pages)
+//! by a bump allocator (an entry above 512 KiB gets an allocation of its own), so an insert
+//! costs no call to the allocator most of the time, a search touches one cache line and few
+//! TLB entries per node it passes, and the whole memtable is freed at once when it is dropped.
+//!
+//! # Lists, chains and the hash index
+//!
+//! A search down a skiplist of a 64 MiB memtable passes some 25 nodes, each a cache miss: that
+//! walk was half the CPU time of a shard answering pipelined GETs, and a third of it answering
+//! SETs. Two structures beside the list take most of it away:
+//!
+//! - **Version chains.** A newer version of a user key already in the list does not go into
+//!   the list: it is chained to the key's first node in the list (its *owner*), in a sorted
+//!   singly linked list that comes, in the list's order, right before the owner. A chain holds
+//!   at most [`MAX_CHAIN`] versions added at its front; the next newest version becomes a node
+//!   of the list again (and the owner of a new chain), so a reader at an old snapshot never
+//!   walks more than a chain's length past a node the search can reach.
+//! - **The hash index** maps each user key in the list to its owner: open addressing with
+//!   linear probing, at most 3/4 full, each slot a node's address with 16 bits of the key's
+//!   hash above it (where the address leaves them free), so a probe rarely touches a node that
+//!   is not the one it looks for. A point read ([`SkipList::first_of_user_key`]) and the insert
+//!   of a newer version of a present key cost a hash and two or three cache misses instead of
+//!   a walk down the list. A full table is replaced by one twice its size; replaced tables
+//!   stay allocated (a reader may still be probing them) until the list drops, and all of them
+//!   are counted in [`SkipList::index_bytes`].
+//!
+//! The order of entries is [`compare_encoded`] (user key ascending, then newest version
+//! first), decided first by the user key's 16-byte order prefix kept in the header (see
+//! [`order_prefix`]). For two neighbours `P`, `X` in the list, every entry of `X`'s chain lies
+//! after `P` and not after `X`; the seeks below rely on that.
+//!
+//! # Concurrency
+//!
+//! Nothing is ever removed from the list, which is what makes the concurrency simple:
 //!
 //! - **One writer at a time.** Inserts take the list's writer lock (the LSM engine already
 //!   serialises its writers, so the lock is never contended there). The writer builds the
-//!   node completely, then links it in bottom level first, each link a release store.
-//! - **Readers take no lock.** They follow next-pointers with acquire loads, so a node they
-//!   reach is fully written. A node linked at level 0 is in the list; upper levels are only
-//!   shortcuts, so a reader racing an insert either sees the new node or does not, and finds
-//!   the right answer both ways.
+//!   node completely, then links it (in the list bottom level first, or into a chain), each
+//!   link a release store; a new index table is filled before it is published.
+//! - **Readers take no lock.** They follow next-pointers, chain links, the index table and its
+//!   slots with acquire loads, so a node they reach is fully written. A node linked at level 0
+//!   or into a chain is in the list; upper levels are only shortcuts, so a reader racing an
+//!   insert either sees the new node or does not, and finds the right answer both ways. A
+//!   version inserted before a reader starts (with a happens-before edge, such as the engine's
+//!   publication of its sequence number) is found through whichever index table the reader
+//!   loads: a replaced table holds every key inserted before its replacement.
 //! - Memory is reclaimed only when the whole list is dropped, which the borrow checker ties to
 //!   the end of every reader ([`Cursor`] borrows the list).
-//!
-//! Order: [`compare_encoded`] (user key ascending, then newest version first), decided first
-//! by the user key's 16-byte order prefix kept in the header (see [`order_prefix`]).
 //!
 //! Height: a node is `h` levels high with probability `(1/4)^(h-1)·(3/4)`, at most
 //! [`MAX_HEIGHT`] (12): searches stay logarithmic up to tens of millions of entries.
 //!
 //! This is one of the two places in the engine with `unsafe` code (the other maps SSTables):
-//! every block says why it is sound, and the tests below exercise it (a sorted model, entries
-//! larger than a chunk, readers racing a writer).
+//! every block says why it is sound, and the tests below exercise it (a sorted model in both
+//! index layouts, entries larger than a chunk, long chains, readers racing a writer).
 #![expect(
     unsafe_code,
     reason = "an arena of variable-sized nodes linked by atomic pointers"
@@ -39,13 +70,19 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicPtr, AtomicU16, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Mutex, PoisonError};
 
-use super::key::{compare_encoded, order_prefix, user_key, TRAILER_LEN};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::key::{compare_encoded, order_prefix, trailer, user_key, TRAILER_LEN};
 
 /// The tallest tower.
 pub const MAX_HEIGHT: usize = 12;
+
+/// Most versions added at the front of one chain before the next newest version becomes a
+/// node of the list.
+pub const MAX_CHAIN: u16 = 16;
 
 /// One level in `BRANCHING` continues to the next level up.
 const BRANCHING: u64 = 4;
@@ -56,6 +93,14 @@ const CHUNK_BYTES: usize = 2 << 20;
 /// Nodes larger than this get an allocation of their own rather than the rest of a chunk.
 const LARGE_NODE_BYTES: usize = CHUNK_BYTES / 4;
 
+/// Slots of the first index table (8 KiB) when no size is expected; each replacement doubles
+/// the table.
+const FIRST_INDEX_SLOTS: usize = 1024;
+
+/// Addresses below `1 << ADDRESS_BITS` leave the slot's top 16 bits to the hash tag.
+const ADDRESS_BITS: u32 = 48;
+const ADDRESS_MASK: u64 = (1 << ADDRESS_BITS) - 1;
+
 /// The fixed part of a node; the tower, the key and the value follow it in memory.
 #[repr(C)]
 struct Node {
@@ -63,10 +108,19 @@ struct Node {
     prefix: [u64; 2],
     /// Length of the encoded internal key.
     key_len: u32,
-    /// Number of next-pointers in the tower.
-    height: u32,
+    /// Number of next-pointers in the tower: 0 for a version made to be chained, which is
+    /// never in the list. (A node built for the list may still end in a chain, see
+    /// [`SkipList::insert`]; its tower is then never followed.)
+    height: u16,
+    /// In a node of the list: versions added at the front of its chain since it was linked
+    /// (the writer's counter for [`MAX_CHAIN`]).
+    chained: AtomicU16,
     /// Length of the value.
     value_len: u64,
+    /// In a node of the list: the first (newest) version of its chain, null if none. In a
+    /// chained version: the next version of the chain, null for the last one (which the owner
+    /// follows).
+    chain: AtomicPtr<Node>,
 }
 
 const HEADER_BYTES: usize = size_of::<Node>();
@@ -75,6 +129,7 @@ const POINTER_BYTES: usize = size_of::<AtomicPtr<Node>>();
 // The tower right after the header must be aligned for its pointers.
 const _: () = assert!(HEADER_BYTES.is_multiple_of(align_of::<AtomicPtr<Node>>()));
 const _: () = assert!(align_of::<Node>() == 8);
+const _: () = assert!(HEADER_BYTES == 40);
 
 /// Bytes a node with a tower of `height` and the given key and value lengths occupies,
 /// rounded up to 8 so that the next node is aligned.
@@ -100,7 +155,95 @@ impl<'k> Probe<'k> {
     }
 }
 
-/// The bump allocator behind the nodes, with the state only the writer touches.
+/// One table of the hash index: user key → its owner node (see the [module docs](self)).
+struct IndexTable {
+    /// Whether each slot carries a 16-bit hash tag above a 48-bit address. A table is built
+    /// untagged once an address does not fit in 48 bits.
+    tagged: bool,
+    /// 0 for a free slot, else the encoded address of an owner.
+    slots: Box<[AtomicU64]>,
+}
+
+impl IndexTable {
+    fn new(slots: usize, tagged: bool) -> Self {
+        IndexTable {
+            tagged,
+            slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.slots.len() * size_of::<AtomicU64>()
+    }
+
+    /// Whether the table holds as many owners as it should: 3/4 of its slots.
+    fn is_full(&self, owners: usize) -> bool {
+        owners * 4 >= self.slots.len() * 3
+    }
+
+    /// The slot where a probe for `hash` starts: the hash's high bits scaled to the table's
+    /// length (which need not be a power of two).
+    fn home(&self, hash: u64) -> usize {
+        ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// The hash's low 16 bits (independent of [`IndexTable::home`]), never 0, so that a
+    /// tagged slot is never 0.
+    fn tag(hash: u64) -> u64 {
+        (hash & 0xffff).max(1)
+    }
+
+    fn encode(&self, node: *const Node, hash: u64) -> u64 {
+        let address = node.expose_provenance() as u64;
+        if self.tagged {
+            address | Self::tag(hash) << ADDRESS_BITS
+        } else {
+            address
+        }
+    }
+
+    fn decode(&self, slot: u64) -> *const Node {
+        let address = if self.tagged {
+            slot & ADDRESS_MASK
+        } else {
+            slot
+        };
+        ptr::with_exposed_provenance(address as usize)
+    }
+
+    /// The slot holding `user_key`'s owner, or the free slot where it would go.
+    fn probe(&self, user_key: &[u8], hash: u64) -> (&AtomicU64, *const Node) {
+        let tag = Self::tag(hash);
+        let mut i = self.home(hash);
+        // The table always has free slots, so the loop ends at one if not before.
+        loop {
+            let Some(slot) = self.slots.get(i) else {
+                i = 0;
+                continue;
+            };
+            let value = slot.load(AtomicOrdering::Acquire);
+            if value == 0 {
+                return (slot, ptr::null());
+            }
+            if !self.tagged || value >> ADDRESS_BITS == tag {
+                let node = self.decode(value);
+                // SAFETY: a slot holds the address of a published node of the list that owns
+                // the table, alive as long as the list.
+                if unsafe { user_key_of(node) } == user_key {
+                    return (slot, node);
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// The owner of `user_key`, null if the list holds no version of it.
+    fn find(&self, user_key: &[u8], hash: u64) -> *const Node {
+        self.probe(user_key, hash).1
+    }
+}
+
+/// The bump allocator behind the nodes, and the state only the writer touches.
 struct Writer {
     /// Every heap allocation (the head, large nodes, chunks that could not be mapped), freed
     /// when the list drops.
@@ -112,6 +255,18 @@ struct Writer {
     remaining: usize,
     /// xorshift64 state for tower heights.
     rng: u64,
+    /// Every index table built, the current one last; freed when the list drops.
+    #[expect(
+        clippy::vec_box,
+        reason = "readers hold a table's address, which must not move when the Vec grows"
+    )]
+    tables: Vec<Box<IndexTable>>,
+    /// Owners in the current table.
+    indexed: usize,
+    /// Slots of the first table: room for the keys the list is expected to hold.
+    first_slots: usize,
+    /// Whether new tables may carry hash tags (tests turn them off to exercise both layouts).
+    tag_slots: bool,
 }
 
 impl Writer {
@@ -181,6 +336,50 @@ impl Writer {
         }
         height
     }
+
+    /// A new node with a tower of `height` (all links null, not yet reachable) holding the
+    /// encoded key `user_key` + `trailer` and `value`, and the bytes it takes.
+    fn build_node(
+        &mut self,
+        height: usize,
+        user_key: &[u8],
+        trailer: &[u8; TRAILER_LEN],
+        value: &[u8],
+    ) -> (*mut Node, usize) {
+        let key_len = user_key.len() + TRAILER_LEN;
+        let bytes = node_bytes(height, key_len, value.len());
+        let node = self.allocate(bytes).cast::<Node>().as_ptr();
+        // SAFETY: `node` is a fresh, 8-byte aligned region of `bytes`, large enough for the
+        // header, a tower of `height`, the key and the value (see `node_bytes`); nothing else
+        // can reach it until the caller links it.
+        unsafe {
+            node.write(Node {
+                prefix: order_prefix(user_key),
+                // Keys are bounded far below 4 GiB by the servers' limits.
+                key_len: u32::try_from(key_len).unwrap_or(u32::MAX),
+                height: height as u16,
+                chained: AtomicU16::new(0),
+                value_len: value.len() as u64,
+                chain: AtomicPtr::new(ptr::null_mut()),
+            });
+            for level in 0..height {
+                tower_slot(node, level).write(AtomicPtr::new(ptr::null_mut()));
+            }
+            let key_at = node.cast::<u8>().add(HEADER_BYTES + height * POINTER_BYTES);
+            ptr::copy_nonoverlapping(user_key.as_ptr(), key_at, user_key.len());
+            let trailer_at = key_at.add(user_key.len());
+            ptr::copy_nonoverlapping(trailer.as_ptr(), trailer_at, TRAILER_LEN);
+            ptr::copy_nonoverlapping(value.as_ptr(), trailer_at.add(TRAILER_LEN), value.len());
+        }
+        (node, bytes)
+    }
+
+    /// The owner of `user_key` in the current index table, null if none.
+    fn owner(&self, user_key: &[u8], hash: u64) -> *const Node {
+        self.tables
+            .last()
+            .map_or(ptr::null(), |table| table.find(user_key, hash))
+    }
 }
 
 /// An ordered set of `(encoded internal key, value)` entries (see the [module docs](self)).
@@ -192,17 +391,22 @@ pub struct SkipList {
     len: AtomicUsize,
     /// Bytes of all nodes (headers, towers, keys, values), head excluded.
     node_bytes: AtomicUsize,
+    /// The current table of the hash index; null while the list is empty.
+    index: AtomicPtr<IndexTable>,
+    /// Bytes of every index table built.
+    index_bytes: AtomicUsize,
     writer: Mutex<Writer>,
 }
 
-// SAFETY: the list owns its arena (freed only in `drop`, which needs exclusive access). Nodes
-// are written only by the holder of `writer` before they are published with a release store,
-// and never changed afterwards except for their tower pointers, which are atomics; readers
-// only follow pointers loaded with acquire. The raw pointers in `Writer` are only used under
-// its mutex.
+// SAFETY: the list owns its arena and index tables (freed only in `drop`, which needs
+// exclusive access). Nodes are written only by the holder of `writer` before they are
+// published with a release store, and never changed afterwards except for their atomics (tower
+// pointers, chain link, chain counter); index tables likewise, but for their atomic slots.
+// Readers only follow pointers loaded with acquire. The raw pointers in `Writer` are only used
+// under its mutex.
 unsafe impl Send for SkipList {}
-// SAFETY: see `Send`: shared access is reads of published nodes and atomics, plus inserts
-// serialised by the `writer` mutex.
+// SAFETY: see `Send`: shared access is reads of published nodes and tables and atomics, plus
+// inserts serialised by the `writer` mutex.
 unsafe impl Sync for SkipList {}
 
 impl Default for SkipList {
@@ -216,6 +420,7 @@ impl fmt::Debug for SkipList {
         f.debug_struct("SkipList")
             .field("len", &self.len())
             .field("node_bytes", &self.node_bytes())
+            .field("index_bytes", &self.index_bytes())
             .finish()
     }
 }
@@ -223,12 +428,28 @@ impl fmt::Debug for SkipList {
 impl SkipList {
     /// An empty list.
     pub fn new() -> Self {
+        Self::with_expected_keys(0)
+    }
+
+    /// An empty list whose hash index is sized for `keys` distinct user keys (it grows past
+    /// them if need be, and nothing is allocated before the first insert): a memtable that
+    /// replaces a full one expects about as many keys, and is spared the index's growth.
+    pub fn with_expected_keys(keys: usize) -> Self {
+        Self::build(keys, true)
+    }
+
+    fn build(keys: usize, tag_slots: bool) -> Self {
         let mut writer = Writer {
             allocations: Vec::new(),
             chunks: Vec::new(),
             cursor: ptr::null_mut(),
             remaining: 0,
             rng: 0x2545_f491_4f6c_dd1d,
+            tables: Vec::new(),
+            indexed: 0,
+            // Two thirds full at `keys`: an eighth more keys still fit before the table grows.
+            first_slots: keys.saturating_mul(3).div_ceil(2).max(FIRST_INDEX_SLOTS),
+            tag_slots,
         };
         // The head on the heap: an empty memtable maps no chunk.
         let head = writer
@@ -240,8 +461,10 @@ impl SkipList {
             head.as_ptr().write(Node {
                 prefix: [0; 2],
                 key_len: 0,
-                height: MAX_HEIGHT as u32,
+                height: MAX_HEIGHT as u16,
+                chained: AtomicU16::new(0),
                 value_len: 0,
+                chain: AtomicPtr::new(ptr::null_mut()),
             });
             for level in 0..MAX_HEIGHT {
                 tower_slot(head.as_ptr(), level).write(AtomicPtr::new(ptr::null_mut()));
@@ -252,6 +475,8 @@ impl SkipList {
             height: AtomicUsize::new(1),
             len: AtomicUsize::new(0),
             node_bytes: AtomicUsize::new(0),
+            index: AtomicPtr::new(ptr::null_mut()),
+            index_bytes: AtomicUsize::new(0),
             writer: Mutex::new(writer),
         }
     }
@@ -267,45 +492,77 @@ impl SkipList {
     }
 
     /// Bytes held by the entries' nodes: the memory the list costs, but for the unused tail of
-    /// its current chunk.
+    /// its current chunk and the hash index ([`SkipList::index_bytes`]).
     pub fn node_bytes(&self) -> usize {
         self.node_bytes.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Bytes held by the hash index: every table built, the replaced ones included.
+    pub fn index_bytes(&self) -> usize {
+        self.index_bytes.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Number of distinct user keys.
+    pub fn keys(&self) -> usize {
+        self.writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .indexed
     }
 
     /// Inserts the entry whose encoded internal key is `user_key` followed by `trailer`, with
     /// `value`, and returns the bytes its node takes. An entry whose key equals one already
     /// present goes before it, so a search finds the newer insert first.
+    ///
+    /// A version older than the key's owner, or newer than all when the owner's chain is full,
+    /// is linked into the list by a search from the top, unless the search ends at a node of
+    /// the same user key whose chain must hold it (versions inserted out of order); any other
+    /// version of a present key goes into the owner's chain without a search.
     pub fn insert(&self, user_key: &[u8], trailer: &[u8; TRAILER_LEN], value: &[u8]) -> usize {
-        let key_len = user_key.len() + TRAILER_LEN;
         let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let height = writer.random_height();
-        let bytes = node_bytes(height, key_len, value.len());
-        let node = writer.allocate(bytes).cast::<Node>().as_ptr();
-        // SAFETY: `node` is a fresh, 8-byte aligned region of `bytes`, large enough for the
-        // header, a tower of `height`, the key and the value (see `node_bytes`); nothing else
-        // can reach it until it is linked below.
-        unsafe {
-            node.write(Node {
-                prefix: order_prefix(user_key),
-                // Keys are bounded far below 4 GiB by the servers' limits.
-                key_len: u32::try_from(key_len).unwrap_or(u32::MAX),
-                height: height as u32,
-                value_len: value.len() as u64,
-            });
-            for level in 0..height {
-                tower_slot(node, level).write(AtomicPtr::new(ptr::null_mut()));
+        let hash = xxh3_64(user_key);
+        let owner = writer.owner(user_key, hash);
+        let version = u64::from_le_bytes(*trailer);
+        if !owner.is_null() {
+            // SAFETY: the index holds published nodes of this list.
+            let (owner_version, first) = unsafe {
+                (
+                    node_trailer(owner),
+                    (*owner).chain.load(AtomicOrdering::Acquire),
+                )
+            };
+            // SAFETY: as above, `first` is null or a published chained version.
+            let newest = first.is_null() || version > unsafe { node_trailer(first) };
+            // SAFETY: as above.
+            let full = unsafe { (*owner).chained.load(AtomicOrdering::Relaxed) } >= MAX_CHAIN;
+            if version >= owner_version && !(newest && full) {
+                let (node, bytes) = writer.build_node(0, user_key, trailer, value);
+                // SAFETY: `owner` is a published node of the list; `node` is fully written and
+                // its version sorts before the owner's.
+                unsafe { self.chain_into(owner, node, newest) };
+                return self.count(bytes);
             }
-            let key_at = node.cast::<u8>().add(HEADER_BYTES + height * POINTER_BYTES);
-            ptr::copy_nonoverlapping(user_key.as_ptr(), key_at, user_key.len());
-            let trailer_at = key_at.add(user_key.len());
-            ptr::copy_nonoverlapping(trailer.as_ptr(), trailer_at, TRAILER_LEN);
-            ptr::copy_nonoverlapping(value.as_ptr(), trailer_at.add(TRAILER_LEN), value.len());
         }
+
+        let height = writer.random_height();
+        let (node, bytes) = writer.build_node(height, user_key, trailer, value);
         // SAFETY: `node` is fully written above and stays alive as long as `self`.
         let probe = unsafe { probe_of(node) };
-
         let mut prev = [self.head.as_ptr().cast_const(); MAX_HEIGHT];
-        self.search(|n| n.cmp_probe(&probe) == Ordering::Less, &mut prev);
+        let (_, next) = self.search(|n| n.cmp_probe(&probe) == Ordering::Less, &mut prev);
+        if !next.is_null() {
+            // SAFETY: `next` is a published node of the list.
+            let first = unsafe { (*next).chain.load(AtomicOrdering::Acquire) };
+            // SAFETY: `first` is null or a published chained version.
+            if !first.is_null() && unsafe { cmp_nodes(node, first) } == Ordering::Greater {
+                // Out of order: an older version of `next`'s key than some of its chain; it
+                // belongs in that chain (its tower stays unused).
+                // SAFETY: `next` is a published node and `node` is fully written; its key
+                // sorts after `first` and not after `next`'s own.
+                unsafe { self.chain_into(next, node, false) };
+                return self.count(bytes);
+            }
+        }
         if height > self.height.load(AtomicOrdering::Relaxed) {
             // Readers that see the new height find null head links up there and step down.
             self.height.store(height, AtomicOrdering::Release);
@@ -320,16 +577,118 @@ impl SkipList {
                 (*tower(before, level)).store(node, AtomicOrdering::Release);
             }
         }
+        if owner.is_null() {
+            self.index_new_owner(&mut writer, node, hash);
+        } else if version
+            > unsafe {
+                // SAFETY: `owner` is a published node of the list.
+                node_trailer(owner)
+            }
+        {
+            // The chain was full: the new node, linked just before the owner, owns the key now.
+            if let Some(table) = writer.tables.last() {
+                let (slot, _) = table.probe(user_key, hash);
+                slot.store(table.encode(node, hash), AtomicOrdering::Release);
+            }
+        }
+        self.count(bytes)
+    }
+
+    fn count(&self, bytes: usize) -> usize {
         self.node_bytes.fetch_add(bytes, AtomicOrdering::Relaxed);
         self.len.fetch_add(1, AtomicOrdering::Release);
         bytes
     }
 
-    /// Walks down from the top: at each level, moves right while `advance(next)` holds (`next`
-    /// a published node, handed over as a [`Cursor`]), and
-    /// records in `prev` the node where it stepped down. Returns the level-0 node it stopped
-    /// at (the head, or the last node for which `advance` held) and the node after it (null
-    /// at the end). `advance` must hold for a prefix of the list (monotone).
+    /// Links `node` into `owner`'s chain at its sorted place, before the versions whose keys
+    /// are not below its own.
+    ///
+    /// # Safety
+    /// Only the writer calls this. `owner` must be a published node of the list and `node` a
+    /// fully written, unpublished node of the same user key whose key sorts after the owner's
+    /// predecessor and not after the owner.
+    unsafe fn chain_into(&self, owner: *const Node, node: *mut Node, at_front: bool) {
+        let version = node_trailer(node);
+        // SAFETY: forwarded to the caller; every link leads to a published chained version.
+        unsafe {
+            let mut link: *const AtomicPtr<Node> = &raw const (*owner).chain;
+            loop {
+                let at = (*link).load(AtomicOrdering::Acquire);
+                if at.is_null() || node_trailer(at) <= version {
+                    (*node).chain.store(at, AtomicOrdering::Relaxed);
+                    // Publishes the version (fully written).
+                    (*link).store(node, AtomicOrdering::Release);
+                    break;
+                }
+                link = &raw const (*at).chain;
+            }
+            if at_front {
+                (*owner).chained.fetch_add(1, AtomicOrdering::Relaxed);
+            }
+        }
+    }
+
+    /// Adds `node`, the first node of a user key not in the list before, to the hash index,
+    /// replacing the current table first if it is 3/4 full or cannot tag `node`'s address.
+    fn index_new_owner(&self, writer: &mut Writer, node: *const Node, hash: u64) {
+        let fits = node.addr() as u64 >> ADDRESS_BITS == 0;
+        let (slots, tagged, full) = match writer.tables.last() {
+            None => (writer.first_slots, writer.tag_slots && fits, true),
+            Some(table) => {
+                let full = table.is_full(writer.indexed + 1);
+                let slots = table.slots.len() * if full { 2 } else { 1 };
+                (slots, table.tagged && fits, full || (table.tagged && !fits))
+            }
+        };
+        if full {
+            let table = IndexTable::new(slots, tagged);
+            if let Some(old) = writer.tables.last() {
+                for slot in old.slots.iter() {
+                    let value = slot.load(AtomicOrdering::Relaxed);
+                    if value != 0 {
+                        let owner = old.decode(value);
+                        // SAFETY: a slot holds a published node of this list.
+                        let key = unsafe { user_key_of(owner) };
+                        let hash = xxh3_64(key);
+                        let (free, _) = table.probe(key, hash);
+                        free.store(table.encode(owner, hash), AtomicOrdering::Relaxed);
+                    }
+                }
+            }
+            self.index_bytes
+                .fetch_add(table.bytes(), AtomicOrdering::Relaxed);
+            let table = Box::new(table);
+            // Publishes the table, filled: a reader that loads it sees every slot stored above.
+            self.index
+                .store(ptr::from_ref(&*table).cast_mut(), AtomicOrdering::Release);
+            writer.tables.push(table);
+        }
+        if let Some(table) = writer.tables.last() {
+            // SAFETY: `node` is published and fully written.
+            let (free, _) = table.probe(unsafe { user_key_of(node) }, hash);
+            free.store(table.encode(node, hash), AtomicOrdering::Release);
+            writer.indexed += 1;
+        }
+    }
+
+    /// The first entry of `user_key`, its newest version in the list; `None` if the list holds
+    /// no version of it. Found through the hash index, without a search.
+    pub fn first_of_user_key(&self, user_key: &[u8]) -> Option<Cursor<'_>> {
+        let table = self.index.load(AtomicOrdering::Acquire);
+        if table.is_null() {
+            return None;
+        }
+        // SAFETY: a published table stays allocated as long as the list.
+        let owner = unsafe { &*table }.find(user_key, xxh3_64(user_key));
+        // SAFETY: the index holds published nodes of this list.
+        (!owner.is_null()).then(|| unsafe { group_start(owner) })
+    }
+
+    /// Walks down the list from the top: at each level, moves right while `advance(next)`
+    /// holds (`next` a node of the list, handed over as a [`Cursor`]), and records in `prev`
+    /// the node where it stepped down. Returns the level-0 node it stopped at (the head, or
+    /// the last node for which `advance` held) and the node of the list after it (null at the
+    /// end). `advance` must hold for a prefix of the list (monotone). Chains are not visited.
     fn search(
         &self,
         advance: impl Fn(Cursor<'_>) -> bool,
@@ -346,12 +705,7 @@ impl SkipList {
             // tower is taller than `level`.
             let next = unsafe { (*tower(at, level)).load(AtomicOrdering::Acquire) }.cast_const();
             // A non-null link leads to a published node of this list.
-            if !next.is_null()
-                && advance(Cursor {
-                    node: next,
-                    _list: PhantomData,
-                })
-            {
+            if !next.is_null() && advance(Cursor::listed(next)) {
                 at = next;
                 continue;
             }
@@ -365,53 +719,87 @@ impl SkipList {
         }
     }
 
-    fn cursor(&self, node: *const Node) -> Option<Cursor<'_>> {
-        (!node.is_null() && node != self.head.as_ptr().cast_const()).then_some(Cursor {
-            node,
-            _list: PhantomData,
-        })
+    fn listed(&self, node: *const Node) -> Option<Cursor<'_>> {
+        (!node.is_null() && node != self.head.as_ptr().cast_const()).then(|| Cursor::listed(node))
     }
 
     /// The first entry `>= probe`.
     pub fn seek_ge(&self, probe: &Probe<'_>) -> Option<Cursor<'_>> {
         let mut prev = [ptr::null(); MAX_HEIGHT];
         let (_, next) = self.search(|n| n.cmp_probe(probe) == Ordering::Less, &mut prev);
-        self.cursor(next)
+        // The first chained version of `next` not below `probe`, else `next` itself.
+        self.first_in_chain(next, |c| c.cmp_probe(probe) != Ordering::Less)
     }
 
     /// The first entry `> probe`.
     pub fn seek_gt(&self, probe: &Probe<'_>) -> Option<Cursor<'_>> {
         let mut prev = [ptr::null(); MAX_HEIGHT];
         let (_, next) = self.search(|n| n.cmp_probe(probe) != Ordering::Greater, &mut prev);
-        self.cursor(next)
+        self.first_in_chain(next, |c| c.cmp_probe(probe) == Ordering::Greater)
     }
 
     /// The last entry `< probe`.
     pub fn seek_lt(&self, probe: &Probe<'_>) -> Option<Cursor<'_>> {
         let mut prev = [ptr::null(); MAX_HEIGHT];
-        let (at, _) = self.search(|n| n.cmp_probe(probe) == Ordering::Less, &mut prev);
-        self.cursor(at)
+        let (at, next) = self.search(|n| n.cmp_probe(probe) == Ordering::Less, &mut prev);
+        self.last_in_chain(next, |c| c.cmp_probe(probe) == Ordering::Less)
+            .or_else(|| self.listed(at))
     }
 
     /// The last entry `<= probe`.
     pub fn seek_le(&self, probe: &Probe<'_>) -> Option<Cursor<'_>> {
         let mut prev = [ptr::null(); MAX_HEIGHT];
-        let (at, _) = self.search(|n| n.cmp_probe(probe) != Ordering::Greater, &mut prev);
-        self.cursor(at)
+        let (at, next) = self.search(|n| n.cmp_probe(probe) != Ordering::Greater, &mut prev);
+        self.last_in_chain(next, |c| c.cmp_probe(probe) != Ordering::Greater)
+            .or_else(|| self.listed(at))
+    }
+
+    /// The first entry of `next`'s group (its chain, then itself) for which `wanted` holds,
+    /// `wanted` being monotone over the group; `None` if `next` is null.
+    fn first_in_chain(
+        &self,
+        next: *const Node,
+        wanted: impl Fn(Cursor<'_>) -> bool,
+    ) -> Option<Cursor<'_>> {
+        let listed = self.listed(next)?;
+        let mut at = listed.chain_start();
+        loop {
+            if at == listed || wanted(at) {
+                return Some(at);
+            }
+            at = at.next()?;
+        }
+    }
+
+    /// The last chained version of `next` for which `wanted` holds (a prefix of the chain);
+    /// `None` if none or `next` is null.
+    fn last_in_chain(
+        &self,
+        next: *const Node,
+        wanted: impl Fn(Cursor<'_>) -> bool,
+    ) -> Option<Cursor<'_>> {
+        let listed = self.listed(next)?;
+        let mut found = None;
+        let mut at = listed.chain_start();
+        while at != listed && wanted(at) {
+            found = Some(at);
+            at = at.next()?;
+        }
+        found
     }
 
     /// The first entry.
     pub fn first(&self) -> Option<Cursor<'_>> {
         // SAFETY: the head's tower has MAX_HEIGHT levels.
         let next = unsafe { (*tower(self.head.as_ptr(), 0)).load(AtomicOrdering::Acquire) };
-        self.cursor(next)
+        self.listed(next).map(|c| c.chain_start())
     }
 
     /// The last entry.
     pub fn last(&self) -> Option<Cursor<'_>> {
         let mut prev = [ptr::null(); MAX_HEIGHT];
         let (at, _) = self.search(|_| true, &mut prev);
-        self.cursor(at)
+        self.listed(at)
     }
 
     /// The entry before `cursor`.
@@ -440,7 +828,10 @@ impl Drop for SkipList {
 /// A position on an entry of a [`SkipList`], valid as long as the list is borrowed.
 #[derive(Clone, Copy)]
 pub struct Cursor<'a> {
+    /// The entry: a node of the list or a version chained to one.
     node: *const Node,
+    /// The node of the list whose group the entry belongs to (`node` itself if it is listed).
+    owner: *const Node,
     _list: PhantomData<&'a SkipList>,
 }
 
@@ -461,6 +852,21 @@ impl fmt::Debug for Cursor<'_> {
 }
 
 impl<'a> Cursor<'a> {
+    /// A cursor on `node`, a published node of the list.
+    fn listed(node: *const Node) -> Self {
+        Cursor {
+            node,
+            owner: node,
+            _list: PhantomData,
+        }
+    }
+
+    /// The first entry of this cursor's group: the first chained version, else the owner.
+    fn chain_start(self) -> Self {
+        // SAFETY: `owner` is a published node of a borrowed list.
+        unsafe { group_start(self.owner) }
+    }
+
     /// The encoded internal key.
     pub fn key(&self) -> &'a [u8] {
         // SAFETY: a cursor points at a published node, alive while the list is borrowed for
@@ -480,12 +886,23 @@ impl<'a> Cursor<'a> {
 
     /// The entry after this one.
     pub fn next(&self) -> Option<Cursor<'a>> {
-        // SAFETY: every node has a tower of at least one level.
-        let next = unsafe { (*tower(self.node, 0)).load(AtomicOrdering::Acquire) };
-        (!next.is_null()).then_some(Cursor {
-            node: next,
-            _list: PhantomData,
-        })
+        if self.node != self.owner {
+            // SAFETY: a chained version is published and alive while the list is borrowed.
+            let later = unsafe { (*self.node).chain.load(AtomicOrdering::Acquire) };
+            return Some(if later.is_null() {
+                Cursor::listed(self.owner)
+            } else {
+                Cursor {
+                    node: later,
+                    owner: self.owner,
+                    _list: PhantomData,
+                }
+            });
+        }
+        // SAFETY: a node of the list has a tower of at least one level.
+        let next = unsafe { (*tower(self.owner, 0)).load(AtomicOrdering::Acquire) };
+        // SAFETY: a non-null link leads to a published node of the list.
+        (!next.is_null()).then(|| unsafe { group_start(next) })
     }
 
     /// The order of this entry against `other`'s.
@@ -498,11 +915,25 @@ impl<'a> Cursor<'a> {
     /// The order of this entry against `probe`.
     fn cmp_probe(&self, probe: &Probe<'_>) -> Ordering {
         // SAFETY: a cursor points at a published node, alive while the list is borrowed; its
-        // header never changes after publication.
+        // header's prefix never changes after publication.
         let prefix = unsafe { (*self.node).prefix };
         prefix
             .cmp(&probe.prefix)
             .then_with(|| compare_encoded(self.key(), probe.encoded))
+    }
+}
+
+/// A cursor on the first entry of `owner`'s group: its first chained version, else `owner`.
+///
+/// # Safety
+/// `owner` must be a published node of a list borrowed for `'a`.
+unsafe fn group_start<'a>(owner: *const Node) -> Cursor<'a> {
+    // SAFETY: forwarded to the caller.
+    let first = unsafe { (*owner).chain.load(AtomicOrdering::Acquire) };
+    Cursor {
+        node: if first.is_null() { owner } else { first },
+        owner,
+        _list: PhantomData,
     }
 }
 
@@ -535,9 +966,41 @@ unsafe fn tower(node: *const Node, level: usize) -> *const AtomicPtr<Node> {
 unsafe fn key_of<'a>(node: *const Node) -> &'a [u8] {
     // SAFETY: forwarded to the caller; the key follows the header and the tower.
     unsafe {
-        let height = (*node).height as usize;
+        let height = usize::from((*node).height);
         let at = node.cast::<u8>().add(HEADER_BYTES + height * POINTER_BYTES);
         std::slice::from_raw_parts(at, (*node).key_len as usize)
+    }
+}
+
+/// The user key of `node`.
+///
+/// # Safety
+/// As for [`key_of`].
+unsafe fn user_key_of<'a>(node: *const Node) -> &'a [u8] {
+    // SAFETY: forwarded to the caller.
+    user_key(unsafe { key_of(node) })
+}
+
+/// The trailer (sequence number and kind) of `node`'s key: of two versions of one user key,
+/// the larger trailer sorts first.
+///
+/// # Safety
+/// As for [`key_of`].
+unsafe fn node_trailer(node: *const Node) -> u64 {
+    // SAFETY: forwarded to the caller.
+    trailer(unsafe { key_of(node) })
+}
+
+/// The order of two nodes' entries.
+///
+/// # Safety
+/// As for [`key_of`], for both.
+unsafe fn cmp_nodes(a: *const Node, b: *const Node) -> Ordering {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        (*a).prefix
+            .cmp(&(*b).prefix)
+            .then_with(|| compare_encoded(key_of(a), key_of(b)))
     }
 }
 
@@ -601,20 +1064,28 @@ mod tests {
 
     proptest! {
         /// Inserts in any order give the compare_encoded order both ways, and each seek lands
-        /// where a sorted vector says; values stay with their keys. Keys share long prefixes
-        /// and include zero bytes, to exercise the prefix shortcut.
+        /// where a sorted vector says; values stay with their keys; the index finds each user
+        /// key's first entry. Keys share long prefixes and include zero bytes, to exercise the
+        /// prefix shortcut; up to 40 versions a key, inserted newest-last or shuffled, fill
+        /// chains past MAX_CHAIN and put versions out of order into them. Both index layouts.
         #[test]
         fn order_and_seeks_match_a_sorted_model(
             keys in proptest::collection::btree_set(
-                (proptest::collection::vec(0u8..3, 0..20), 0u64..4), 0..150),
+                (proptest::collection::vec(0u8..3, 0..20), 0u64..40), 0..300),
             probes in proptest::collection::vec(
-                (proptest::collection::vec(0u8..3, 0..20), 0u64..5), 1..40),
+                (proptest::collection::vec(0u8..3, 0..20), 0u64..41), 1..40),
+            in_order in any::<bool>(),
+            seed in any::<u64>(),
+            tagged in any::<bool>(),
         ) {
-            let list = SkipList::new();
+            let list = SkipList::build(0, tagged);
             let mut shuffled: Vec<_> = keys.iter().cloned().collect();
-            shuffled.reverse();
-            let third = shuffled.len() / 3;
-            shuffled.rotate_left(third);
+            if in_order {
+                // Each key's versions oldest first, as the engine inserts them.
+                shuffled.sort_by_key(|(_, s)| *s);
+            } else {
+                shuffled.sort_by_key(|(k, s)| xxh3_64(&[&seed.to_le_bytes()[..], k, &s.to_le_bytes()].concat()));
+            }
             for (k, s) in &shuffled {
                 let value = [k.as_slice(), &s.to_le_bytes()].concat();
                 list.insert(k, &trailer(*s), &value);
@@ -642,8 +1113,119 @@ mod tests {
                 prop_assert_eq!(list.seek_gt(&probe).map(|c| c.key()), gt.map(Vec::as_slice));
                 prop_assert_eq!(list.seek_lt(&probe).map(|c| c.key()), lt.map(Vec::as_slice));
                 prop_assert_eq!(list.seek_le(&probe).map(|c| c.key()), le.map(Vec::as_slice));
+                let first = want.iter().find(|w| user_key(w) == k.as_slice());
+                prop_assert_eq!(list.first_of_user_key(&k).map(|c| c.key()), first.map(Vec::as_slice));
+            }
+            let distinct: BTreeSet<&Vec<u8>> = keys.iter().map(|(k, _)| k).collect();
+            prop_assert_eq!(list.keys(), distinct.len());
+        }
+    }
+
+    proptest! {
+        /// Two keys with up to 120 versions each, inserted in a jittered order: chains fill, their
+        /// next newest versions become nodes of the list, and versions arriving late land in
+        /// chains that are no longer the owner's. Order, seeks and the index match the model.
+        #[test]
+        fn long_histories_in_any_order_match_a_sorted_model(
+            keys in proptest::collection::btree_set(
+                (proptest::collection::vec(0u8..2, 1..2), 0u64..120), 0..300),
+            seed in any::<u64>(),
+            lateness in 1u64..60,
+        ) {
+            let list = SkipList::new();
+            let mut shuffled: Vec<_> = keys.iter().cloned().collect();
+            // Mostly oldest first, as the engine inserts, but each version up to `lateness`
+            // places late, so that chains fill and late versions find them full.
+            shuffled.sort_by_key(|(k, s)| {
+                s + xxh3_64(&[&seed.to_le_bytes()[..], k, &s.to_le_bytes()].concat()) % lateness
+            });
+            for (k, s) in &shuffled {
+                list.insert(k, &trailer(*s), &s.to_le_bytes());
+            }
+            let want = ordered(&keys);
+            prop_assert_eq!(&forward(&list), &want);
+            prop_assert_eq!(&backward(&list), &want);
+            for (k, s) in &keys {
+                let encoded = encode(k, *s, ValueKind::Put);
+                let probe = Probe::new(&encoded);
+                prop_assert_eq!(list.seek_ge(&probe).map(|c| c.key()), Some(encoded.as_slice()));
+                prop_assert_eq!(list.seek_le(&probe).map(|c| c.key()), Some(encoded.as_slice()));
+                let gt = want.iter().find(|w| compare_encoded(w, &encoded) == Ordering::Greater);
+                let lt = want.iter().rev().find(|w| compare_encoded(w, &encoded) == Ordering::Less);
+                prop_assert_eq!(list.seek_gt(&probe).map(|c| c.key()), gt.map(Vec::as_slice));
+                prop_assert_eq!(list.seek_lt(&probe).map(|c| c.key()), lt.map(Vec::as_slice));
+                let first = want.iter().find(|w| user_key(w) == k.as_slice());
+                prop_assert_eq!(list.first_of_user_key(k).map(|c| c.key()), first.map(Vec::as_slice));
             }
         }
+    }
+
+    /// 1000 versions of one key, newest last, between two other keys: they fill chains of
+    /// MAX_CHAIN, each chain's next newest version a node of the list, and everything stays in
+    /// order; the index leads to the newest version; every version is found by a seek.
+    #[test]
+    fn long_histories_are_chains_of_bounded_length() {
+        let list = SkipList::new();
+        list.insert(b"a", &trailer(1), b"a");
+        list.insert(b"c", &trailer(1), b"c");
+        for s in 1..=1000u64 {
+            list.insert(b"b", &trailer(s), &s.to_le_bytes());
+        }
+        assert_eq!((list.len(), list.keys()), (1002, 3));
+        let all = forward(&list);
+        assert_eq!(all, backward(&list));
+        assert_eq!(all.len(), 1002);
+        let mut keys: BTreeSet<(Vec<u8>, u64)> = (1..=1000).map(|s| (b"b".to_vec(), s)).collect();
+        keys.insert((b"a".to_vec(), 1));
+        keys.insert((b"c".to_vec(), 1));
+        assert_eq!(all, ordered(&keys));
+        let newest = list.first_of_user_key(b"b");
+        assert_eq!(newest.map(|c| c.value()), Some(&1000u64.to_le_bytes()[..]));
+        for s in 1..=1000u64 {
+            let key = encode(b"b", s, ValueKind::Put);
+            let found = list.seek_ge(&Probe::new(&key));
+            assert_eq!(found.map(|c| c.value()), Some(&s.to_le_bytes()[..]), "{s}");
+        }
+        // Nodes of the list: one every MAX_CHAIN + 1 versions (the others hang in chains).
+        let listed = {
+            let mut n = 0;
+            let mut at = list.first();
+            while let Some(c) = at {
+                n += usize::from(c.node == c.owner);
+                at = c.next();
+            }
+            n
+        };
+        assert_eq!(listed, 2 + 1000usize.div_ceil(usize::from(MAX_CHAIN) + 1));
+    }
+
+    /// 20k distinct keys grow the index from its first table through five doublings; every
+    /// key stays reachable, absent keys are absent, and every table built is counted. A list
+    /// made for 20k keys builds one table and never grows it.
+    #[test]
+    fn the_index_grows_and_every_table_is_counted() {
+        let grown = SkipList::new();
+        let sized = SkipList::with_expected_keys(20_000);
+        for i in 0..20_000u32 {
+            grown.insert(&scramble(i).to_be_bytes(), &trailer(1), &i.to_le_bytes());
+            sized.insert(&scramble(i).to_be_bytes(), &trailer(1), &i.to_le_bytes());
+        }
+        for list in [&grown, &sized] {
+            for i in 0..20_000u32 {
+                let found = list.first_of_user_key(&scramble(i).to_be_bytes());
+                assert_eq!(found.map(|c| c.value()), Some(&i.to_le_bytes()[..]));
+            }
+            for i in 20_000..21_000u32 {
+                assert!(list.first_of_user_key(&scramble(i).to_be_bytes()).is_none());
+            }
+        }
+        // 1024, 2048, ..., 32768 slots of 8 bytes: 20k keys fill 32768 slots to 61%.
+        assert_eq!(
+            grown.index_bytes(),
+            (1024 + 2048 + 4096 + 8192 + 16384 + 32768) * 8
+        );
+        assert_eq!(sized.index_bytes(), 30_000 * 8);
+        assert_eq!(SkipList::new().index_bytes(), 0);
     }
 
     #[test]
@@ -679,6 +1261,18 @@ mod tests {
             Some(&b"new"[..])
         );
         assert_eq!(list.len(), 2);
+        // The same inside a chain: version 6 is chained to the node of version 5.
+        let key = encode(b"k", 6, ValueKind::Put);
+        list.insert(b"k", &trailer(6), b"old6");
+        list.insert(b"k", &trailer(6), b"new6");
+        assert_eq!(
+            list.seek_ge(&Probe::new(&key)).map(|c| c.value()),
+            Some(&b"new6"[..])
+        );
+        let values: Vec<&[u8]> = std::iter::successors(list.first(), Cursor::next)
+            .map(|c| c.value())
+            .collect();
+        assert_eq!(values, [&b"new6"[..], b"old6", b"new", b"old"]);
     }
 
     /// Readers walk and seek while a writer inserts: every reader sees a sorted list and
@@ -731,6 +1325,71 @@ mod tests {
             assert!(r.join().is_ok_and(|checks| checks > 0), "a reader failed");
         }
         assert_eq!(forward(&list).len(), KEYS as usize);
+    }
+
+    /// Readers look keys up through the index while a writer adds versions of 300 keys (and
+    /// grows the index): a reader always finds a version at least as new as the last one
+    /// published before its lookup, and each key's entries in order behind it.
+    #[test]
+    fn readers_find_the_newest_versions_while_a_writer_chains_them() {
+        const KEYS: u32 = 300;
+        const ROUNDS: u64 = 60;
+        let list = Arc::new(SkipList::build(0, false));
+        let published = Arc::new(AtomicUsize::new(0));
+        let readers: Vec<_> = (0..3)
+            .map(|r| {
+                let list = Arc::clone(&list);
+                let published = Arc::clone(&published);
+                std::thread::spawn(move || {
+                    let mut i = r as u32;
+                    loop {
+                        let done = published.load(AtomicOrdering::Acquire) as u64;
+                        let key = scramble(i % KEYS).to_be_bytes();
+                        // Writes are numbered 0.. in round-robin over the keys; seqno = round + 1.
+                        let written = done / u64::from(KEYS)
+                            + u64::from(done % u64::from(KEYS) > u64::from(i % KEYS));
+                        let first = list.first_of_user_key(&key);
+                        if written > 0 {
+                            let c = first.unwrap_or_else(|| panic!("key {i} lost"));
+                            let seqno = trailer_of(c.key()) >> 8;
+                            assert!(
+                                seqno >= written,
+                                "key {}: saw {seqno}, want >= {written}",
+                                i % KEYS
+                            );
+                            let mut at = Some(c);
+                            let mut expect = seqno;
+                            while let Some(c) = at.filter(|c| user_key(c.key()) == key) {
+                                assert_eq!(trailer_of(c.key()) >> 8, expect);
+                                expect -= 1;
+                                at = c.next();
+                            }
+                            assert_eq!(expect, 0, "key {}: versions missing", i % KEYS);
+                        }
+                        if done == u64::from(KEYS) * ROUNDS {
+                            return i;
+                        }
+                        i = i.wrapping_add(7);
+                    }
+                })
+            })
+            .collect();
+        let mut n = 0;
+        for round in 0..ROUNDS {
+            for k in 0..KEYS {
+                list.insert(&scramble(k).to_be_bytes(), &trailer(round + 1), &[0u8; 8]);
+                n += 1;
+                published.store(n, AtomicOrdering::Release);
+            }
+        }
+        for r in readers {
+            assert!(r.join().is_ok(), "a reader failed");
+        }
+        assert_eq!(forward(&list), backward(&list));
+    }
+
+    fn trailer_of(encoded: &[u8]) -> u64 {
+        crate::lsm::key::trailer(encoded)
     }
 
     /// A bijection on u32, so the inserts arrive in no particular order.

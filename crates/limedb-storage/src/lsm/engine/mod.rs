@@ -1382,7 +1382,7 @@ impl Inner {
         let mut imms = sv.imms.clone();
         imms.push(Arc::clone(&sv.active));
         let sv = SuperVersion {
-            active: Arc::new(Memtable::new()),
+            active: Arc::new(Memtable::with_expected_keys(sv.active.keys())),
             imms,
             version: Arc::clone(&sv.version),
             tables: sv.tables.clone(),
