@@ -27,6 +27,12 @@ use cli::{
     BenchArgs, Cli, Command, CoordinatorArgs, DevArgs, FileConfig, LimitArgs, PgArgs, ShardArgs,
 };
 
+/// The process's allocator. A shard allocates per request (arguments, replies, buffers);
+/// with mimalloc instead of glibc's allocator, `redis-benchmark -P 16` against one shard ran
+/// SETs 20% and GETs 6% faster (medians of three alternating rounds, docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let argv = cli::translate_seed_args(std::env::args().collect());
     let cli = Cli::parse_from(argv);
