@@ -199,6 +199,13 @@ pub trait Engine: Send + Sync + 'static {
         None
     }
 
+    /// [`Engine::try_get_now`] for each of `keys`, in order (a pipeline of reads): the engine
+    /// may share work among them, such as one read view and overlapped memory lookups. The
+    /// default asks [`Engine::try_get_now`] for each.
+    fn try_get_many_now(&self, keys: &[&[u8]]) -> Vec<Option<Result<Option<Value>>>> {
+        keys.iter().map(|key| self.try_get_now(key)).collect()
+    }
+
     /// Whether the engine can serve requests, as last observed; never blocks, so an async
     /// caller may call it inline (a health endpoint). Engines that keep their data in local
     /// files are always healthy (a failed write shows as [`crate::StorageError::Poisoned`]

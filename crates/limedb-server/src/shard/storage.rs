@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `get` | [`Engine::try_get_now`] answers (no I/O needed) | inline on the runtime worker |
 //! | `get` | otherwise (a table block must be read) | blocking pool |
+//! | `get_many` (a pipeline) | [`Engine::try_get_many_now`] answers, for each key | inline, the keys together; the rest in one blocking-pool call |
 //! | `put` of at most [`INLINE_WRITE_MAX_BYTES`], `delete` | [`Engine::try_write_now`] writes without waiting | inline on the runtime worker |
 //! | `put`, `delete` | otherwise (it would wait for an fsync or log maintenance) | the shard's writer thread |
 //! | `page`, `close` | — | blocking pool |
@@ -200,24 +201,31 @@ impl Storage {
         }
     }
 
-    /// Reads several keys with one executor hand-off (a pipeline of GETs).
-    /// Keys the engine answers without I/O are read inline; from the first that needs I/O on,
-    /// the rest are read in one hand-off to the blocking pool.
-    pub async fn get_many(&self, mut keys: Vec<Bytes>) -> Result<Vec<Option<Value>>, ApiError> {
+    /// Reads several keys with at most one executor hand-off (a pipeline of GETs). The keys
+    /// the engine answers without I/O are read inline, together
+    /// ([`Engine::try_get_many_now`]); the others in one hand-off to the blocking pool.
+    pub async fn get_many(&self, keys: Vec<Bytes>) -> Result<Vec<Option<Value>>, ApiError> {
+        let asked: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
         let mut found = Vec::with_capacity(keys.len());
-        for key in &keys {
-            match self.engine.try_get_now(key) {
+        let mut later = Vec::new();
+        for (i, answer) in self.engine.try_get_many_now(&asked).into_iter().enumerate() {
+            match answer {
                 Some(value) => found.push(value.map_err(ApiError::from)?),
-                None => break,
+                None => {
+                    found.push(None);
+                    later.push(i);
+                }
             }
         }
-        if found.len() < keys.len() {
-            let rest = keys.split_off(found.len());
+        if !later.is_empty() {
+            let rest: Vec<Bytes> = later.iter().map(|&i| keys[i].clone()).collect();
             let more = blocking(&self.engine, move |e| {
                 rest.iter().map(|k| e.get(k)).collect::<Result<Vec<_>, _>>()
             })
             .await?;
-            found.extend(more);
+            for (i, value) in later.into_iter().zip(more) {
+                found[i] = value;
+            }
         }
         Ok(found)
     }

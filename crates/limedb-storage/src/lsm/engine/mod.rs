@@ -189,6 +189,9 @@ struct SuperVersion {
     tables: HashMap<u64, Table>,
 }
 
+/// What a point lookup found: the newest visible version's kind and stored bytes.
+type Found = (ValueKind, Bytes);
+
 impl SuperVersion {
     fn table(&self, file_number: u64) -> Result<&Table> {
         self.tables.get(&file_number).ok_or_else(|| {
@@ -302,6 +305,45 @@ impl SuperVersion {
                 return Some(Ok(Some(hit)));
             }
         }
+        self.lookup_tables(key, seqno, reach)
+    }
+
+    /// [`SuperVersion::lookup`] with [`Reach::Memory`] for each of `keys`, in order: each
+    /// memtable is asked for all the keys still unanswered at once
+    /// ([`Memtable::get_many`], whose lookups overlap their cache misses).
+    fn lookup_many_in_memory(
+        &self,
+        keys: &[&[u8]],
+        seqno: u64,
+    ) -> Vec<Option<Result<Option<Found>>>> {
+        let mut found = self.active.get_many(keys, seqno);
+        for m in self.imms.iter().rev() {
+            let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
+            if missing.is_empty() {
+                break;
+            }
+            let asked: Vec<&[u8]> = missing.iter().map(|&i| keys[i]).collect();
+            for (i, hit) in missing.into_iter().zip(m.get_many(&asked, seqno)) {
+                found[i] = hit;
+            }
+        }
+        found
+            .into_iter()
+            .zip(keys)
+            .map(|(hit, key)| match hit {
+                Some(hit) => Some(Ok(Some(hit))),
+                None => self.lookup_tables(key, seqno, Reach::Memory),
+            })
+            .collect()
+    }
+
+    /// The tables' part of [`SuperVersion::lookup`], for a key no memtable holds.
+    fn lookup_tables(
+        &self,
+        key: &[u8],
+        seqno: u64,
+        reach: Reach,
+    ) -> Option<Result<Option<(ValueKind, Bytes)>>> {
         for level in 0..NUM_LEVELS {
             for handle in self.version.tables_for_user_key(level, key) {
                 if handle.min_seqno > seqno {
@@ -1473,6 +1515,20 @@ impl Inner {
         Some(found.and_then(|found| self.decode_live(found, now_ms())))
     }
 
+    /// [`Engine::try_get_many_now`]: one read view for the whole batch.
+    fn try_get_many_now(&self, keys: &[&[u8]]) -> Vec<Option<Result<Option<Value>>>> {
+        if self.check_open().is_err() {
+            // The blocking reads the caller falls back to report the error.
+            return keys.iter().map(|_| None).collect();
+        }
+        let (sv, seqno) = self.read_view();
+        let now = now_ms();
+        sv.lookup_many_in_memory(keys, seqno)
+            .into_iter()
+            .map(|answer| answer.map(|found| found.and_then(|f| self.decode_live(f, now))))
+            .collect()
+    }
+
     /// Tables in L0 of the current version.
     fn l0_tables(&self, state: &State) -> usize {
         state.current.version.level(0).len()
@@ -1920,6 +1976,10 @@ impl Engine for LsmEngine {
 
     fn try_get_now(&self, key: &[u8]) -> Option<Result<Option<Value>>> {
         self.inner.try_get_now(key)
+    }
+
+    fn try_get_many_now(&self, keys: &[&[u8]]) -> Vec<Option<Result<Option<Value>>>> {
+        self.inner.try_get_many_now(keys)
     }
 
     /// Merges the whole tree once: O(number of stored versions).

@@ -386,3 +386,122 @@ fn try_write_many_now_writes_a_batch_whole_or_not_at_all() -> TestResult {
     );
     Ok(())
 }
+
+/// A batch of in-memory lookups (`lookup_many_in_memory`, behind `try_get_many_now`) answers
+/// exactly as the same lookups one by one, wherever the keys live: the active memtable, frozen
+/// memtables (the newer one first, a tombstone there hiding older versions), tables with a
+/// cached block, tables whose block is not cached (no answer), nowhere; at the newest snapshot
+/// and at one that sees only the oldest memtable.
+#[test]
+fn lookups_of_a_batch_answer_as_lookups_one_by_one() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    {
+        let engine = LsmEngine::open(dir.path(), roomy())?;
+        for i in 0..400 {
+            engine.put(&key(i), format!("table{i}").as_bytes(), None)?;
+        }
+        engine.flush()?;
+        engine.close()?;
+    }
+    let engine = LsmEngine::open(dir.path(), roomy())?;
+    // One block of the table cached, the others cold.
+    assert!(engine.get(&key(3))?.is_some());
+    let sv = engine.inner.current();
+    let (older, newer, active) = (Memtable::new(), Memtable::new(), Memtable::new());
+    for i in (0..400).step_by(2) {
+        older.insert(&key(i), 1_000_000 + i as u64, ValueKind::Put, b"older");
+    }
+    for i in 0..400 {
+        if i % 4 == 0 {
+            newer.insert(&key(i), 2_000_000 + i as u64, ValueKind::Put, b"newer");
+        } else if i % 8 == 1 {
+            newer.insert(&key(i), 2_000_000 + i as u64, ValueKind::Delete, b"");
+        }
+    }
+    for i in (0..400).step_by(8) {
+        active.insert(&key(i), 3_000_000 + i as u64, ValueKind::Put, b"active");
+    }
+    let sv = SuperVersion {
+        active: Arc::new(active),
+        imms: vec![Arc::new(older), Arc::new(newer)],
+        version: Arc::clone(&sv.version),
+        tables: sv.tables.clone(),
+    };
+    let keys: Vec<Vec<u8>> = (0..420).map(key).collect();
+    let asked: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    type Answer = Option<std::result::Result<Option<(ValueKind, Bytes)>, String>>;
+    let plain = |a: Option<Result<Option<(ValueKind, Bytes)>>>| -> Answer {
+        a.map(|r| r.map_err(|e| e.to_string()))
+    };
+    for snapshot in [MAX_SEQNO, 1_500_000] {
+        let batch: Vec<Answer> = sv
+            .lookup_many_in_memory(&asked, snapshot)
+            .into_iter()
+            .map(plain)
+            .collect();
+        let one_by_one: Vec<Answer> = asked
+            .iter()
+            .map(|k| plain(sv.lookup(k, snapshot, Reach::Memory)))
+            .collect();
+        assert_eq!(batch, one_by_one, "snapshot {snapshot}");
+    }
+    // Every source answered some key, at the newest snapshot.
+    let batch = sv.lookup_many_in_memory(&asked, MAX_SEQNO);
+    let value = |i: usize| match &batch[i] {
+        Some(Ok(Some((ValueKind::Put, v)))) => Some(String::from_utf8_lossy(v).into_owned()),
+        Some(Ok(Some((ValueKind::Delete, _)))) => Some("tombstone".into()),
+        Some(Ok(None)) => Some("absent".into()),
+        _ => None,
+    };
+    assert_eq!(value(8).as_deref(), Some("active"));
+    assert_eq!(value(4).as_deref(), Some("newer"));
+    assert_eq!(value(9).as_deref(), Some("tombstone"));
+    assert_eq!(value(2).as_deref(), Some("older"));
+    // (Stored values start with their flags byte.)
+    assert_eq!(value(3).as_deref(), Some("\0table3"));
+    assert_eq!(value(399), None, "a cold block must not be read inline");
+    assert!(
+        batch[410].is_some(),
+        "an absent key ruled out by no filter?"
+    );
+    Ok(())
+}
+
+/// `try_get_many_now` through the engine: its answers are `get`'s, and a key whose table
+/// block is cold is left to the caller.
+#[test]
+fn try_get_many_now_answers_as_get_does() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    {
+        let engine = LsmEngine::open(dir.path(), roomy())?;
+        for i in 0..300 {
+            engine.put(&key(i), format!("old{i}").as_bytes(), None)?;
+        }
+        engine.flush()?;
+        engine.close()?;
+    }
+    let engine = LsmEngine::open(dir.path(), roomy())?;
+    for i in (0..300).step_by(3) {
+        engine.put(&key(i), format!("new{i}").as_bytes(), None)?;
+    }
+    engine.delete(&key(1))?;
+    engine.put(&key(6), b"expired", Some(1))?;
+    let keys: Vec<Vec<u8>> = (0..320).map(key).collect();
+    let asked: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    let answers = engine.try_get_many_now(&asked);
+    assert_eq!(answers.len(), keys.len());
+    let mut answered = 0;
+    for (i, answer) in answers.into_iter().enumerate() {
+        let want = engine.get(&keys[i])?.map(|v| v.data.to_vec());
+        match answer {
+            Some(got) => {
+                assert_eq!(got?.map(|v| v.data.to_vec()), want, "key {i}");
+                answered += 1;
+            }
+            None => assert!(i % 3 != 0 && i != 1, "key {i} is in the memtable"),
+        }
+    }
+    assert!(answered >= 102, "{answered} answered");
+    assert_eq!(engine.get(&key(6))?, None);
+    Ok(())
+}
