@@ -619,7 +619,17 @@ impl Drop for SyncMember<'_> {
 
 /// `m`'s guard if it is free now or within a few retries (a holder that only appends to the
 /// WAL and inserts into a memtable lets go within microseconds); `None` if it stays taken.
+/// It first spins for about as long as such a holder takes (the holder usually runs on
+/// another core, and a `sched_yield` costs more than the wait), then yields a few times.
 fn try_lock_briefly<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    for _ in 0..BRIEF_SPINS {
+        if let Some(guard) = try_lock(m) {
+            return Some(guard);
+        }
+        for _ in 0..32 {
+            std::hint::spin_loop();
+        }
+    }
     for _ in 0..8 {
         if let Some(guard) = try_lock(m) {
             return Some(guard);
@@ -628,6 +638,10 @@ fn try_lock_briefly<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     }
     None
 }
+
+/// Rounds of [`try_lock_briefly`]'s spinning, each 32 spin-loop hints (some 100 ns to 1 µs
+/// depending on the CPU).
+const BRIEF_SPINS: usize = 16;
 
 /// `m`'s guard if it is free.
 fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
