@@ -42,7 +42,21 @@ pub(crate) fn put_varint32(dst: &mut Vec<u8>, mut value: u32) {
 }
 
 /// Decodes a LEB128 varint at `*pos`, advancing `*pos` past it.
+#[inline]
 pub(crate) fn get_varint32(src: &[u8], pos: &mut usize) -> Result<u32, String> {
+    // Lengths below 128, one byte, are by far the most common.
+    if let Some(&byte) = src.get(*pos) {
+        if byte < 0x80 {
+            *pos += 1;
+            return Ok(u32::from(byte));
+        }
+    }
+    get_varint32_long(src, pos)
+}
+
+/// [`get_varint32`] for a varint of more than one byte (or none at all).
+#[inline(never)]
+fn get_varint32_long(src: &[u8], pos: &mut usize) -> Result<u32, String> {
     let mut result: u32 = 0;
     for shift in [0u32, 7, 14, 21, 28] {
         let Some(&byte) = src.get(*pos) else {
@@ -255,9 +269,18 @@ impl Block {
             .get(..self.restarts_offset)
             .ok_or("entries region is missing")?;
         let mut pos = offset;
-        let shared = get_varint32(entries, &mut pos)? as usize;
-        let unshared = get_varint32(entries, &mut pos)? as usize;
-        let value_len = get_varint32(entries, &mut pos)? as usize;
+        let (shared, unshared, value_len) = match entries.get(pos..pos.saturating_add(3)) {
+            // All three lengths below 128: one byte each, as in most entries.
+            Some(&[a, b, c]) if (a | b | c) < 0x80 => {
+                pos += 3;
+                (usize::from(a), usize::from(b), usize::from(c))
+            }
+            _ => (
+                get_varint32(entries, &mut pos)? as usize,
+                get_varint32(entries, &mut pos)? as usize,
+                get_varint32(entries, &mut pos)? as usize,
+            ),
+        };
         let key_end = pos
             .checked_add(unshared)
             .filter(|&end| end <= entries.len())
