@@ -394,18 +394,38 @@ fn try_write_many_now_writes_a_batch_whole_or_not_at_all() -> TestResult {
 /// and at one that sees only the oldest memtable.
 #[test]
 fn lookups_of_a_batch_answer_as_lookups_one_by_one() -> TestResult {
+    // No compaction: it would fill the block cache in the background while the lookups run.
+    let options = || LsmOptions {
+        leveled: LeveledOptions {
+            l0_compaction_trigger: 100,
+            ..roomy().leveled
+        },
+        ..roomy()
+    };
     let dir = tempfile::tempdir()?;
     {
-        let engine = LsmEngine::open(dir.path(), roomy())?;
+        let engine = LsmEngine::open(dir.path(), options())?;
         for i in 0..400 {
             engine.put(&key(i), format!("table{i}").as_bytes(), None)?;
         }
         engine.flush()?;
+        // A second table in L0, newer: new versions of every fifth key, tombstones of every
+        // eleventh.
+        for i in (0..400).step_by(5) {
+            engine.put(&key(i), format!("second{i}").as_bytes(), None)?;
+        }
+        for i in (0..400).step_by(11) {
+            engine.delete(&key(i))?;
+        }
+        engine.flush()?;
         engine.close()?;
     }
-    let engine = LsmEngine::open(dir.path(), roomy())?;
-    // One block of the table cached, the others cold.
+    let engine = LsmEngine::open(dir.path(), options())?;
+    assert_eq!(engine.inner.current().version.level(0).len(), 2);
+    // Some blocks of the tables cached, the others cold.
     assert!(engine.get(&key(3))?.is_some());
+    assert!(engine.get(&key(5))?.is_some());
+    assert!(engine.get(&key(11))?.is_none());
     let sv = engine.inner.current();
     let (older, newer, active) = (Memtable::new(), Memtable::new(), Memtable::new());
     for i in (0..400).step_by(2) {
@@ -459,6 +479,8 @@ fn lookups_of_a_batch_answer_as_lookups_one_by_one() -> TestResult {
     assert_eq!(value(2).as_deref(), Some("older"));
     // (Stored values start with their flags byte.)
     assert_eq!(value(3).as_deref(), Some("\0table3"));
+    assert_eq!(value(5).as_deref(), Some("\0second5"));
+    assert_eq!(value(11).as_deref(), Some("tombstone"));
     assert_eq!(value(399), None, "a cold block must not be read inline");
     assert!(
         batch[410].is_some(),
