@@ -21,6 +21,11 @@ pub const REDIS_VERSION: &str = "7.0.15";
 /// Most pipelined data commands executed as one stretch ([`Backend::execute_many`]).
 pub const MAX_STRETCH: usize = 64;
 
+/// A connection's first stretch: the stretch doubles from here up to [`MAX_STRETCH`] while its
+/// replies stay small, and shrinks so that they take about [`FLUSH_BYTES`](super::FLUSH_BYTES)
+/// when they are large (see [`Session::handle_batch`]).
+pub const FIRST_STRETCH: usize = 4;
+
 /// Harmless answers for `CONFIG GET`.
 const CONFIG: &[(&str, &str)] = &[
     ("appendonly", "no"),
@@ -49,6 +54,8 @@ pub struct Session<B> {
     watched: Vec<(Bytes, u64)>,
     /// A WATCH could not take a version (an unreachable shard): EXEC must abort.
     watch_failed: bool,
+    /// Most commands of the next stretch: see [`FIRST_STRETCH`].
+    stretch: usize,
 }
 
 impl<B: Backend> Session<B> {
@@ -67,6 +74,7 @@ impl<B: Backend> Session<B> {
             queue_failed: false,
             watched: Vec::new(),
             watch_failed: false,
+            stretch: FIRST_STRETCH,
         }
     }
 
@@ -79,8 +87,12 @@ impl<B: Backend> Session<B> {
     /// `out`, until `batch` is empty or `out` holds [`FLUSH_BYTES`](super::FLUSH_BYTES) (the
     /// caller writes it and calls again with the rest); `true` when the connection must close
     /// (QUIT; requests after it are not executed). Consecutive data commands outside MULTI go to
-    /// [`Backend::execute_many`] together, at most [`MAX_STRETCH`] at a time, so the replies
-    /// held at once stay bounded.
+    /// [`Backend::execute_many`] together, a *stretch* at a time. The replies of a stretch are
+    /// all held at once before they are written, so its length adapts to their size: it starts
+    /// at [`FIRST_STRETCH`] commands, doubles (up to [`MAX_STRETCH`]) after a stretch whose
+    /// replies took less than [`FLUSH_BYTES`](super::FLUSH_BYTES), and after one whose replies
+    /// took more shrinks to the count that would have fit (at least one). A pipeline of GETs of
+    /// large values thus holds about one flush of replies, not [`MAX_STRETCH`] large values.
     pub async fn handle_batch(
         &mut self,
         batch: &mut VecDeque<Vec<Bytes>>,
@@ -97,7 +109,7 @@ impl<B: Backend> Session<B> {
                 });
             if is_data {
                 run.push(args);
-                if run.len() >= MAX_STRETCH {
+                if run.len() >= self.stretch {
                     self.flush_run(&mut run, out).await;
                 }
                 continue;
@@ -112,7 +124,8 @@ impl<B: Backend> Session<B> {
     }
 
     async fn flush_run(&mut self, run: &mut Vec<Vec<Bytes>>, out: &mut BytesMut) {
-        match run.len() {
+        let (commands, before) = (run.len(), out.len());
+        match commands {
             0 => {}
             1 => {
                 if let Some(args) = run.pop() {
@@ -124,6 +137,9 @@ impl<B: Backend> Session<B> {
                     reply.encode(self.protocol, out);
                 }
             }
+        }
+        if commands > 0 {
+            self.stretch = next_stretch(self.stretch, commands, out.len() - before);
         }
     }
 
@@ -424,6 +440,18 @@ impl<B: Backend> Session<B> {
     }
 }
 
+/// The stretch after one of `commands` commands whose replies took `bytes` (see
+/// [`Session::handle_batch`]).
+fn next_stretch(stretch: usize, commands: usize, bytes: usize) -> usize {
+    if bytes > super::FLUSH_BYTES {
+        (commands * super::FLUSH_BYTES / bytes).clamp(1, MAX_STRETCH)
+    } else if commands >= stretch {
+        (stretch * 2).min(MAX_STRETCH)
+    } else {
+        stretch
+    }
+}
+
 fn command_info(spec: &super::table::Spec) -> Value {
     Value::Array(vec![
         Value::bulk(spec.name),
@@ -514,5 +542,34 @@ fn config(args: &[Bytes]) -> Reply {
             "ERR unknown subcommand '{}'. Try CONFIG HELP.",
             String::from_utf8_lossy(&args[1])
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{next_stretch, FIRST_STRETCH, MAX_STRETCH};
+    use crate::resp::FLUSH_BYTES;
+
+    #[test]
+    fn stretches_grow_with_small_replies_and_shrink_to_a_flush_of_large_ones() {
+        // Small replies: 4, 8, 16, 32, 64, 64.
+        let mut stretch = FIRST_STRETCH;
+        let mut seen = vec![stretch];
+        for _ in 0..5 {
+            stretch = next_stretch(stretch, stretch, stretch * 10);
+            seen.push(stretch);
+        }
+        assert_eq!(seen, [4, 8, 16, 32, 64, 64]);
+        // A short stretch (the pipeline ended) does not grow it.
+        assert_eq!(next_stretch(16, 3, 30), 16);
+        // 64 replies of 512 KiB: the next stretch holds one; of 8 KiB: eight, a flush's worth.
+        assert_eq!(next_stretch(MAX_STRETCH, 64, 64 * (512 << 10)), 1);
+        assert_eq!(
+            next_stretch(MAX_STRETCH, 64, 64 * (8 << 10)),
+            FLUSH_BYTES / (8 << 10)
+        );
+        // Never zero, never above the maximum.
+        assert_eq!(next_stretch(1, 1, 64 << 20), 1);
+        assert_eq!(next_stretch(MAX_STRETCH, 1, FLUSH_BYTES + 1), 1);
     }
 }

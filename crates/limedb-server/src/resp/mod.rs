@@ -13,7 +13,9 @@
 //!   While a reply is being written nothing more is read, so a client that does not read its
 //!   replies only fills its own socket. Memory per connection is one request (bounded by
 //!   [`RespConfig`]'s limits) plus [`FLUSH_BYTES`] of replies plus the replies of one stretch
-//!   of batched commands (at most [`conn::MAX_STRETCH`] replies).
+//!   of batched commands, a stretch being at most [`conn::MAX_STRETCH`] commands and sized to
+//!   its replies: [`conn::FIRST_STRETCH`] at first, then about one flush of replies (one reply
+//!   if each is larger).
 //! - A protocol error is answered with Redis's text and the connection closed, as Redis does;
 //!   an idle connection is closed after [`RespConfig::idle_timeout`] (if set).
 //! - [`conn`] answers the connection's own commands (PING, HELLO, CLIENT, MULTI, ...);
