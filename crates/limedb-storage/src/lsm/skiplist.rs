@@ -221,8 +221,10 @@ impl IndexTable {
         ptr::with_exposed_provenance(address as usize)
     }
 
-    /// The slot holding `user_key`'s owner, or the free slot where it would go.
-    fn probe(&self, user_key: &[u8], hash: u64) -> (&AtomicU64, *const Node) {
+    /// Walks the slots of a probe for `hash` from its home slot: returns the first slot whose
+    /// tag matches (in an untagged table, the first used slot) and whose node `wanted`
+    /// accepts, with that node; or the first free slot, with null.
+    fn walk(&self, hash: u64, wanted: impl Fn(*const Node) -> bool) -> (&AtomicU64, *const Node) {
         let tag = Self::tag(hash);
         let mut i = self.home(hash);
         // The table always has free slots, so the loop ends at one if not before.
@@ -237,14 +239,19 @@ impl IndexTable {
             }
             if !self.tagged || value >> ADDRESS_BITS == tag {
                 let node = self.decode(value);
-                // SAFETY: a slot holds the address of a published node of the list that owns
-                // the table, alive as long as the list.
-                if unsafe { user_key_of(node) } == user_key {
+                if wanted(node) {
                     return (slot, node);
                 }
             }
             i += 1;
         }
+    }
+
+    /// The slot holding `user_key`'s owner, or the free slot where it would go.
+    fn probe(&self, user_key: &[u8], hash: u64) -> (&AtomicU64, *const Node) {
+        // SAFETY: a slot holds the address of a published node of the list that owns the
+        // table, alive as long as the list.
+        self.walk(hash, |node| unsafe { user_key_of(node) } == user_key)
     }
 
     /// The owner of `user_key`, null if the list holds no version of it.
@@ -257,26 +264,10 @@ impl IndexTable {
         self.slots.as_ptr().wrapping_add(self.home(hash))
     }
 
-    /// The node a probe for `hash` would compare first (the first slot whose tag matches, in
-    /// an untagged table the first used slot), null if it meets a free slot first: a hint to
-    /// prefetch, read without touching any node.
+    /// The node a probe for `hash` would compare first, null if none: a hint to prefetch,
+    /// found without touching any node.
     fn candidate(&self, hash: u64) -> *const Node {
-        let tag = Self::tag(hash);
-        let mut i = self.home(hash);
-        loop {
-            let Some(slot) = self.slots.get(i) else {
-                i = 0;
-                continue;
-            };
-            let value = slot.load(AtomicOrdering::Acquire);
-            if value == 0 {
-                return ptr::null();
-            }
-            if !self.tagged || value >> ADDRESS_BITS == tag {
-                return self.decode(value);
-            }
-            i += 1;
-        }
+        self.walk(hash, |_| true).1
     }
 }
 
