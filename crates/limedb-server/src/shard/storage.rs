@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `get` | [`Engine::try_get_now`] answers (no I/O needed) | inline on the runtime worker |
 //! | `get` | otherwise (a table block must be read) | blocking pool |
-//! | `get_many` (a pipeline) | [`Engine::try_get_many_now`] answers, for each key | inline, the keys together; the rest in one blocking-pool call |
+//! | `get_many` (a pipeline) | [`Engine::try_get_many_now`] answers, up to the first key it cannot | inline, those keys together; that key and the rest in one blocking-pool call, in order |
 //! | `put` of at most [`INLINE_WRITE_MAX_BYTES`], `delete` | [`Engine::try_write_now`] writes without waiting | inline on the runtime worker |
 //! | `put`, `delete` | otherwise (it would wait for an fsync or log maintenance) | the shard's writer thread |
 //! | `page`, `close` | — | blocking pool |
@@ -201,31 +201,27 @@ impl Storage {
         }
     }
 
-    /// Reads several keys with at most one executor hand-off (a pipeline of GETs). The keys
-    /// the engine answers without I/O are read inline, together
-    /// ([`Engine::try_get_many_now`]); the others in one hand-off to the blocking pool.
-    pub async fn get_many(&self, keys: Vec<Bytes>) -> Result<Vec<Option<Value>>, ApiError> {
+    /// Reads several keys with at most one executor hand-off (a pipeline of GETs), in order:
+    /// the keys the engine answers without I/O are read inline, together
+    /// ([`Engine::try_get_many_now`], one read view), up to the first that needs I/O; that one
+    /// and every later key are read in one hand-off to the blocking pool. So no key is read at
+    /// an older view than a key before it, as if the reads ran one by one in pipeline order.
+    pub async fn get_many(&self, mut keys: Vec<Bytes>) -> Result<Vec<Option<Value>>, ApiError> {
         let asked: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
         let mut found = Vec::with_capacity(keys.len());
-        let mut later = Vec::new();
-        for (i, answer) in self.engine.try_get_many_now(&asked).into_iter().enumerate() {
+        for answer in self.engine.try_get_many_now(&asked) {
             match answer {
                 Some(value) => found.push(value.map_err(ApiError::from)?),
-                None => {
-                    found.push(None);
-                    later.push(i);
-                }
+                None => break,
             }
         }
-        if !later.is_empty() {
-            let rest: Vec<Bytes> = later.iter().map(|&i| keys[i].clone()).collect();
+        if found.len() < keys.len() {
+            let rest = keys.split_off(found.len());
             let more = blocking(&self.engine, move |e| {
                 rest.iter().map(|k| e.get(k)).collect::<Result<Vec<_>, _>>()
             })
             .await?;
-            for (i, value) in later.into_iter().zip(more) {
-                found[i] = value;
-            }
+            found.extend(more);
         }
         Ok(found)
     }

@@ -5,7 +5,9 @@
 //! memtable, one entry per version: the key is the encoded internal key (user key, sequence
 //! number, kind; see [`super::key`]) and the value the user value (empty for a tombstone).
 //! Entries sort by [`compare_encoded`]: user key ascending, newest version first. A read at
-//! snapshot `s` seeks to [`seek_key`]`(user_key, s)` and takes the first entry of that user key.
+//! snapshot `s` finds the key's newest version through the skiplist's hash index and walks its
+//! versions to the first with a sequence number `<= s` (past a few dozen, it seeks to
+//! [`seek_key`]`(user_key, s)` instead).
 //!
 //! # Intended use: one mutable and N immutable memtables
 //!
@@ -28,8 +30,8 @@
 //! sees a version newer than the snapshot.
 //!
 //! Keys and values are copied into the skiplist's arena, so the memtable holds no allocation
-//! per entry and [`Memtable::approximate_bytes`], the byte budget counter, is the exact size
-//! of the entries' nodes. Readers get borrowed [`MemtableEntry`]s; [`Memtable::get`] copies the
+//! per entry, and [`Memtable::approximate_bytes`], the byte budget counter, is the exact size
+//! of the entries' nodes plus the hash index of their keys. Readers get borrowed [`MemtableEntry`]s; [`Memtable::get`] copies the
 //! one value it returns.
 //!
 //! # Example
@@ -244,7 +246,7 @@ impl Memtable {
     ///
     /// The key's newest version is found through the skiplist's hash index, without a search;
     /// a read at an older snapshot walks the key's versions from there, and past
-    /// [`READ_WALK`] of them seeks instead.
+    /// twice [`MAX_CHAIN`] of them seeks instead.
     pub fn get(&self, user_key: &[u8], snapshot_seqno: u64) -> Option<(ValueKind, Bytes)> {
         self.visible_from(
             self.list.first_of_user_key(user_key)?,
@@ -664,6 +666,38 @@ mod tests {
         assert!((175..200).contains(&sized), "{sized} bytes per entry");
         let grown = fill(&Memtable::new());
         assert!((175..230).contains(&grown), "{grown} bytes per entry");
+    }
+
+    /// 100 versions of one key: reads at every snapshot, including those more than
+    /// `READ_WALK` versions back (which seek instead of walking), find the right version.
+    #[test]
+    fn reads_deep_in_a_long_history_find_their_version() {
+        let m = Memtable::new();
+        m.insert(b"a", 1, ValueKind::Put, b"a");
+        for s in 1..=100u64 {
+            let kind = if s % 10 == 0 {
+                ValueKind::Delete
+            } else {
+                ValueKind::Put
+            };
+            m.insert(b"k", s * 2, kind, &s.to_le_bytes());
+        }
+        m.insert(b"z", 1, ValueKind::Put, b"z");
+        assert_eq!(m.get(b"k", 1), None);
+        for snapshot in 2..=201u64 {
+            let s = snapshot / 2;
+            let want = if s % 10 == 0 {
+                (ValueKind::Delete, Bytes::new())
+            } else {
+                (ValueKind::Put, Bytes::copy_from_slice(&s.to_le_bytes()))
+            };
+            assert_eq!(
+                m.get(b"k", snapshot),
+                Some(want.clone()),
+                "snapshot {snapshot}"
+            );
+            assert_eq!(m.get_many(&[b"k", b"q"], snapshot), vec![Some(want), None]);
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! by a bump allocator (an entry above 512 KiB gets an allocation of its own), so an insert
 //! costs no call to the allocator most of the time, a search touches one cache line and few
 //! TLB entries per node it passes, and the whole memtable is freed at once when it is dropped
-//! (its chunks, up to 64 MiB of them, kept for the next memtable: [`SPARE_CHUNKS`]).
+//! (its chunks, up to 64 MiB of them, kept for the next memtable: `SPARE_CHUNKS`).
 //!
 //! # Lists, chains and the hash index
 //!
@@ -18,10 +18,12 @@
 //!
 //! - **Version chains.** A newer version of a user key already in the list does not go into
 //!   the list: it is chained to the key's first node in the list (its *owner*), in a sorted
-//!   singly linked list that comes, in the list's order, right before the owner. A chain holds
-//!   at most [`MAX_CHAIN`] versions added at its front; the next newest version becomes a node
-//!   of the list again (and the owner of a new chain), so a reader at an old snapshot never
-//!   walks more than a chain's length past a node the search can reach.
+//!   singly linked list that comes, in the list's order, right before the owner. A chain takes
+//!   at most [`MAX_CHAIN`] versions at its front; the next newest version becomes a node of the
+//!   list again (and the owner of a new chain), so when versions arrive oldest first, as the
+//!   engine inserts them, a reader at an old snapshot never walks more than [`MAX_CHAIN`]
+//!   versions past a node the search can reach. (A version older than some of a chain must go
+//!   into it, so versions inserted out of order can make a chain longer.)
 //! - **The hash index** maps each user key in the list to its owner: open addressing with
 //!   linear probing, at most 3/4 full, each slot a node's address with 16 bits of the key's
 //!   hash above it (where the address leaves them free), so a probe rarely touches a node that
@@ -317,6 +319,10 @@ struct Writer {
     first_slots: usize,
     /// Whether new tables may carry hash tags (tests turn them off to exercise both layouts).
     tag_slots: bool,
+    /// Tests: treat every new node's address as too high for a tag, as a 57-bit address space
+    /// or a tagged heap pointer would be.
+    #[cfg(test)]
+    addresses_above_tags: bool,
 }
 
 impl Writer {
@@ -509,6 +515,8 @@ impl SkipList {
             // Two thirds full at `keys`: an eighth more keys still fit before the table grows.
             first_slots: keys.saturating_mul(3).div_ceil(2).max(FIRST_INDEX_SLOTS),
             tag_slots,
+            #[cfg(test)]
+            addresses_above_tags: false,
         };
         // The head on the heap: an empty memtable maps no chunk.
         let head = writer
@@ -554,6 +562,13 @@ impl SkipList {
     /// its current chunk and the hash index ([`SkipList::index_bytes`]).
     pub fn node_bytes(&self) -> usize {
         self.node_bytes.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Whether the current index table tags its slots.
+    #[cfg(test)]
+    fn index_tagged(&self) -> bool {
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        writer.tables.last().is_some_and(|t| t.tagged)
     }
 
     /// Bytes held by the hash index: every table built, the replaced ones included.
@@ -645,6 +660,8 @@ impl SkipList {
             }
         {
             // The chain was full: the new node, linked just before the owner, owns the key now.
+            let owners = writer.indexed;
+            self.make_room(&mut writer, node, owners);
             if let Some(table) = writer.tables.last() {
                 let (slot, _) = table.probe(user_key, hash);
                 slot.store(table.encode(node, hash), AtomicOrdering::Release);
@@ -687,46 +704,58 @@ impl SkipList {
         }
     }
 
-    /// Adds `node`, the first node of a user key not in the list before, to the hash index,
-    /// replacing the current table first if it is 3/4 full or cannot tag `node`'s address.
+    /// Adds `node`, the first node of a user key not in the list before, to the hash index.
     fn index_new_owner(&self, writer: &mut Writer, node: *const Node, hash: u64) {
-        let fits = node.addr() as u64 >> ADDRESS_BITS == 0;
-        let (slots, tagged, full) = match writer.tables.last() {
-            None => (writer.first_slots, writer.tag_slots && fits, true),
-            Some(table) => {
-                let full = table.is_full(writer.indexed + 1);
-                let slots = table.slots.len() * if full { 2 } else { 1 };
-                (slots, table.tagged && fits, full || (table.tagged && !fits))
-            }
-        };
-        if full {
-            let table = IndexTable::new(slots, tagged);
-            if let Some(old) = writer.tables.last() {
-                for slot in old.slots.iter() {
-                    let value = slot.load(AtomicOrdering::Relaxed);
-                    if value != 0 {
-                        let owner = old.decode(value);
-                        // SAFETY: a slot holds a published node of this list.
-                        let key = unsafe { user_key_of(owner) };
-                        let hash = xxh3_64(key);
-                        let (free, _) = table.probe(key, hash);
-                        free.store(table.encode(owner, hash), AtomicOrdering::Relaxed);
-                    }
-                }
-            }
-            self.index_bytes
-                .fetch_add(table.bytes(), AtomicOrdering::Relaxed);
-            let table = Box::new(table);
-            // Publishes the table, filled: a reader that loads it sees every slot stored above.
-            self.index
-                .store(ptr::from_ref(&*table).cast_mut(), AtomicOrdering::Release);
-            writer.tables.push(table);
-        }
+        let owners = writer.indexed + 1;
+        self.make_room(writer, node, owners);
         if let Some(table) = writer.tables.last() {
             // SAFETY: `node` is published and fully written.
             let (free, _) = table.probe(unsafe { user_key_of(node) }, hash);
             free.store(table.encode(node, hash), AtomicOrdering::Release);
             writer.indexed += 1;
+        }
+    }
+
+    /// Makes the current index table one that can take `node`'s address and hold `owners`
+    /// owners: replaces it by a copy of twice its slots when it would be 3/4 full, or by an
+    /// untagged copy when the address does not fit below the tag (and builds the first one).
+    fn make_room(&self, writer: &mut Writer, node: *const Node, owners: usize) {
+        let fits = node.addr() as u64 >> ADDRESS_BITS == 0;
+        #[cfg(test)]
+        let fits = fits && !writer.addresses_above_tags;
+        let (slots, tagged, replace) = match writer.tables.last() {
+            None => (writer.first_slots, writer.tag_slots && fits, true),
+            Some(table) => {
+                let full = table.is_full(owners);
+                let slots = table.slots.len() * if full { 2 } else { 1 };
+                (slots, table.tagged && fits, full || (table.tagged && !fits))
+            }
+        };
+        if !replace {
+            return;
+        }
+        let table = IndexTable::new(slots, tagged);
+        if let Some(old) = writer.tables.last() {
+            for slot in old.slots.iter() {
+                let value = slot.load(AtomicOrdering::Relaxed);
+                if value != 0 {
+                    let owner = old.decode(value);
+                    // SAFETY: a slot holds a published node of this list.
+                    let key = unsafe { user_key_of(owner) };
+                    let hash = xxh3_64(key);
+                    let (free, _) = table.probe(key, hash);
+                    free.store(table.encode(owner, hash), AtomicOrdering::Relaxed);
+                }
+            }
+        }
+        self.index_bytes
+            .fetch_add(table.bytes(), AtomicOrdering::Relaxed);
+        writer.tables.push(Box::new(table));
+        if let Some(table) = writer.tables.last() {
+            // Publishes the table, filled and in its final place: a reader that loads it sees
+            // every slot stored above.
+            self.index
+                .store(ptr::from_ref(&**table).cast_mut(), AtomicOrdering::Release);
         }
     }
 
@@ -1430,8 +1459,9 @@ mod tests {
     /// published before its lookup, and each key's entries in order behind it.
     #[test]
     fn readers_find_the_newest_versions_while_a_writer_chains_them() {
-        const KEYS: u32 = 300;
-        const ROUNDS: u64 = 60;
+        // 3000 keys: the index is replaced twice (at 768 and 1536 owners) while readers probe.
+        const KEYS: u32 = 3000;
+        const ROUNDS: u64 = 8;
         let list = Arc::new(SkipList::build(0, false));
         let published = Arc::new(AtomicUsize::new(0));
         let readers: Vec<_> = (0..3)
@@ -1490,8 +1520,9 @@ mod tests {
         crate::lsm::key::trailer(encoded)
     }
 
-    /// Chunks of dropped lists go to the spare list, never more than its bound, and lists
-    /// built from reused chunks (holding an old list's bytes) read back what they store.
+    /// Dropping lists never leaves more spare chunks than the bound, and a list built after
+    /// them (whose chunks are likely reused ones holding an old list's bytes; other tests share
+    /// the spare list, so which chunks it gets is not certain) reads back what it stores.
     #[test]
     fn spare_chunks_are_bounded_and_reused_intact() {
         let fill = |list: &SkipList, tag: u8| {
@@ -1520,6 +1551,53 @@ mod tests {
             at = c.next();
         }
         assert_eq!(seen, 40);
+    }
+
+    /// A tagged index that meets an address too high for a tag is rebuilt untagged, both when
+    /// a new key is added and when a full chain's newest version becomes the owner; every key
+    /// stays reachable, at its newest version.
+    #[test]
+    fn an_address_above_the_tag_turns_the_index_untagged() {
+        let setup = || {
+            let list = SkipList::new();
+            for i in 0..100u32 {
+                list.insert(&i.to_be_bytes(), &trailer(1), &[1]);
+            }
+            // A chain of MAX_CHAIN versions on key 0.
+            for s in 2..2 + u64::from(MAX_CHAIN) {
+                list.insert(&0u32.to_be_bytes(), &trailer(s), &[2]);
+            }
+            assert!(list.index_tagged());
+            list.writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .addresses_above_tags = true;
+            list
+        };
+        let newest = 2 + u64::from(MAX_CHAIN);
+        let check = |list: &SkipList, extra: &[(u32, u64)]| {
+            assert!(!list.index_tagged());
+            for i in 0..100u32 {
+                let want = extra.iter().find(|(k, _)| *k == i).map_or(1, |(_, s)| *s);
+                let want = if i == 0 { want.max(newest - 1) } else { want };
+                let found = list.first_of_user_key(&i.to_be_bytes());
+                assert_eq!(
+                    found.map(|c| trailer_of(c.key()) >> 8),
+                    Some(want),
+                    "key {i}"
+                );
+            }
+        };
+        // A new key.
+        let list = setup();
+        list.insert(&1000u32.to_be_bytes(), &trailer(1), &[3]);
+        check(&list, &[]);
+        assert!(list.first_of_user_key(&1000u32.to_be_bytes()).is_some());
+        // The full chain's next newest version becomes the owner.
+        let list = setup();
+        list.insert(&0u32.to_be_bytes(), &trailer(newest), &[4]);
+        check(&list, &[(0, newest)]);
+        assert_eq!(forward(&list), backward(&list));
     }
 
     /// A bijection on u32, so the inserts arrive in no particular order.
