@@ -295,6 +295,16 @@ fn prefetch<T>(at: *const T, two_lines: bool) {
     let _ = (at, two_lines);
 }
 
+/// A fresh chunk: an anonymous map of [`CHUNK_BYTES`] that asks for transparent huge pages.
+fn map_chunk() -> std::io::Result<memmap2::MmapMut> {
+    let chunk = memmap2::MmapMut::map_anon(CHUNK_BYTES)?;
+    #[cfg(target_os = "linux")]
+    if let Err(error) = chunk.advise(memmap2::Advice::HugePage) {
+        tracing::debug!(%error, "madvise(MADV_HUGEPAGE) on a memtable chunk failed");
+    }
+    Ok(chunk)
+}
+
 /// The bump allocator behind the nodes, and the state only the writer touches.
 struct Writer {
     /// Every heap allocation (the head, large nodes, chunks that could not be mapped), freed
@@ -353,17 +363,8 @@ impl Writer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        if let Some(mut chunk) = spare {
-            let at = NonNull::new(chunk.as_mut_ptr());
-            self.chunks.push(chunk);
-            return at.unwrap_or_else(|| self.allocate_fresh(CHUNK_BYTES));
-        }
-        match memmap2::MmapMut::map_anon(CHUNK_BYTES) {
+        match spare.map_or_else(map_chunk, Ok) {
             Ok(mut chunk) => {
-                #[cfg(target_os = "linux")]
-                if let Err(error) = chunk.advise(memmap2::Advice::HugePage) {
-                    tracing::debug!(%error, "madvise(MADV_HUGEPAGE) on a memtable chunk failed");
-                }
                 let at = NonNull::new(chunk.as_mut_ptr());
                 self.chunks.push(chunk);
                 at.unwrap_or_else(|| self.allocate_fresh(CHUNK_BYTES))
@@ -597,15 +598,12 @@ impl SkipList {
         let hash = xxh3_64(user_key);
         let owner = writer.owner(user_key, hash);
         let version = u64::from_le_bytes(*trailer);
-        if !owner.is_null() {
-            // SAFETY: the index holds published nodes of this list.
-            let (owner_version, first) = unsafe {
-                (
-                    node_trailer(owner),
-                    (*owner).chain.load(AtomicOrdering::Acquire),
-                )
-            };
-            // SAFETY: as above, `first` is null or a published chained version.
+        // SAFETY: the index holds published nodes of this list.
+        let owner_version = (!owner.is_null()).then(|| unsafe { node_trailer(owner) });
+        if let Some(owner_version) = owner_version {
+            // SAFETY: as above.
+            let first = unsafe { (*owner).chain.load(AtomicOrdering::Acquire) };
+            // SAFETY: `first` is null or a published chained version.
             let newest = first.is_null() || version > unsafe { node_trailer(first) };
             // SAFETY: as above.
             let full = unsafe { (*owner).chained.load(AtomicOrdering::Relaxed) } >= MAX_CHAIN;
@@ -627,8 +625,9 @@ impl SkipList {
         if !next.is_null() {
             // SAFETY: `next` is a published node of the list.
             let first = unsafe { (*next).chain.load(AtomicOrdering::Acquire) };
-            // SAFETY: `first` is null or a published chained version.
-            if !first.is_null() && unsafe { cmp_nodes(node, first) } == Ordering::Greater {
+            // SAFETY: `first` is a published chained version and `node` is fully written.
+            if !first.is_null() && unsafe { cmp_node(node, &probe_of(first)) } == Ordering::Greater
+            {
                 // Out of order: an older version of `next`'s key than some of its chain; it
                 // belongs in that chain (its tower stays unused).
                 // SAFETY: `next` is a published node and `node` is fully written; its key
@@ -651,21 +650,14 @@ impl SkipList {
                 (*tower(before, level)).store(node, AtomicOrdering::Release);
             }
         }
-        if owner.is_null() {
-            self.index_new_owner(&mut writer, node, hash);
-        } else if version
-            > unsafe {
-                // SAFETY: `owner` is a published node of the list.
-                node_trailer(owner)
-            }
-        {
+        match owner_version {
+            // A key new to the list.
+            None => self.set_owner(&mut writer, user_key, hash, node, true),
             // The chain was full: the new node, linked just before the owner, owns the key now.
-            let owners = writer.indexed;
-            self.make_room(&mut writer, node, owners);
-            if let Some(table) = writer.tables.last() {
-                let (slot, _) = table.probe(user_key, hash);
-                slot.store(table.encode(node, hash), AtomicOrdering::Release);
+            Some(owner_version) if version > owner_version => {
+                self.set_owner(&mut writer, user_key, hash, node, false);
             }
+            Some(_) => {}
         }
         self.count(bytes)
     }
@@ -704,15 +696,23 @@ impl SkipList {
         }
     }
 
-    /// Adds `node`, the first node of a user key not in the list before, to the hash index.
-    fn index_new_owner(&self, writer: &mut Writer, node: *const Node, hash: u64) {
-        let owners = writer.indexed + 1;
+    /// Makes `node` (published, of `user_key`) the key's owner in the hash index: an entry of
+    /// its own for a key `new` to the list, else in place of the key's previous owner.
+    fn set_owner(
+        &self,
+        writer: &mut Writer,
+        user_key: &[u8],
+        hash: u64,
+        node: *const Node,
+        new: bool,
+    ) {
+        let owners = writer.indexed + usize::from(new);
         self.make_room(writer, node, owners);
         if let Some(table) = writer.tables.last() {
-            // SAFETY: `node` is published and fully written.
-            let (free, _) = table.probe(unsafe { user_key_of(node) }, hash);
-            free.store(table.encode(node, hash), AtomicOrdering::Release);
-            writer.indexed += 1;
+            // The key's slot, or the free one where it goes.
+            let (slot, _) = table.probe(user_key, hash);
+            slot.store(table.encode(node, hash), AtomicOrdering::Release);
+            writer.indexed = owners;
         }
     }
 
@@ -790,15 +790,14 @@ impl SkipList {
         for &hash in &hashes {
             prefetch(table.candidate(hash), true);
         }
-        let owners: Vec<*const Node> = user_keys
+        let firsts: Vec<Option<Cursor<'_>>> = user_keys
             .iter()
             .zip(&hashes)
-            .map(|(key, &hash)| table.find(key, hash))
-            .collect();
-        let firsts: Vec<Option<Cursor<'_>>> = owners
-            .iter()
-            // SAFETY: the index holds published nodes of this list.
-            .map(|&owner| (!owner.is_null()).then(|| unsafe { group_start(owner) }))
+            .map(|(key, &hash)| {
+                let owner = table.find(key, hash);
+                // SAFETY: the index holds published nodes of this list.
+                (!owner.is_null()).then(|| unsafe { group_start(owner) })
+            })
             .collect();
         for first in firsts.iter().flatten() {
             prefetch(first.node, true);
@@ -1041,12 +1040,8 @@ impl<'a> Cursor<'a> {
 
     /// The order of this entry against `probe`.
     fn cmp_probe(&self, probe: &Probe<'_>) -> Ordering {
-        // SAFETY: a cursor points at a published node, alive while the list is borrowed; its
-        // header's prefix never changes after publication.
-        let prefix = unsafe { (*self.node).prefix };
-        prefix
-            .cmp(&probe.prefix)
-            .then_with(|| compare_encoded(self.key(), probe.encoded))
+        // SAFETY: a cursor points at a published node, alive while the list is borrowed.
+        unsafe { cmp_node(self.node, probe) }
     }
 }
 
@@ -1118,16 +1113,17 @@ unsafe fn node_trailer(node: *const Node) -> u64 {
     trailer(unsafe { key_of(node) })
 }
 
-/// The order of two nodes' entries.
+/// The order of `node`'s entry against `probe`: by the prefixes first, then the keys.
 ///
 /// # Safety
-/// As for [`key_of`], for both.
-unsafe fn cmp_nodes(a: *const Node, b: *const Node) -> Ordering {
-    // SAFETY: forwarded to the caller.
+/// As for [`key_of`].
+unsafe fn cmp_node(node: *const Node, probe: &Probe<'_>) -> Ordering {
+    // SAFETY: forwarded to the caller; a node's header never changes after it is written.
     unsafe {
-        (*a).prefix
-            .cmp(&(*b).prefix)
-            .then_with(|| compare_encoded(key_of(a), key_of(b)))
+        (*node)
+            .prefix
+            .cmp(&probe.prefix)
+            .then_with(|| compare_encoded(key_of(node), probe.encoded))
     }
 }
 
@@ -1168,25 +1164,57 @@ mod tests {
         encoded
     }
 
+    /// Every entry from the first, with `Cursor::next`.
+    fn entries(list: &SkipList) -> impl Iterator<Item = Cursor<'_>> {
+        std::iter::successors(list.first(), Cursor::next)
+    }
+
     fn forward(list: &SkipList) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut at = list.first();
-        while let Some(c) = at {
-            out.push(c.key().to_vec());
-            at = c.next();
-        }
-        out
+        entries(list).map(|c| c.key().to_vec()).collect()
     }
 
     fn backward(list: &SkipList) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut at = list.last();
-        while let Some(c) = at {
-            out.push(c.key().to_vec());
-            at = list.prev(c);
-        }
+        let mut out: Vec<Vec<u8>> = std::iter::successors(list.last(), |c| list.prev(*c))
+            .map(|c| c.key().to_vec())
+            .collect();
         out.reverse();
         out
+    }
+
+    /// The four seeks for `(key, seqno)` land where `want` (the list's entries in order)
+    /// says, and the index finds `key`'s first entry.
+    fn check_seeks(
+        list: &SkipList,
+        want: &[Vec<u8>],
+        key: &[u8],
+        seqno: u64,
+    ) -> Result<(), TestCaseError> {
+        let encoded = encode(key, seqno, ValueKind::Put);
+        let probe = Probe::new(&encoded);
+        let ge = want
+            .iter()
+            .find(|w| compare_encoded(w, &encoded) != Ordering::Less);
+        let gt = want
+            .iter()
+            .find(|w| compare_encoded(w, &encoded) == Ordering::Greater);
+        let lt = want
+            .iter()
+            .rev()
+            .find(|w| compare_encoded(w, &encoded) == Ordering::Less);
+        let le = want
+            .iter()
+            .rev()
+            .find(|w| compare_encoded(w, &encoded) != Ordering::Greater);
+        prop_assert_eq!(list.seek_ge(&probe).map(|c| c.key()), ge.map(Vec::as_slice));
+        prop_assert_eq!(list.seek_gt(&probe).map(|c| c.key()), gt.map(Vec::as_slice));
+        prop_assert_eq!(list.seek_lt(&probe).map(|c| c.key()), lt.map(Vec::as_slice));
+        prop_assert_eq!(list.seek_le(&probe).map(|c| c.key()), le.map(Vec::as_slice));
+        let first = want.iter().find(|w| user_key(w) == key);
+        prop_assert_eq!(
+            list.first_of_user_key(key).map(|c| c.key()),
+            first.map(Vec::as_slice)
+        );
+        Ok(())
     }
 
     proptest! {
@@ -1221,27 +1249,14 @@ mod tests {
             prop_assert_eq!(list.len(), want.len());
             prop_assert_eq!(&forward(&list), &want);
             prop_assert_eq!(&backward(&list), &want);
-            let mut at = list.first();
-            while let Some(c) = at {
+            for c in entries(&list) {
                 let uk = user_key(c.key());
                 let seqno = u64::from_le_bytes(c.key()[uk.len()..].try_into().unwrap_or([0; 8])) >> 8;
                 let want = [uk, &seqno.to_le_bytes()].concat();
                 prop_assert_eq!(c.value(), want.as_slice());
-                at = c.next();
             }
             for (k, s) in probes {
-                let encoded = encode(&k, s, ValueKind::Put);
-                let probe = Probe::new(&encoded);
-                let ge = want.iter().find(|w| compare_encoded(w, &encoded) != Ordering::Less);
-                let gt = want.iter().find(|w| compare_encoded(w, &encoded) == Ordering::Greater);
-                let lt = want.iter().rev().find(|w| compare_encoded(w, &encoded) == Ordering::Less);
-                let le = want.iter().rev().find(|w| compare_encoded(w, &encoded) != Ordering::Greater);
-                prop_assert_eq!(list.seek_ge(&probe).map(|c| c.key()), ge.map(Vec::as_slice));
-                prop_assert_eq!(list.seek_gt(&probe).map(|c| c.key()), gt.map(Vec::as_slice));
-                prop_assert_eq!(list.seek_lt(&probe).map(|c| c.key()), lt.map(Vec::as_slice));
-                prop_assert_eq!(list.seek_le(&probe).map(|c| c.key()), le.map(Vec::as_slice));
-                let first = want.iter().find(|w| user_key(w) == k.as_slice());
-                prop_assert_eq!(list.first_of_user_key(&k).map(|c| c.key()), first.map(Vec::as_slice));
+                check_seeks(&list, &want, &k, s)?;
             }
             let distinct: BTreeSet<&Vec<u8>> = keys.iter().map(|(k, _)| k).collect();
             prop_assert_eq!(list.keys(), distinct.len());
@@ -1272,17 +1287,9 @@ mod tests {
             let want = ordered(&keys);
             prop_assert_eq!(&forward(&list), &want);
             prop_assert_eq!(&backward(&list), &want);
+            // Each present version: seek_ge and seek_le land on it exactly.
             for (k, s) in &keys {
-                let encoded = encode(k, *s, ValueKind::Put);
-                let probe = Probe::new(&encoded);
-                prop_assert_eq!(list.seek_ge(&probe).map(|c| c.key()), Some(encoded.as_slice()));
-                prop_assert_eq!(list.seek_le(&probe).map(|c| c.key()), Some(encoded.as_slice()));
-                let gt = want.iter().find(|w| compare_encoded(w, &encoded) == Ordering::Greater);
-                let lt = want.iter().rev().find(|w| compare_encoded(w, &encoded) == Ordering::Less);
-                prop_assert_eq!(list.seek_gt(&probe).map(|c| c.key()), gt.map(Vec::as_slice));
-                prop_assert_eq!(list.seek_lt(&probe).map(|c| c.key()), lt.map(Vec::as_slice));
-                let first = want.iter().find(|w| user_key(w) == k.as_slice());
-                prop_assert_eq!(list.first_of_user_key(k).map(|c| c.key()), first.map(Vec::as_slice));
+                check_seeks(&list, &want, k, *s)?;
             }
         }
     }
@@ -1314,15 +1321,7 @@ mod tests {
             assert_eq!(found.map(|c| c.value()), Some(&s.to_le_bytes()[..]), "{s}");
         }
         // Nodes of the list: one every MAX_CHAIN + 1 versions (the others hang in chains).
-        let listed = {
-            let mut n = 0;
-            let mut at = list.first();
-            while let Some(c) = at {
-                n += usize::from(c.node == c.owner);
-                at = c.next();
-            }
-            n
-        };
+        let listed = entries(&list).filter(|c| c.node == c.owner).count();
         assert_eq!(listed, 2 + 1000usize.div_ceil(usize::from(MAX_CHAIN) + 1));
     }
 
@@ -1396,9 +1395,7 @@ mod tests {
             list.seek_ge(&Probe::new(&key)).map(|c| c.value()),
             Some(&b"new6"[..])
         );
-        let values: Vec<&[u8]> = std::iter::successors(list.first(), Cursor::next)
-            .map(|c| c.value())
-            .collect();
+        let values: Vec<&[u8]> = entries(&list).map(|c| c.value()).collect();
         assert_eq!(values, [&b"new6"[..], b"old6", b"new", b"old"]);
     }
 
@@ -1424,17 +1421,9 @@ mod tests {
                             let found = list.seek_ge(&Probe::new(&key)).map(|c| c.key());
                             assert_eq!(found, Some(key.as_slice()), "key {i} lost");
                         }
-                        let mut at = list.first();
-                        let mut walked = 0usize;
-                        while let Some(c) = at {
-                            at = c.next();
-                            if let Some(n) = at {
-                                assert_eq!(c.cmp_entry(&n), Ordering::Less, "out of order");
-                            }
-                            walked += 1;
-                            if walked > 2_000 {
-                                break;
-                            }
+                        let walked: Vec<Cursor<'_>> = entries(&list).take(2_002).collect();
+                        for pair in walked.windows(2) {
+                            assert_eq!(pair[0].cmp_entry(&pair[1]), Ordering::Less, "out of order");
                         }
                         checks += 1;
                         if done == KEYS as usize {
@@ -1543,14 +1532,9 @@ mod tests {
         assert!(spare <= MAX_SPARE_CHUNKS, "{spare} spare chunks");
         let list = SkipList::new();
         fill(&list, 2);
-        let mut at = list.first();
-        let mut seen = 0;
-        while let Some(c) = at {
-            assert!(c.value().iter().all(|&b| b == 2));
-            seen += 1;
-            at = c.next();
-        }
-        assert_eq!(seen, 40);
+        let values: Vec<&[u8]> = entries(&list).map(|c| c.value()).collect();
+        assert!(values.iter().all(|v| v.iter().all(|&b| b == 2)));
+        assert_eq!(values.len(), 40);
     }
 
     /// A tagged index that meets an address too high for a tag is rebuilt untagged, both when

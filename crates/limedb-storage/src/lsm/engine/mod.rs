@@ -284,19 +284,14 @@ impl SuperVersion {
 
     /// The newest version of `key` with a sequence number `<= seqno`: `Some((kind, value))`,
     /// or `None` if nothing holds one.
-    fn get_at(&self, key: &[u8], seqno: u64) -> Result<Option<(ValueKind, Bytes)>> {
+    fn get_at(&self, key: &[u8], seqno: u64) -> Result<Option<Found>> {
         self.lookup(key, seqno, Reach::Disk)
             .unwrap_or_else(|| Err(engine_bug("a read allowed to use the disk gave up")))
     }
 
     /// As [`SuperVersion::get_at`]; with [`Reach::Memory`], `None` when the answer needs a
     /// block that is not in the block cache.
-    fn lookup(
-        &self,
-        key: &[u8],
-        seqno: u64,
-        reach: Reach,
-    ) -> Option<Result<Option<(ValueKind, Bytes)>>> {
+    fn lookup(&self, key: &[u8], seqno: u64, reach: Reach) -> Option<Result<Option<Found>>> {
         if let Some(hit) = self.active.get(key, seqno) {
             return Some(Ok(Some(hit)));
         }
@@ -338,12 +333,7 @@ impl SuperVersion {
     }
 
     /// The tables' part of [`SuperVersion::lookup`], for a key no memtable holds.
-    fn lookup_tables(
-        &self,
-        key: &[u8],
-        seqno: u64,
-        reach: Reach,
-    ) -> Option<Result<Option<(ValueKind, Bytes)>>> {
+    fn lookup_tables(&self, key: &[u8], seqno: u64, reach: Reach) -> Option<Result<Option<Found>>> {
         for level in 0..NUM_LEVELS {
             for handle in self.version.tables_for_user_key(level, key) {
                 if handle.min_seqno > seqno {
@@ -835,7 +825,7 @@ impl LsmEngine {
         for batch in &recovered {
             for (seqno, op) in batch.iter() {
                 if seqno > flushed {
-                    active.insert(op.key(), seqno, op.kind(), op.value().map_or(&[], |v| v));
+                    active.insert(op.key(), seqno, op.kind(), op.stored_value());
                 }
             }
         }
@@ -1636,7 +1626,7 @@ impl Inner {
         let first = last + 1 - batch.len() as u64;
         let mut user_bytes = 0u64;
         for (seqno, op) in (first..).zip(batch.ops()) {
-            let value = op.value().map_or(&[][..], |v| v);
+            let value = op.stored_value();
             user_bytes += (op.key().len() + value.len()) as u64;
             sv.active.insert(op.key(), seqno, op.kind(), value);
         }

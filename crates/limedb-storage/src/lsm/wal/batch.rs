@@ -53,6 +53,11 @@ impl BatchOp {
         }
     }
 
+    /// The bytes a memtable stores for this operation: a put's value, nothing for a delete.
+    pub fn stored_value(&self) -> &[u8] {
+        self.value().map_or(&[], |v| v)
+    }
+
     /// Put or tombstone.
     pub fn kind(&self) -> ValueKind {
         match self {
