@@ -255,7 +255,8 @@ pub struct DevArgs {
     pub coordinator_port: Option<u16>,
 
     /// Shard HTTP ports, comma-separated; one shard per port, ids 1, 2, ... in order.
-    /// Each shard's internal port is its HTTP port + 10000. [default: 7001,7002,7003]
+    /// Each shard's internal port is its HTTP port + 10000; a port of 0 picks free HTTP and
+    /// internal ports. [default: 7001,7002,7003]
     #[arg(
         long,
         env = "LIMEDB_SHARD_PORTS",

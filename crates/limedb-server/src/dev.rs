@@ -77,6 +77,38 @@ pub fn default_internal_port(http_port: u16) -> u16 {
     }
 }
 
+/// Refuses a set of fixed ports in which two listeners would share one, before anything binds:
+/// a shard's internal port is derived from its HTTP port, so `--shard-ports 7001,17001` would
+/// otherwise fail half-way with a bare "address in use". Port 0 (any free port) never clashes.
+fn check_port_plan(config: &DevConfig) -> Result<(), ServerError> {
+    let mut planned: Vec<(u16, String)> = vec![
+        (
+            config.coordinator_port,
+            "the coordinator's HTTP port".into(),
+        ),
+        (config.resp_port, "the coordinator's RESP port".into()),
+    ];
+    for (i, &port) in config.shard_ports.iter().enumerate() {
+        let id = i + 1;
+        planned.push((port, format!("shard {id}'s HTTP port")));
+        planned.push((
+            default_internal_port(port),
+            format!("shard {id}'s internal port (its HTTP port + 10000)"),
+        ));
+    }
+    for (i, (port, role)) in planned.iter().enumerate() {
+        if *port == 0 {
+            continue;
+        }
+        if let Some((_, earlier)) = planned[..i].iter().find(|(p, _)| p == port) {
+            return Err(ServerError::Config(format!(
+                "port {port} would be both {earlier} and {role}; choose other ports (0 picks a free one)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl DevCluster {
     /// Opens every shard's storage and binds every listener.
     pub async fn bind(config: DevConfig) -> Result<Self, ServerError> {
@@ -85,6 +117,7 @@ impl DevCluster {
                 "a cluster needs at least one shard".into(),
             ));
         }
+        check_port_plan(&config)?;
         let mut shards = Vec::with_capacity(config.shard_ports.len());
         for (i, port) in config.shard_ports.iter().enumerate() {
             let id = ShardId(i as u32 + 1);
@@ -181,5 +214,43 @@ impl Default for DevConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             resp_port: 6379,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(coordinator_port: u16, resp_port: u16, shard_ports: &[u16]) -> DevConfig {
+        DevConfig {
+            coordinator_port,
+            resp_port,
+            shard_ports: shard_ports.to_vec(),
+            ..DevConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_default_ports_and_free_ports_pass_the_plan() {
+        assert!(check_port_plan(&DevConfig::default()).is_ok());
+        assert!(check_port_plan(&plan(0, 0, &[0, 0, 0])).is_ok());
+        assert!(check_port_plan(&plan(8080, 0, &[0, 7002, 0])).is_ok());
+    }
+
+    #[test]
+    fn a_shared_port_is_refused_naming_both_listeners() {
+        // Shard 3's internal port (34307 + 10000) is shard 1's HTTP port.
+        let err = check_port_plan(&plan(0, 0, &[44307, 40117, 34307]))
+            .expect_err("clash")
+            .to_string();
+        assert!(err.contains("port 44307"), "{err}");
+        assert!(err.contains("shard 1's HTTP port"), "{err}");
+        assert!(err.contains("shard 3's internal port"), "{err}");
+        let err = check_port_plan(&plan(7001, 6379, &[7001]))
+            .expect_err("clash")
+            .to_string();
+        assert!(err.contains("coordinator's HTTP port") && err.contains("shard 1's HTTP port"));
+        assert!(check_port_plan(&plan(8080, 8080, &[7001])).is_err());
+        assert!(check_port_plan(&plan(8080, 6379, &[7001, 7001])).is_err());
     }
 }

@@ -223,7 +223,8 @@ pub fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool)
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the listener that found it is closed),
-/// for commands that take fixed ports, such as `limedb dev --shard-ports`.
+/// for servers that cannot be told to pick one themselves. Another process may take it before
+/// it is used: prefer port 0 wherever LimeDB accepts it.
 pub fn free_port() -> std::io::Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

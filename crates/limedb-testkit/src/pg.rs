@@ -232,11 +232,10 @@ impl PrivatePostgres {
                 return Err("cannot give the temp dir to the postgres OS user (is PostgreSQL installed? it creates that user)".into());
             }
         }
-        let port = crate::free_port().map_err(|e| format!("cannot find a free port: {e}"))?;
         let mut server = PrivatePostgres {
             dir,
             bindir,
-            port,
+            port: 0,
             as_postgres_user,
             running: false,
         };
@@ -249,8 +248,18 @@ impl PrivatePostgres {
             .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
             .arg(format!("--pwfile={}", pwfile.display()));
         server.run(initdb, "initdb")?;
-        server.start_again()?;
-        Ok(server)
+        // PostgreSQL cannot pick its own port, so a free one is found first; another process
+        // may take it in between, and then the next attempt takes another.
+        let mut attempts = 0;
+        loop {
+            server.port =
+                crate::free_port().map_err(|e| format!("cannot find a free port: {e}"))?;
+            match server.start_again() {
+                Ok(()) => return Ok(server),
+                Err(e) if attempts < 3 && e.contains("could not bind") => attempts += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn data_dir(&self) -> PathBuf {
