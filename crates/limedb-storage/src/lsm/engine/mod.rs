@@ -132,6 +132,12 @@ pub struct LsmOptions {
     pub max_immutable_memtables: usize,
     /// Budget of the block cache of decompressed data blocks. Default 64 MiB.
     pub block_cache_bytes: usize,
+    /// Whether a table written by a flush is read into the block cache before it serves
+    /// reads, up to half the cache: the keys just flushed are the ones most recently written,
+    /// the likeliest to be read next, and an uncached block makes a point read leave the
+    /// async path for the blocking pool (see `Engine::try_get_many_now`). It also reads the
+    /// new table back before its WAL segments are deleted. Default true.
+    pub warm_cache_on_flush: bool,
     /// Layout of the SSTables written.
     pub table: TableOptions,
     /// Leveled compaction thresholds.
@@ -156,6 +162,7 @@ impl Default for LsmOptions {
             memtable_bytes: 64 << 20,
             max_immutable_memtables: 1,
             block_cache_bytes: 64 << 20,
+            warm_cache_on_flush: true,
             table: TableOptions::default(),
             leveled: LeveledOptions::default(),
             read_mode: ReadMode::default(),
@@ -397,6 +404,7 @@ struct Counters {
     trivial_moves: AtomicU64,
     bytes_flushed: AtomicU64,
     bytes_compacted: AtomicU64,
+    blocks_warmed: AtomicU64,
     expired_reclaimed: AtomicU64,
     /// Key and value bytes of the records written by users (see [`LsmStats`]).
     user_bytes_written: AtomicU64,
@@ -503,6 +511,9 @@ pub struct LsmCounters {
     pub bytes_flushed: u64,
     /// Bytes of SSTables written by compactions.
     pub bytes_compacted: u64,
+    /// Data blocks read into the block cache after flushes
+    /// ([`LsmOptions::warm_cache_on_flush`]).
+    pub blocks_warmed: u64,
     /// Expired values turned into tombstones or dropped by compactions.
     pub expired_reclaimed: u64,
     /// Write batches paused because L0 reached [`LsmOptions::l0_slowdown_tables`].
@@ -952,6 +963,7 @@ impl LsmEngine {
             trivial_moves: c.trivial_moves.load(Ordering::Relaxed),
             bytes_flushed: c.bytes_flushed.load(Ordering::Relaxed),
             bytes_compacted: c.bytes_compacted.load(Ordering::Relaxed),
+            blocks_warmed: c.blocks_warmed.load(Ordering::Relaxed),
             expired_reclaimed: c.expired_reclaimed.load(Ordering::Relaxed),
             write_slowdowns: c.write_slowdowns.load(Ordering::Relaxed),
             write_stalls: c.write_stalls.load(Ordering::Relaxed),
@@ -1770,6 +1782,12 @@ impl Inner {
         }
         let (handle, table) = self.finish_table(n, writer)?;
         fsync_dir(&self.tables_dir)?;
+        if self.options.warm_cache_on_flush {
+            let blocks = table.warm_cache(self.options.block_cache_bytes / 2)?;
+            self.counters
+                .blocks_warmed
+                .fetch_add(blocks as u64, Ordering::Relaxed);
+        }
         let size = handle.file_size_bytes;
         let mut edit = VersionEdit::default();
         edit.add_table(0, handle)

@@ -527,3 +527,61 @@ fn try_get_many_now_answers_as_get_does() -> TestResult {
     assert_eq!(engine.get(&key(6))?, None);
     Ok(())
 }
+
+/// A flush reads its table into the block cache before the table serves reads: every key just
+/// flushed is answered without I/O. With `warm_cache_on_flush` off, none of them is (their
+/// blocks are cold); with a cache too small for the table, warming stops at half the cache.
+#[test]
+fn a_flush_warms_the_block_cache_with_its_table() -> TestResult {
+    let options = |warm: bool, block_cache_bytes: usize| LsmOptions {
+        warm_cache_on_flush: warm,
+        block_cache_bytes,
+        leveled: LeveledOptions {
+            l0_compaction_trigger: 100,
+            ..roomy().leveled
+        },
+        ..roomy()
+    };
+    let keys: Vec<Vec<u8>> = (0..600).map(key).collect();
+    let asked: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    for (warm, cache_bytes) in [(true, 1 << 20), (false, 1 << 20), (true, 16 << 10)] {
+        let dir = tempfile::tempdir()?;
+        let engine = LsmEngine::open(dir.path(), options(warm, cache_bytes))?;
+        for (i, k) in keys.iter().enumerate() {
+            engine.put(
+                k,
+                format!("value-{i}-{}", "x".repeat(i % 50)).as_bytes(),
+                None,
+            )?;
+        }
+        engine.flush()?;
+        let sv = engine.inner.current();
+        assert!(sv.active.is_empty() && sv.imms.is_empty());
+        let blocks = sv
+            .tables
+            .values()
+            .map(|t| t.meta().data_block_count)
+            .sum::<u64>();
+        let answers = engine.try_get_many_now(&asked);
+        let answered = answers.iter().filter(|a| a.is_some()).count();
+        let warmed = engine.counters().blocks_warmed;
+        let stats = engine.cache_stats();
+        match (warm, cache_bytes) {
+            (true, 1048576) => {
+                assert_eq!((warmed, answered), (blocks, keys.len()));
+                for (i, answer) in answers.into_iter().enumerate() {
+                    let value = answer.ok_or("answered")??.ok_or("present")?;
+                    assert_eq!(&value.data[..], engine.get(&keys[i])?.ok_or("get")?.data);
+                }
+            }
+            (false, _) => assert_eq!((warmed, answered, stats.entries), (0, 0, 0)),
+            _ => {
+                // Half of 16 KiB holds some of the table's 512-byte blocks, not all of them.
+                assert!(warmed > 0 && warmed < blocks, "{warmed} of {blocks}");
+                assert!(answered > 0 && answered < keys.len(), "{answered}");
+                assert!(stats.used_bytes <= stats.capacity_bytes);
+            }
+        }
+    }
+    Ok(())
+}

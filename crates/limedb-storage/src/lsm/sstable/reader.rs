@@ -367,6 +367,30 @@ impl Table {
         Some(self.inner.find_in_block(handle, block, user_key, &target))
     }
 
+    /// Reads data blocks into the block cache in file order, until the blocks read total
+    /// `budget_bytes` (decompressed) or the table ends; returns how many blocks it read. Each
+    /// is read, checked and decompressed as a point read does it (`pread`, then cached), so a
+    /// table that does not read back fails here. Without a block cache it reads nothing.
+    pub fn warm_cache(&self, budget_bytes: usize) -> Result<usize> {
+        let Some(cache) = &self.inner.cache else {
+            return Ok(0);
+        };
+        let mut spent = 0usize;
+        let mut read = 0;
+        for entry in &self.inner.index {
+            if spent >= budget_bytes {
+                break;
+            }
+            let handle = entry.handle;
+            let block = self.inner.through_cache(cache, handle, || {
+                self.inner.read_uncached(Via::Copy, handle)
+            })?;
+            spent += block.len();
+            read += 1;
+        }
+        Ok(read)
+    }
+
     /// The data block that may hold `user_key` at `snapshot_seqno`, and the internal key to
     /// seek there; `None` when the filter or the index rule the key out.
     fn locate(&self, user_key: &[u8], snapshot_seqno: u64) -> Option<(BlockHandle, Vec<u8>)> {

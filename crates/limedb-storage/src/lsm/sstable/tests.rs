@@ -516,6 +516,15 @@ fn flipped_byte_in_a_data_block_is_an_error_naming_the_file_and_block() {
                 .get(first_user_key, u64::MAX)
                 .expect("intact block")
                 .is_some());
+            // Warming the cache reads every block: it fails on the damaged one, having cached
+            // the blocks before it.
+            let cache = Arc::new(BlockCache::new(1 << 20));
+            let cached =
+                Table::open_with(&fixture.path, mode, Some(Arc::clone(&cache)), 1).expect("open");
+            let err = cached.warm_cache(usize::MAX).expect_err("damaged block");
+            assert_corrupt_names_file(&err, &fixture.path);
+            assert_eq!(cache.stats().entries, 1);
+            assert_eq!(table.warm_cache(usize::MAX).expect("no cache"), 0);
         }
     }
 }
