@@ -6,8 +6,9 @@ use std::time::Duration;
 
 /// How eagerly an engine fsyncs its log.
 ///
-/// Every policy writes each record with `write(2)` before acknowledging it, so acknowledged
-/// writes survive a process crash; the policy only decides how much may be lost on power loss.
+/// Every policy hands each record to the operating system (`write(2)`, `pwrite(2)`) before
+/// acknowledging it, so acknowledged writes survive a process crash; the policy only decides
+/// how much may be lost on power loss.
 ///
 /// Parsed from and displayed as `always`, `interval` (one second), `interval:<ms>ms` or `never`:
 ///

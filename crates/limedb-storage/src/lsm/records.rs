@@ -1,16 +1,29 @@
 //! Replaying a log of checksummed records, shared by the write-ahead log and the manifest.
 //!
 //! Both files hold records `u32 payload_len | u32 crc32c(payload) | payload` after a header, and
-//! both recover in the mode *tolerate a torn tail*: a last record cut short by a crash, a final
-//! record that fails its checksum and ends exactly at end of file, or a tail of zero bytes is
-//! torn (the caller truncates it); anything else that is damaged is corruption. A length field
-//! that runs past end of file while a shorter prefix matches the stored checksum is a damaged
-//! length, not a torn write, so it is corruption too.
+//! both recover in the mode *tolerate a torn tail*. Torn (the caller truncates it) are:
+//!
+//! - a last record cut short by a crash (it runs past end of file);
+//! - a final record that fails its checksum, *final* meaning that only zero bytes, if any,
+//!   follow it: a file written ahead of its size (the WAL extends its segments before writing
+//!   into them) ends in zeros instead of at the record;
+//! - a tail of zero bytes;
+//! - a damaged record that overlaps a [`PAGE_BYTES`]-aligned page of nothing but zero bytes:
+//!   the trace of a page write lost in a power failure, after which later pages of the file
+//!   may still have reached the disk. Only records written after the last fsync can be lost
+//!   that way, and the sync policy allows losing those.
+//!
+//! Anything else that is damaged is corruption. A length field that runs past end of file, or
+//! a final record, while a shorter prefix matches the stored checksum is a damaged length,
+//! not a torn write, so it is corruption too.
 
 use std::ops::Range;
 
 /// Bytes of `payload_len` and `crc32c` before each payload.
 pub(crate) const RECORD_HEADER_LEN: usize = 8;
+
+/// The unit in which a power failure may lose writes: a page of the page cache.
+pub(crate) const PAGE_BYTES: usize = 4096;
 
 /// What a replay found.
 #[derive(Debug)]
@@ -75,8 +88,10 @@ pub(crate) fn walk(
         } else {
             let actual_crc = crc32c::crc32c(payload);
             if actual_crc != stored_crc {
-                let at_eof = offset + record_len == data.len();
-                if at_eof && checksum_matching_prefix(payload, stored_crc, min_payload).is_none() {
+                let last = rest.get(record_len..).unwrap_or_default();
+                let is_final = last.iter().all(|&b| b == 0);
+                if is_final && checksum_matching_prefix(payload, stored_crc, min_payload).is_none()
+                {
                     torn = Some(format!(
                         "final record fails its checksum (stored {stored_crc:#010x}, computed \
                          {actual_crc:#010x})"
@@ -95,6 +110,13 @@ pub(crate) fn walk(
                 torn = Some(format!("{reason}; the rest of the {what} is zero bytes"));
                 break;
             }
+            if let Some(page) = zero_page_within(data, offset..offset + record_len) {
+                torn = Some(format!(
+                    "{reason}; the record overlaps a page of zero bytes at offset {page} (a page \
+                     write lost in a crash)"
+                ));
+                break;
+            }
             return Err((offset, reason));
         }
         offset += record_len;
@@ -103,6 +125,21 @@ pub(crate) fn walk(
         good_len: offset,
         torn,
     })
+}
+
+/// The offset of the first [`PAGE_BYTES`]-aligned page of `data` that overlaps `record` and
+/// holds nothing but zero bytes (a page at the end of `data` may be short), if any.
+fn zero_page_within(data: &[u8], record: Range<usize>) -> Option<usize> {
+    let end = record.end.min(data.len());
+    let mut page = record.start - record.start % PAGE_BYTES;
+    while page < end {
+        let bytes = data.get(page..(page + PAGE_BYTES).min(data.len()))?;
+        if bytes.iter().all(|&b| b == 0) {
+            return Some(page);
+        }
+        page += PAGE_BYTES;
+    }
+    None
 }
 
 /// The length of the shortest plausible prefix of `bytes` whose CRC32C is `stored`, if any.

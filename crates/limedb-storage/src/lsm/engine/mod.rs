@@ -19,7 +19,7 @@
 //!   │   stall while 1 imm    │                         → TableWriter tables/<n>.sst
 //!   │   freeze, wal.rotate ──┼──► imms (oldest..)     → manifest: add to L0, last seqno,
 //!   │ answers: read at latest│                           log number → new SuperVersion
-//!   │ wal.append (write(2)) ─┘                         → wal.delete_obsolete
+//!   │ wal.append (pwrite(2)) ┘                        → wal.delete_obsolete
 //!   │ insert into active memtable                   2. else Leveled::pick(version)?
 //!   └ unlock; Always: wal.sync_to (group commit)       → trivial move, or merge + cut
 //!                                                        outputs → manifest → delete inputs
@@ -467,7 +467,7 @@ pub struct LsmStats {
     pub memtable_bytes: u64,
     /// Frozen memtables waiting for a flush.
     pub immutable_memtables: usize,
-    /// Bytes of the WAL segments on disk.
+    /// Bytes of the WAL segments' headers and records (see [`Wal::size_bytes`]).
     pub wal_bytes: u64,
     /// fsyncs of the WAL since open (group commit shares one among concurrent writers).
     pub wal_fsyncs: u64,
@@ -1956,14 +1956,9 @@ impl Inner {
         self.install(&mut state, sv);
     }
 
-    /// Total size of the WAL segments on disk.
+    /// Total size of the WAL segments' headers and records.
     fn wal_bytes(&self) -> u64 {
-        self.wal
-            .segment_paths()
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum()
+        self.wal.size_bytes()
     }
 }
 

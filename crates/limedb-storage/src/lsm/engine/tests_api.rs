@@ -233,7 +233,7 @@ fn torn_batch_at_the_wal_tail_is_dropped_whole() -> TestResult {
         engine.write_batch(&[put(b"a", b"2"), put(b"b", b"2"), put(b"c", b"2")])?;
         engine.close()?;
     }
-    // Cut the last record short, as a crash in the middle of its write(2) would.
+    // Cut the last record short, as a crash in the middle of its write would.
     let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.path().join("wal"))?
         .map(|e| e.map(|e| e.path()))
         .collect::<std::io::Result<_>>()?;

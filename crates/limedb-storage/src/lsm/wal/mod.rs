@@ -62,11 +62,14 @@
 //! *tolerate torn tail*, with the rules of the memory engine's log (`memory/log.rs`):
 //!
 //! - A **torn tail** in the **last** segment is a final record cut short by a crash (its header
-//!   or payload runs past end of file), a final record that ends exactly at end of file and
-//!   fails its CRC, or a tail of zero bytes (a filesystem that extended the file before the data
-//!   reached disk). A segment header cut short (a crash while the segment was created) is torn
-//!   too. Recovery logs a warning, truncates the segment to the end of its last good record,
-//!   and appends continue there.
+//!   or payload runs past end of file), a final record that fails its CRC with nothing but zero
+//!   bytes after it (end of file, or the zeros the segment was extended with), or a tail of
+//!   zero bytes (the zeros written ahead, after a crash). A damaged record that overlaps a
+//!   4 KiB-aligned page of zeros is torn too: a power failure may lose a page of the unsynced
+//!   tail while later pages reach the disk, and the records from there on were never synced
+//!   (see `lsm/records.rs`). A segment header cut short (a crash while the segment was created) is
+//!   torn too. Recovery logs a warning, truncates the segment to the end of its last good
+//!   record, and appends continue there.
 //! - A damaged length field does not pass for a torn write: if a final record runs past end of
 //!   file or fails its CRC, but a prefix of its payload matches the stored CRC, it is corrupt.
 //! - Anything else is **corruption** and [`Wal::open`] fails with [`StorageError::Corrupt`]
@@ -78,8 +81,12 @@
 //!
 //! # Durability and group commit
 //!
-//! [`Wal::append`] writes the record with one `write(2)` before it returns, so an acknowledged
-//! batch survives the process being killed under every [`SyncPolicy`]. Under
+//! [`Wal::append`] writes the record with one `pwrite(2)` before it returns, so an acknowledged
+//! batch survives the process being killed under every [`SyncPolicy`]. The record goes into
+//! space the file already has: the active segment is extended by [`EXTEND_BYTES`] of (sparse)
+//! zeros whenever a record would not fit, because an append that changes the file's size makes
+//! ext4 journal the inode each time. A segment is trimmed to its last record when it is closed
+//! (rotation, [`Wal::close`], drop), so only the last segment can end in zeros. Under
 //! [`SyncPolicy::Always`] it also waits until the record is fsynced, by a leader/follower
 //! group commit (`Wal::sync_to_gathering`): the first waiter becomes the leader and fsyncs
 //! everything written so far; writers that come meanwhile sleep until it is done and return
@@ -119,6 +126,7 @@ use crate::fsutil::fsync_dir;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -142,6 +150,11 @@ pub const FORMAT_VERSION: u8 = 1;
 
 /// Bytes of a segment header: magic, version, first seqno.
 pub const SEGMENT_HEADER_LEN: usize = 16;
+
+/// How far ahead of its records the active segment's file is extended (with zero bytes, as a
+/// sparse file): appends write into space the file already has, so that they do not change
+/// its size (see the [module docs](self#durability-and-group-commit)).
+pub const EXTEND_BYTES: u64 = 1 << 20;
 
 /// How a [`Wal`] syncs and when it starts a new segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,7 +186,7 @@ pub struct Wal {
     /// The fsync side: a second handle on the active segment, so that a group-commit fsync
     /// does not hold up appends.
     syncer: Mutex<Syncer>,
-    /// Sequence number of the last operation written with `write(2)` (0 if none ever).
+    /// Sequence number of the last operation written to the active segment (0 if none ever).
     written_seqno: AtomicU64,
     /// A copy of `syncer.synced_seqno`, readable without waiting for an fsync in progress.
     synced_seqno: AtomicU64,
@@ -198,10 +211,12 @@ struct Segment {
 
 #[derive(Debug)]
 struct Writer {
-    /// The active segment, opened for appending.
+    /// The active segment, opened for writing at explicit offsets.
     file: File,
-    /// Its size in bytes.
+    /// Bytes of its header and records: where the next record goes.
     len_bytes: u64,
+    /// The size of its file: `len_bytes` and, after it, zero bytes appends will write over.
+    file_bytes: u64,
     /// The sequence number the next operation gets.
     next_seqno: u64,
     /// Every segment on disk, oldest first; the last is the active one.
@@ -305,7 +320,7 @@ impl Wal {
         let (file, len_bytes, active_path) = match segments.back() {
             Some(active) => {
                 let file = OpenOptions::new()
-                    .append(true)
+                    .write(true)
                     .open(&active.path)
                     .map_err(StorageError::io("failed to open WAL segment", &active.path))?;
                 let len = file
@@ -338,6 +353,7 @@ impl Wal {
             writer: Mutex::new(Writer {
                 file,
                 len_bytes,
+                file_bytes: len_bytes,
                 next_seqno,
                 segments,
                 buf: Vec::new(),
@@ -362,7 +378,7 @@ impl Wal {
     }
 
     /// Logs `batch` as one record, giving its operations the next sequence numbers in order,
-    /// and returns the last of them. The record has been written with `write(2)` when this
+    /// and returns the last of them. The record has been written with `pwrite(2)` when this
     /// returns, and under [`SyncPolicy::Always`] also fsynced (group commit).
     ///
     /// An empty batch logs nothing and returns the last sequence number assigned so far.
@@ -391,10 +407,16 @@ impl Wal {
                         "sequence numbers exhausted",
                     ))
                 })?;
-            let Writer { file, buf, .. } = &mut *w;
+            let Writer {
+                file,
+                buf,
+                len_bytes,
+                file_bytes,
+                ..
+            } = &mut *w;
             buf.clear();
             batch.encode_record(first, buf);
-            if let Err(e) = self.write_record(file, buf) {
+            if let Err(e) = self.write_record(file, buf, *len_bytes, file_bytes) {
                 let path = w.segments.back().map_or(&self.dir, |s| &s.path);
                 let error = StorageError::io("failed to append to WAL segment", path)(e);
                 self.poison(&error);
@@ -416,15 +438,44 @@ impl Wal {
         Ok(last)
     }
 
-    fn write_record(&self, file: &mut File, record: &[u8]) -> std::io::Result<()> {
+    /// Writes `record` at offset `at` of the active segment, first extending the file by at
+    /// least [`EXTEND_BYTES`] if the record would not fit in its size `*file_bytes`.
+    fn write_record(
+        &self,
+        file: &File,
+        record: &[u8],
+        at: u64,
+        file_bytes: &mut u64,
+    ) -> std::io::Result<()> {
+        let end = at + record.len() as u64;
+        if end > *file_bytes {
+            let extended = end.max(*file_bytes + EXTEND_BYTES);
+            file.set_len(extended)?;
+            *file_bytes = extended;
+        }
         #[cfg(test)]
         if self.fail_next_write.swap(false, Ordering::SeqCst) {
             // A crash or full disk in the middle of the record.
             let half = record.get(..record.len() / 2).unwrap_or_default();
-            file.write_all(half)?;
+            file.write_all_at(half, at)?;
             return Err(std::io::Error::other("injected write failure"));
         }
-        file.write_all(record)
+        file.write_all_at(record, at)
+    }
+
+    /// Cuts the zero bytes after the last record off the active segment's file and fsyncs
+    /// it, so that a closed segment ends at its last record.
+    fn trim_locked(&self, w: &mut Writer) -> Result<()> {
+        if w.file_bytes <= w.len_bytes {
+            return Ok(());
+        }
+        let path = w.segments.back().map_or(&self.dir, |s| &s.path);
+        w.file
+            .set_len(w.len_bytes)
+            .and_then(|()| w.file.sync_data())
+            .map_err(StorageError::io("failed to trim WAL segment", path))?;
+        w.file_bytes = w.len_bytes;
+        Ok(())
     }
 
     /// fsyncs every record written so far; the call the engine's background thread makes
@@ -525,6 +576,9 @@ impl Wal {
     }
 
     fn rotate_locked(&self, w: &mut Writer) -> Result<()> {
+        // Recovery allows a zero tail in the last segment only. A failure leaves the segment
+        // active, its zeros harmless.
+        self.trim_locked(w)?;
         let mut syncer = lock(&self.syncer);
         // The old segment must be complete on disk before a newer one exists: recovery treats
         // damage in any segment but the last as corruption.
@@ -545,6 +599,7 @@ impl Wal {
         syncer.path = path.clone();
         w.file = file;
         w.len_bytes = SEGMENT_HEADER_LEN as u64;
+        w.file_bytes = SEGMENT_HEADER_LEN as u64;
         w.segments.push_back(Segment {
             first_seqno: w.next_seqno,
             path,
@@ -586,8 +641,11 @@ impl Wal {
         Ok(removed)
     }
 
-    /// fsyncs what is left to sync and closes the log.
+    /// Trims the active segment's zero tail, fsyncs what is left to sync and closes the log.
     pub fn close(self) -> Result<()> {
+        if !self.is_poisoned() {
+            self.trim_locked(&mut lock(&self.writer))?;
+        }
         self.sync()
     }
 
@@ -617,6 +675,20 @@ impl Wal {
             .collect()
     }
 
+    /// Bytes of the log: the sizes of the closed segments and the header and records of the
+    /// active one (not the zeros it was extended with).
+    pub fn size_bytes(&self) -> u64 {
+        let w = lock(&self.writer);
+        let closed = w.segments.len().saturating_sub(1);
+        w.segments
+            .iter()
+            .take(closed)
+            .filter_map(|s| std::fs::metadata(&s.path).ok())
+            .map(|m| m.len())
+            .sum::<u64>()
+            + w.len_bytes
+    }
+
     /// Number of fsyncs of segment files since open (a group-commit statistic).
     pub fn fsync_count(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)
@@ -640,7 +712,7 @@ impl Wal {
         }
     }
 
-    /// Test hook: the next append writes half of its record, then fails like `write(2)`.
+    /// Test hook: the next append writes half of its record, then fails like `pwrite(2)`.
     #[cfg(test)]
     fn fail_next_write(&self) {
         self.fail_next_write.store(true, Ordering::SeqCst);
@@ -656,6 +728,9 @@ impl Wal {
 impl Drop for Wal {
     fn drop(&mut self) {
         if !self.is_poisoned() {
+            if let Err(error) = self.trim_locked(&mut lock(&self.writer)) {
+                tracing::warn!(%error, "trimming the WAL on drop failed");
+            }
             if let Err(error) = self.sync() {
                 tracing::warn!(%error, "fsync of WAL on drop failed");
             }
@@ -664,12 +739,12 @@ impl Drop for Wal {
 }
 
 /// Creates the segment starting at `first_seqno`: writes and fsyncs its header, fsyncs the
-/// directory, and returns it opened for appending.
+/// directory, and returns it opened for writing.
 fn create_segment(dir: &Path, first_seqno: u64) -> Result<(File, PathBuf)> {
     let path = dir.join(segment_file_name(first_seqno));
     let io = |context| StorageError::io(context, &path);
     let created = OpenOptions::new()
-        .append(true)
+        .write(true)
         .create_new(true)
         .open(&path)
         .map_err(io("failed to create WAL segment"));

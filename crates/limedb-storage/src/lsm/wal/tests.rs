@@ -599,3 +599,155 @@ proptest! {
         }
     }
 }
+
+/// Bytes of the records of `batches` (headers included), as a segment holds them.
+fn records_len(batches: &[WriteBatch]) -> u64 {
+    batches
+        .iter()
+        .map(|b| (RECORD_HEADER_LEN + batch::BATCH_HEADER_LEN) as u64 + b.size_bytes())
+        .sum()
+}
+
+#[test]
+fn segments_grow_ahead_of_their_records_and_are_trimmed_when_closed() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (wal, _) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
+    let first: Vec<WriteBatch> = (0..50).map(|i| batch(i, 3)).collect();
+    for b in &first {
+        wal.append(b)?;
+    }
+    let records = SEGMENT_HEADER_LEN as u64 + records_len(&first);
+    let active = wal.segment_paths().pop().ok_or("no segment")?;
+    // Appends wrote into zeros the file already had.
+    assert_eq!(file_len(&active)?, SEGMENT_HEADER_LEN as u64 + EXTEND_BYTES);
+    assert!(file_len(&active)? > records);
+    assert_eq!(wal.size_bytes(), records, "the zeros are not log bytes");
+    // A closed segment ends at its last record; so does the active one once the log closes.
+    wal.rotate()?;
+    assert_eq!(file_len(&active)?, records);
+    assert_eq!(wal.size_bytes(), records + SEGMENT_HEADER_LEN as u64);
+    let second: Vec<WriteBatch> = (50..60).map(|i| batch(i, 2)).collect();
+    for b in &second {
+        wal.append(b)?;
+    }
+    let active = wal.segment_paths().pop().ok_or("no segment")?;
+    assert!(file_len(&active)? > SEGMENT_HEADER_LEN as u64 + records_len(&second));
+    wal.close()?;
+    assert_eq!(
+        file_len(&active)?,
+        SEGMENT_HEADER_LEN as u64 + records_len(&second)
+    );
+    let (_, recovered) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
+    let all: Vec<WriteBatch> = first.into_iter().chain(second).collect();
+    let got: Vec<WriteBatch> = recovered.into_iter().map(|r| r.batch).collect();
+    assert_eq!(got, all);
+    Ok(())
+}
+
+/// A process killed after its appends leaves the zeros ahead of the last record; every
+/// appended batch is recovered and the zeros are cut off, also when a record larger than the
+/// extension step made the file grow by more than it.
+#[test]
+fn a_crash_leaves_zeros_after_the_last_record_and_reopen_recovers_every_batch() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut big = WriteBatch::new();
+    big.put("big", vec![7u8; EXTEND_BYTES as usize + 1000]);
+    let written = vec![batch(1, 4), big, batch(2, 3)];
+    {
+        let (wal, _) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
+        for b in &written {
+            wal.append(b)?;
+        }
+        let active = wal.segment_paths().pop().ok_or("no segment")?;
+        assert!(file_len(&active)? > SEGMENT_HEADER_LEN as u64 + records_len(&written));
+        // No close, no drop: as after `kill -9`.
+        std::mem::forget(wal);
+    }
+    let (wal, recovered) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
+    let got: Vec<WriteBatch> = recovered.into_iter().map(|r| r.batch).collect();
+    assert_eq!(got, written);
+    let active = wal.segment_paths().pop().ok_or("no segment")?;
+    assert_eq!(
+        file_len(&active)?,
+        SEGMENT_HEADER_LEN as u64 + records_len(&written)
+    );
+    let next = wal.append(&batch(3, 1))?;
+    assert_eq!(
+        next,
+        written.iter().map(|b| b.len() as u64).sum::<u64>() + 1
+    );
+    Ok(())
+}
+
+/// A power failure may lose a page of the unsynced tail while later pages reach the disk: a
+/// record that overlaps a page of zeros is torn, and the records after it are dropped with it.
+/// A record damaged otherwise, with data after it, is still corruption; and so is a lost page
+/// in a segment that is not the last.
+#[test]
+fn a_page_of_zeros_in_the_last_segment_is_a_torn_tail() -> TestResult {
+    let batches: Vec<WriteBatch> = (0..400).map(|i| batch(i, 4)).collect();
+    let dir = tempfile::tempdir()?;
+    let (path, ranges) = write_batches(dir.path(), &batches)?;
+    let page = records::PAGE_BYTES as u64;
+    assert!(
+        file_len(&path)? > 4 * page,
+        "the segment spans several pages"
+    );
+    let mut data = std::fs::read(&path)?;
+    data[page as usize..2 * page as usize].fill(0);
+    std::fs::write(&path, &data)?;
+    // The batches whose records end before the lost page survive.
+    let kept = ranges.iter().take_while(|(_, end)| *end <= page).count();
+    let (wal, recovered) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
+    assert_eq!(recovered.len(), kept);
+    let got: Vec<WriteBatch> = recovered.into_iter().map(|r| r.batch).collect();
+    assert_eq!(got, batches[..kept]);
+    assert_eq!(file_len(&path)?, ranges[kept - 1].1);
+    drop(wal);
+
+    // The same page lost in a segment that a newer one follows is corruption.
+    let dir = tempfile::tempdir()?;
+    let (path, _) = write_batches(dir.path(), &batches)?;
+    let mut data = std::fs::read(&path)?;
+    data[page as usize..2 * page as usize].fill(0);
+    std::fs::write(&path, &data)?;
+    let next = dir.path().join(segment_file_name(
+        batches.iter().map(|b| b.len() as u64).sum::<u64>() + 1,
+    ));
+    std::fs::write(
+        &next,
+        segment_header(batches.iter().map(|b| b.len() as u64).sum::<u64>() + 1),
+    )?;
+    let (corrupt_path, offset, _) = expect_corrupt(Wal::open(dir.path(), opts(SyncPolicy::Never)));
+    assert_eq!(corrupt_path, path);
+    assert!(offset <= page);
+
+    // A flipped byte in a record in the middle of the last segment is corruption.
+    let dir = tempfile::tempdir()?;
+    let (path, ranges) = write_batches(dir.path(), &batches)?;
+    let (start, end) = ranges[kept + 3];
+    flip_byte(&path, (start + end) / 2)?;
+    let (_, offset, reason) = expect_corrupt(Wal::open(dir.path(), opts(SyncPolicy::Never)));
+    assert_eq!(offset, start, "{reason}");
+    Ok(())
+}
+
+/// A record cut short with zeros after it (an append that a crash interrupted, in a file
+/// extended ahead of it) is torn; the records before it are kept.
+#[test]
+fn a_record_cut_short_before_zeros_is_torn() -> TestResult {
+    let batches: Vec<WriteBatch> = (0..20).map(|i| batch(i, 3)).collect();
+    let dir = tempfile::tempdir()?;
+    let (path, ranges) = write_batches(dir.path(), &batches)?;
+    let (start, end) = ranges[19];
+    let mut data = std::fs::read(&path)?;
+    let cut = (start + (end - start) / 2) as usize;
+    data.truncate(cut);
+    data.resize(cut + 3000, 0);
+    std::fs::write(&path, &data)?;
+    let (_, recovered) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
+    let got: Vec<WriteBatch> = recovered.into_iter().map(|r| r.batch).collect();
+    assert_eq!(got, batches[..19]);
+    assert_eq!(file_len(&path)?, start);
+    Ok(())
+}
