@@ -1591,10 +1591,15 @@ impl Inner {
         let expired = |t: Option<u64>| t.is_some_and(|t| t <= now);
         let mut flags = Vec::with_capacity(ops.len());
         let mut batch = WriteBatch::new();
-        // Whether an earlier op of this batch made a key live (only a batch of several ops
-        // needs it; a single op saves the map's allocation and hashing).
+        // Whether an earlier op of this batch made a key live: only an op that asks (a delete,
+        // or a put that has already expired) after another op needs it, so a batch of plain
+        // puts saves the map's allocation and hashing.
         let mut touched: HashMap<&[u8], bool> = HashMap::new();
-        let track = ops.len() > 1;
+        let track = ops.len() > 1
+            && ops.iter().skip(1).any(|op| match *op {
+                WriteOp::Put { expires_at_ms, .. } => expired(expires_at_ms),
+                WriteOp::Delete { .. } => true,
+            });
         for op in ops {
             match *op {
                 WriteOp::Put {

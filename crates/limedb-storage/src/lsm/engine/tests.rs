@@ -121,6 +121,17 @@ fn put_get_delete_overwrite_ttl() -> TestResult {
         },
     ])?;
     assert_eq!(flags, [false, true, false, false]);
+    // A put that has already expired deletes what an earlier op of its batch wrote.
+    let flags = engine.write_many(&[
+        put(b"z", b"1"),
+        WriteOp::Put {
+            key: b"z",
+            value: b"2",
+            expires_at_ms: Some(1),
+        },
+    ])?;
+    assert_eq!(flags, [false, false]);
+    assert_eq!(engine.get(b"z")?, None);
     assert_eq!(engine.len()?, 1);
     let stats = engine.stats();
     assert_eq!(stats.backend, "lsm");
