@@ -254,7 +254,7 @@ async fn frozen_shard_times_out_instead_of_hanging() {
         .collect();
 
     // SIGSTOP: the shard's sockets stay open but nothing answers.
-    cluster.shards[2].signal("STOP");
+    cluster.shards[2].freeze();
     let mut conn = HttpConn::connect(&cluster.addr()).await.expect("connect");
     let started = Instant::now();
     let r = conn.get(&on_three).await.expect("get");

@@ -146,6 +146,30 @@ impl Node {
         }
     }
 
+    /// SIGSTOP, then waits until every thread of the process has stopped (`kill` returns as
+    /// soon as the signal is queued, while a thread may still be finishing a request).
+    pub fn freeze(&self) {
+        self.signal("STOP");
+        let Some(pid) = self.pid() else {
+            return;
+        };
+        wait_until(Duration::from_secs(10), "the process to stop", || {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return false;
+            };
+            tasks.filter_map(Result::ok).all(|task| {
+                std::fs::read_to_string(task.path().join("stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        // The state follows the parenthesised command name.
+                        stat.rsplit_once(')')
+                            .and_then(|(_, rest)| rest.trim_start().chars().next())
+                    })
+                    .is_some_and(|state| state == 'T' || state == 't')
+            })
+        });
+    }
+
     /// SIGKILL, then reap.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

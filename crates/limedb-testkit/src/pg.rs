@@ -254,6 +254,8 @@ impl PrivatePostgres {
         loop {
             server.port =
                 crate::free_port().map_err(|e| format!("cannot find a free port: {e}"))?;
+            // The log of a failed attempt would make the next one's errors look like it.
+            let _ = std::fs::remove_file(server.dir.path().join("server.log"));
             match server.start_again() {
                 Ok(()) => return Ok(server),
                 Err(e) if attempts < 3 && e.contains("could not bind") => attempts += 1,

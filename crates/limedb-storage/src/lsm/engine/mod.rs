@@ -93,7 +93,7 @@ mod value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -133,10 +133,12 @@ pub struct LsmOptions {
     /// Budget of the block cache of decompressed data blocks. Default 64 MiB.
     pub block_cache_bytes: usize,
     /// Whether a table written by a flush is read into the block cache before it serves
-    /// reads, up to half the cache: the keys just flushed are the ones most recently written,
-    /// the likeliest to be read next, and an uncached block makes a point read leave the
-    /// async path for the blocking pool (see `Engine::try_get_many_now`). It also reads the
-    /// new table back before its WAL segments are deleted. Default true.
+    /// reads, up to half the cache, if point reads were served since the previous flush: the
+    /// keys just flushed are the ones most recently written, the likeliest to be read next,
+    /// and an uncached block makes a point read leave the async path for the blocking pool
+    /// (see `Engine::try_get_many_now`). A write-only load (a bulk load) warms nothing, so its
+    /// memory stays that of its memtables. A block that fails to read back fails the flush,
+    /// which keeps the WAL segments the table was written from. Default true.
     pub warm_cache_on_flush: bool,
     /// Layout of the SSTables written.
     pub table: TableOptions,
@@ -555,6 +557,9 @@ struct Inner {
     /// Closed and poisoned flags.
     lifecycle: Lifecycle,
     counters: Counters,
+    /// Whether a point read was served since the last flush: only then does a flush warm
+    /// the block cache with its table ([`LsmOptions::warm_cache_on_flush`]).
+    read_since_flush: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -877,6 +882,7 @@ impl LsmEngine {
             progress: Condvar::new(),
             lifecycle: Lifecycle::default(),
             counters: Counters::default(),
+            read_since_flush: AtomicBool::new(false),
         });
         let worker = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
@@ -1394,6 +1400,15 @@ impl Inner {
         (self.current(), seqno)
     }
 
+    /// [`Inner::read_view`] for a point read, noted for the next flush (see
+    /// [`Inner::read_since_flush`]): a load of a flag and, once between flushes, a store.
+    fn point_read_view(&self) -> (Arc<SuperVersion>, u64) {
+        if !self.read_since_flush.load(Ordering::Relaxed) {
+            self.read_since_flush.store(true, Ordering::Relaxed);
+        }
+        self.read_view()
+    }
+
     /// Registers a snapshot at `seqno` (the caller holds `state`, so no flush or compaction
     /// starts in between without seeing it).
     fn register_snapshot(self: &Arc<Self>, state: &mut State, seqno: u64) -> Snapshot {
@@ -1526,7 +1541,7 @@ impl Inner {
         if let Err(e) = self.check_open() {
             return Some(Err(e));
         }
-        let (sv, seqno) = self.read_view();
+        let (sv, seqno) = self.point_read_view();
         let found = sv.lookup(key, seqno, Reach::Memory)?;
         Some(found.and_then(|found| self.decode_live(found, now_ms())))
     }
@@ -1537,7 +1552,7 @@ impl Inner {
             // The blocking reads the caller falls back to report the error.
             return keys.iter().map(|_| None).collect();
         }
-        let (sv, seqno) = self.read_view();
+        let (sv, seqno) = self.point_read_view();
         let now = now_ms();
         sv.lookup_many_in_memory(keys, seqno)
             .into_iter()
@@ -1787,7 +1802,8 @@ impl Inner {
         }
         let (handle, table) = self.finish_table(n, writer)?;
         fsync_dir(&self.tables_dir)?;
-        if self.options.warm_cache_on_flush {
+        if self.options.warm_cache_on_flush && self.read_since_flush.swap(false, Ordering::Relaxed)
+        {
             let blocks = table.warm_cache(self.options.block_cache_bytes / 2)?;
             self.counters
                 .blocks_warmed
@@ -1970,7 +1986,7 @@ impl Inner {
 impl Engine for LsmEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Value>> {
         self.inner.check_open()?;
-        let (sv, seqno) = self.inner.read_view();
+        let (sv, seqno) = self.inner.point_read_view();
         self.inner.live_value(&sv, key, seqno, now_ms())
     }
 

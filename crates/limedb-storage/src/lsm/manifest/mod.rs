@@ -60,8 +60,8 @@
 //! [`Version`], and returns the last version. The rules are the WAL's (*tolerate torn tail*):
 //!
 //! - A **torn tail**, a final record cut short by a crash (header or payload past end of
-//!   file), a final record that ends at end of file and fails its checksum, or a zero-filled
-//!   tail, is logged with a warning and truncated away: the manifest then ends at the last
+//!   file), a final record that fails its checksum with nothing but zero bytes after it, or a
+//!   zero-filled tail, is logged with a warning and truncated away: the manifest then ends at the last
 //!   edit that was completely written, the version before the interrupted change.
 //! - Anything else is **corruption**, [`StorageError::Corrupt`] naming the manifest and the
 //!   byte offset of the record: a checksum mismatch or undecodable payload with data after it,
@@ -659,15 +659,22 @@ fn replay(data: &[u8], path: &Path, number: u64) -> Result<Replay> {
 
     let mut version = Version::new();
     let mut records = 0usize;
-    let walked = records::walk(data, HEADER_LEN, MIN_PAYLOAD_LEN, "manifest", |payload| {
-        let edit = VersionEdit::decode(data.get(payload).unwrap_or_default())
-            .map_err(|reason| format!("undecodable edit: {reason}"))?;
-        version = version
-            .apply(&edit)
-            .map_err(|e| format!("edit does not apply: {}", e.reason))?;
-        records += 1;
-        Ok(())
-    })
+    let walked = records::walk(
+        data,
+        HEADER_LEN,
+        MIN_PAYLOAD_LEN,
+        "manifest",
+        records::Tolerate::TornTail,
+        |payload| {
+            let edit = VersionEdit::decode(data.get(payload).unwrap_or_default())
+                .map_err(|reason| format!("undecodable edit: {reason}"))?;
+            version = version
+                .apply(&edit)
+                .map_err(|e| format!("edit does not apply: {}", e.reason))?;
+            records += 1;
+            Ok(())
+        },
+    )
     .map_err(|(offset, reason)| corrupt(offset, reason))?;
     let torn = walked.torn;
     if records == 0 {

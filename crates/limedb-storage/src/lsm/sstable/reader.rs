@@ -15,7 +15,7 @@ use super::codec::{self, BlockHandle};
 use super::footer::{Footer, FooterError, Properties, FOOTER_LEN};
 use super::TableMeta;
 use crate::error::StorageError;
-use crate::lsm::cache::{BlockCache, BlockKey};
+use crate::lsm::cache::{BlockCache, BlockKey, ENTRY_OVERHEAD_BYTES};
 use crate::lsm::key::{
     compare_encoded, order_prefix, seek_key, user_key, InternalKeyRef, ValueKind,
 };
@@ -367,28 +367,28 @@ impl Table {
         Some(self.inner.find_in_block(handle, block, user_key, &target))
     }
 
-    /// Reads data blocks into the block cache in file order, until the blocks read total
-    /// `budget_bytes` (decompressed) or the table ends; returns how many blocks it read. Each
-    /// is read, checked and decompressed as a point read does it (`pread`, then cached), so a
-    /// table that does not read back fails here. Without a block cache it reads nothing.
+    /// Reads data blocks into the block cache in file order while their charges to the cache
+    /// (decompressed size plus [`ENTRY_OVERHEAD_BYTES`]) stay within `budget_bytes`, and
+    /// returns how many it cached. Each is read, checked and decompressed as a point read does
+    /// it (`pread`), so a table that does not read back fails here; the cache counts inserts,
+    /// not misses. Without a block cache it reads nothing.
     pub fn warm_cache(&self, budget_bytes: usize) -> Result<usize> {
         let Some(cache) = &self.inner.cache else {
             return Ok(0);
         };
         let mut spent = 0usize;
-        let mut read = 0;
+        let mut cached = 0;
         for entry in &self.inner.index {
-            if spent >= budget_bytes {
+            let handle = entry.handle;
+            let block = self.inner.read_uncached(Via::Copy, handle)?;
+            spent += block.len() + ENTRY_OVERHEAD_BYTES;
+            if spent > budget_bytes {
                 break;
             }
-            let handle = entry.handle;
-            let block = self.inner.through_cache(cache, handle, || {
-                self.inner.read_uncached(Via::Copy, handle)
-            })?;
-            spent += block.len();
-            read += 1;
+            cache.insert(BlockKey::new(self.inner.table_id, handle.offset), block);
+            cached += 1;
         }
-        Ok(read)
+        Ok(cached)
     }
 
     /// The data block that may hold `user_key` at `snapshot_seqno`, and the internal key to

@@ -751,3 +751,65 @@ fn a_record_cut_short_before_zeros_is_torn() -> TestResult {
     assert_eq!(file_len(&path)?, start);
     Ok(())
 }
+
+/// A page whose last write was lost holds only what an earlier write put there: the records
+/// up to some point and zeros after them. A record header of zeros with only zeros to the end
+/// of its page is that trace, even with later pages of data after it; the records before it
+/// are kept.
+#[test]
+fn zeros_to_the_end_of_a_page_where_a_record_should_start_are_a_torn_tail() -> TestResult {
+    let batches: Vec<WriteBatch> = (0..400).map(|i| batch(i, 4)).collect();
+    let dir = tempfile::tempdir()?;
+    let (path, ranges) = write_batches(dir.path(), &batches)?;
+    let page = records::PAGE_BYTES as u64;
+    // The first record that starts inside the second page, and everything from it to the end
+    // of that page, lost.
+    let lost = ranges
+        .iter()
+        .position(|(start, _)| *start > page)
+        .ok_or("a record in the second page")?;
+    let mut data = std::fs::read(&path)?;
+    data[ranges[lost].0 as usize..2 * page as usize].fill(0);
+    std::fs::write(&path, &data)?;
+    let (_, recovered) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
+    let got: Vec<WriteBatch> = recovered.into_iter().map(|r| r.batch).collect();
+    assert_eq!(got, batches[..lost]);
+    assert_eq!(file_len(&path)?, ranges[lost].0);
+    Ok(())
+}
+
+/// A length field damaged so that the record seems to end in the zeros a crash left after the
+/// last record is corruption, not a torn tail: a prefix of the payload still matches its
+/// checksum. So is a damaged record elsewhere that overlaps those zeros.
+#[test]
+fn a_damaged_length_reaching_into_the_zero_tail_is_corruption() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let written: Vec<WriteBatch> = (0..30).map(|i| batch(i, 3)).collect();
+    let path = {
+        let (wal, _) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
+        for b in &written {
+            wal.append(b)?;
+        }
+        let path = wal.segment_paths().pop().ok_or("no segment")?;
+        std::mem::forget(wal);
+        path
+    };
+    let mut data = std::fs::read(&path)?;
+    assert!(
+        data.len() as u64 > EXTEND_BYTES,
+        "the zeros written ahead are there"
+    );
+    // The length of the third record, raised so that it ends inside the zeros.
+    let third = SEGMENT_HEADER_LEN as u64 + records_len(&written[..2]);
+    let at = third as usize;
+    let claimed = u32::try_from(EXTEND_BYTES / 2)?;
+    data[at..at + 4].copy_from_slice(&claimed.to_le_bytes());
+    std::fs::write(&path, &data)?;
+    let (_, offset, reason) = expect_corrupt(Wal::open(dir.path(), opts(SyncPolicy::Never)));
+    assert_eq!(offset, third, "{reason}");
+    assert!(
+        reason.contains("damaged length") || reason.contains("checksum"),
+        "{reason}"
+    );
+    Ok(())
+}
