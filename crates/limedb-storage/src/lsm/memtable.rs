@@ -31,8 +31,8 @@
 //!
 //! Keys and values are copied into the skiplist's arena, so the memtable holds no allocation
 //! per entry, and [`Memtable::approximate_bytes`], the byte budget counter, is the exact size
-//! of the entries' nodes plus the hash index of their keys. Readers get borrowed [`MemtableEntry`]s; [`Memtable::get`] copies the
-//! one value it returns.
+//! of the entries' nodes plus the hash index of their keys. Readers get borrowed
+//! [`MemtableEntry`]s; [`Memtable::get`] copies the one value it returns.
 //!
 //! # Example
 //!

@@ -767,7 +767,13 @@ impl SkipList {
             return None;
         }
         // SAFETY: a published table stays allocated as long as the list.
-        let owner = unsafe { &*table }.find(user_key, xxh3_64(user_key));
+        self.group_of(unsafe { &*table }, user_key, xxh3_64(user_key))
+    }
+
+    /// A cursor on the first entry of `user_key`'s group (its newest version) found through
+    /// `table`, one of this list's index tables; `None` if the list holds no version of it.
+    fn group_of(&self, table: &IndexTable, user_key: &[u8], hash: u64) -> Option<Cursor<'_>> {
+        let owner = table.find(user_key, hash);
         // SAFETY: the index holds published nodes of this list.
         (!owner.is_null()).then(|| unsafe { group_start(owner) })
     }
@@ -793,11 +799,7 @@ impl SkipList {
         let firsts: Vec<Option<Cursor<'_>>> = user_keys
             .iter()
             .zip(&hashes)
-            .map(|(key, &hash)| {
-                let owner = table.find(key, hash);
-                // SAFETY: the index holds published nodes of this list.
-                (!owner.is_null()).then(|| unsafe { group_start(owner) })
-            })
+            .map(|(key, &hash)| self.group_of(table, key, hash))
             .collect();
         for first in firsts.iter().flatten() {
             prefetch(first.node, true);

@@ -1178,7 +1178,7 @@ impl LsmEngine {
                 .map(|m| m.approximate_bytes())
                 .sum(),
             immutable_memtables: sv.imms.len(),
-            wal_bytes: self.inner.wal_bytes(),
+            wal_bytes: self.inner.wal.size_bytes(),
             wal_fsyncs: self.inner.wal.fsync_count(),
             cache: self.inner.cache.stats(),
             counters: self.counters(),
@@ -1975,11 +1975,6 @@ impl Inner {
             tables,
         };
         self.install(&mut state, sv);
-    }
-
-    /// Total size of the WAL segments' headers and records.
-    fn wal_bytes(&self) -> u64 {
-        self.wal.size_bytes()
     }
 }
 

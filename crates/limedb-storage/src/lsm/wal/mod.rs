@@ -469,20 +469,32 @@ impl Wal {
         file.write_all_at(record, at)
     }
 
-    /// Cuts the zero bytes after the last record off the active segment's file and fsyncs
-    /// it, so that a closed segment ends at its last record.
+    /// Cuts the zero bytes after the last record off the active segment's file, so that a
+    /// closed segment ends at its last record; the caller's fsync of the segment makes that
+    /// durable. A failed truncation changes nothing: the zeros stay, harmless in the last
+    /// segment.
     fn trim_locked(&self, w: &mut Writer) -> Result<()> {
-        if w.file_bytes <= w.len_bytes {
-            return Ok(());
+        if w.file_bytes > w.len_bytes {
+            let path = w.segments.back().map_or(&self.dir, |s| &s.path);
+            w.file
+                .set_len(w.len_bytes)
+                .map_err(StorageError::io("failed to trim WAL segment", path))?;
+            w.file_bytes = w.len_bytes;
         }
-        let path = w.segments.back().map_or(&self.dir, |s| &s.path);
-        // A failed truncation changes nothing: the zeros stay, harmless in the last segment.
-        w.file
-            .set_len(w.len_bytes)
-            .map_err(StorageError::io("failed to trim WAL segment", path))?;
-        w.file_bytes = w.len_bytes;
-        // A failed fsync poisons the log, as every fsync of it does.
-        self.fsync(&w.file, path)
+        Ok(())
+    }
+
+    /// Trims the active segment and fsyncs it with every record: the log's last act (close,
+    /// drop). Nothing is written after it.
+    fn finish(&self) -> Result<()> {
+        let mut w = lock(&self.writer);
+        let trimmed = w.file_bytes > w.len_bytes;
+        self.trim_locked(&mut w)?;
+        let mut syncer = lock(&self.syncer);
+        if trimmed || syncer.synced_seqno < self.written_seqno.load(Ordering::SeqCst) {
+            self.fsync_active(&mut syncer)?;
+        }
+        Ok(())
     }
 
     /// fsyncs every record written so far; the call the engine's background thread makes
@@ -540,12 +552,17 @@ impl Wal {
         let mut syncer = lock(&self.syncer);
         // After a failed fsync the kernel may have dropped dirty pages; never retry.
         self.check_writable()?;
-        // Everything up to `target` was written to this segment or to an earlier one, which
-        // was fsynced when it was closed (rotation swaps the file under this lock).
-        let target = self.written_seqno.load(Ordering::SeqCst);
-        if syncer.synced_seqno >= target {
+        if syncer.synced_seqno >= self.written_seqno.load(Ordering::SeqCst) {
             return Ok(());
         }
+        self.fsync_active(&mut syncer)
+    }
+
+    /// fsyncs the active segment and marks everything written so far synced: it was written
+    /// to this segment or to an earlier one, which was fsynced when it was closed (rotation
+    /// swaps the file under the `syncer` lock).
+    fn fsync_active(&self, syncer: &mut Syncer) -> Result<()> {
+        let target = self.written_seqno.load(Ordering::SeqCst);
         self.fsync(&syncer.file, &syncer.path)?;
         syncer.synced_seqno = target;
         self.synced_seqno.store(target, Ordering::SeqCst);
@@ -583,16 +600,12 @@ impl Wal {
     }
 
     fn rotate_locked(&self, w: &mut Writer) -> Result<()> {
-        // Recovery allows a zero tail in the last segment only. A failure leaves the segment
-        // active, its zeros harmless.
+        // Recovery allows a zero tail in the last segment only.
         self.trim_locked(w)?;
         let mut syncer = lock(&self.syncer);
-        // The old segment must be complete on disk before a newer one exists: recovery treats
-        // damage in any segment but the last as corruption.
-        self.fsync(&syncer.file, &syncer.path)?;
-        syncer.synced_seqno = self.written_seqno.load(Ordering::SeqCst);
-        self.synced_seqno
-            .store(syncer.synced_seqno, Ordering::SeqCst);
+        // The old segment must be complete on disk, trimmed, before a newer one exists:
+        // recovery treats damage in any segment but the last as corruption.
+        self.fsync_active(&mut syncer)?;
         // A failure from here on leaves the old segment active and intact: no poison.
         let (file, path) = create_segment(&self.dir, w.next_seqno)?;
         let sync_file = match file.try_clone() {
@@ -650,10 +663,10 @@ impl Wal {
 
     /// Trims the active segment's zero tail, fsyncs what is left to sync and closes the log.
     pub fn close(self) -> Result<()> {
-        if !self.is_poisoned() {
-            self.trim_locked(&mut lock(&self.writer))?;
+        if self.is_poisoned() {
+            return self.sync();
         }
-        self.sync()
+        self.finish()
     }
 
     /// The last sequence number assigned (0 if none ever was).
@@ -742,11 +755,8 @@ impl Wal {
 impl Drop for Wal {
     fn drop(&mut self) {
         if !self.is_poisoned() {
-            if let Err(error) = self.trim_locked(&mut lock(&self.writer)) {
-                tracing::warn!(%error, "trimming the WAL on drop failed");
-            }
-            if let Err(error) = self.sync() {
-                tracing::warn!(%error, "fsync of WAL on drop failed");
+            if let Err(error) = self.finish() {
+                tracing::warn!(%error, "trimming or fsyncing the WAL on drop failed");
             }
         }
     }

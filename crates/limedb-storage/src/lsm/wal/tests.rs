@@ -51,6 +51,20 @@ fn flip_byte(path: &Path, offset: u64) -> std::io::Result<()> {
     std::fs::write(path, data)
 }
 
+/// Overwrites `range` of the file at `path` with zero bytes, as a lost page write leaves it.
+fn zero_range(path: &Path, range: std::ops::Range<u64>) -> std::io::Result<()> {
+    let mut data = std::fs::read(path)?;
+    if let Some(bytes) = data.get_mut(range.start as usize..range.end as usize) {
+        bytes.fill(0);
+    }
+    std::fs::write(path, data)
+}
+
+/// The batches of `recovered`, in order.
+fn recovered_batches(recovered: Vec<RecoveredBatch>) -> Vec<WriteBatch> {
+    recovered.into_iter().map(|r| r.batch).collect()
+}
+
 fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
     OpenOptions::new().write(true).open(path)?.set_len(len)
 }
@@ -639,7 +653,7 @@ fn segments_grow_ahead_of_their_records_and_are_trimmed_when_closed() -> TestRes
     );
     let (_, recovered) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
     let all: Vec<WriteBatch> = first.into_iter().chain(second).collect();
-    let got: Vec<WriteBatch> = recovered.into_iter().map(|r| r.batch).collect();
+    let got = recovered_batches(recovered);
     assert_eq!(got, all);
     Ok(())
 }
@@ -664,7 +678,7 @@ fn a_crash_leaves_zeros_after_the_last_record_and_reopen_recovers_every_batch() 
         std::mem::forget(wal);
     }
     let (wal, recovered) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
-    let got: Vec<WriteBatch> = recovered.into_iter().map(|r| r.batch).collect();
+    let got = recovered_batches(recovered);
     assert_eq!(got, written);
     let active = wal.segment_paths().pop().ok_or("no segment")?;
     assert_eq!(
@@ -693,14 +707,12 @@ fn a_page_of_zeros_in_the_last_segment_is_a_torn_tail() -> TestResult {
         file_len(&path)? > 4 * page,
         "the segment spans several pages"
     );
-    let mut data = std::fs::read(&path)?;
-    data[page as usize..2 * page as usize].fill(0);
-    std::fs::write(&path, &data)?;
+    zero_range(&path, page..2 * page)?;
     // The batches whose records end before the lost page survive.
     let kept = ranges.iter().take_while(|(_, end)| *end <= page).count();
     let (wal, recovered) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
     assert_eq!(recovered.len(), kept);
-    let got: Vec<WriteBatch> = recovered.into_iter().map(|r| r.batch).collect();
+    let got = recovered_batches(recovered);
     assert_eq!(got, batches[..kept]);
     assert_eq!(file_len(&path)?, ranges[kept - 1].1);
     drop(wal);
@@ -708,15 +720,11 @@ fn a_page_of_zeros_in_the_last_segment_is_a_torn_tail() -> TestResult {
     // The same page lost in a segment that a newer one follows is corruption.
     let dir = tempfile::tempdir()?;
     let (path, _) = write_batches(dir.path(), &batches)?;
-    let mut data = std::fs::read(&path)?;
-    data[page as usize..2 * page as usize].fill(0);
-    std::fs::write(&path, &data)?;
-    let next = dir.path().join(segment_file_name(
-        batches.iter().map(|b| b.len() as u64).sum::<u64>() + 1,
-    ));
+    zero_range(&path, page..2 * page)?;
+    let next_seqno = batches.iter().map(|b| b.len() as u64).sum::<u64>() + 1;
     std::fs::write(
-        &next,
-        segment_header(batches.iter().map(|b| b.len() as u64).sum::<u64>() + 1),
+        dir.path().join(segment_file_name(next_seqno)),
+        segment_header(next_seqno),
     )?;
     let (corrupt_path, offset, _) = expect_corrupt(Wal::open(dir.path(), opts(SyncPolicy::Never)));
     assert_eq!(corrupt_path, path);
@@ -746,7 +754,7 @@ fn a_record_cut_short_before_zeros_is_torn() -> TestResult {
     data.resize(cut + 3000, 0);
     std::fs::write(&path, &data)?;
     let (_, recovered) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
-    let got: Vec<WriteBatch> = recovered.into_iter().map(|r| r.batch).collect();
+    let got = recovered_batches(recovered);
     assert_eq!(got, batches[..19]);
     assert_eq!(file_len(&path)?, start);
     Ok(())
@@ -768,11 +776,9 @@ fn zeros_to_the_end_of_a_page_where_a_record_should_start_are_a_torn_tail() -> T
         .iter()
         .position(|(start, _)| *start > page)
         .ok_or("a record in the second page")?;
-    let mut data = std::fs::read(&path)?;
-    data[ranges[lost].0 as usize..2 * page as usize].fill(0);
-    std::fs::write(&path, &data)?;
+    zero_range(&path, ranges[lost].0..2 * page)?;
     let (_, recovered) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
-    let got: Vec<WriteBatch> = recovered.into_iter().map(|r| r.batch).collect();
+    let got = recovered_batches(recovered);
     assert_eq!(got, batches[..lost]);
     assert_eq!(file_len(&path)?, ranges[lost].0);
     Ok(())
