@@ -61,8 +61,9 @@
 //! than one in four continuing upward costs a node about 5 more bytes of tower on average; a
 //! search then takes one step along each level instead of three (on average), over twice as
 //! many levels. The upper levels are few nodes, which stay in the CPU caches; what a search
-//! pays for is its steps along the lowest levels, each a cache miss. Measured with `storage-bench --workload fillrandom` (1M random keys, one new
-//! node each), in four alternating pairs: 267k → 304k puts/s (medians).
+//! pays for is its steps along the lowest levels, each a cache miss. Measured with
+//! `storage-bench --workload fillrandom` (1M random keys, one new node each), in four
+//! alternating pairs: 267k → 304k puts/s (medians).
 //!
 //! This is one of the two places in the engine with `unsafe` code (the other maps SSTables):
 //! every block says why it is sound, and the tests below exercise it (a sorted model in both
