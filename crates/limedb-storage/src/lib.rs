@@ -28,8 +28,9 @@
 //!
 //! # Durability promise
 //!
-//! Every acknowledged `put`/`delete` has been handed to the operating system (`write(2)`, `pwrite(2)`)
-//! before it returns, so it survives the process being killed (`kill -9`) under every policy.
+//! Every acknowledged `put`/`delete` has been handed to the operating system (`write(2)`,
+//! `pwrite(2)`) before it returns, so it survives the process being killed (`kill -9`) under
+//! every policy.
 //! Surviving a machine crash or power loss depends on the [`SyncPolicy`]:
 //!
 //! | policy         | an acknowledged write survives power loss                      |

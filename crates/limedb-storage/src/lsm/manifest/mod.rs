@@ -61,8 +61,8 @@
 //!
 //! - A **torn tail**, a final record cut short by a crash (header or payload past end of
 //!   file), a final record that fails its checksum with nothing but zero bytes after it, or a
-//!   zero-filled tail, is logged with a warning and truncated away: the manifest then ends at the last
-//!   edit that was completely written, the version before the interrupted change.
+//!   zero-filled tail, is logged with a warning and truncated away: the manifest then ends at
+//!   the last edit that was completely written, the version before the interrupted change.
 //! - Anything else is **corruption**, [`StorageError::Corrupt`] naming the manifest and the
 //!   byte offset of the record: a checksum mismatch or undecodable payload with data after it,
 //!   a final record whose checksum matches a prefix of its payload (a damaged length field),

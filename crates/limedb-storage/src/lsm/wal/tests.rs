@@ -90,7 +90,7 @@ fn write_batches(dir: &Path, batches: &[WriteBatch]) -> Result<(PathBuf, Vec<(u6
     let mut start = SEGMENT_HEADER_LEN as u64;
     for b in batches {
         wal.append(b)?;
-        let end = start + (RECORD_HEADER_LEN + batch::BATCH_HEADER_LEN) as u64 + b.size_bytes();
+        let end = start + record_len(b);
         ranges.push((start, end));
         start = end;
     }
@@ -614,12 +614,26 @@ proptest! {
     }
 }
 
-/// Bytes of the records of `batches` (headers included), as a segment holds them.
+/// Bytes of the record of `b` (headers included), as a segment holds it.
+fn record_len(b: &WriteBatch) -> u64 {
+    (RECORD_HEADER_LEN + batch::BATCH_HEADER_LEN) as u64 + b.size_bytes()
+}
+
+/// Bytes of the records of `batches`.
 fn records_len(batches: &[WriteBatch]) -> u64 {
-    batches
-        .iter()
-        .map(|b| (RECORD_HEADER_LEN + batch::BATCH_HEADER_LEN) as u64 + b.size_bytes())
-        .sum()
+    batches.iter().map(record_len).sum()
+}
+
+/// Appends `batches` to a fresh log in `dir` and abandons it without closing or dropping it,
+/// as `kill -9` would; returns the path of its segment.
+fn append_then_kill(dir: &Path, batches: &[WriteBatch]) -> Result<PathBuf> {
+    let (wal, _) = Wal::open(dir, opts(SyncPolicy::Never))?;
+    for b in batches {
+        wal.append(b)?;
+    }
+    let path = wal.segment_paths().pop().unwrap_or_default();
+    std::mem::forget(wal);
+    Ok(path)
 }
 
 #[test]
@@ -667,16 +681,8 @@ fn a_crash_leaves_zeros_after_the_last_record_and_reopen_recovers_every_batch() 
     let mut big = WriteBatch::new();
     big.put("big", vec![7u8; EXTEND_BYTES as usize + 1000]);
     let written = vec![batch(1, 4), big, batch(2, 3)];
-    {
-        let (wal, _) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
-        for b in &written {
-            wal.append(b)?;
-        }
-        let active = wal.segment_paths().pop().ok_or("no segment")?;
-        assert!(file_len(&active)? > SEGMENT_HEADER_LEN as u64 + records_len(&written));
-        // No close, no drop: as after `kill -9`.
-        std::mem::forget(wal);
-    }
+    let active = append_then_kill(dir.path(), &written)?;
+    assert!(file_len(&active)? > SEGMENT_HEADER_LEN as u64 + records_len(&written));
     let (wal, recovered) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
     let got = recovered_batches(recovered);
     assert_eq!(got, written);
@@ -791,15 +797,7 @@ fn zeros_to_the_end_of_a_page_where_a_record_should_start_are_a_torn_tail() -> T
 fn a_damaged_length_reaching_into_the_zero_tail_is_corruption() -> TestResult {
     let dir = tempfile::tempdir()?;
     let written: Vec<WriteBatch> = (0..30).map(|i| batch(i, 3)).collect();
-    let path = {
-        let (wal, _) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
-        for b in &written {
-            wal.append(b)?;
-        }
-        let path = wal.segment_paths().pop().ok_or("no segment")?;
-        std::mem::forget(wal);
-        path
-    };
+    let path = append_then_kill(dir.path(), &written)?;
     let mut data = std::fs::read(&path)?;
     assert!(
         data.len() as u64 > EXTEND_BYTES,
