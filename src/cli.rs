@@ -97,7 +97,9 @@ pub struct ShardArgs {
     #[arg(long, env = "LIMEDB_MEMTABLE_MB", value_name = "MIB")]
     pub memtable_mb: Option<u64>,
 
-    /// LSM: budget of the block cache (decompressed data blocks) in MiB. [default: 64]
+    /// LSM: budget of the block cache (decompressed data blocks) in MiB. When the memtable
+    /// size is at most half of it, the memtable a flush has just written is kept for point
+    /// reads until the next flush, its bytes lent from this budget. [default: 128]
     #[arg(long, env = "LIMEDB_BLOCK_CACHE_MB", value_name = "MIB")]
     pub block_cache_mb: Option<u64>,
 

@@ -105,8 +105,11 @@ pub struct CacheStats {
     pub rejected: u64,
     /// Bytes currently charged: values plus [`ENTRY_OVERHEAD_BYTES`] per entry.
     pub used_bytes: u64,
-    /// The budget [`BlockCache::new`] was given; `used_bytes` never exceeds it.
+    /// The budget [`BlockCache::new`] was given; `used_bytes` plus `reserved_bytes` never
+    /// exceeds it.
     pub capacity_bytes: u64,
+    /// Bytes of the budget lent to memory outside the cache ([`BlockCache::set_reserved`]).
+    pub reserved_bytes: u64,
     /// Blocks currently cached.
     pub entries: u64,
     /// Times the pages of the table maps were released to keep them within the budget (see
@@ -123,6 +126,8 @@ pub struct BlockCache {
     /// `shards.len() - 1`; the shard count is a power of two.
     shard_mask: usize,
     capacity_bytes: usize,
+    /// See [`BlockCache::set_reserved`].
+    reserved_bytes: AtomicU64,
     mapped: MappedPages,
 }
 
@@ -163,6 +168,7 @@ impl BlockCache {
             shards: (0..shards).map(|_| Shard::new(shard_capacity)).collect(),
             shard_mask: shards - 1,
             capacity_bytes,
+            reserved_bytes: AtomicU64::new(0),
             mapped: MappedPages::default(),
         }
     }
@@ -192,6 +198,7 @@ impl BlockCache {
             return;
         }
         let budget = (self.capacity_bytes as u64)
+            .saturating_sub(self.reserved_bytes.load(Ordering::Relaxed))
             .saturating_sub(self.used_bytes())
             .max(MIN_MAPPED_BYTES);
         if after <= budget {
@@ -284,6 +291,26 @@ impl BlockCache {
     }
 
     /// Bytes currently charged, summed over the shards without locking them.
+    /// Lends `bytes` of the budget to memory the engine keeps outside the cache (a memtable
+    /// kept after its flush to answer point reads; see `LsmOptions::retain_flushed_memtable`),
+    /// replacing any earlier reservation: each shard's capacity becomes its share of
+    /// `capacity - bytes`, and shards above it evict their least recently used blocks at once,
+    /// so blocks and the reservation together stay within the budget. A reservation above the
+    /// budget leaves the cache no room at all.
+    pub fn set_reserved(&self, bytes: usize) {
+        let bytes = bytes.min(self.capacity_bytes);
+        self.reserved_bytes.store(bytes as u64, Ordering::Relaxed);
+        let shard_capacity = (self.capacity_bytes - bytes) / self.shards.len();
+        for shard in self.shards.iter() {
+            if let Some(mut lru) = shard.lock() {
+                let evicted = lru.set_capacity(shard_capacity);
+                shard.publish(&lru);
+                drop(lru);
+                shard.evictions.fetch_add(evicted, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn used_bytes(&self) -> u64 {
         self.shards
             .iter()
@@ -295,6 +322,7 @@ impl BlockCache {
     pub fn stats(&self) -> CacheStats {
         let mut stats = CacheStats {
             capacity_bytes: self.capacity_bytes as u64,
+            reserved_bytes: self.reserved_bytes.load(Ordering::Relaxed),
             mapped_releases: self.mapped_releases(),
             used_bytes: self.used_bytes(),
             ..CacheStats::default()
@@ -470,6 +498,26 @@ impl Lru {
         self.free.push(index);
     }
 
+    /// Changes the capacity, evicting from the least recently used end until the entries
+    /// fit; returns how many were evicted.
+    fn set_capacity(&mut self, capacity_bytes: usize) -> u64 {
+        self.capacity_bytes = capacity_bytes;
+        let mut evicted = 0;
+        while self.used_bytes > self.capacity_bytes && self.tail != NIL {
+            self.evict_tail();
+            evicted += 1;
+        }
+        evicted
+    }
+
+    /// Drops the least recently used entry (the caller checked there is one).
+    fn evict_tail(&mut self) {
+        let victim = self.tail;
+        let victim_key = self.slot(victim).key;
+        self.map.remove(&victim_key);
+        self.release(victim);
+    }
+
     fn get(&mut self, key: BlockKey) -> Option<Bytes> {
         let index = *self.map.get(&key)?;
         if self.head != index {
@@ -489,10 +537,7 @@ impl Lru {
         }
         let mut evicted = 0;
         while self.used_bytes + charge > self.capacity_bytes && self.tail != NIL {
-            let victim = self.tail;
-            let victim_key = self.slot(victim).key;
-            self.map.remove(&victim_key);
-            self.release(victim);
+            self.evict_tail();
             evicted += 1;
         }
         let slot = Slot {
@@ -666,6 +711,40 @@ mod tests {
     }
 
     #[test]
+    fn a_reservation_shrinks_the_cache_and_evicts_at_once() {
+        let cache = BlockCache::with_shards(room_for(4, 100), 1);
+        let keys = [1, 2, 3, 4].map(|offset| BlockKey::new(1, offset));
+        for (i, &key) in keys.iter().enumerate() {
+            assert!(cache.insert(key, block(100, i as u8)));
+        }
+        // Touch the first: the second and third are now the least recently used.
+        assert!(cache.get(keys[0]).is_some());
+        cache.set_reserved(room_for(2, 100));
+        let stats = cache.stats();
+        assert_eq!(stats.reserved_bytes, room_for(2, 100) as u64);
+        assert_eq!((stats.entries, stats.evictions), (2, 2));
+        assert!(stats.used_bytes + stats.reserved_bytes <= stats.capacity_bytes);
+        assert!(cache.get(keys[0]).is_some() && cache.get(keys[3]).is_some());
+        assert!(cache.get(keys[1]).is_none() && cache.get(keys[2]).is_none());
+        // A new block still fits only by evicting another.
+        assert!(cache.insert(keys[1], block(100, 9)));
+        assert_eq!(cache.stats().entries, 2);
+        // More than the budget leaves no room; releasing the reservation gives it all back.
+        cache.set_reserved(usize::MAX);
+        assert_eq!(cache.stats().entries, 0);
+        assert!(
+            !cache.insert(keys[0], block(100, 0)),
+            "no room while all is lent"
+        );
+        cache.set_reserved(0);
+        for (i, &key) in keys.iter().enumerate() {
+            assert!(cache.insert(key, block(100, i as u8)));
+        }
+        assert_eq!(cache.stats().entries, 4);
+        cache.check();
+    }
+
+    #[test]
     fn least_recently_used_is_evicted() {
         let cache = BlockCache::with_shards(room_for(3, 100), 1);
         let [a, b, c, d] = [1, 2, 3, 4].map(|offset| BlockKey::new(1, offset));
@@ -824,6 +903,7 @@ mod tests {
                 rejected: 1,
                 used_bytes: room_for(2, 50) as u64,
                 capacity_bytes: room_for(2, 50) as u64,
+                reserved_bytes: 0,
                 entries: 2,
                 mapped_releases: 0,
             }

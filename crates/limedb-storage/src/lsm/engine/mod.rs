@@ -24,8 +24,9 @@
 //!   └ unlock; Always: wal.sync_to (group commit)       → trivial move, or merge + cut
 //!                                                        outputs → manifest → delete inputs
 //!  readers: clone Arc<SuperVersion> (short lock)   3. else idle; Interval: wal.sync() each
-//!   get: active → imms newest first → L0 newest       period
-//!        first → L1.. (one table per level)
+//!   get: active → imms newest first → the memtable    period
+//!        the last flush kept, if any → L0 newest first
+//!        → L1.. (one table per level)
 //!   scan/page/len: MergeIter over all of them → LiveIter (newest version per user key)
 //! ```
 //!
@@ -59,7 +60,9 @@
 //! - **Memory**: one active memtable of `memtable_bytes` (checked before each write, so it may
 //!   pass the budget by one batch) plus at most `max_immutable_memtables` frozen ones waiting
 //!   for the flush thread; a writer that would freeze a further one **stalls** until a flush
-//!   finishes.
+//!   finishes. A flushed memtable kept for point reads
+//!   ([`LsmOptions::retain_flushed_memtable`]) borrows its bytes from the block cache's
+//!   budget.
 //! - **L0 back-pressure**: flushes add tables to L0 faster than compaction may drain it. From
 //!   `l0_slowdown_tables` (default 8) L0 tables, every write batch first pauses
 //!   `write_slowdown_delay` (1 ms) under the writer lock, which caps the batch rate while
@@ -130,7 +133,8 @@ pub struct LsmOptions {
     pub memtable_bytes: u64,
     /// Frozen memtables allowed to wait for the flush thread before writers stall. Default 1.
     pub max_immutable_memtables: usize,
-    /// Budget of the block cache of decompressed data blocks. Default 64 MiB.
+    /// Budget of the block cache of decompressed data blocks (and of a memtable kept after its
+    /// flush, see `retain_flushed_memtable`). Default 128 MiB.
     pub block_cache_bytes: usize,
     /// Whether a table written by a flush is read into the block cache before it serves
     /// reads, up to half the cache, if point reads were served since the previous flush: the
@@ -140,6 +144,15 @@ pub struct LsmOptions {
     /// memory stays that of its memtables. A block that fails to read back fails the flush,
     /// which keeps the WAL segments the table was written from. Default true.
     pub warm_cache_on_flush: bool,
+    /// Whether the memtable a flush has just written is kept, after the flush, for point reads
+    /// until the next flush replaces it: its hash index answers a read of a recently written
+    /// key in about a fifth of the time of a cached table block (measured: 135 against some
+    /// 700 ns). Only when point reads were served since the previous flush, and only if
+    /// `memtable_bytes` is at most half of `block_cache_bytes`: while it is kept its bytes
+    /// (which may pass `memtable_bytes` by one write batch) are lent from
+    /// the block cache's budget (`CacheStats::reserved_bytes`), so memory stays within the
+    /// memtable and cache budgets. Scans read the tables, not it. Default true.
+    pub retain_flushed_memtable: bool,
     /// Layout of the SSTables written.
     pub table: TableOptions,
     /// Leveled compaction thresholds.
@@ -163,8 +176,9 @@ impl Default for LsmOptions {
             sync: SyncPolicy::default(),
             memtable_bytes: 64 << 20,
             max_immutable_memtables: 1,
-            block_cache_bytes: 64 << 20,
+            block_cache_bytes: 128 << 20,
             warm_cache_on_flush: true,
+            retain_flushed_memtable: true,
             table: TableOptions::default(),
             leveled: LeveledOptions::default(),
             read_mode: ReadMode::default(),
@@ -193,6 +207,11 @@ struct SuperVersion {
     active: Arc<Memtable>,
     /// Frozen memtables waiting to be flushed, oldest first.
     imms: Vec<Arc<Memtable>>,
+    /// The memtable the newest flush wrote, kept for point reads (see
+    /// [`LsmOptions::retain_flushed_memtable`]). Every version in it is also in a table, and
+    /// every newer write is in `active` or `imms`, so a point read may ask it after them and
+    /// before the tables.
+    retained: Option<Arc<Memtable>>,
     version: Arc<Version>,
     /// Every table of `version`, open, by file number.
     tables: HashMap<u64, Table>,
@@ -304,7 +323,7 @@ impl SuperVersion {
         if let Some(hit) = self.active.get(key, seqno) {
             return Some(Ok(Some(hit)));
         }
-        for m in self.imms.iter().rev() {
+        for m in self.imms.iter().rev().chain(&self.retained) {
             if let Some(hit) = m.get(key, seqno) {
                 return Some(Ok(Some(hit)));
             }
@@ -321,7 +340,7 @@ impl SuperVersion {
         seqno: u64,
     ) -> Vec<Option<Result<Option<Found>>>> {
         let mut found = self.active.get_many(keys, seqno);
-        for m in self.imms.iter().rev() {
+        for m in self.imms.iter().rev().chain(&self.retained) {
             let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
             if missing.is_empty() {
                 break;
@@ -857,6 +876,7 @@ impl LsmEngine {
         let current = Arc::new(SuperVersion {
             active: Arc::new(active),
             imms: Vec::new(),
+            retained: None,
             version,
             tables,
         });
@@ -1457,6 +1477,7 @@ impl Inner {
         let sv = SuperVersion {
             active: Arc::new(Memtable::with_expected_keys(sv.active.keys())),
             imms,
+            retained: sv.retained.clone(),
             version: Arc::clone(&sv.version),
             tables: sv.tables.clone(),
         };
@@ -1802,9 +1823,22 @@ impl Inner {
         }
         let (handle, table) = self.finish_table(n, writer)?;
         fsync_dir(&self.tables_dir)?;
-        if self.options.warm_cache_on_flush && self.read_since_flush.swap(false, Ordering::Relaxed)
-        {
-            let blocks = table.warm_cache(self.options.block_cache_bytes / 2)?;
+        let read_since_flush = self.read_since_flush.swap(false, Ordering::Relaxed);
+        // Kept only if point reads want it, and then lent its bytes from the cache's budget,
+        // so that blocks and memtable together stay within it.
+        let budget = self.options.block_cache_bytes;
+        let memtable_bytes = usize::try_from(memtable.approximate_bytes()).unwrap_or(usize::MAX);
+        let retained = (self.options.retain_flushed_memtable
+            && read_since_flush
+            && self.options.memtable_bytes <= budget as u64 / 2)
+            .then(|| Arc::clone(memtable));
+        let reserved = if retained.is_some() {
+            memtable_bytes
+        } else {
+            0
+        };
+        if self.options.warm_cache_on_flush && read_since_flush {
+            let blocks = table.warm_cache(budget.saturating_sub(reserved) / 2)?;
             self.counters
                 .blocks_warmed
                 .fetch_add(blocks as u64, Ordering::Relaxed);
@@ -1816,6 +1850,7 @@ impl Inner {
             .set_log_number(max_seqno + 1);
         let version = manifest.log_and_apply(edit)?;
         drop(manifest);
+        self.cache.set_reserved(reserved);
         // Counted before the new state is published, so a caller woken by `flush()` sees them.
         self.counters.flushes.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -1833,6 +1868,7 @@ impl Inner {
             let sv = SuperVersion {
                 active: Arc::clone(&cur.active),
                 imms,
+                retained,
                 version,
                 tables,
             };
@@ -1971,6 +2007,7 @@ impl Inner {
         let sv = SuperVersion {
             active: Arc::clone(&cur.active),
             imms: cur.imms.clone(),
+            retained: cur.retained.clone(),
             version,
             tables,
         };

@@ -441,9 +441,11 @@ fn lookups_of_a_batch_answer_as_lookups_one_by_one() -> TestResult {
     for i in (0..400).step_by(8) {
         active.insert(&key(i), 3_000_000 + i as u64, ValueKind::Put, b"active");
     }
+    // `older` as the memtable the last flush kept, asked after the frozen one.
     let sv = SuperVersion {
         active: Arc::new(active),
-        imms: vec![Arc::new(older), Arc::new(newer)],
+        imms: vec![Arc::new(newer)],
+        retained: Some(Arc::new(older)),
         version: Arc::clone(&sv.version),
         tables: sv.tables.clone(),
     };
@@ -536,6 +538,7 @@ fn try_get_many_now_answers_as_get_does() -> TestResult {
 fn a_flush_warms_the_block_cache_with_its_table() -> TestResult {
     let options = |warm: bool, block_cache_bytes: usize| LsmOptions {
         warm_cache_on_flush: warm,
+        retain_flushed_memtable: false, // tested below
         block_cache_bytes,
         leveled: LeveledOptions {
             l0_compaction_trigger: 100,
@@ -590,6 +593,138 @@ fn a_flush_warms_the_block_cache_with_its_table() -> TestResult {
                 assert!(answered > 0 && answered < keys.len(), "{answered}");
                 assert!(stats.used_bytes <= stats.capacity_bytes / 2, "{stats:?}");
             }
+        }
+    }
+    Ok(())
+}
+
+/// A flush that follows point reads keeps its memtable for point reads until the next flush
+/// (`retain_flushed_memtable`), lending its bytes from the block cache's budget: the keys it
+/// holds are answered without I/O although no block of its table is cached, newer writes and
+/// deletes shadow it, a read at an older snapshot sees the version it should, and the next
+/// flush replaces it. Not kept when the option is off, when the memtable budget is more than
+/// half the cache, or after writes alone.
+#[test]
+fn a_flushed_memtable_is_kept_for_point_reads_until_the_next_flush() -> TestResult {
+    let options = |retain: bool, memtable_bytes: u64| LsmOptions {
+        retain_flushed_memtable: retain,
+        // Nothing warmed: only a kept memtable answers a flushed key without I/O.
+        warm_cache_on_flush: false,
+        memtable_bytes,
+        block_cache_bytes: 1 << 20,
+        leveled: LeveledOptions {
+            l0_compaction_trigger: 100,
+            ..roomy().leveled
+        },
+        ..roomy()
+    };
+    let keys: Vec<Vec<u8>> = (0..300).map(key).collect();
+    let value = |engine: &LsmEngine, k: &[u8]| -> Result<Option<Vec<u8>>> {
+        Ok(engine.get(k)?.map(|v| v.data.to_vec()))
+    };
+    for (retain, memtable_bytes) in [(true, 64 << 10), (false, 64 << 10), (true, 1 << 20)] {
+        let dir = tempfile::tempdir()?;
+        let engine = LsmEngine::open(dir.path(), options(retain, memtable_bytes))?;
+        for (i, k) in keys.iter().enumerate() {
+            engine.put(k, format!("old-{i}").as_bytes(), None)?;
+        }
+        let before = engine.snapshot();
+        for (i, k) in keys.iter().enumerate().take(100) {
+            engine.put(k, format!("new-{i}").as_bytes(), None)?;
+        }
+        assert!(
+            engine.get(&keys[0])?.is_some(),
+            "a point read before the flush"
+        );
+        engine.flush()?;
+        let sv = engine.inner.current();
+        assert!(sv.active.is_empty() && sv.imms.is_empty());
+        if !retain || memtable_bytes > (1 << 20) / 2 {
+            assert!(
+                sv.retained.is_none(),
+                "kept with {retain}, {memtable_bytes}"
+            );
+            assert_eq!(engine.cache_stats().reserved_bytes, 0);
+            assert!(
+                engine.try_get_now(&keys[5]).is_none(),
+                "a cold block, nothing kept"
+            );
+            continue;
+        }
+        let kept = Arc::clone(sv.retained.as_ref().ok_or("no memtable kept")?);
+        assert_eq!(
+            engine.cache_stats().reserved_bytes,
+            kept.approximate_bytes()
+        );
+        // Every key is answered without I/O, with its newest value, and nothing is cached.
+        for (i, k) in keys.iter().enumerate() {
+            let want = if i < 100 {
+                format!("new-{i}")
+            } else {
+                format!("old-{i}")
+            };
+            assert_eq!(
+                now_data(&engine, k).transpose()?,
+                Some(Some(want.into_bytes()))
+            );
+        }
+        let asked: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        assert!(engine.try_get_many_now(&asked).iter().all(Option::is_some));
+        assert_eq!(engine.cache_stats().entries, 0);
+        // A read at the older snapshot sees the version it saw before the rewrite.
+        let at_snapshot = engine.get_at(&before, &keys[3])?.map(|v| v.data.to_vec());
+        assert_eq!(at_snapshot.as_deref(), Some(&b"old-3"[..]));
+        // Newer writes and deletes shadow it.
+        engine.put(&keys[1], b"newest", None)?;
+        engine.delete(&keys[2])?;
+        assert_eq!(
+            now_data(&engine, &keys[1]).transpose()?,
+            Some(Some(b"newest".to_vec()))
+        );
+        assert_eq!(now_data(&engine, &keys[2]).transpose()?, Some(None));
+        // The next flush keeps its own memtable instead: a key only the first one held now
+        // needs its table's block, and reads back from it.
+        engine.flush()?;
+        let second = Arc::clone(
+            engine
+                .inner
+                .current()
+                .retained
+                .as_ref()
+                .ok_or("none kept")?,
+        );
+        assert!(!Arc::ptr_eq(&kept, &second));
+        assert_eq!(
+            engine.cache_stats().reserved_bytes,
+            second.approximate_bytes()
+        );
+        assert!(engine.try_get_now(&keys[10]).is_none(), "its block is cold");
+        assert_eq!(value(&engine, &keys[10])?, Some(b"new-10".to_vec()));
+        assert_eq!(
+            now_data(&engine, &keys[1]).transpose()?,
+            Some(Some(b"newest".to_vec()))
+        );
+        assert_eq!(now_data(&engine, &keys[2]).transpose()?, Some(None));
+        // A flush after writes alone (the reads above came before the previous one) keeps
+        // nothing and gives the cache its whole budget back.
+        engine.put(&keys[51], b"after-reads", None)?;
+        engine.flush()?;
+        assert!(engine.inner.current().retained.is_some());
+        // (A key the kept memtable holds too: were it still asked, it would answer stale.)
+        engine.put(&keys[51], b"bulk", None)?;
+        engine.put(&keys[50], b"bulk", None)?;
+        engine.flush()?;
+        assert!(engine.inner.current().retained.is_none());
+        assert_eq!(engine.cache_stats().reserved_bytes, 0);
+        for (i, k) in keys.iter().enumerate() {
+            let want = match i {
+                1 => Some(b"newest".to_vec()),
+                2 => None,
+                50 | 51 => Some(b"bulk".to_vec()),
+                i if i < 100 => Some(format!("new-{i}").into_bytes()),
+                i => Some(format!("old-{i}").into_bytes()),
+            };
+            assert_eq!(value(&engine, k)?, want, "key {i}");
         }
     }
     Ok(())
