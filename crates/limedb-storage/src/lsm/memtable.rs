@@ -240,6 +240,12 @@ impl Memtable {
             .fetch_max(seqno & MAX_SEQNO, AtomicOrdering::Relaxed);
     }
 
+    /// Starts loading what [`Memtable::insert`]s of `user_keys` will read first (see
+    /// [`SkipList::prefetch_inserts`]); a hint that changes nothing.
+    pub fn prefetch_inserts(&self, user_keys: &[&[u8]]) {
+        self.list.prefetch_inserts(user_keys);
+    }
+
     /// The newest version of `user_key` with a sequence number `<= snapshot_seqno`, as its kind
     /// and value: `Some((Delete, empty))` for a tombstone (the key is deleted at that snapshot;
     /// older tables must not be consulted), `None` if this memtable has no visible version.
