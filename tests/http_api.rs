@@ -447,6 +447,7 @@ async fn health_cluster_ring_and_metrics(storage: &str) {
         "limedb_storage_keys",
         "limedb_storage_flushes",
         "limedb_storage_cache_hits",
+        "limedb_storage_kept_memtable_bytes",
         r#"limedb_requests_total{api="internal",op="get"}"#,
     ] {
         assert!(

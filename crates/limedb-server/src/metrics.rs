@@ -110,6 +110,7 @@ struct EngineGauges {
     level_bytes: Family<LevelLabels, Gauge>,
     cache_hits: Gauge,
     cache_misses: Gauge,
+    kept_memtable_bytes: Gauge,
     flushes: Gauge,
     compactions: Gauge,
     table_bytes_written: Gauge,
@@ -228,6 +229,11 @@ impl Metrics {
                 &storage_engine.cache_misses,
             ),
             (
+                "limedb_storage_kept_memtable_bytes",
+                "Shard: bytes of the memtable the last flush kept for point reads, lent from the block cache",
+                &storage_engine.kept_memtable_bytes,
+            ),
+            (
                 "limedb_storage_flushes",
                 "Shard: memtables flushed to tables since the engine opened",
                 &storage_engine.flushes,
@@ -327,6 +333,7 @@ impl Metrics {
         let e = &self.storage_engine;
         e.cache_hits.set(g(stats.cache_hits));
         e.cache_misses.set(g(stats.cache_misses));
+        e.kept_memtable_bytes.set(g(stats.kept_memtable_bytes));
         e.flushes.set(g(stats.flushes));
         e.compactions.set(g(stats.compactions));
         e.table_bytes_written.set(g(stats.table_bytes_written));

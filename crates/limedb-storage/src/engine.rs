@@ -60,6 +60,9 @@ pub struct EngineStats {
     pub cache_hits: u64,
     /// Block cache lookups that had to read the disk, since open.
     pub cache_misses: u64,
+    /// Bytes of the memtable the last flush kept for point reads, lent from the block cache's
+    /// budget (LSM engines; 0 when none is kept).
+    pub kept_memtable_bytes: u64,
     /// Memtables flushed to tables since open.
     pub flushes: u64,
     /// Compactions run since open.

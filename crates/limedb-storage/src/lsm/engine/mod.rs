@@ -2131,6 +2131,7 @@ impl Engine for LsmEngine {
                 .collect(),
             cache_hits: detailed.cache.hits,
             cache_misses: detailed.cache.misses,
+            kept_memtable_bytes: detailed.cache.reserved_bytes,
             flushes: counters.flushes,
             compactions: counters.compactions,
             table_bytes_written: counters.bytes_flushed + counters.bytes_compacted,
