@@ -27,6 +27,9 @@
 //! - Counters (hits, misses, inserts, evictions, rejections, used bytes, entries) are atomics
 //!   kept per shard, next to that shard's lock, and summed by [`BlockCache::stats`] without
 //!   taking any lock.
+//! - Part of the budget can be lent to memory kept outside the cache
+//!   ([`BlockCache::set_reserved`]: the engine lends a flushed memtable it keeps for point
+//!   reads its bytes); the shards' capacities shrink by as much, evicting at once.
 //! - Tables read through memory maps register their maps here: the pages those reads keep
 //!   resident share the cache's budget, and are released when reads pass it (see
 //!   [`BlockCache::charge_mapped`]).
@@ -290,7 +293,6 @@ impl BlockCache {
         removed
     }
 
-    /// Bytes currently charged, summed over the shards without locking them.
     /// Lends `bytes` of the budget to memory the engine keeps outside the cache (a memtable
     /// kept after its flush to answer point reads; see `LsmOptions::retain_flushed_memtable`),
     /// replacing any earlier reservation: each shard's capacity becomes its share of
@@ -311,6 +313,7 @@ impl BlockCache {
         }
     }
 
+    /// Bytes currently charged, summed over the shards without locking them.
     fn used_bytes(&self) -> u64 {
         self.shards
             .iter()

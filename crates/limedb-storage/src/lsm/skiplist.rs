@@ -277,6 +277,17 @@ impl IndexTable {
     fn candidate(&self, hash: u64) -> *const Node {
         self.walk(hash, |_| true).1
     }
+
+    /// Starts loading, for each of `hashes`, its home slot, then the node its probe would
+    /// compare first: the first two steps of a batch of probes, their misses overlapped.
+    fn prefetch_probes(&self, hashes: &[u64]) {
+        for &hash in hashes {
+            prefetch(self.home_slot(hash), false);
+        }
+        for &hash in hashes {
+            prefetch(self.candidate(hash), true);
+        }
+    }
 }
 
 /// Asks the CPU to start loading the cache line at `at` (and, with `two_lines`, the next one
@@ -796,12 +807,7 @@ impl SkipList {
         // SAFETY: a published table stays allocated as long as the list.
         let table = unsafe { &*table };
         let hashes: Vec<u64> = user_keys.iter().map(|key| xxh3_64(key)).collect();
-        for &hash in &hashes {
-            prefetch(table.home_slot(hash), false);
-        }
-        for &hash in &hashes {
-            prefetch(table.candidate(hash), true);
-        }
+        table.prefetch_probes(&hashes);
     }
 
     /// [`SkipList::first_of_user_key`] for each of `user_keys`, in order, with their cache
@@ -816,12 +822,7 @@ impl SkipList {
         // SAFETY: a published table stays allocated as long as the list.
         let table = unsafe { &*table };
         let hashes: Vec<u64> = user_keys.iter().map(|key| xxh3_64(key)).collect();
-        for &hash in &hashes {
-            prefetch(table.home_slot(hash), false);
-        }
-        for &hash in &hashes {
-            prefetch(table.candidate(hash), true);
-        }
+        table.prefetch_probes(&hashes);
         let firsts: Vec<Option<Cursor<'_>>> = user_keys
             .iter()
             .zip(&hashes)
