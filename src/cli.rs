@@ -93,13 +93,15 @@ pub struct ShardArgs {
 
     /// LSM: size of a memtable in MiB. Writes go to the active memtable; a full one is frozen
     /// and flushed to disk in the background, and writes stall while a frozen one still waits
-    /// for its flush, so memtables hold at most 2× this. [default: 64]
+    /// for its flush, so memtables hold at most 2× this (plus, after point reads, the last
+    /// one flushed, kept until the next flush and charged to the block cache). [default: 64]
     #[arg(long, env = "LIMEDB_MEMTABLE_MB", value_name = "MIB")]
     pub memtable_mb: Option<u64>,
 
     /// LSM: budget of the block cache (decompressed data blocks) in MiB. When the memtable
-    /// size is at most half of it, the memtable a flush has just written is kept for point
-    /// reads until the next flush, its bytes lent from this budget. [default: 128]
+    /// size is at most half of it and point reads were served since the previous flush, the
+    /// memtable a flush has just written is kept for point reads until the next flush, its
+    /// bytes lent from this budget. [default: 128]
     #[arg(long, env = "LIMEDB_BLOCK_CACHE_MB", value_name = "MIB")]
     pub block_cache_mb: Option<u64>,
 

@@ -150,9 +150,11 @@ impl std::fmt::Display for StorageKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LsmTuning {
     /// Bytes a memtable holds before it is frozen and flushed (up to two are in memory: the
-    /// active one and one waiting for the flush thread).
+    /// active one and one waiting for the flush thread; a third, the last one flushed, may be
+    /// kept for point reads, charged to the block cache).
     pub memtable_bytes: u64,
-    /// Budget of the block cache of decompressed data blocks.
+    /// Budget of the block cache of decompressed data blocks, which also lends a memtable
+    /// kept for point reads its bytes.
     pub block_cache_bytes: usize,
     /// How tables are read: through a memory map or with `pread(2)`.
     pub read_mode: ReadMode,

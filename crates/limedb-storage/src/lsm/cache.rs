@@ -108,8 +108,8 @@ pub struct CacheStats {
     pub rejected: u64,
     /// Bytes currently charged: values plus [`ENTRY_OVERHEAD_BYTES`] per entry.
     pub used_bytes: u64,
-    /// The budget [`BlockCache::new`] was given; `used_bytes` plus `reserved_bytes` never
-    /// exceeds it.
+    /// The budget [`BlockCache::new`] was given; `used_bytes` plus `reserved_bytes` stays
+    /// within it (once a `set_reserved` call has returned).
     pub capacity_bytes: u64,
     /// Bytes of the budget lent to memory outside the cache ([`BlockCache::set_reserved`]).
     pub reserved_bytes: u64,

@@ -17,6 +17,7 @@
 //!                              ▼
 //!                       [ immutable #N ] … [ immutable #1 ] ◄── readers
 //!                              │ background flush to an SSTable, then dropped
+//!                              │ (or kept for point reads until the next flush)
 //!                              ▼
 //!                           level 0
 //! ```

@@ -31,7 +31,8 @@
 //! ```
 //!
 //! A `SuperVersion` is an immutable snapshot of everything a read needs: the active memtable,
-//! the frozen ones, the [`Version`] and the open [`Table`]s. Freezing, flushing and compacting
+//! the frozen ones, the memtable the last flush kept for point reads (if any), the
+//! [`Version`] and the open [`Table`]s. Freezing, flushing and compacting
 //! each install a new one under a short lock; readers never wait for I/O of another thread.
 //! Files of tables removed by a compaction are deleted at once (by the holder of the
 //! compaction lock, which a checkpoint also takes while it links files); readers still holding
@@ -137,7 +138,8 @@ pub struct LsmOptions {
     /// flush, see `retain_flushed_memtable`). Default 128 MiB.
     pub block_cache_bytes: usize,
     /// Whether a table written by a flush is read into the block cache before it serves
-    /// reads, up to half the cache, if point reads were served since the previous flush: the
+    /// reads, up to half of what a kept memtable leaves of the cache, if point reads were
+    /// served since the previous flush: the
     /// keys just flushed are the ones most recently written, the likeliest to be read next,
     /// and an uncached block makes a point read leave the async path for the blocking pool
     /// (see `Engine::try_get_many_now`). A write-only load (a bulk load) warms nothing, so its
@@ -148,11 +150,11 @@ pub struct LsmOptions {
     /// until the next flush replaces it: its hash index answers a read of a recently written
     /// key in about a quarter of the time of a cached table block (`examples/point_reads.rs`:
     /// 184–207 against 769–1023 ns). Only when point reads were served since the previous
-    /// flush, and only if
-    /// `memtable_bytes` is at most half of `block_cache_bytes`: while it is kept its bytes
-    /// (which may pass `memtable_bytes` by one write batch) are lent from
-    /// the block cache's budget (`CacheStats::reserved_bytes`), so memory stays within the
-    /// memtable and cache budgets. Scans read the tables, not it. Default true.
+    /// flush, and only if `memtable_bytes` is at most half of `block_cache_bytes` and the
+    /// memtable (which may pass `memtable_bytes` by one write batch) at most three quarters
+    /// of it: while it is kept its bytes are lent from the block cache's budget
+    /// (`CacheStats::reserved_bytes`), so memory stays within the memtable and cache budgets.
+    /// Scans read the tables, not it. Default true.
     pub retain_flushed_memtable: bool,
     /// Layout of the SSTables written.
     pub table: TableOptions,
@@ -209,9 +211,9 @@ struct SuperVersion {
     /// Frozen memtables waiting to be flushed, oldest first.
     imms: Vec<Arc<Memtable>>,
     /// The memtable the newest flush wrote, kept for point reads (see
-    /// [`LsmOptions::retain_flushed_memtable`]). Every version in it is also in a table, and
-    /// every newer write is in `active` or `imms`, so a point read may ask it after them and
-    /// before the tables.
+    /// [`LsmOptions::retain_flushed_memtable`]). It is newer than every table (each flush
+    /// replaces or drops it) and older than `active` and `imms`, and it holds every version
+    /// it was flushed with, so a point read may ask it after them and before the tables.
     retained: Option<Arc<Memtable>>,
     version: Arc<Version>,
     /// Every table of `version`, open, by file number.
@@ -578,7 +580,8 @@ struct Inner {
     lifecycle: Lifecycle,
     counters: Counters,
     /// Whether a point read was served since the last flush: only then does a flush warm
-    /// the block cache with its table ([`LsmOptions::warm_cache_on_flush`]).
+    /// the block cache with its table ([`LsmOptions::warm_cache_on_flush`]) and keep its
+    /// memtable ([`LsmOptions::retain_flushed_memtable`]).
     read_since_flush: AtomicBool,
 }
 
@@ -1834,9 +1837,12 @@ impl Inner {
         // so that blocks and memtable together stay within it.
         let budget = self.options.block_cache_bytes;
         let memtable_bytes = usize::try_from(memtable.approximate_bytes()).unwrap_or(usize::MAX);
+        // The budget is checked before each write, so a memtable passes it by one batch; a
+        // batch of huge values must not make the kept memtable take (nearly) the whole cache.
         let retained = (self.options.retain_flushed_memtable
             && read_since_flush
-            && self.options.memtable_bytes <= budget as u64 / 2)
+            && self.options.memtable_bytes <= budget as u64 / 2
+            && memtable_bytes <= budget / 4 * 3)
             .then(|| Arc::clone(memtable));
         let reserved = if retained.is_some() {
             memtable_bytes

@@ -441,11 +441,16 @@ fn lookups_of_a_batch_answer_as_lookups_one_by_one() -> TestResult {
     for i in (0..400).step_by(8) {
         active.insert(&key(i), 3_000_000 + i as u64, ValueKind::Put, b"active");
     }
-    // `older` as the memtable the last flush kept, asked after the frozen one.
+    // Two frozen memtables, and an oldest one as the memtable the last flush kept, asked
+    // after them: its keys are every eighth from 7 up to 300, which no newer memtable holds.
+    let oldest = Memtable::new();
+    for i in (7..300).step_by(8) {
+        oldest.insert(&key(i), 500_000 + i as u64, ValueKind::Put, b"oldest");
+    }
     let sv = SuperVersion {
         active: Arc::new(active),
-        imms: vec![Arc::new(newer)],
-        retained: Some(Arc::new(older)),
+        imms: vec![Arc::new(older), Arc::new(newer)],
+        retained: Some(Arc::new(oldest)),
         version: Arc::clone(&sv.version),
         tables: sv.tables.clone(),
     };
@@ -479,6 +484,7 @@ fn lookups_of_a_batch_answer_as_lookups_one_by_one() -> TestResult {
     assert_eq!(value(4).as_deref(), Some("newer"));
     assert_eq!(value(9).as_deref(), Some("tombstone"));
     assert_eq!(value(2).as_deref(), Some("older"));
+    assert_eq!(value(7).as_deref(), Some("oldest"));
     // (Stored values start with their flags byte.)
     assert_eq!(value(3).as_deref(), Some("\0table3"));
     assert_eq!(value(5).as_deref(), Some("\0second5"));
@@ -674,6 +680,17 @@ fn a_flushed_memtable_is_kept_for_point_reads_until_the_next_flush() -> TestResu
         // A read at the older snapshot sees the version it saw before the rewrite.
         let at_snapshot = engine.get_at(&before, &keys[3])?.map(|v| v.data.to_vec());
         assert_eq!(at_snapshot.as_deref(), Some(&b"old-3"[..]));
+        // A compaction rewrites the tables under it and keeps it (and reads nothing into
+        // the cache): every key is still answered without I/O.
+        engine.compact_range(None, None)?;
+        assert!(engine.inner.current().version.level(0).is_empty());
+        let kept_now = engine.inner.current().retained.clone().ok_or("dropped")?;
+        assert!(Arc::ptr_eq(&kept, &kept_now));
+        assert!(engine.try_get_many_now(&asked).iter().all(Option::is_some));
+        assert_eq!(
+            now_data(&engine, &keys[150]).transpose()?,
+            Some(Some(b"old-150".to_vec()))
+        );
         // Newer writes and deletes shadow it.
         engine.put(&keys[1], b"newest", None)?;
         engine.delete(&keys[2])?;
@@ -705,8 +722,8 @@ fn a_flushed_memtable_is_kept_for_point_reads_until_the_next_flush() -> TestResu
             Some(Some(b"newest".to_vec()))
         );
         assert_eq!(now_data(&engine, &keys[2]).transpose()?, Some(None));
-        // A flush after writes alone (the reads above came before the previous one) keeps
-        // nothing and gives the cache its whole budget back.
+        // The reads above make the next flush keep its memtable; the flush after it, after
+        // writes alone, keeps nothing and gives the cache its whole budget back.
         engine.put(&keys[51], b"after-reads", None)?;
         engine.flush()?;
         assert!(engine.inner.current().retained.is_some());
@@ -727,5 +744,14 @@ fn a_flushed_memtable_is_kept_for_point_reads_until_the_next_flush() -> TestResu
             assert_eq!(value(&engine, k)?, want, "key {i}");
         }
     }
+    // One huge batch grew the memtable past three quarters of the cache: not kept, so that
+    // the cache keeps room for blocks.
+    let dir = tempfile::tempdir()?;
+    let engine = LsmEngine::open(dir.path(), options(true, 64 << 10))?;
+    engine.put(b"huge", &vec![7u8; 900 << 10], None)?;
+    assert!(engine.get(b"huge")?.is_some());
+    engine.flush()?;
+    assert!(engine.inner.current().retained.is_none());
+    assert_eq!(engine.cache_stats().reserved_bytes, 0);
     Ok(())
 }
