@@ -779,12 +779,14 @@ impl SkipList {
     /// The first entry of `user_key`, its newest version in the list; `None` if the list holds
     /// no version of it. Found through the hash index, without a search.
     pub fn first_of_user_key(&self, user_key: &[u8]) -> Option<Cursor<'_>> {
+        self.group_of(self.published_index()?, user_key, xxh3_64(user_key))
+    }
+
+    /// The index table readers use now; `None` while the list is empty.
+    fn published_index(&self) -> Option<&IndexTable> {
         let table = self.index.load(AtomicOrdering::Acquire);
-        if table.is_null() {
-            return None;
-        }
         // SAFETY: a published table stays allocated as long as the list.
-        self.group_of(unsafe { &*table }, user_key, xxh3_64(user_key))
+        (!table.is_null()).then(|| unsafe { &*table })
     }
 
     /// A cursor on the first entry of `user_key`'s group (its newest version) found through
@@ -800,12 +802,9 @@ impl SkipList {
     /// hint for a batch of inserts, so that their cache misses overlap instead of coming one
     /// after another under the writer lock; it changes nothing.
     pub fn prefetch_inserts(&self, user_keys: &[&[u8]]) {
-        let table = self.index.load(AtomicOrdering::Acquire);
-        if table.is_null() {
+        let Some(table) = self.published_index() else {
             return;
-        }
-        // SAFETY: a published table stays allocated as long as the list.
-        let table = unsafe { &*table };
+        };
         let hashes: Vec<u64> = user_keys.iter().map(|key| xxh3_64(key)).collect();
         table.prefetch_probes(&hashes);
     }
@@ -815,12 +814,9 @@ impl SkipList {
     /// first versions), each step prefetching what the next one reads, where one lookup alone
     /// waits for three misses one after another.
     pub fn first_of_user_keys(&self, user_keys: &[&[u8]]) -> Vec<Option<Cursor<'_>>> {
-        let table = self.index.load(AtomicOrdering::Acquire);
-        if table.is_null() {
+        let Some(table) = self.published_index() else {
             return vec![None; user_keys.len()];
-        }
-        // SAFETY: a published table stays allocated as long as the list.
-        let table = unsafe { &*table };
+        };
         let hashes: Vec<u64> = user_keys.iter().map(|key| xxh3_64(key)).collect();
         table.prefetch_probes(&hashes);
         let firsts: Vec<Option<Cursor<'_>>> = user_keys

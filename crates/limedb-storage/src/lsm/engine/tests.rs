@@ -47,7 +47,7 @@ fn open(dir: &Path) -> Result<LsmEngine> {
     LsmEngine::open(dir, tiny())
 }
 
-fn data(engine: &LsmEngine, key: &[u8]) -> Result<Option<Vec<u8>>> {
+pub(super) fn data(engine: &LsmEngine, key: &[u8]) -> Result<Option<Vec<u8>>> {
     Ok(engine.get(key)?.map(|v| v.data.to_vec()))
 }
 

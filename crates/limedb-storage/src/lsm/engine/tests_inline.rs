@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 
-use super::tests::{key, put, tiny, TestResult};
+use super::tests::{data, key, put, tiny, TestResult};
 use super::*;
 
 /// `tiny()` without background compaction pressure on the tests' expectations: a big memtable,
@@ -625,9 +625,6 @@ fn a_flushed_memtable_is_kept_for_point_reads_until_the_next_flush() -> TestResu
         ..roomy()
     };
     let keys: Vec<Vec<u8>> = (0..300).map(key).collect();
-    let value = |engine: &LsmEngine, k: &[u8]| -> Result<Option<Vec<u8>>> {
-        Ok(engine.get(k)?.map(|v| v.data.to_vec()))
-    };
     for (retain, memtable_bytes) in [(true, 64 << 10), (false, 64 << 10), (true, 1 << 20)] {
         let dir = tempfile::tempdir()?;
         let engine = LsmEngine::open(dir.path(), options(retain, memtable_bytes))?;
@@ -716,7 +713,7 @@ fn a_flushed_memtable_is_kept_for_point_reads_until_the_next_flush() -> TestResu
             second.approximate_bytes()
         );
         assert!(engine.try_get_now(&keys[10]).is_none(), "its block is cold");
-        assert_eq!(value(&engine, &keys[10])?, Some(b"new-10".to_vec()));
+        assert_eq!(data(&engine, &keys[10])?, Some(b"new-10".to_vec()));
         assert_eq!(
             now_data(&engine, &keys[1]).transpose()?,
             Some(Some(b"newest".to_vec()))
@@ -741,7 +738,7 @@ fn a_flushed_memtable_is_kept_for_point_reads_until_the_next_flush() -> TestResu
                 i if i < 100 => Some(format!("new-{i}").into_bytes()),
                 i => Some(format!("old-{i}").into_bytes()),
             };
-            assert_eq!(value(&engine, k)?, want, "key {i}");
+            assert_eq!(data(&engine, k)?, want, "key {i}");
         }
     }
     // One huge batch grew the memtable past three quarters of the cache: not kept, so that

@@ -626,12 +626,15 @@ fn records_len(batches: &[WriteBatch]) -> u64 {
 
 /// Appends `batches` to a fresh log in `dir` and abandons it without closing or dropping it,
 /// as `kill -9` would; returns the path of its segment.
-fn append_then_kill(dir: &Path, batches: &[WriteBatch]) -> Result<PathBuf> {
+fn append_then_kill(
+    dir: &Path,
+    batches: &[WriteBatch],
+) -> std::result::Result<PathBuf, Box<dyn std::error::Error>> {
     let (wal, _) = Wal::open(dir, opts(SyncPolicy::Never))?;
     for b in batches {
         wal.append(b)?;
     }
-    let path = wal.segment_paths().pop().unwrap_or_default();
+    let path = wal.segment_paths().pop().ok_or("no segment")?;
     std::mem::forget(wal);
     Ok(path)
 }
