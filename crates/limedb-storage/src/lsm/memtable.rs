@@ -59,7 +59,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use bytes::Bytes;
 
 use super::key::{self, compare_encoded, seek_key, trailer, ValueKind, MAX_SEQNO};
-use super::skiplist::{Cursor, Probe, SkipList, MAX_CHAIN};
+use super::skiplist::{Cursor, InsertPlan, Probe, SkipList, MAX_CHAIN};
 
 /// Versions [`Memtable::get`] walks from a key's newest before it seeks instead.
 const READ_WALK: usize = 2 * MAX_CHAIN as usize;
@@ -231,20 +231,48 @@ impl Memtable {
     /// once; inserting the same `(user_key, seqno, kind)` again shadows the earlier value for
     /// [`Memtable::get`] (iteration yields both, the later insert first).
     pub fn insert(&self, user_key: &[u8], seqno: u64, kind: ValueKind, value: &[u8]) {
+        self.insert_with(None, user_key, seqno, kind, value);
+    }
+
+    /// Finds where [`Memtable::insert_planned`]s of `user_keys` will go, for the whole batch
+    /// at once, their cache misses overlapped ([`SkipList::plan_inserts`]); changes nothing.
+    pub fn plan_inserts(&self, user_keys: &[&[u8]]) -> InsertPlan<'_> {
+        self.list.plan_inserts(user_keys)
+    }
+
+    /// [`Memtable::insert`] of the `i`-th key of `plan`, made by [`Memtable::plan_inserts`] on
+    /// this memtable (a plan of another one is ignored).
+    pub fn insert_planned(
+        &self,
+        plan: &InsertPlan<'_>,
+        i: usize,
+        user_key: &[u8],
+        seqno: u64,
+        kind: ValueKind,
+        value: &[u8],
+    ) {
+        self.insert_with(Some((plan, i)), user_key, seqno, kind, value);
+    }
+
+    fn insert_with(
+        &self,
+        plan: Option<(&InsertPlan<'_>, usize)>,
+        user_key: &[u8],
+        seqno: u64,
+        kind: ValueKind,
+        value: &[u8],
+    ) {
         let value = match kind {
             ValueKind::Put => value,
             ValueKind::Delete => &[],
         };
         let trailer = key::pack_trailer(seqno, kind).to_le_bytes();
-        self.list.insert(user_key, &trailer, value);
+        match plan {
+            Some((plan, i)) => self.list.insert_planned(plan, i, user_key, &trailer, value),
+            None => self.list.insert(user_key, &trailer, value),
+        };
         self.max_seqno
             .fetch_max(seqno & MAX_SEQNO, AtomicOrdering::Relaxed);
-    }
-
-    /// Starts loading what [`Memtable::insert`]s of `user_keys` will read first (see
-    /// [`SkipList::prefetch_inserts`]); a hint that changes nothing.
-    pub fn prefetch_inserts(&self, user_keys: &[&[u8]]) {
-        self.list.prefetch_inserts(user_keys);
     }
 
     /// The newest version of `user_key` with a sequence number `<= snapshot_seqno`, as its kind

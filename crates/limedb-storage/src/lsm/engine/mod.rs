@@ -74,6 +74,9 @@
 //!   either applies.
 //! - **Writes are serialised** by one writer lock (WAL append + memtable insert); the fsync of
 //!   [`SyncPolicy::Always`] happens after the lock is released, so concurrent writers share one.
+//!   Before it takes the lock, a writer of several ops plans their memtable searches
+//!   ([`Memtable::plan_inserts`], a reader: the cache misses of all its keys overlap, beside
+//!   other writers), so the insert under the lock starts from where each search ended.
 //! - **`len`, `page` and `stats`**: `len` and `page` merge the whole tree (O(n)); `stats().keys`
 //!   and `live_bytes` are cheap estimates from table and memtable counters (they count every
 //!   stored version and tombstone, so they overestimate).
@@ -118,6 +121,7 @@ use crate::lsm::compaction::{leveled, Action, Choice, LeveledOptions};
 use crate::lsm::key::{user_key, InternalKeyRef, ValueKind, MAX_SEQNO};
 use crate::lsm::manifest::{Manifest, ManifestOptions, VersionEdit, CURRENT_FILE_NAME};
 use crate::lsm::memtable::Memtable;
+use crate::lsm::skiplist::InsertPlan;
 use crate::lsm::sstable::{ReadMode, Table, TableOptions, TableWriter};
 use crate::lsm::version::{TableHandle, Version, NUM_LEVELS};
 use crate::lsm::wal::{segment_file_name, Wal, WalOptions, WriteBatch};
@@ -644,6 +648,23 @@ impl Drop for SyncMember<'_> {
     fn drop(&mut self) {
         self.0.inside.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Where the records of `ops` go in `sv`'s active memtable ([`Memtable::plan_inserts`]),
+/// found before the writer lock is taken, so that the searches' cache misses neither come one
+/// after another nor hold up other writers. A single op is not planned: its search alone
+/// would gain nothing from the plan.
+fn plan_inserts<'a>(sv: &'a SuperVersion, ops: &[WriteOp<'_>]) -> InsertPlan<'a> {
+    let keys: Vec<&[u8]> = if ops.len() > 1 {
+        ops.iter()
+            .map(|op| match *op {
+                WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    sv.active.plan_inserts(&keys)
 }
 
 /// `m`'s guard if it is free now or within a few retries (a holder that only appends to the
@@ -1495,6 +1516,8 @@ impl Inner {
         self.check_writable()?;
         let synced = self.options.sync == SyncPolicy::Always;
         let _member = synced.then(|| self.sync_group.enter());
+        let planned = self.current();
+        let plan = plan_inserts(&planned, ops);
         let (flags, last_seqno) = {
             let _writer = lock(&self.writer);
             self.check_writable()?;
@@ -1516,7 +1539,7 @@ impl Inner {
                 std::thread::sleep(self.options.write_slowdown_delay);
             }
             let applied = self
-                .apply(&sv, ops, now_ms(), Reach::Disk)?
+                .apply(&sv, ops, &plan, now_ms(), Reach::Disk)?
                 .ok_or_else(|| engine_bug("a write allowed to use the disk gave up"))?;
             if synced && applied.1.is_some() {
                 self.sync_group.appended.fetch_add(1, Ordering::SeqCst);
@@ -1541,6 +1564,8 @@ impl Inner {
         if let Err(e) = check_ops(ops).and_then(|()| self.check_writable()) {
             return Some(Err(e));
         }
+        let planned = self.current();
+        let plan = plan_inserts(&planned, ops);
         let _writer = try_lock_briefly(&self.writer)?;
         if let Err(e) = self.check_writable() {
             return Some(Err(e));
@@ -1554,7 +1579,7 @@ impl Inner {
         if self.wal.append_would_rotate() {
             return None;
         }
-        match self.apply(&sv, ops, now_ms(), Reach::Memory) {
+        match self.apply(&sv, ops, &plan, now_ms(), Reach::Memory) {
             Ok(Some((flags, _))) => Some(Ok(flags)),
             Ok(None) => None,
             Err(e) => Some(Err(e)),
@@ -1625,12 +1650,15 @@ impl Inner {
         &self,
         sv: &SuperVersion,
         ops: &[WriteOp<'_>],
+        plan: &InsertPlan<'_>,
         now: u64,
         reach: Reach,
     ) -> Result<Option<(Vec<bool>, Option<u64>)>> {
         let expired = |t: Option<u64>| t.is_some_and(|t| t <= now);
         let mut flags = Vec::with_capacity(ops.len());
         let mut batch = WriteBatch::new();
+        // For each record of the batch, the op it comes from (the index `plan` knows it by).
+        let mut op_of = Vec::with_capacity(ops.len());
         // Whether an earlier op of this batch made a key live: only an op that asks (a delete,
         // or a put that has already expired) after another op needs it, so a batch of plain
         // puts saves the map's allocation and hashing.
@@ -1640,13 +1668,14 @@ impl Inner {
                 WriteOp::Put { expires_at_ms, .. } => expired(expires_at_ms),
                 WriteOp::Delete { .. } => true,
             });
-        for op in ops {
+        for (i, op) in ops.iter().enumerate() {
             match *op {
                 WriteOp::Put {
                     key,
                     value,
                     expires_at_ms,
                 } if !expired(expires_at_ms) => {
+                    op_of.push(i);
                     batch.put(
                         Bytes::copy_from_slice(key),
                         value::encode(value, expires_at_ms),
@@ -1667,6 +1696,7 @@ impl Inner {
                         },
                     };
                     if live {
+                        op_of.push(i);
                         batch.delete(Bytes::copy_from_slice(key));
                     }
                     if track {
@@ -1679,18 +1709,15 @@ impl Inner {
         if batch.is_empty() {
             return Ok(Some((flags, None)));
         }
-        if batch.len() > 1 {
-            // Their index lookups' cache misses overlap the WAL append.
-            let keys: Vec<&[u8]> = batch.ops().iter().map(|op| &op.key()[..]).collect();
-            sv.active.prefetch_inserts(&keys);
-        }
         let last = self.wal.append(&batch)?;
         let first = last + 1 - batch.len() as u64;
         let mut user_bytes = 0u64;
-        for (seqno, op) in (first..).zip(batch.ops()) {
+        for ((seqno, op), &i) in (first..).zip(batch.ops()).zip(&op_of) {
             let value = op.stored_value();
             user_bytes += (op.key().len() + value.len()) as u64;
-            sv.active.insert(op.key(), seqno, op.kind(), value);
+            // A plan made on a memtable frozen since is ignored.
+            sv.active
+                .insert_planned(plan, i, op.key(), seqno, op.kind(), value);
         }
         // Publish the batch: readers see all of it from now on, none of it before.
         self.visible_seqno.store(last, Ordering::SeqCst);
