@@ -1281,6 +1281,27 @@ impl<'a> Cursor<'a> {
         Some(unsafe { group_start(next) })
     }
 
+    /// The first entry of the group after this entry's group: the versions of this group
+    /// after this entry are passed over without being read. (A user key with more versions
+    /// than one chain holds has several groups, one after another.) Starts loading that
+    /// group's first entry and the node after it, as [`Cursor::next`] does.
+    pub fn next_group(&self) -> Option<Cursor<'a>> {
+        // SAFETY: the owner is a node of the list, with a tower of at least one level.
+        let next = unsafe { (*tower(self.owner, 0)).load(AtomicOrdering::Acquire) };
+        if next.is_null() {
+            return None;
+        }
+        // SAFETY: `next` is a published node of the list, with a tower of at least one level.
+        prefetch(
+            unsafe { (*tower(next, 0)).load(AtomicOrdering::Acquire) },
+            true,
+        );
+        // SAFETY: as above.
+        let group = unsafe { group_start(next) };
+        prefetch(group.node, true);
+        Some(group)
+    }
+
     /// The order of this entry against `other`'s.
     pub fn cmp_entry(&self, other: &Cursor<'_>) -> Ordering {
         // SAFETY: `other` points at a published node of a borrowed list.

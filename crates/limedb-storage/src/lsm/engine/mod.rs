@@ -1849,9 +1849,11 @@ impl Inner {
         let max_seqno = memtable.max_seqno();
         let mut manifest = lock(&self.manifest);
         let (n, mut writer) = self.new_table(&mut manifest)?;
-        // Keep, for every live snapshot, the newest version it can see (see `Retention`).
-        let mut retention = Retention::new(self.smallest_snapshot());
-        for entry in memtable.iter() {
+        // Keep, for every live snapshot, the newest version it can see (see `Retention`);
+        // the memtable does not even read most of the versions that drops.
+        let smallest_snapshot = self.smallest_snapshot();
+        let mut retention = Retention::new(smallest_snapshot);
+        for entry in memtable.iter_visible(smallest_snapshot) {
             if retention.shadowed(entry.user_key(), entry.seqno()) {
                 continue;
             }
