@@ -29,7 +29,8 @@
 //! # Durability promise
 //!
 //! Every acknowledged `put`/`delete` has been handed to the operating system (`write(2)`,
-//! `pwrite(2)`) before it returns, so it survives the process being killed (`kill -9`) under
+//! `pwrite(2)`, or a store into a shared mapping of the log file) before it returns, so it
+//! survives the process being killed (`kill -9`) under
 //! every policy.
 //! Surviving a machine crash or power loss depends on the [`SyncPolicy`]:
 //!

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 /// How eagerly an engine fsyncs its log.
 ///
-/// Every policy hands each record to the operating system (`write(2)`, `pwrite(2)`) before
+/// Every policy hands each record to the operating system (`write(2)`, `pwrite(2)`, or a store
+/// into a shared mapping of the log file) before
 /// acknowledging it, so acknowledged writes survive a process crash; the policy only decides
 /// how much may be lost on power loss.
 ///

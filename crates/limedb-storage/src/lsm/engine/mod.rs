@@ -19,7 +19,7 @@
 //!   │   stall while 1 imm    │                         → TableWriter tables/<n>.sst
 //!   │   freeze, wal.rotate ──┼──► imms (oldest..)     → manifest: add to L0, last seqno,
 //!   │ answers: read at latest│                           log number → new SuperVersion
-//!   │ wal.append (pwrite(2)) ┘                        → wal.delete_obsolete
+//!   │ wal.append (mmap copy) ┘                        → wal.delete_obsolete
 //!   │ insert into active memtable                   2. else Leveled::pick(version)?
 //!   └ unlock; Always: wal.sync_to (group commit)       → trivial move, or merge + cut
 //!                                                        outputs → manifest → delete inputs

@@ -624,13 +624,41 @@ fn records_len(batches: &[WriteBatch]) -> u64 {
     batches.iter().map(record_len).sum()
 }
 
+/// Whether the file system of `dir` allocates space on request (then the log maps its
+/// appends).
+fn can_allocate(dir: &Path) -> std::io::Result<bool> {
+    let probe = tempfile::tempfile_in(dir)?;
+    window::allocate(&probe, 0, 4096)
+}
+
+/// Opens the log in `dir`; with `windows` off, appends `pwrite` their records (as on a file
+/// system that cannot allocate space) instead of copying them into a mapped window.
+fn open_with(dir: &Path, windows: bool) -> Result<(Wal, Vec<RecoveredBatch>)> {
+    let (wal, recovered) = Wal::open(dir, opts(SyncPolicy::Never))?;
+    let wal = if windows {
+        wal
+    } else {
+        wal.without_append_windows()
+    };
+    Ok((wal, recovered))
+}
+
 /// Appends `batches` to a fresh log in `dir` and abandons it without closing or dropping it,
 /// as `kill -9` would; returns the path of its segment.
 fn append_then_kill(
     dir: &Path,
     batches: &[WriteBatch],
 ) -> std::result::Result<PathBuf, Box<dyn std::error::Error>> {
-    let (wal, _) = Wal::open(dir, opts(SyncPolicy::Never))?;
+    append_then_kill_with(dir, batches, true)
+}
+
+/// [`append_then_kill`], with or without append windows.
+fn append_then_kill_with(
+    dir: &Path,
+    batches: &[WriteBatch],
+    windows: bool,
+) -> std::result::Result<PathBuf, Box<dyn std::error::Error>> {
+    let (wal, _) = open_with(dir, windows)?;
     for b in batches {
         wal.append(b)?;
     }
@@ -641,16 +669,30 @@ fn append_then_kill(
 
 #[test]
 fn segments_grow_ahead_of_their_records_and_are_trimmed_when_closed() -> TestResult {
+    for windows in [true, false] {
+        segments_grow_and_are_trimmed(windows)?;
+    }
+    Ok(())
+}
+
+fn segments_grow_and_are_trimmed(windows: bool) -> TestResult {
     let dir = tempfile::tempdir()?;
-    let (wal, _) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
+    let (wal, _) = open_with(dir.path(), windows)?;
     let first: Vec<WriteBatch> = (0..50).map(|i| batch(i, 3)).collect();
     for b in &first {
         wal.append(b)?;
     }
     let records = SEGMENT_HEADER_LEN as u64 + records_len(&first);
     let active = wal.segment_paths().pop().ok_or("no segment")?;
-    // Appends wrote into zeros the file already had.
+    // Appends wrote into zeros the file already had: allocated on disk for a window (where
+    // the file system can), a hole otherwise.
     assert_eq!(file_len(&active)?, SEGMENT_HEADER_LEN as u64 + EXTEND_BYTES);
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&active)?) * 512;
+    if !windows {
+        assert!(allocated < EXTEND_BYTES, "{allocated} bytes allocated");
+    } else if can_allocate(dir.path())? {
+        assert!(allocated >= EXTEND_BYTES, "{allocated} bytes allocated");
+    }
     assert!(file_len(&active)? > records);
     assert_eq!(wal.size_bytes(), records, "the zeros are not log bytes");
     // A closed segment ends at its last record; so does the active one once the log closes.
@@ -680,11 +722,18 @@ fn segments_grow_ahead_of_their_records_and_are_trimmed_when_closed() -> TestRes
 /// extension step made the file grow by more than it.
 #[test]
 fn a_crash_leaves_zeros_after_the_last_record_and_reopen_recovers_every_batch() -> TestResult {
+    for windows in [true, false] {
+        a_crash_leaves_zeros(windows)?;
+    }
+    Ok(())
+}
+
+fn a_crash_leaves_zeros(windows: bool) -> TestResult {
     let dir = tempfile::tempdir()?;
     let mut big = WriteBatch::new();
     big.put("big", vec![7u8; EXTEND_BYTES as usize + 1000]);
     let written = vec![batch(1, 4), big, batch(2, 3)];
-    let active = append_then_kill(dir.path(), &written)?;
+    let active = append_then_kill_with(dir.path(), &written, windows)?;
     assert!(file_len(&active)? > SEGMENT_HEADER_LEN as u64 + records_len(&written));
     let (wal, recovered) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
     let got = recovered_batches(recovered);
@@ -699,6 +748,39 @@ fn a_crash_leaves_zeros_after_the_last_record_and_reopen_recovers_every_batch() 
         next,
         written.iter().map(|b| b.len() as u64).sum::<u64>() + 1
     );
+    Ok(())
+}
+
+/// Appends spanning several extensions of the file (each a new append window), the process
+/// then killed: every batch is recovered, in order, with or without windows; and a log
+/// reopened after the kill goes on appending where the last record ended.
+#[test]
+fn appends_across_many_extensions_survive_a_kill() -> TestResult {
+    for windows in [true, false] {
+        let dir = tempfile::tempdir()?;
+        // 3,000 records of about 1 KiB: three extensions, records straddling their ends.
+        let written: Vec<WriteBatch> = (0..3000)
+            .map(|i| {
+                let mut b = WriteBatch::new();
+                b.put(
+                    format!("key-{i}"),
+                    vec![(i % 251) as u8; 1000 + (i as usize % 97)],
+                );
+                b
+            })
+            .collect();
+        let active = append_then_kill_with(dir.path(), &written, windows)?;
+        assert!(file_len(&active)? >= 3 * EXTEND_BYTES);
+        let (wal, recovered) = open_with(dir.path(), windows)?;
+        assert_eq!(recovered_batches(recovered), written);
+        let more = batch(7, 2);
+        wal.append(&more)?;
+        wal.close()?;
+        let (_, recovered) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
+        let got = recovered_batches(recovered);
+        assert_eq!(got.len(), written.len() + 1);
+        assert_eq!(got.last(), Some(&more));
+    }
     Ok(())
 }
 

@@ -1,0 +1,148 @@
+//! The active segment's *append window*: the space the file was extended by, allocated on disk
+//! and mapped for writing, so that an append is a copy into memory rather than a `pwrite(2)`.
+//!
+//! An append through `pwrite` costs a system call and, for each new page of the file, the
+//! kernel's allocation of a page-cache page for it: under a stream of small appends (a SET per
+//! request) that was the larger part of the log's cost. The window is prepared once per
+//! extension of the file ([`EXTEND_BYTES`](super::EXTEND_BYTES), 1 MiB):
+//!
+//! 1. [`allocate`] reserves the extension's blocks (`fallocate(2)`), so that a full disk is an
+//!    error from that call and never a `SIGBUS` from a store into a mapped page of a hole;
+//! 2. [`AppendWindow::map`] maps the file from the append offset to its end (`MAP_SHARED`) and
+//!    asks the kernel to fault every page in writable at once (`MADV_POPULATE_WRITE`, Linux
+//!    5.14; without it pages fault in on first write).
+//!
+//! A store into a shared file mapping is in the page cache when it completes, exactly as a
+//! `pwrite` is: it survives the process being killed, and `fdatasync(2)` on the file writes
+//! it back with the rest (see the module docs of the log). Where the file system cannot
+//! allocate (no `fallocate`), the extension is a sparse one and appends use `pwrite`.
+
+#![expect(
+    unsafe_code,
+    reason = "a shared, writable memory map of the active WAL segment"
+)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// Reserves the blocks of bytes `from..to` of `file` (extending it to `to` if it is shorter).
+/// Returns `Ok(false)` if the file system cannot do it (no `fallocate`): the caller extends the
+/// file sparsely instead and does not map it.
+pub(super) fn allocate(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    let (Ok(offset), Ok(len)) = (
+        libc::off_t::try_from(from),
+        libc::off_t::try_from(to.saturating_sub(from)),
+    ) else {
+        return Err(io::Error::other("WAL segment offset out of range"));
+    };
+    // SAFETY: `fallocate` reads no memory of ours; the descriptor is open for as long as
+    // `file` is borrowed.
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) };
+    if result == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::ENOSYS) => Ok(false),
+        _ => Err(error),
+    }
+}
+
+/// Bytes `start..end` of the active segment, mapped for writing.
+#[derive(Debug)]
+pub(super) struct AppendWindow {
+    /// The file offset of `map[0]`.
+    start: u64,
+    map: memmap2::MmapMut,
+}
+
+impl AppendWindow {
+    /// Maps bytes `start..end` of `file`, which must be allocated (see [`allocate`]) and lie
+    /// within the file.
+    pub(super) fn map(file: &File, start: u64, end: u64) -> io::Result<AppendWindow> {
+        let len = usize::try_from(end.saturating_sub(start))
+            .map_err(|_| io::Error::other("WAL append window too large"))?;
+        // SAFETY: the mapping is of the active segment of this process's log, which only its
+        // writer (holding the log's writer lock, as the caller does) writes, and which nothing
+        // shortens while the window exists: the log drops the window before it trims the file
+        // (`Wal::trim_locked`) and never deletes the active segment. The bytes are only copied
+        // into (`write`), never borrowed out, so a change made through another mapping or
+        // descriptor cannot break a reference of ours.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start)
+                .len(len)
+                .map_mut(file)?
+        };
+        #[cfg(target_os = "linux")]
+        if let Err(error) = map.advise(memmap2::Advice::PopulateWrite) {
+            // Older kernels: the pages fault in on first write instead.
+            tracing::trace!(%error, "MADV_POPULATE_WRITE on the WAL append window failed");
+        }
+        Ok(AppendWindow { start, map })
+    }
+
+    /// Copies `bytes` to file offset `at`; `false` (and nothing written) if they do not lie
+    /// within the window.
+    pub(super) fn write(&mut self, at: u64, bytes: &[u8]) -> bool {
+        let Some(offset) = at
+            .checked_sub(self.start)
+            .and_then(|o| usize::try_from(o).ok())
+        else {
+            return false;
+        };
+        match offset
+            .checked_add(bytes.len())
+            .and_then(|end| self.map.get_mut(offset..end))
+        {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// Bytes copied into a window are the file's bytes, read back through the descriptor (the
+    /// page cache is one); writes outside the window are refused and change nothing.
+    #[test]
+    fn writes_through_a_window_are_the_files_bytes() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("segment");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        std::io::Write::write_all(&mut &file, b"header")?;
+        if !allocate(&file, 6, 6 + 10_000)? {
+            // A file system without fallocate: the log would not map this file.
+            return Ok(());
+        }
+        assert_eq!(file.metadata()?.len(), 10_006);
+        // A window starting off a page boundary, as after a record.
+        let mut window = AppendWindow::map(&file, 6, 10_006)?;
+        assert!(window.write(6, b"first"));
+        assert!(window.write(9_000, b"last bytes"));
+        assert!(!window.write(10_000, b"past the end"));
+        assert!(!window.write(5, b"before"));
+        assert!(!window.write(u64::MAX, b"x"));
+        drop(window);
+        let mut read = Vec::new();
+        std::fs::File::open(&path)?.read_to_end(&mut read)?;
+        assert_eq!(read.len(), 10_006);
+        assert_eq!(&read[..11], b"headerfirst");
+        assert_eq!(&read[9_000..9_010], b"last bytes");
+        assert!(read[11..9_000].iter().all(|&b| b == 0));
+        assert!(read[9_010..].iter().all(|&b| b == 0));
+        Ok(())
+    }
+}
