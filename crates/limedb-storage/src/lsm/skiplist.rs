@@ -75,7 +75,8 @@
 //! `storage-bench --workload fillrandom` (1M random keys, one new node each), in four
 //! alternating pairs: 267k → 304k puts/s (medians).
 //!
-//! This is one of the two places in the engine with `unsafe` code (the other maps SSTables):
+//! This is one of the three places in the engine with `unsafe` code (the others map SSTables
+//! and the WAL's append window):
 //! every block says why it is sound, and the tests below exercise it (a sorted model in both
 //! index layouts, entries larger than a chunk, long chains, readers racing a writer).
 #![expect(
@@ -183,6 +184,13 @@ impl<'k> Probe<'k> {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Inserts on this thread whose search started from a plan's spot (tests check that plans
+    /// are used, not only that they do no harm).
+    static SEARCHES_FROM_SPOTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Where the inserts of a batch of keys go, found for all of them at once by
 /// [`SkipList::plan_inserts`] and used by [`SkipList::insert_planned`].
 pub struct InsertPlan<'a> {
@@ -192,6 +200,15 @@ pub struct InsertPlan<'a> {
     /// For each key walked for, the node where its walk stepped down at each level (the head
     /// above the level it started at).
     spots: Vec<[*const Node; MAX_HEIGHT]>,
+}
+
+impl fmt::Debug for InsertPlan<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InsertPlan")
+            .field("keys", &self.spot_of.len())
+            .field("walked", &self.spots.len())
+            .finish()
+    }
 }
 
 /// One key's walk down the list in [`SkipList::plan_inserts`].
@@ -751,7 +768,11 @@ impl SkipList {
         // published nodes, each reached at its level.
         let next = match spot.filter(|spot| unsafe { self.spot_is_below(spot, &probe) }) {
             // SAFETY: as above, and the spot is below `probe` (checked).
-            Some(spot) => unsafe { self.search_from(spot, &probe, &mut prev) },
+            Some(spot) => {
+                #[cfg(test)]
+                SEARCHES_FROM_SPOTS.with(|n| n.set(n.get() + 1));
+                unsafe { self.search_from(spot, &probe, &mut prev) }
+            }
             None => {
                 self.search(|n| n.cmp_probe(&probe) == Ordering::Less, &mut prev)
                     .1
@@ -1270,8 +1291,8 @@ impl<'a> Cursor<'a> {
         if next.is_null() {
             return None;
         }
-        // Start loading the node after `next` as well, so that a walk over the list (a flush
-        // writes every entry) overlaps each node's cache miss with the work on the one before.
+        // Start loading the node after `next` as well, so that a walk over the list (a scan, a
+        // flush) overlaps each node's cache miss with the work on the one before.
         // SAFETY: `next` is a published node of the list, with a tower of at least one level.
         prefetch(
             unsafe { (*tower(next, 0)).load(AtomicOrdering::Acquire) },
@@ -1565,6 +1586,10 @@ mod tests {
             let list = SkipList::new();
             let other = SkipList::new();
             other.insert(&[1, 1], &trailer(1), b"other");
+            SEARCHES_FROM_SPOTS.with(|n| n.set(0));
+            // Keys inserted through their own plan while new to a non-empty list: each of
+            // those searches starts from its spot.
+            let mut planned_new = 0usize;
             let mut model = BTreeSet::new();
             let mut seqno = 1u64;
             let mut between = between.into_iter();
@@ -1582,10 +1607,15 @@ mod tests {
                 for i in order {
                     let key = &keys[i];
                     let value = seqno.to_le_bytes();
+                    let walked = plan.spot_of.get(i).copied().flatten().is_some();
+                    let new_now = list.first_of_user_key(key).is_none();
                     match (seed ^ seqno) % 4 {
                         0 => list.insert_planned(&foreign, i, key, &trailer(seqno), &value),
                         1 => list.insert_planned(&plan, (i + 1) % keys.len(), key, &trailer(seqno), &value),
-                        _ => list.insert_planned(&plan, i, key, &trailer(seqno), &value),
+                        _ => {
+                            planned_new += usize::from(walked && new_now);
+                            list.insert_planned(&plan, i, key, &trailer(seqno), &value)
+                        }
                     };
                     model.insert((key.clone(), seqno));
                     seqno += 1;
@@ -1605,6 +1635,7 @@ mod tests {
                 check_seeks(&list, &want, &key, seqno / 2)?;
             }
             prop_assert_eq!(other.len(), 1);
+            prop_assert!(SEARCHES_FROM_SPOTS.with(|n| n.get()) >= planned_new);
         }
     }
 

@@ -652,18 +652,15 @@ impl Drop for SyncMember<'_> {
 
 /// Where the records of `ops` go in `sv`'s active memtable ([`Memtable::plan_inserts`]),
 /// found before the writer lock is taken, so that the searches' cache misses neither come one
-/// after another nor hold up other writers. A single op is not planned: its search alone
-/// would gain nothing from the plan.
+/// after another nor hold up other writers. The writers plan only batches of several ops: a
+/// single op's search gains nothing from it (measured: HTTP SETs, within the noise).
 fn plan_inserts<'a>(sv: &'a SuperVersion, ops: &[WriteOp<'_>]) -> InsertPlan<'a> {
-    let keys: Vec<&[u8]> = if ops.len() > 1 {
-        ops.iter()
-            .map(|op| match *op {
-                WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let keys: Vec<&[u8]> = ops
+        .iter()
+        .map(|op| match *op {
+            WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
+        })
+        .collect();
     sv.active.plan_inserts(&keys)
 }
 
@@ -1516,8 +1513,8 @@ impl Inner {
         self.check_writable()?;
         let synced = self.options.sync == SyncPolicy::Always;
         let _member = synced.then(|| self.sync_group.enter());
-        let planned = self.current();
-        let plan = plan_inserts(&planned, ops);
+        let planned = (ops.len() > 1).then(|| self.current());
+        let plan = planned.as_deref().map(|sv| plan_inserts(sv, ops));
         let (flags, last_seqno) = {
             let _writer = lock(&self.writer);
             self.check_writable()?;
@@ -1539,7 +1536,7 @@ impl Inner {
                 std::thread::sleep(self.options.write_slowdown_delay);
             }
             let applied = self
-                .apply(&sv, ops, &plan, now_ms(), Reach::Disk)?
+                .apply(&sv, ops, plan.as_ref(), now_ms(), Reach::Disk)?
                 .ok_or_else(|| engine_bug("a write allowed to use the disk gave up"))?;
             if synced && applied.1.is_some() {
                 self.sync_group.appended.fetch_add(1, Ordering::SeqCst);
@@ -1564,8 +1561,8 @@ impl Inner {
         if let Err(e) = check_ops(ops).and_then(|()| self.check_writable()) {
             return Some(Err(e));
         }
-        let planned = self.current();
-        let plan = plan_inserts(&planned, ops);
+        let planned = (ops.len() > 1).then(|| self.current());
+        let plan = planned.as_deref().map(|sv| plan_inserts(sv, ops));
         let _writer = try_lock_briefly(&self.writer)?;
         if let Err(e) = self.check_writable() {
             return Some(Err(e));
@@ -1579,7 +1576,7 @@ impl Inner {
         if self.wal.append_would_rotate() {
             return None;
         }
-        match self.apply(&sv, ops, &plan, now_ms(), Reach::Memory) {
+        match self.apply(&sv, ops, plan.as_ref(), now_ms(), Reach::Memory) {
             Ok(Some((flags, _))) => Some(Ok(flags)),
             Ok(None) => None,
             Err(e) => Some(Err(e)),
@@ -1650,7 +1647,7 @@ impl Inner {
         &self,
         sv: &SuperVersion,
         ops: &[WriteOp<'_>],
-        plan: &InsertPlan<'_>,
+        plan: Option<&InsertPlan<'_>>,
         now: u64,
         reach: Reach,
     ) -> Result<Option<(Vec<bool>, Option<u64>)>> {
@@ -1709,15 +1706,20 @@ impl Inner {
         if batch.is_empty() {
             return Ok(Some((flags, None)));
         }
+        debug_assert_eq!(op_of.len(), batch.len(), "a record without its op");
         let last = self.wal.append(&batch)?;
         let first = last + 1 - batch.len() as u64;
         let mut user_bytes = 0u64;
         for ((seqno, op), &i) in (first..).zip(batch.ops()).zip(&op_of) {
             let value = op.stored_value();
             user_bytes += (op.key().len() + value.len()) as u64;
-            // A plan made on a memtable frozen since is ignored.
-            sv.active
-                .insert_planned(plan, i, op.key(), seqno, op.kind(), value);
+            match plan {
+                // A plan made on a memtable frozen since is ignored.
+                Some(plan) => sv
+                    .active
+                    .insert_planned(plan, i, op.key(), seqno, op.kind(), value),
+                None => sv.active.insert(op.key(), seqno, op.kind(), value),
+            }
         }
         // Publish the batch: readers see all of it from now on, none of it before.
         self.visible_seqno.store(last, Ordering::SeqCst);

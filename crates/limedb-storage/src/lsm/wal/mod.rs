@@ -94,8 +94,9 @@
 //! (`fallocate(2)`) and mapped, and appends copy their records into the map (the *append
 //! window*, see `window.rs`): a store into a shared file mapping is in the page cache as
 //! soon as it is made, like a `pwrite(2)`, without the system call (HTTP SET against one shard
-//! +8–10%, in two alternating pairs of `bench/http.sh`). Where the file system cannot allocate,
-//! the extension is sparse and each record is written with one `pwrite(2)`. A segment is
+//! +8–10%, in two alternating pairs of `bench/http.sh`). On a file system that copies on write
+//! (btrfs, ZFS; a full disk could then fault a store) or cannot allocate, the extension is
+//! sparse and each record is written with one `pwrite(2)`. A segment is
 //! trimmed to its last record, and fsynced, when it is closed (rotation, [`Wal::close`], drop),
 //! so only the last segment can end in zeros. Under
 //! [`SyncPolicy::Always`] it also waits until the record is fsynced, by a leader/follower
@@ -210,8 +211,8 @@ pub struct Wal {
     sync_done: Condvar,
     poisoned: AtomicBool,
     fsyncs: AtomicU64,
-    /// Whether appends go through an [`AppendWindow`] where the file system allows (always,
-    /// but in tests of the `pwrite` path).
+    /// Whether appends go through an [`AppendWindow`]: where the file system allows
+    /// ([`window::file_system_allows`]), but in tests of the `pwrite` path.
     map_appends: bool,
     /// Test hooks: the next append writes half its record and fails; the next fsync fails.
     #[cfg(test)]
@@ -368,6 +369,7 @@ impl Wal {
         let sync_file = file
             .try_clone()
             .map_err(StorageError::io("failed to clone WAL handle", &active_path))?;
+        let map_appends = window::file_system_allows(&file);
         let last = next_seqno - 1;
         let wal = Wal {
             dir: dir.to_path_buf(),
@@ -392,7 +394,7 @@ impl Wal {
             sync_done: Condvar::new(),
             poisoned: AtomicBool::new(false),
             fsyncs: AtomicU64::new(0),
-            map_appends: true,
+            map_appends,
             #[cfg(test)]
             fail_next_write: AtomicBool::new(false),
             #[cfg(test)]
@@ -481,7 +483,8 @@ impl Wal {
             let extended = end.max(*file_bytes + EXTEND_BYTES);
             // The window ends where the file did.
             *window = None;
-            let allocated = self.map_appends && window::allocate(file, *file_bytes, extended)?;
+            // From the record on: the whole window is then allocated, whatever lies before.
+            let allocated = self.map_appends && window::allocate(file, at, extended)?;
             if !allocated {
                 file.set_len(extended)?;
             }
@@ -706,6 +709,12 @@ impl Wal {
     fn without_append_windows(mut self) -> Self {
         self.map_appends = false;
         self
+    }
+
+    /// Whether the next append goes through a mapped window.
+    #[cfg(test)]
+    fn has_append_window(&self) -> bool {
+        lock(&self.writer).window.is_some()
     }
 
     /// Trims the active segment's zero tail, fsyncs what is left to sync and closes the log.

@@ -14,8 +14,16 @@
 //!
 //! A store into a shared file mapping is in the page cache when it completes, exactly as a
 //! `pwrite` is: it survives the process being killed, and `fdatasync(2)` on the file writes
-//! it back with the rest (see the module docs of the log). Where the file system cannot
-//! allocate (no `fallocate`), the extension is a sparse one and appends use `pwrite`.
+//! it back with the rest (see the module docs of the log). Populating marks the whole window
+//! dirty, so the first writeback after an extension also writes its zeros (at most 1 MiB).
+//!
+//! Windows are used only on file systems that overwrite allocated blocks in place (ext2/3/4,
+//! XFS, tmpfs; [`file_system_allows`]): on a copy-on-write file system (btrfs, ZFS) a store
+//! into a page already written back needs new space, and a full disk would then be a
+//! `SIGBUS` instead of an error. Elsewhere, and where the file system cannot allocate, the
+//! extension is a sparse one and appends use `pwrite`. A store into a window can still fault
+//! if the disk fails to read back a page evicted in the meantime; where `pwrite` would return
+//! `EIO`, the process then dies, with every acknowledged write in the log.
 
 #![expect(
     unsafe_code,
@@ -26,9 +34,38 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
+/// Whether `file` lies on a file system whose allocated blocks are overwritten in place (see
+/// the module docs): ext2/3/4, XFS or tmpfs.
+#[cfg(target_os = "linux")]
+pub(super) fn file_system_allows(file: &File) -> bool {
+    const EXT: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const TMPFS: i64 = 0x0102_1994;
+    let mut stats = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `fstatfs` writes one `statfs` into the buffer we own; the descriptor is open for
+    // as long as `file` is borrowed.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), stats.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: `fstatfs` succeeded, so it filled the buffer.
+    #[allow(
+        clippy::useless_conversion,
+        reason = "f_type is an i64 on x86-64 but narrower on other targets"
+    )]
+    let kind = i64::from(unsafe { stats.assume_init() }.f_type);
+    matches!(kind, EXT | XFS | TMPFS)
+}
+
+/// No windows off Linux.
+#[cfg(not(target_os = "linux"))]
+pub(super) fn file_system_allows(_file: &File) -> bool {
+    false
+}
+
 /// Reserves the blocks of bytes `from..to` of `file` (extending it to `to` if it is shorter).
 /// Returns `Ok(false)` if the file system cannot do it (no `fallocate`): the caller extends the
 /// file sparsely instead and does not map it.
+#[cfg(target_os = "linux")]
 pub(super) fn allocate(file: &File, from: u64, to: u64) -> io::Result<bool> {
     let (Ok(offset), Ok(len)) = (
         libc::off_t::try_from(from),
@@ -49,6 +86,12 @@ pub(super) fn allocate(file: &File, from: u64, to: u64) -> io::Result<bool> {
     }
 }
 
+/// No `fallocate` off Linux: extensions stay sparse.
+#[cfg(not(target_os = "linux"))]
+pub(super) fn allocate(_file: &File, _from: u64, _to: u64) -> io::Result<bool> {
+    Ok(false)
+}
+
 /// Bytes `start..end` of the active segment, mapped for writing.
 #[derive(Debug)]
 pub(super) struct AppendWindow {
@@ -66,9 +109,11 @@ impl AppendWindow {
         // SAFETY: the mapping is of the active segment of this process's log, which only its
         // writer (holding the log's writer lock, as the caller does) writes, and which nothing
         // shortens while the window exists: the log drops the window before it trims the file
-        // (`Wal::trim_locked`) and never deletes the active segment. The bytes are only copied
-        // into (`write`), never borrowed out, so a change made through another mapping or
-        // descriptor cannot break a reference of ours.
+        // (`Wal::trim_locked`) and never deletes the active segment. (This assumes, as the
+        // whole engine does, that no other process opens the same directory: one that did
+        // could trim the file under the map, and a store past its end would be a `SIGBUS`.)
+        // The bytes are only copied into (`write`), never borrowed out, so a change made
+        // through another mapping or descriptor cannot break a reference of ours.
         let map = unsafe {
             memmap2::MmapOptions::new()
                 .offset(start)
@@ -77,8 +122,12 @@ impl AppendWindow {
         };
         #[cfg(target_os = "linux")]
         if let Err(error) = map.advise(memmap2::Advice::PopulateWrite) {
-            // Older kernels: the pages fault in on first write instead.
-            tracing::trace!(%error, "MADV_POPULATE_WRITE on the WAL append window failed");
+            // Kernels before 5.14 do not know the advice: the pages fault in on first write.
+            // Any other failure (a page that cannot be faulted in) means a store would fault:
+            // no window.
+            if error.raw_os_error() != Some(libc::EINVAL) {
+                return Err(error);
+            }
         }
         Ok(AppendWindow { start, map })
     }
