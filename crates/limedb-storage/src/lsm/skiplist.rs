@@ -1286,7 +1286,22 @@ impl<'a> Cursor<'a> {
                 }
             });
         }
-        // SAFETY: a node of the list has a tower of at least one level.
+        self.group_after()
+    }
+
+    /// The first entry of the group after this entry's group: the versions of this group
+    /// after this entry are passed over without being read. (A user key with more versions
+    /// than one chain holds has several groups, one after another.) Starts loading that
+    /// group's first entry and the node after it.
+    pub fn next_group(&self) -> Option<Cursor<'a>> {
+        let group = self.group_after()?;
+        prefetch(group.node, true);
+        Some(group)
+    }
+
+    /// The first entry of the group after the owner's, `None` at the end of the list.
+    fn group_after(&self) -> Option<Cursor<'a>> {
+        // SAFETY: the owner is a node of the list, with a tower of at least one level.
         let next = unsafe { (*tower(self.owner, 0)).load(AtomicOrdering::Acquire) };
         if next.is_null() {
             return None;
@@ -1300,27 +1315,6 @@ impl<'a> Cursor<'a> {
         );
         // SAFETY: as above.
         Some(unsafe { group_start(next) })
-    }
-
-    /// The first entry of the group after this entry's group: the versions of this group
-    /// after this entry are passed over without being read. (A user key with more versions
-    /// than one chain holds has several groups, one after another.) Starts loading that
-    /// group's first entry and the node after it, as [`Cursor::next`] does.
-    pub fn next_group(&self) -> Option<Cursor<'a>> {
-        // SAFETY: the owner is a node of the list, with a tower of at least one level.
-        let next = unsafe { (*tower(self.owner, 0)).load(AtomicOrdering::Acquire) };
-        if next.is_null() {
-            return None;
-        }
-        // SAFETY: `next` is a published node of the list, with a tower of at least one level.
-        prefetch(
-            unsafe { (*tower(next, 0)).load(AtomicOrdering::Acquire) },
-            true,
-        );
-        // SAFETY: as above.
-        let group = unsafe { group_start(next) };
-        prefetch(group.node, true);
-        Some(group)
     }
 
     /// The order of this entry against `other`'s.
