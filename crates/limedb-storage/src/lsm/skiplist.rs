@@ -221,7 +221,6 @@ struct Walk<'k> {
     next: *const Node,
     level: usize,
     spot: [*const Node; MAX_HEIGHT],
-    done: bool,
 }
 
 impl Walk<'_> {
@@ -716,15 +715,10 @@ impl SkipList {
         trailer: &[u8; TRAILER_LEN],
         value: &[u8],
     ) -> usize {
-        let spot = if ptr::eq(plan.list, self) {
-            plan.spot_of
-                .get(i)
-                .copied()
-                .flatten()
-                .and_then(|s| plan.spots.get(s))
-        } else {
-            None
-        };
+        let spot = ptr::eq(plan.list, self)
+            .then(|| plan.spot_of.get(i).copied().flatten())
+            .flatten()
+            .and_then(|s| plan.spots.get(s));
         self.insert_from(spot, user_key, trailer, value)
     }
 
@@ -956,11 +950,7 @@ impl SkipList {
         let hashes: Vec<u64> = user_keys.iter().map(|key| xxh3_64(key)).collect();
         table.prefetch_probes(&hashes);
         let head = self.head.as_ptr().cast_const();
-        let top = self
-            .height
-            .load(AtomicOrdering::Acquire)
-            .clamp(1, MAX_HEIGHT)
-            - 1;
+        let top = self.levels() - 1;
         let mut walks = Vec::new();
         for (i, (key, &hash)) in user_keys.iter().zip(&hashes).enumerate() {
             let owner = table.find(key, hash);
@@ -981,19 +971,16 @@ impl SkipList {
                     next: unsafe { (*tower(head, top)).load(AtomicOrdering::Acquire) },
                     level: top,
                     spot: [head; MAX_HEIGHT],
-                    done: false,
                 });
             }
         }
-        let mut walking = walks.len();
-        while walking > 0 {
-            for walk in walks.iter_mut().filter(|w| !w.done) {
+        // One step of every walk still going per round, until all have stepped off level 0.
+        let mut walking: Vec<usize> = (0..walks.len()).collect();
+        while !walking.is_empty() {
+            walking.retain(|&w| {
                 // SAFETY: the walk holds the head or published nodes of this list.
-                if unsafe { walk.step() } {
-                    walk.done = true;
-                    walking -= 1;
-                }
-            }
+                walks.get_mut(w).is_some_and(|walk| !unsafe { walk.step() })
+            });
         }
         plan.spots = walks.into_iter().map(|w| w.spot).collect();
         plan
@@ -1020,6 +1007,13 @@ impl SkipList {
         firsts
     }
 
+    /// How many levels searches walk: the tallest tower in use, at least one.
+    fn levels(&self) -> usize {
+        self.height
+            .load(AtomicOrdering::Acquire)
+            .clamp(1, MAX_HEIGHT)
+    }
+
     /// Walks down the list from the top: at each level, moves right while `advance(next)`
     /// holds (`next` a node of the list, handed over as a [`Cursor`]), and records in `prev`
     /// the node where it stepped down. Returns the level-0 node it stopped at (the head, or
@@ -1031,11 +1025,7 @@ impl SkipList {
         prev: &mut [*const Node; MAX_HEIGHT],
     ) -> (*const Node, *const Node) {
         let mut at = self.head.as_ptr().cast_const();
-        let mut level = self
-            .height
-            .load(AtomicOrdering::Acquire)
-            .clamp(1, MAX_HEIGHT)
-            - 1;
+        let mut level = self.levels() - 1;
         loop {
             // SAFETY: `at` is the head (tower MAX_HEIGHT) or a node reached at `level`, whose
             // tower is taller than `level`.
@@ -1080,12 +1070,8 @@ impl SkipList {
         probe: &Probe<'_>,
         prev: &mut [*const Node; MAX_HEIGHT],
     ) -> *const Node {
-        let top = self
-            .height
-            .load(AtomicOrdering::Acquire)
-            .clamp(1, MAX_HEIGHT);
         let mut next = ptr::null();
-        for level in (0..top).rev() {
+        for level in (0..self.levels()).rev() {
             let mut at = spot[level];
             loop {
                 // SAFETY: `at` is the spot's node at `level` (see above) or a node reached
@@ -1552,7 +1538,7 @@ mod tests {
             prop_assert_eq!(&backward(&list), &want);
             for c in entries(&list) {
                 let uk = user_key(c.key());
-                let seqno = u64::from_le_bytes(c.key()[uk.len()..].try_into().unwrap_or([0; 8])) >> 8;
+                let seqno = trailer_of(c.key()) >> 8;
                 let want = [uk, &seqno.to_le_bytes()].concat();
                 prop_assert_eq!(c.value(), want.as_slice());
             }
@@ -1620,9 +1606,7 @@ mod tests {
             prop_assert_eq!(&forward(&list), &want);
             prop_assert_eq!(&backward(&list), &want);
             for c in entries(&list) {
-                let uk = user_key(c.key());
-                let seqno = u64::from_le_bytes(c.key()[uk.len()..].try_into().unwrap_or([0; 8])) >> 8;
-                let want = seqno.to_le_bytes();
+                let want = (trailer_of(c.key()) >> 8).to_le_bytes();
                 prop_assert_eq!(c.value(), want.as_slice());
             }
             for key in between.chain(batches.into_iter().flatten()).take(50) {

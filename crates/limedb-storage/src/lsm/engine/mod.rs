@@ -1851,14 +1851,9 @@ impl Inner {
         let max_seqno = memtable.max_seqno();
         let mut manifest = lock(&self.manifest);
         let (n, mut writer) = self.new_table(&mut manifest)?;
-        // Keep, for every live snapshot, the newest version it can see (see `Retention`);
-        // the memtable does not even read most of the versions that drops.
-        let smallest_snapshot = self.smallest_snapshot();
-        let mut retention = Retention::new(smallest_snapshot);
-        for entry in memtable.iter_visible(smallest_snapshot) {
-            if retention.shadowed(entry.user_key(), entry.seqno()) {
-                continue;
-            }
+        // Keep, for every live snapshot, the newest version it can see (the rule of
+        // `Retention`): the memtable yields just those, without reading the versions dropped.
+        for entry in memtable.iter_visible(self.smallest_snapshot()) {
             writer.add(entry.encoded_key(), entry.value())?;
         }
         let (handle, table) = self.finish_table(n, writer)?;
@@ -1875,11 +1870,7 @@ impl Inner {
             && self.options.memtable_bytes <= budget as u64 / 2
             && memtable_bytes <= budget / 4 * 3)
             .then(|| Arc::clone(memtable));
-        let reserved = if retained.is_some() {
-            memtable_bytes
-        } else {
-            0
-        };
+        let reserved = retained.as_ref().map_or(0, |_| memtable_bytes);
         if self.options.warm_cache_on_flush && read_since_flush {
             let blocks = table.warm_cache(budget.saturating_sub(reserved) / 2)?;
             self.counters

@@ -51,6 +51,23 @@ pub(super) fn data(engine: &LsmEngine, key: &[u8]) -> Result<Option<Vec<u8>>> {
     Ok(engine.get(key)?.map(|v| v.data.to_vec()))
 }
 
+/// Runs `work(t)` for `t` in `0..threads`, each on a thread of its own, all at once, and
+/// returns once every one has; the first error, or a panic, fails the caller.
+fn on_threads(threads: usize, work: impl Fn(usize) -> Result<()> + Sync) -> TestResult {
+    std::thread::scope(|scope| {
+        let running: Vec<_> = (0..threads)
+            .map(|t| {
+                let work = &work;
+                scope.spawn(move || work(t))
+            })
+            .collect();
+        for thread in running {
+            thread.join().map_err(|_| "writer panicked")??;
+        }
+        Ok(())
+    })
+}
+
 /// The `i`-th test key, `key000123`: keys sort in the order of `i`.
 pub(super) fn key(i: usize) -> Vec<u8> {
     format!("key{i:06}").into_bytes()
@@ -353,28 +370,20 @@ fn concurrent_writers_then_verify() -> TestResult {
         ..tiny()
     };
     let engine = Arc::new(LsmEngine::open(dir.path(), options.clone())?);
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let engine = Arc::clone(&engine);
-            std::thread::spawn(move || -> Result<()> {
-                for i in 0..400 {
-                    let k = key(t * 1000 + i);
-                    engine.put(&k, format!("t{t}-{i}").as_bytes(), None)?;
-                    if i % 5 == 0 {
-                        engine.delete(&k)?;
-                    }
-                    // Readers run alongside writers, flushes and compactions.
-                    if i % 50 == 0 {
-                        engine.scan(None, 10)?;
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().map_err(|_| "writer panicked")??;
-    }
+    on_threads(4, |t| {
+        for i in 0..400 {
+            let k = key(t * 1000 + i);
+            engine.put(&k, format!("t{t}-{i}").as_bytes(), None)?;
+            if i % 5 == 0 {
+                engine.delete(&k)?;
+            }
+            // Readers run alongside writers, flushes and compactions.
+            if i % 50 == 0 {
+                engine.scan(None, 10)?;
+            }
+        }
+        Ok(())
+    })?;
     let verify = |engine: &LsmEngine| -> TestResult {
         for t in 0..4 {
             for i in 0..400 {
@@ -406,34 +415,26 @@ fn concurrent_batches_land_in_order() -> TestResult {
             ..tiny()
         };
         let engine = Arc::new(LsmEngine::open(dir.path(), options.clone())?);
-        let threads: Vec<_> = (0..4)
-            .map(|t| {
-                let engine = Arc::clone(&engine);
-                std::thread::spawn(move || -> Result<()> {
-                    for round in 0..3 {
-                        let value = format!("t{t}-r{round}");
-                        let keys: Vec<Vec<u8>> = (0..400).map(|i| key(i * 4 + t)).collect();
-                        // Each batch in a scattered order, as a pipeline's keys come.
-                        for (b, batch) in keys.chunks(8).enumerate() {
-                            let mut ops: Vec<WriteOp<'_>> =
-                                batch.iter().map(|k| put(k, value.as_bytes())).collect();
-                            ops.rotate_left(b % 8);
-                            if b % 2 == 0 {
-                                if let Some(done) = engine.try_write_many_now(&ops) {
-                                    done?;
-                                    continue;
-                                }
-                            }
-                            engine.write_many(&ops)?;
+        on_threads(4, |t| {
+            for round in 0..3 {
+                let value = format!("t{t}-r{round}");
+                let keys: Vec<Vec<u8>> = (0..400).map(|i| key(i * 4 + t)).collect();
+                // Each batch in a scattered order, as a pipeline's keys come.
+                for (b, batch) in keys.chunks(8).enumerate() {
+                    let mut ops: Vec<WriteOp<'_>> =
+                        batch.iter().map(|k| put(k, value.as_bytes())).collect();
+                    ops.rotate_left(b % 8);
+                    if b % 2 == 0 {
+                        if let Some(done) = engine.try_write_many_now(&ops) {
+                            done?;
+                            continue;
                         }
                     }
-                    Ok(())
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().map_err(|_| "writer panicked")??;
-        }
+                    engine.write_many(&ops)?;
+                }
+            }
+            Ok(())
+        })?;
         let verify = |engine: &LsmEngine| -> TestResult {
             let all = engine.scan(None, 10_000)?;
             let keys: Vec<Vec<u8>> = all.iter().map(|(k, _)| k.to_vec()).collect();

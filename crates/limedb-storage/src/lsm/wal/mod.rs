@@ -484,18 +484,16 @@ impl Wal {
             // The window ends where the file did.
             *window = None;
             // From the record on: the whole window is then allocated, whatever lies before.
-            let allocated = self.map_appends && window::allocate(file, at, extended)?;
-            if !allocated {
-                file.set_len(extended)?;
-            }
-            *file_bytes = extended;
-            if allocated {
+            if self.map_appends && window::allocate(file, at, extended)? {
                 *window = AppendWindow::map(file, at, extended)
                     .inspect_err(|error| {
                         tracing::debug!(%error, "cannot map the WAL append window; using pwrite");
                     })
                     .ok();
+            } else {
+                file.set_len(extended)?;
             }
+            *file_bytes = extended;
         }
         #[cfg(test)]
         if self.fail_next_write.swap(false, Ordering::SeqCst) {
