@@ -90,13 +90,13 @@
 //! acknowledged batch survives the process being killed under every [`SyncPolicy`]. The record
 //! goes into space the file already has: the active segment is extended by [`EXTEND_BYTES`] of
 //! zeros whenever a record would not fit, instead of growing the file with every record (on
-//! ext4, +5–7% SETs at redis-benchmark `-P 16`). The extension is allocated on disk
-//! (`fallocate(2)`) and mapped, and appends copy their records into the map (the *append
+//! ext4, +5–7% SETs at redis-benchmark `-P 16`). The extension is allocated on disk (zeros
+//! written over it) and mapped, and appends copy their records into the map (the *append
 //! window*, see `window.rs`): a store into a shared file mapping is in the page cache as
 //! soon as it is made, like a `pwrite(2)`, without the system call (HTTP SET against one shard
 //! +8–10%, in two alternating pairs of `bench/http.sh`). On a file system that copies on write
-//! (btrfs, ZFS; a full disk could then fault a store) or cannot allocate, the extension is
-//! sparse and each record is written with one `pwrite(2)`. A segment is
+//! (btrfs, ZFS; a full disk could then fault a store) or that LimeDB does not know, the
+//! extension is sparse and each record is written with one `pwrite(2)`. A segment is
 //! trimmed to its last record, and fsynced, when it is closed (rotation, [`Wal::close`], drop),
 //! so only the last segment can end in zeros. Under
 //! [`SyncPolicy::Always`] it also waits until the record is fsynced, by a leader/follower
@@ -468,7 +468,7 @@ impl Wal {
 
     /// Writes `record` at offset `at` of the active segment, first extending the file by at
     /// least [`EXTEND_BYTES`] if the record would not fit in its size `*file_bytes`: with
-    /// allocated blocks, then mapped ([`window`]), where the file system can allocate, else
+    /// zeros written, then mapped ([`window`]), where the file system overwrites in place, else
     /// sparsely. The record is copied into the window if there is one, else `pwrite`n.
     fn write_record(
         &self,
@@ -484,7 +484,8 @@ impl Wal {
             // The window ends where the file did.
             *window = None;
             // From the record on: the whole window is then allocated, whatever lies before.
-            if self.map_appends && window::allocate(file, at, extended)? {
+            if self.map_appends {
+                window::allocate(file, at, extended)?;
                 *window = AppendWindow::map(file, at, extended)
                     .inspect_err(|error| {
                         tracing::debug!(%error, "cannot map the WAL append window; using pwrite");
@@ -702,7 +703,7 @@ impl Wal {
         Ok(removed)
     }
 
-    /// Makes appends `pwrite` their records, as on a file system that cannot allocate space.
+    /// Makes appends `pwrite` their records, as on a file system that copies on write.
     #[cfg(test)]
     fn without_append_windows(mut self) -> Self {
         self.map_appends = false;

@@ -6,8 +6,9 @@
 //! request) that was the larger part of the log's cost. The window is prepared once per
 //! extension of the file ([`EXTEND_BYTES`](super::EXTEND_BYTES), 1 MiB):
 //!
-//! 1. [`allocate`] reserves the extension's blocks (`fallocate(2)`), so that a full disk is an
-//!    error from that call and never a `SIGBUS` from a store into a mapped page of a hole;
+//! 1. [`allocate`] writes zeros over the extension, so that the file system reserves its blocks
+//!    (a full disk is an error from that write, never a `SIGBUS` from a store into a mapped
+//!    page of a hole) and its pages are in the page cache;
 //! 2. [`AppendWindow::map`] maps the file from the append offset to its end (`MAP_SHARED`) and
 //!    asks the kernel to fault every page in writable at once (`MADV_POPULATE_WRITE`, Linux
 //!    5.14; without it pages fault in on first write).
@@ -33,6 +34,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 
 /// Whether `file` lies on a file system whose allocated blocks are overwritten in place (see
 /// the module docs): ext2/3/4, XFS or tmpfs.
@@ -62,34 +64,24 @@ pub(super) fn file_system_allows(_file: &File) -> bool {
     false
 }
 
-/// Reserves the blocks of bytes `from..to` of `file` (extending it to `to` if it is shorter).
-/// Returns `Ok(false)` if the file system cannot do it (no `fallocate`): the caller extends the
-/// file sparsely instead and does not map it.
-#[cfg(target_os = "linux")]
-pub(super) fn allocate(file: &File, from: u64, to: u64) -> io::Result<bool> {
-    let (Ok(offset), Ok(len)) = (
-        libc::off_t::try_from(from),
-        libc::off_t::try_from(to.saturating_sub(from)),
-    ) else {
-        return Err(io::Error::other("WAL segment offset out of range"));
-    };
-    // SAFETY: `fallocate` reads no memory of ours; the descriptor is open for as long as
-    // `file` is borrowed.
-    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) };
-    if result == 0 {
-        return Ok(true);
+/// Allocates bytes `from..to` of `file` (extending it to `to` if it is shorter) by writing
+/// zeros over them: the file system reserves their blocks as it takes the write, so that a
+/// full disk is an error here, and the zeros stay in the page cache for the window to map.
+///
+/// Zeros written are cheaper to map than space `fallocate(2)` reserves: the kernel then has to
+/// read each page of the unwritten extent in (as zeros) and prepare its blocks for writing one
+/// page at a time, while written pages are already there. With a C probe on ext4, preparing a
+/// 1 MiB window and filling it with 2 KiB records took 0.5–0.65 ms of CPU time this way
+/// against 1.3–1.5 ms after `fallocate`.
+pub(super) fn allocate(file: &File, from: u64, to: u64) -> io::Result<()> {
+    static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
+    let mut at = from;
+    while at < to {
+        let len = usize::try_from(to - at).map_or(ZEROS.len(), |left| left.min(ZEROS.len()));
+        file.write_all_at(&ZEROS[..len], at)?;
+        at += len as u64;
     }
-    let error = io::Error::last_os_error();
-    match error.raw_os_error() {
-        Some(libc::EOPNOTSUPP | libc::ENOSYS) => Ok(false),
-        _ => Err(error),
-    }
-}
-
-/// No `fallocate` off Linux: extensions stay sparse.
-#[cfg(not(target_os = "linux"))]
-pub(super) fn allocate(_file: &File, _from: u64, _to: u64) -> io::Result<bool> {
-    Ok(false)
+    Ok(())
 }
 
 /// Bytes `start..end` of the active segment, mapped for writing.
@@ -172,10 +164,7 @@ mod tests {
             .create_new(true)
             .open(&path)?;
         std::io::Write::write_all(&mut &file, b"header")?;
-        if !allocate(&file, 6, 6 + 10_000)? {
-            // A file system without fallocate: the log would not map this file.
-            return Ok(());
-        }
+        allocate(&file, 6, 6 + 10_000)?;
         assert_eq!(file.metadata()?.len(), 10_006);
         // A window starting off a page boundary, as after a record.
         let mut window = AppendWindow::map(&file, 6, 10_006)?;
