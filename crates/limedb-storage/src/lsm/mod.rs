@@ -19,7 +19,6 @@
 //! It is every shard's default backend (`limedb shard --storage lsm`).
 
 pub mod cache;
-mod chunks;
 pub mod compaction;
 pub mod engine;
 pub mod key;

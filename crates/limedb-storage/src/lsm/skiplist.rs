@@ -8,8 +8,7 @@
 //! by a bump allocator (an entry above 512 KiB gets an allocation of its own), so an insert
 //! costs no call to the allocator most of the time, a search touches one cache line and few
 //! TLB entries per node it passes, and the whole memtable is freed at once when it is dropped
-//! (its chunks kept in a pool for the next memtable, which a thread of its own also fills with
-//! fresh chunks ahead of need: see [`chunks`](super::chunks)).
+//! (its chunks, up to 64 MiB of them, kept for the next memtable: `SPARE_CHUNKS`).
 //!
 //! # Lists, chains and the hash index
 //!
@@ -96,7 +95,6 @@ use std::sync::{Mutex, PoisonError};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::chunks::{self, CHUNK_BYTES};
 use super::key::{compare_encoded, order_prefix, trailer, user_key, TRAILER_LEN};
 
 /// The tallest tower.
@@ -109,8 +107,20 @@ pub const MAX_CHAIN: u16 = 16;
 /// One node in `BRANCHING` of a level is also in the level above.
 const BRANCHING: u64 = 2;
 
+/// Size of an arena chunk: one transparent huge page on x86-64 Linux.
+const CHUNK_BYTES: usize = 2 << 20;
+
 /// Nodes larger than this get an allocation of their own rather than the rest of a chunk.
 const LARGE_NODE_BYTES: usize = CHUNK_BYTES / 4;
+
+/// Most chunks kept in [`SPARE_CHUNKS`]: 64 MiB, one memtable of the default budget.
+const MAX_SPARE_CHUNKS: usize = 32;
+
+/// Chunks of dropped lists, for the next lists to reuse. A memtable is dropped after its flush
+/// and a fresh one fills at the same pace: reusing the flushed one's chunks spares the kernel
+/// faulting in and zeroing a huge page per chunk, which was 5% of a shard's CPU time under a
+/// stream of SETs. Kept for the whole process, at most [`MAX_SPARE_CHUNKS`].
+static SPARE_CHUNKS: Mutex<Vec<memmap2::MmapMut>> = Mutex::new(Vec::new());
 
 /// Slots of the first index table (8 KiB) when no size is expected; each replacement doubles
 /// the table.
@@ -391,6 +401,16 @@ fn prefetch<T>(at: *const T, two_lines: bool) {
     let _ = (at, two_lines);
 }
 
+/// A fresh chunk: an anonymous map of [`CHUNK_BYTES`] that asks for transparent huge pages.
+fn map_chunk() -> std::io::Result<memmap2::MmapMut> {
+    let chunk = memmap2::MmapMut::map_anon(CHUNK_BYTES)?;
+    #[cfg(target_os = "linux")]
+    if let Err(error) = chunk.advise(memmap2::Advice::HugePage) {
+        tracing::debug!(%error, "madvise(MADV_HUGEPAGE) on a memtable chunk failed");
+    }
+    Ok(chunk)
+}
+
 /// The bump allocator behind the nodes, and the state only the writer touches.
 struct Writer {
     /// Every heap allocation (the head, large nodes, chunks that could not be mapped), freed
@@ -441,10 +461,15 @@ impl Writer {
         NonNull::new(at).unwrap_or_else(|| self.allocate_fresh(bytes))
     }
 
-    /// A new chunk of [`CHUNK_BYTES`] (see [`chunks`]: a pooled one, already faulted in, if
-    /// there is one); heap memory if no map can be made.
+    /// A new chunk of [`CHUNK_BYTES`]: an anonymous map that asks for transparent huge pages
+    /// (`MADV_HUGEPAGE`), so that a search's random walk over a 64 MiB memtable misses the
+    /// TLB far less often than over 4 KiB pages; heap memory if the map cannot be made.
     fn allocate_chunk(&mut self) -> NonNull<u8> {
-        match chunks::take() {
+        let spare = SPARE_CHUNKS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match spare.map_or_else(map_chunk, Ok) {
             Ok(mut chunk) => {
                 let at = NonNull::new(chunk.as_mut_ptr());
                 self.chunks.push(chunk);
@@ -586,7 +611,6 @@ impl SkipList {
     }
 
     fn build(keys: usize, tag_slots: bool) -> Self {
-        chunks::wake_prefaulter();
         let mut writer = Writer {
             allocations: Vec::new(),
             chunks: Vec::new(),
@@ -1166,8 +1190,11 @@ impl Drop for SkipList {
             // cursors borrow the list).
             unsafe { alloc::dealloc(at.as_ptr(), layout) };
         }
-        // Nothing reads the chunks any more either.
-        chunks::give_back(&mut writer.chunks);
+        // Nothing reads the chunks any more either; the next list overwrites what it uses.
+        let mut spare = SPARE_CHUNKS.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = MAX_SPARE_CHUNKS.saturating_sub(spare.len());
+        let keep = writer.chunks.len().min(room);
+        spare.extend(writer.chunks.drain(..keep));
     }
 }
 
@@ -1852,11 +1879,11 @@ mod tests {
             fill(list, 1);
         }
         drop(lists);
-        let pooled = chunks::pooled();
-        assert!(
-            pooled <= chunks::MAX_POOLED_CHUNKS,
-            "{pooled} pooled chunks"
-        );
+        let spare = SPARE_CHUNKS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        assert!(spare <= MAX_SPARE_CHUNKS, "{spare} spare chunks");
         let list = SkipList::new();
         fill(&list, 2);
         let values: Vec<&[u8]> = entries(&list).map(|c| c.value()).collect();

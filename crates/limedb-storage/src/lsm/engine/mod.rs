@@ -63,8 +63,7 @@
 //!   for the flush thread; a writer that would freeze a further one **stalls** until a flush
 //!   finishes. A flushed memtable kept for point reads
 //!   ([`LsmOptions::retain_flushed_memtable`]) borrows its bytes from the block cache's
-//!   budget. Besides, the process keeps up to 80 MiB of free memtable chunks, already faulted
-//!   in, for the next memtables (`lsm/chunks.rs`).
+//!   budget.
 //! - **L0 back-pressure**: flushes add tables to L0 faster than compaction may drain it. From
 //!   `l0_slowdown_tables` (default 8) L0 tables, every write batch first pauses
 //!   `write_slowdown_delay` (1 ms) under the writer lock, which caps the batch rate while
