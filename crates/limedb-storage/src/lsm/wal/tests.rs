@@ -625,7 +625,7 @@ fn records_len(batches: &[WriteBatch]) -> u64 {
 }
 
 /// Whether the log maps its appends in `dir`: its file system overwrites in place.
-fn can_allocate(dir: &Path) -> std::io::Result<bool> {
+fn maps_appends_in(dir: &Path) -> std::io::Result<bool> {
     let probe = tempfile::tempfile_in(dir)?;
     Ok(window::file_system_allows(&probe))
 }
@@ -683,14 +683,14 @@ fn segments_grow_and_are_trimmed(windows: bool) -> TestResult {
     }
     let records = SEGMENT_HEADER_LEN as u64 + records_len(&first);
     let active = wal.segment_paths().pop().ok_or("no segment")?;
-    // Appends wrote into zeros the file already had: allocated on disk for a window (where
-    // the file system can), a hole otherwise.
+    // Appends wrote into zeros the file already had: written (so allocated) for a window,
+    // where the file system overwrites in place; a hole otherwise.
     assert_eq!(file_len(&active)?, SEGMENT_HEADER_LEN as u64 + EXTEND_BYTES);
     let allocated = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&active)?) * 512;
     if !windows {
         assert!(allocated < EXTEND_BYTES, "{allocated} bytes allocated");
         assert!(!wal.has_append_window());
-    } else if can_allocate(dir.path())? {
+    } else if maps_appends_in(dir.path())? {
         assert!(allocated >= EXTEND_BYTES, "{allocated} bytes allocated");
         assert!(wal.has_append_window(), "appends were not mapped");
     }
