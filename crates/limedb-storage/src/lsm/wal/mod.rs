@@ -242,7 +242,8 @@ struct Writer {
     /// Encoding buffer, reused between appends.
     buf: Vec<u8>,
     /// The allocated space after the records, mapped for appends (see [`window`]); `None`
-    /// until the file is extended, or where it cannot be allocated (appends then `pwrite`).
+    /// until the file is extended, on a file system the log does not map, after a record
+    /// larger than an extension, or if the map failed (appends then `pwrite`).
     window: Option<AppendWindow>,
 }
 
@@ -483,8 +484,10 @@ impl Wal {
             let extended = end.max(*file_bytes + EXTEND_BYTES);
             // The window ends where the file did.
             *window = None;
-            // From the record on: the whole window is then allocated, whatever lies before.
-            if self.map_appends {
+            // From the record on: the whole window is then allocated, whatever lies before. A
+            // window is for a stream of small records: one larger than an extension is not
+            // written twice (zeros, then itself), it goes into a sparse extension by `pwrite`.
+            if self.map_appends && record.len() as u64 <= EXTEND_BYTES {
                 window::allocate(file, at, extended)?;
                 *window = AppendWindow::map(file, at, extended)
                     .inspect_err(|error| {

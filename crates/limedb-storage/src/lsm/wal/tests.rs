@@ -631,7 +631,7 @@ fn maps_appends_in(dir: &Path) -> std::io::Result<bool> {
 }
 
 /// Opens the log in `dir`; with `windows` off, appends `pwrite` their records (as on a file
-/// system that cannot allocate space) instead of copying them into a mapped window.
+/// system that copies on write) instead of copying them into a mapped window.
 fn open_with(dir: &Path, windows: bool) -> Result<(Wal, Vec<RecoveredBatch>)> {
     let (wal, recovered) = Wal::open(dir, opts(SyncPolicy::Never))?;
     let wal = if windows {
@@ -749,6 +749,30 @@ fn a_crash_leaves_zeros(windows: bool) -> TestResult {
         next,
         written.iter().map(|b| b.len() as u64).sum::<u64>() + 1
     );
+    Ok(())
+}
+
+/// A record larger than an extension is written with `pwrite` into a sparse extension, not
+/// over zeros written first; the small record after it gets a window again (where the file
+/// system allows), and a kill loses neither.
+#[test]
+fn a_record_larger_than_an_extension_is_written_without_a_window() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (wal, _) = open_with(dir.path(), true)?;
+    let mut large = WriteBatch::new();
+    large.put("large", vec![7u8; 3 * EXTEND_BYTES as usize]);
+    wal.append(&large)?;
+    assert!(!wal.has_append_window());
+    let active = wal.segment_paths().pop().ok_or("no segment")?;
+    let records = SEGMENT_HEADER_LEN as u64 + record_len(&large);
+    // The file ends at the record: no extension beyond it, and no zeros written under it.
+    assert_eq!(file_len(&active)?, records);
+    let small = batch(1, 2);
+    wal.append(&small)?;
+    assert_eq!(wal.has_append_window(), maps_appends_in(dir.path())?);
+    std::mem::forget(wal);
+    let (_, recovered) = Wal::open(dir.path(), opts(SyncPolicy::Never))?;
+    assert_eq!(recovered_batches(recovered), vec![large, small]);
     Ok(())
 }
 
