@@ -1112,6 +1112,112 @@ fn cluster_pipelines_expiry_and_transactions(storage: &str) {
     assert_eq!(got.body, b"\x00\x01\xfe\xff");
 }
 
+/// The introspection commands clients and redis-cli send: COMMAND (COUNT, INFO, DOCS),
+/// CLIENT ID/SETINFO/INFO and the INFO sections, with Redis's shapes and live figures.
+#[test]
+fn introspection_commands_answer_what_clients_ask() {
+    let shard = Shard::start(&[]);
+    let mut c = shard.client();
+    let mut other = shard.client();
+
+    // COMMAND: one entry per command, COUNT of them; INFO by name (nil for an unknown one).
+    let count: i64 = run(&mut c, &["COMMAND", "COUNT"]);
+    let all: Vec<redis::Value> = run(&mut c, &["COMMAND"]);
+    assert_eq!(all.len() as i64, count);
+    let mut names: Vec<String> = all
+        .iter()
+        .map(|entry| match entry {
+            redis::Value::Array(items) => redis::from_redis_value::<String>(&items[0])
+                .expect("name")
+                .to_uppercase(),
+            other => panic!("COMMAND entry {other:?}"),
+        })
+        .collect();
+    names.sort();
+    // Every command the server answers, and no other.
+    let mut served: Vec<&str> = "APPEND CLIENT COMMAND CONFIG COPY DBSIZE DECR DECRBY DEL DISCARD \
+        ECHO EXEC EXISTS EXPIRE EXPIREAT EXPIRETIME FLUSHALL FLUSHDB GET GETDEL GETEX GETRANGE \
+        GETSET HELLO INCR INCRBY INCRBYFLOAT INFO KEYS MGET MSET MSETNX MULTI PERSIST PEXPIRE \
+        PEXPIREAT PEXPIRETIME PING PSETEX PTTL QUIT RANDOMKEY RENAME RENAMENX SCAN SELECT SET \
+        SETEX SETNX SETRANGE STRLEN TTL TYPE UNLINK UNWATCH WATCH"
+        .split_whitespace()
+        .collect();
+    served.sort_unstable();
+    assert_eq!(names, served);
+    let entries: Vec<redis::Value> = run(&mut c, &["COMMAND", "INFO", "get", "set", "nosuch"]);
+    let infos: Vec<Option<(String, i64)>> = entries
+        .into_iter()
+        .map(|v| match v {
+            redis::Value::Array(items) => {
+                let name: String = redis::from_redis_value(&items[0]).expect("name");
+                let arity: i64 = redis::from_redis_value(&items[1]).expect("arity");
+                Some((name.to_lowercase(), arity))
+            }
+            redis::Value::Nil => None,
+            other => panic!("COMMAND INFO entry {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        infos,
+        vec![Some(("get".into(), 2)), Some(("set".into(), -3)), None]
+    );
+    // DOCS is a map from command name to its docs (a flat array in RESP2).
+    let docs: Vec<redis::Value> = run(&mut c, &["COMMAND", "DOCS", "get"]);
+    assert_eq!(docs.len(), 2);
+    let name: String = redis::from_redis_value(&docs[0]).expect("name");
+    assert_eq!(name.to_lowercase(), "get");
+    let err = err_text(redis::cmd("COMMAND").arg("NOSUCH").query::<()>(&mut c));
+    assert!(err.contains("unknown subcommand"), "{err}");
+
+    // CLIENT: each connection has its own ID; SETINFO shows up in CLIENT INFO.
+    let id: i64 = run(&mut c, &["CLIENT", "ID"]);
+    let other_id: i64 = run(&mut other, &["CLIENT", "ID"]);
+    assert!(id > 0 && other_id > 0 && id != other_id, "{id} {other_id}");
+    let ok: String = run(&mut c, &["CLIENT", "SETINFO", "LIB-NAME", "limetest"]);
+    assert_eq!(ok, "OK");
+    let ok: String = run(&mut c, &["CLIENT", "SETINFO", "LIB-VER", "1.2.3"]);
+    assert_eq!(ok, "OK");
+    let line: String = run(&mut c, &["CLIENT", "INFO"]);
+    assert!(line.starts_with(&format!("id={id} ")), "{line}");
+    assert!(line.contains(" lib-name=limetest "), "{line}");
+    assert!(line.contains(" lib-ver=1.2.3"), "{line}");
+    let err = err_text(
+        redis::cmd("CLIENT")
+            .arg("SETINFO")
+            .arg("NOSUCH")
+            .arg("x")
+            .query::<()>(&mut c),
+    );
+    assert!(err.contains("Unrecognized option"), "{err}");
+
+    // INFO: every section by default, one when asked; the keyspace counts the keys.
+    for i in 0..3 {
+        let _: () = c.set(format!("info:{i}"), i).expect("set");
+    }
+    let info: String = run(&mut c, &["INFO"]);
+    for section in ["# Server", "# Clients", "# Stats", "# Keyspace"] {
+        assert!(info.contains(section), "{section} missing from {info}");
+    }
+    assert!(info.contains("redis_version:"), "{info}");
+    assert!(info.contains("db0:keys=3,"), "{info}");
+    let connected: usize = info
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("connected_clients");
+    assert!(connected >= 2, "{connected} connected");
+    let keyspace: String = run(&mut c, &["INFO", "keyspace"]);
+    assert!(keyspace.starts_with("# Keyspace"), "{keyspace}");
+    assert!(!keyspace.contains("# Server"), "{keyspace}");
+    let stats: String = run(&mut c, &["INFO", "stats"]);
+    let processed: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_commands_processed");
+    assert!(processed >= 15, "{processed} commands processed");
+}
+
 #[test]
 fn thousands_of_concurrent_connections_are_served() {
     let shard = Shard::start(&[]);
