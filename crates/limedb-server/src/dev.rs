@@ -232,6 +232,8 @@ mod tests {
 
     #[test]
     fn the_default_ports_and_free_ports_pass_the_plan() {
+        // The coordinator's RESP listener sits where Redis clients look first.
+        assert_eq!(DevConfig::default().resp_port, 6379);
         assert!(check_port_plan(&DevConfig::default()).is_ok());
         assert!(check_port_plan(&plan(0, 0, &[0, 0, 0])).is_ok());
         assert!(check_port_plan(&plan(8080, 0, &[0, 7002, 0])).is_ok());
