@@ -1112,6 +1112,14 @@ fn cluster_pipelines_expiry_and_transactions(storage: &str) {
     assert_eq!(got.body, b"\x00\x01\xfe\xff");
 }
 
+/// The number after `name:` in an INFO reply.
+fn info_field(info: &str, name: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {info}"))
+}
+
 /// The introspection commands clients and redis-cli send: COMMAND (COUNT, INFO, DOCS),
 /// CLIENT ID/SETINFO/INFO and the INFO sections, with Redis's shapes and live figures.
 #[test]
@@ -1200,21 +1208,13 @@ fn introspection_commands_answer_what_clients_ask() {
     }
     assert!(info.contains("redis_version:"), "{info}");
     assert!(info.contains("db0:keys=3,"), "{info}");
-    let connected: usize = info
-        .lines()
-        .find_map(|l| l.strip_prefix("connected_clients:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("connected_clients");
+    let connected = info_field(&info, "connected_clients");
     assert!(connected >= 2, "{connected} connected");
     let keyspace: String = run(&mut c, &["INFO", "keyspace"]);
     assert!(keyspace.starts_with("# Keyspace"), "{keyspace}");
     assert!(!keyspace.contains("# Server"), "{keyspace}");
     let stats: String = run(&mut c, &["INFO", "stats"]);
-    let processed: u64 = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("total_commands_processed");
+    let processed = info_field(&stats, "total_commands_processed");
     assert!(processed >= 15, "{processed} commands processed");
 }
 
@@ -1249,12 +1249,8 @@ fn thousands_of_concurrent_connections_are_served() {
     }
     let mut c = shard.client();
     let info: String = run(&mut c, &["INFO", "clients"]);
-    let connected: usize = info
-        .lines()
-        .find_map(|l| l.strip_prefix("connected_clients:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("connected_clients");
-    assert!(connected > connections, "{connected} connected");
+    let connected = info_field(&info, "connected_clients");
+    assert!(connected > connections as u64, "{connected} connected");
     assert_eq!(
         redis::cmd("DBSIZE").query::<usize>(&mut c).expect("dbsize"),
         connections
