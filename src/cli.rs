@@ -303,9 +303,18 @@ pub struct DevArgs {
 /// Options of `limedb bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Base URL of a coordinator or shard.
+    /// Base URL of a coordinator or shard (with --target etcd: an etcd client URL such as
+    /// http://127.0.0.1:2379).
     #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
     pub url: String,
+
+    /// API of the server at --url: "limedb" (POST /api/v1/set, GET /api/v1/get/KEY) or
+    /// "etcd" (etcd v3's HTTP/JSON gateway as served by etcd 3.4: POST /v3/kv/put and a
+    /// linearizable POST /v3/kv/range, keys and values in base64), for side-by-side runs with
+    /// the same keys, values and workloads. With etcd a range that finds no key counts as "not
+    /// found" (like LimeDB's 404); any non-2xx answer, a 404 included, counts as an error.
+    #[arg(long, default_value = "limedb", value_name = "API")]
+    pub target: String,
 
     /// Concurrent keep-alive connections, one request in flight on each.
     #[arg(short = 'c', long, default_value_t = 64, value_name = "C")]

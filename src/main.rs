@@ -402,6 +402,7 @@ async fn run_dev(config: DevConfig) -> Result<(), String> {
 async fn run_bench(args: BenchArgs) -> Result<(), String> {
     let options = limedb_bench::BenchOptions {
         url: args.url,
+        api: args.target.parse().map_err(|e| format!("--target: {e}"))?,
         connections: args.connections,
         requests: args.requests,
         workload: args

@@ -8,8 +8,8 @@
 //!     --workload get --keyspace 100000 --value-size 100 [--json]
 //! ```
 //!
-//! Extra flags: `--key-pattern sequential|random`, `--no-prefill`,
-//! `--warmup N`, `--timeout-ms MS`.
+//! Extra flags: `--target limedb|etcd`, `--key-pattern sequential|random`,
+//! `--no-prefill`, `--warmup N`, `--timeout-ms MS`.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -39,6 +39,7 @@ fn parse() -> Result<(BenchOptions, bool), String> {
         }
         match flag.as_str() {
             "--url" => options.url = value()?,
+            "--target" => options.api = value()?.parse().map_err(|e| format!("{e}"))?,
             "--connections" | "-c" => options.connections = num(&flag, value()?)?,
             "--requests" | "-n" => options.requests = num(&flag, value()?)?,
             "--workload" => options.workload = value()?.parse().map_err(|e| format!("{e}"))?,
@@ -53,7 +54,7 @@ fn parse() -> Result<(BenchOptions, bool), String> {
             "--json" => json = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: bench_client --url URL [--connections C] [--requests N] \
+                    "usage: bench_client --url URL [--target limedb|etcd] [--connections C] [--requests N] \
                      [--workload set|get|mixed] [--keyspace K] [--value-size B] \
                      [--key-pattern sequential|random] [--no-prefill] [--warmup N] \
                      [--timeout-ms MS] [--json]"

@@ -8,10 +8,16 @@
 //! small machine where the load generator shares the CPU with the server.
 //!
 //! Requests are built from pre-built parts: the `Host` and `Content-Type`
-//! header values are created once, GET paths are written into a reused
-//! buffer, and SET bodies (`{"key":"…","value":"…"}`) into one reused
-//! `BytesMut` whose storage is reclaimed once hyper has sent the previous body.
-//! Every response body is drained to the end so the connection stays usable.
+//! header values and the POST URIs are created once, GET paths are written
+//! into a reused buffer, and SET bodies (`{"key":"…","value":"…"}`) into one
+//! reused `BytesMut` whose storage is reclaimed once hyper has sent the
+//! previous body. Every response body is drained to the end so the connection
+//! stays usable.
+//!
+//! With [`Api::Etcd`] both operations are POSTs whose bodies ([`etcd`]'s
+//! base64 JSON) go to the same reused `BytesMut`, and the answer body — which
+//! says whether a range found its key — is copied into a reused buffer and
+//! read by [`etcd::outcome`]. LimeDB answers are drained without a copy.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,8 +33,9 @@ use hyper_util::rt::TokioIo;
 use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
 use tokio::net::TcpStream;
 
+use crate::etcd;
 use crate::keys::{write_key, ValuePool};
-use crate::options::Target;
+use crate::options::{Api, Target};
 
 /// Bytes escaped in a key placed in a URL path segment.
 const PATH_SEGMENT: &AsciiSet = &CONTROLS
@@ -47,18 +54,19 @@ const PATH_SEGMENT: &AsciiSet = &CONTROLS
 /// The operation of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// `GET {prefix}/api/v1/get/{key}`.
+    /// `GET {prefix}/api/v1/get/{key}` (etcd: `POST {prefix}/v3/kv/range`).
     Get,
-    /// `POST {prefix}/api/v1/set` with a JSON body.
+    /// `POST {prefix}/api/v1/set` with a JSON body (etcd: `POST {prefix}/v3/kv/put`).
     Set,
 }
 
 /// How one request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// 2xx.
+    /// 2xx (etcd: and an answer that is no error).
     Ok,
-    /// 404 on a GET: the key is absent (expected, not an error).
+    /// 404 on a GET (etcd: a range answer without `kvs`): the key is absent
+    /// (expected, not an error).
     NotFound,
     /// Anything else; the text says what. The connection must be replaced.
     Failed(String),
@@ -67,26 +75,45 @@ pub enum Outcome {
 /// Immutable request parts shared by all connections of a run.
 #[derive(Debug)]
 pub struct RequestParts {
+    api: Api,
     host: HeaderValue,
     json: HeaderValue,
+    /// LimeDB GETs: the path up to the key.
     get_prefix: Vec<u8>,
+    /// LimeDB: `{prefix}/api/v1/set`; etcd: `{prefix}/v3/kv/put`.
     set_uri: Uri,
+    /// etcd: `{prefix}/v3/kv/range` (unused for LimeDB).
+    range_uri: Uri,
     values: ValuePool,
     timeout: Duration,
 }
 
 impl RequestParts {
-    /// Parts for `target`, values of `value_size` bytes and a per-request timeout.
-    pub fn new(target: &Target, value_size: usize, timeout: Duration) -> Arc<RequestParts> {
+    /// Parts for a server speaking `api` at `target`, values of `value_size`
+    /// bytes and a per-request timeout.
+    pub fn new(
+        api: Api,
+        target: &Target,
+        value_size: usize,
+        timeout: Duration,
+    ) -> Arc<RequestParts> {
         let host = HeaderValue::from_str(target.authority())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
-        let set_path = format!("{}/api/v1/set", target.path_prefix());
-        let set_uri = Uri::try_from(set_path).unwrap_or_else(|_| Uri::from_static("/api/v1/set"));
+        let uri = |path: &'static str| {
+            Uri::try_from(format!("{}{path}", target.path_prefix()))
+                .unwrap_or_else(|_| Uri::from_static(path))
+        };
+        let set_uri = match api {
+            Api::LimeDb => uri("/api/v1/set"),
+            Api::Etcd => uri(etcd::PUT_PATH),
+        };
         Arc::new(RequestParts {
+            api,
             host,
             json: HeaderValue::from_static("application/json"),
             get_prefix: format!("{}/api/v1/get/", target.path_prefix()).into_bytes(),
             set_uri,
+            range_uri: uri(etcd::RANGE_PATH),
             values: ValuePool::new(value_size),
             timeout,
         })
@@ -109,6 +136,8 @@ pub struct Client {
     key: Vec<u8>,
     path: Vec<u8>,
     body: BytesMut,
+    /// The last answer body (etcd only; LimeDB answers are not kept).
+    answer: Vec<u8>,
 }
 
 impl std::fmt::Debug for Client {
@@ -148,6 +177,7 @@ impl Client {
             key: Vec::with_capacity(32),
             path: Vec::with_capacity(64),
             body: BytesMut::new(),
+            answer: Vec::new(),
         })
     }
 
@@ -162,12 +192,15 @@ impl Client {
     pub async fn request(&mut self, op: Op, index: u64) -> (Outcome, Duration) {
         let request = self.build(op, index);
         let timeout = self.parts.timeout;
+        let keep_answer = self.parts.api == Api::Etcd;
         let Client {
             sender,
             conn,
             conn_done,
+            answer,
             ..
         } = self;
+        answer.clear();
         let started = Instant::now();
         let exchange = async {
             sender
@@ -181,27 +214,38 @@ impl Client {
             let status = response.status();
             let mut body = response.into_body();
             while let Some(frame) = body.frame().await {
-                frame.map_err(|e| format!("reading response body failed: {e}"))?;
+                let frame = frame.map_err(|e| format!("reading response body failed: {e}"))?;
+                if keep_answer {
+                    if let Some(data) = frame.data_ref() {
+                        answer.extend_from_slice(data);
+                    }
+                }
             }
             Ok::<StatusCode, String>(status)
         };
-        let exchange = tokio::time::timeout(timeout, exchange);
-        tokio::pin!(exchange);
-        let result = loop {
-            tokio::select! {
-                biased;
-                _ = conn.as_mut(), if !*conn_done => {
-                    // The connection ended; the exchange now fails (or has
-                    // already finished) and will say so.
-                    *conn_done = true;
+        let result = {
+            // Scoped: the exchange borrows `answer` until it is dropped.
+            let exchange = tokio::time::timeout(timeout, exchange);
+            tokio::pin!(exchange);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = conn.as_mut(), if !*conn_done => {
+                        // The connection ended; the exchange now fails (or has
+                        // already finished) and will say so.
+                        *conn_done = true;
+                    }
+                    result = &mut exchange => break result,
                 }
-                result = &mut exchange => break result,
             }
         };
         let latency = started.elapsed();
         let outcome = match result {
             Err(_) => Outcome::Failed(format!("timed out after {} ms", timeout.as_millis())),
             Ok(Err(message)) => Outcome::Failed(message),
+            Ok(Ok(status)) if self.parts.api == Api::Etcd => {
+                etcd::outcome(op, status, &self.answer)
+            }
             Ok(Ok(status)) if status.is_success() => Outcome::Ok,
             Ok(Ok(StatusCode::NOT_FOUND)) if op == Op::Get => Outcome::NotFound,
             Ok(Ok(status)) => Outcome::Failed(format!("HTTP {status}")),
@@ -217,8 +261,28 @@ impl Client {
     fn build(&mut self, op: Op, index: u64) -> Request<Full<Bytes>> {
         self.key.clear();
         write_key(&mut self.key, index);
-        let mut request = match op {
-            Op::Get => {
+        let mut request = match (self.parts.api, op) {
+            (Api::Etcd, op) => {
+                match op {
+                    Op::Get => etcd::write_range_body(&mut self.body, &self.key),
+                    Op::Set => {
+                        let value = self.parts.values.value(index);
+                        etcd::write_put_body(&mut self.body, &self.key, value);
+                    }
+                }
+                let body = self.body.split().freeze();
+                let mut request = Request::new(Full::new(body));
+                *request.method_mut() = Method::POST;
+                *request.uri_mut() = match op {
+                    Op::Get => self.parts.range_uri.clone(),
+                    Op::Set => self.parts.set_uri.clone(),
+                };
+                request
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, self.parts.json.clone());
+                request
+            }
+            (Api::LimeDb, Op::Get) => {
                 self.path.clear();
                 self.path.extend_from_slice(&self.parts.get_prefix);
                 for chunk in percent_encode(&self.key, PATH_SEGMENT) {
@@ -230,7 +294,7 @@ impl Client {
                 *request.uri_mut() = uri;
                 request
             }
-            Op::Set => {
+            (Api::LimeDb, Op::Set) => {
                 let value = self.parts.values.value(index);
                 // Keys and values are alphanumeric plus ':' and need no JSON escaping.
                 self.body.reserve(self.key.len() + value.len() + 24);
@@ -259,6 +323,10 @@ mod tests {
     use super::*;
 
     async fn client_for(url: &str) -> Option<Client> {
+        client_with(Api::LimeDb, url).await
+    }
+
+    async fn client_with(api: Api, url: &str) -> Option<Client> {
         // A listener that accepts but never answers is enough to build requests.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
         let addr = listener.local_addr().ok()?;
@@ -267,7 +335,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
         let target = Target::parse(url).ok()?;
-        let parts = RequestParts::new(&target, 8, Duration::from_millis(200));
+        let parts = RequestParts::new(api, &target, 8, Duration::from_millis(200));
         Client::connect(addr, parts).await.ok()
     }
 
@@ -289,6 +357,42 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&body)?;
         assert_eq!(json["key"], "key:000000000003");
         assert_eq!(json["value"].as_str().map(str::len), Some(8));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn builds_etcd_put_and_range_requests() -> Result<(), Box<dyn std::error::Error>> {
+        let mut client = client_with(Api::Etcd, "http://etcd.example:2379")
+            .await
+            .ok_or("no client")?;
+        let value = client.parts.values.value(42).to_vec();
+        let put = client.build(Op::Set, 42);
+        assert_eq!(put.method(), Method::POST);
+        assert_eq!(put.uri(), "/v3/kv/put");
+        assert_eq!(put.headers()[HOST], "etcd.example:2379");
+        assert_eq!(put.headers()[CONTENT_TYPE], "application/json");
+        let body = put.into_body().collect().await?.to_bytes();
+        let mut expected = BytesMut::new();
+        etcd::write_base64(&mut expected, &value);
+        let expected = format!(
+            r#"{{"key":"a2V5OjAwMDAwMDAwMDA0Mg==","value":"{}"}}"#,
+            String::from_utf8_lossy(&expected)
+        );
+        assert_eq!(body, expected.as_bytes());
+
+        let range = client.build(Op::Get, 7);
+        assert_eq!(range.method(), Method::POST);
+        assert_eq!(range.uri(), "/v3/kv/range");
+        assert_eq!(range.headers()[CONTENT_TYPE], "application/json");
+        let body = range.into_body().collect().await?.to_bytes();
+        assert_eq!(body, &br#"{"key":"a2V5OjAwMDAwMDAwMDAwNw=="}"#[..]);
+
+        // A path prefix is kept, as for LimeDB.
+        let mut client = client_with(Api::Etcd, "http://127.0.0.1:2379/gw/")
+            .await
+            .ok_or("no client")?;
+        assert_eq!(client.build(Op::Get, 0).uri(), "/gw/v3/kv/range");
+        assert_eq!(client.build(Op::Set, 0).uri(), "/gw/v3/kv/put");
         Ok(())
     }
 

@@ -38,6 +38,10 @@ pub enum BenchError {
     #[error("unknown workload {0:?}: expected set, get, mixed or mixed:<read percent 0..=100>")]
     UnknownWorkload(String),
 
+    /// A target API name did not parse (see [`Api`](crate::Api)).
+    #[error("unknown target {0:?}: expected limedb or etcd")]
+    UnknownTarget(String),
+
     /// A key-pattern name did not parse (see [`KeyPattern`](crate::KeyPattern)).
     #[error("unknown key pattern {0:?}: expected sequential or random")]
     UnknownKeyPattern(String),

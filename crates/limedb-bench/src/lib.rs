@@ -2,8 +2,9 @@
 //! seed prototype's `bulk_set.py`.
 //!
 //! It opens `C` keep-alive HTTP/1.1 connections to a LimeDB coordinator or
-//! shard (or anything speaking the same API) and drives them closed-loop —
-//! one request in flight per connection — until `N` requests are done, then
+//! shard (or anything speaking the same API), or to etcd's HTTP/JSON gateway
+//! for a side-by-side comparison ([`Api`]), and drives them closed-loop — one
+//! request in flight per connection — until `N` requests are done, then
 //! reports throughput and latency percentiles.
 //!
 //! ```text
@@ -19,12 +20,13 @@
 //!
 //! # Modules
 //!
-//! * [`options`]: [`BenchOptions`], [`Workload`], [`KeyPattern`], and
-//!   [`Target`] (the checked base URL).
+//! * [`options`]: [`BenchOptions`], [`Api`], [`Workload`], [`KeyPattern`],
+//!   and [`Target`] (the checked base URL).
 //! * [`keys`]: key names (`key:000000000042`), value bytes, the PRNG and the
 //!   per-connection key choice.
 //! * [`client`]: one connection; builds requests from pre-built parts and
 //!   drives hyper's connection in its own task.
+//! * [`etcd`]: etcd's gateway format (base64 bodies, reading its answers).
 //! * [`run`](mod@run): phases, tickets, error limit, progress bar.
 //! * [`report`]: per-connection HDR histograms, [`BenchReport`] with its
 //!   table and JSON forms.
@@ -35,6 +37,11 @@
 //! * `POST {prefix}/api/v1/set` with `{"key":"…","value":"…"}` → 200.
 //! * `GET {prefix}/api/v1/get/{key}` → 200 with the value, or 404 (counted
 //!   as `not_found`, not as an error).
+//!
+//! With [`Api::Etcd`], the same operations go to etcd v3's gateway:
+//! `POST {prefix}/v3/kv/put` and a linearizable `POST {prefix}/v3/kv/range`,
+//! keys and values in base64; a range without `kvs` counts as `not_found`, and
+//! any non-2xx status (404 included) or error answer as an error.
 //!
 //! # Limits
 //!
@@ -60,12 +67,13 @@
 
 pub mod client;
 pub mod error;
+pub mod etcd;
 pub mod keys;
 pub mod options;
 pub mod report;
 pub mod run;
 
 pub use error::BenchError;
-pub use options::{BenchOptions, KeyPattern, Target, Workload};
+pub use options::{Api, BenchOptions, KeyPattern, Target, Workload};
 pub use report::{BenchReport, LatencySummary, OpSummary};
 pub use run::run;

@@ -1,5 +1,6 @@
-//! What to run: [`BenchOptions`], the [`Workload`] and [`KeyPattern`] enums, and
-//! [`Target`], the base URL checked and split into the parts the client needs.
+//! What to run: [`BenchOptions`], the [`Api`], [`Workload`] and [`KeyPattern`]
+//! enums, and [`Target`], the base URL checked and split into the parts the
+//! client needs.
 //!
 //! Everything here is pure: parsing and validation never touch the network
 //! (resolving the host happens in [`run`](crate::run())).
@@ -14,6 +15,47 @@ use crate::BenchError;
 /// Read share of [`Workload::Mixed`] when written as plain `mixed`.
 pub const DEFAULT_READ_PERCENT: u8 = 90;
 
+/// The HTTP API the server at the URL speaks (`limedb bench --target`).
+///
+/// Parses from `limedb` or `etcd`; [`Display`](fmt::Display) writes the same.
+///
+/// ```
+/// use limedb_bench::Api;
+/// assert_eq!("etcd".parse::<Api>().unwrap(), Api::Etcd);
+/// assert_eq!(Api::default().to_string(), "limedb");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Api {
+    /// LimeDB: `POST /api/v1/set`, `GET /api/v1/get/{key}` (404: not found).
+    #[default]
+    LimeDb,
+    /// etcd v3's HTTP/JSON gateway on an etcd client URL (as served by etcd
+    /// 3.4): `POST /v3/kv/put` and linearizable `POST /v3/kv/range`, keys and
+    /// values in base64 (see [`etcd`](crate::etcd)).
+    Etcd,
+}
+
+impl FromStr for Api {
+    type Err = BenchError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "limedb" => Ok(Api::LimeDb),
+            "etcd" => Ok(Api::Etcd),
+            _ => Err(BenchError::UnknownTarget(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Api::LimeDb => "limedb",
+            Api::Etcd => "etcd",
+        })
+    }
+}
+
 /// The operation mix of a run.
 ///
 /// Parses from `set`, `get`, `mixed` (90 % reads) or `mixed:<read percent>`;
@@ -26,9 +68,9 @@ pub const DEFAULT_READ_PERCENT: u8 = 90;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
-    /// Only `POST /api/v1/set`.
+    /// Only `POST /api/v1/set` (etcd: `POST /v3/kv/put`).
     Set,
-    /// Only `GET /api/v1/get/{key}`.
+    /// Only `GET /api/v1/get/{key}` (etcd: `POST /v3/kv/range`).
     Get,
     /// GETs with probability `read_percent` %, SETs otherwise.
     Mixed {
@@ -145,6 +187,8 @@ pub struct BenchOptions {
     /// Base URL such as `http://127.0.0.1:8080` (http only; an optional path
     /// prefix is kept, a query is rejected).
     pub url: String,
+    /// The API the server speaks: LimeDB's (the default) or etcd's gateway.
+    pub api: Api,
     /// Concurrent keep-alive connections, each driven by its own task with one
     /// request in flight (closed loop).
     pub connections: usize,
@@ -173,6 +217,7 @@ impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
             url: "http://127.0.0.1:8080".to_owned(),
+            api: Api::LimeDb,
             connections: 64,
             requests: 100_000,
             workload: Workload::Set,

@@ -41,8 +41,23 @@ fn key_pattern_parses() -> Result<(), BenchError> {
 }
 
 #[test]
+fn api_parses_and_round_trips() -> Result<(), BenchError> {
+    assert_eq!("limedb".parse::<Api>()?, Api::LimeDb);
+    assert_eq!(" ETCD ".parse::<Api>()?, Api::Etcd);
+    for api in [Api::LimeDb, Api::Etcd] {
+        assert_eq!(api.to_string().parse::<Api>()?, api);
+    }
+    assert!(matches!(
+        "redis".parse::<Api>(),
+        Err(BenchError::UnknownTarget(_))
+    ));
+    Ok(())
+}
+
+#[test]
 fn defaults_match_the_documented_values() {
     let options = BenchOptions::default();
+    assert_eq!(options.api, Api::LimeDb);
     assert_eq!(options.connections, 64);
     assert_eq!(options.requests, 100_000);
     assert_eq!(options.keyspace, 100_000);

@@ -4,8 +4,9 @@
 //!
 //! Latencies are recorded in nanoseconds (HDR histogram, 3 significant
 //! digits) and reported in microseconds as `f64`. Failed requests are counted
-//! but not recorded in the histograms; an expected `404` on a GET counts as
-//! `not_found` and *is* recorded (the server did the work).
+//! but not recorded in the histograms; an expected `404` on a GET (for etcd, a
+//! range answer without `kvs`) counts as `not_found` and *is* recorded (the
+//! server did the work).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -33,7 +34,7 @@ pub struct OpStats {
     pub requests: u64,
     /// Requests that failed (I/O, timeout, unexpected status).
     pub errors: u64,
-    /// GETs answered with 404.
+    /// GETs that found no key (404; etcd: a range without `kvs`).
     pub not_found: u64,
     /// Latencies of the requests that did not fail; created on first use.
     histogram: Option<Histogram<u64>>,
@@ -181,7 +182,7 @@ pub struct OpSummary {
     pub requests: u64,
     /// Failed requests.
     pub errors: u64,
-    /// GETs answered with 404.
+    /// GETs that found no key (404; etcd: a range without `kvs`).
     pub not_found: u64,
     /// Non-failed requests per second of wall time.
     pub throughput_ops: f64,
@@ -196,14 +197,18 @@ pub struct BenchReport {
     pub workload: String,
     /// Base URL.
     pub url: String,
+    /// API of the server: `limedb` or `etcd` ([`Api`](crate::Api));
+    /// [`from_recorder`](Self::from_recorder) fills in `limedb`, and
+    /// [`run`](crate::run()) the one it used.
+    pub target: String,
     /// Concurrent connections.
     pub connections: usize,
     /// Measured requests attempted.
     pub requests: u64,
     /// Failed requests: I/O errors, timeouts, statuses other than 2xx (and
-    /// other than 404 on a GET).
+    /// other than 404 on a LimeDB GET), etcd error answers.
     pub errors: u64,
-    /// GETs answered with 404 (key absent).
+    /// GETs that found no key: 404 from LimeDB, a range without `kvs` from etcd.
     pub not_found: u64,
     /// Wall time of the measured phase.
     pub elapsed_secs: f64,
@@ -265,6 +270,7 @@ impl BenchReport {
         BenchReport {
             workload,
             url,
+            target: crate::Api::default().to_string(),
             connections,
             requests,
             errors,
@@ -289,6 +295,7 @@ impl BenchReport {
         let mut out = String::new();
         let _ = writeln!(out, "workload     {}", self.workload);
         let _ = writeln!(out, "url          {}", self.url);
+        let _ = writeln!(out, "target       {}", self.target);
         let _ = writeln!(out, "connections  {}", self.connections);
         let _ = writeln!(
             out,

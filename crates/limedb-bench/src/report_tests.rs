@@ -117,6 +117,7 @@ fn json_has_the_documented_fields() -> Result<(), serde_json::Error> {
     for field in [
         "workload",
         "url",
+        "target",
         "connections",
         "requests",
         "errors",
@@ -132,6 +133,7 @@ fn json_has_the_documented_fields() -> Result<(), serde_json::Error> {
         assert!(json["latency_us"].get(field).is_some(), "missing {field}");
     }
     assert_eq!(json["per_op"]["set"]["requests"], 1);
+    assert_eq!(json["target"], "limedb");
     Ok(())
 }
 

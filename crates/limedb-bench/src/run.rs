@@ -47,7 +47,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     let target = options.validate()?;
     let timeout = Duration::from_millis(options.timeout_ms);
     let addr = resolve_and_probe(&target, timeout).await?;
-    let parts = RequestParts::new(&target, options.value_size, timeout);
+    let parts = RequestParts::new(options.api, &target, options.value_size, timeout);
 
     if options.prefill && options.workload.reads() {
         let spec = PhaseSpec {
@@ -77,13 +77,15 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         keep_latency: true,
     };
     let (recorder, elapsed) = run_phase(&spec, options, addr, &parts).await?;
-    Ok(BenchReport::from_recorder(
+    let mut report = BenchReport::from_recorder(
         options.workload.to_string(),
         options.url.clone(),
         options.connections,
         &recorder,
         elapsed,
-    ))
+    );
+    report.target = options.api.to_string();
+    Ok(report)
 }
 
 /// Resolves the host and returns the first address that accepts a connection.
