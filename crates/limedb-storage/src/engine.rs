@@ -217,6 +217,19 @@ pub trait Engine: Send + Sync + 'static {
         Health::Healthy
     }
 
+    /// Writes a consistent copy of the database into `dest` (created if absent; it must not hold
+    /// a database yet) that the same backend opens on its own, holding at least every write
+    /// acknowledged before the call (writes racing with it may or may not be in it). Replicated
+    /// shards build their Raft snapshots this way. The default refuses with
+    /// [`crate::StorageError::Unsupported`].
+    fn checkpoint(&self, dest: &std::path::Path) -> Result<()> {
+        let _ = dest;
+        Err(crate::StorageError::Unsupported {
+            backend: self.stats().backend,
+            operation: "checkpoints",
+        })
+    }
+
     /// Makes every write acknowledged so far durable (fsync), whatever the sync policy.
     fn sync(&self) -> Result<()>;
 

@@ -94,6 +94,14 @@ pub enum StorageError {
     /// The engine was closed.
     #[error("storage engine is closed")]
     Closed,
+    /// The engine does not offer this operation (e.g. a checkpoint of the memory engine).
+    #[error("the {backend} storage engine does not support {operation}")]
+    Unsupported {
+        /// The engine, e.g. "memory".
+        backend: &'static str,
+        /// What was asked, e.g. "checkpoints".
+        operation: &'static str,
+    },
 }
 
 impl StorageError {

@@ -2175,6 +2175,10 @@ impl Engine for LsmEngine {
         self.inner.wal.sync()
     }
 
+    fn checkpoint(&self, dest: &Path) -> Result<()> {
+        LsmEngine::checkpoint(self, dest).map(drop)
+    }
+
     fn close(&self) -> Result<()> {
         {
             // Under the writer lock, so no write is half-way through when we flip the flag.

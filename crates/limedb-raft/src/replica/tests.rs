@@ -1,0 +1,292 @@
+//! A group of three replicas in one process, joined by an in-memory transport that can cut
+//! replicas off: elections, replicated writes, read barriers, failover, a replica that catches
+//! up through a snapshot, and membership changes. (Process-level tests with real sockets live
+//! in the workspace's `tests/`.)
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::log_store::tests::test_factory;
+use crate::network::{BoxFuture, RaftTransport, RpcKind, TransportError};
+
+#[derive(Default)]
+struct Mesh {
+    replicas: Mutex<HashMap<ReplicaId, Replica>>,
+    /// Replicas that can neither send nor receive.
+    down: Mutex<HashSet<ReplicaId>>,
+}
+
+struct MeshTransport {
+    from: ReplicaId,
+    mesh: Arc<Mesh>,
+}
+
+impl RaftTransport for MeshTransport {
+    fn call<'a>(
+        &'a self,
+        target: ReplicaId,
+        _url: &'a str,
+        kind: RpcKind,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'a, std::result::Result<Bytes, TransportError>> {
+        Box::pin(async move {
+            {
+                let down = self.mesh.down.lock().expect("lock");
+                if down.contains(&self.from) || down.contains(&target) {
+                    return Err(TransportError::Unreachable("cut off".into()));
+                }
+            }
+            let replica = self
+                .mesh
+                .replicas
+                .lock()
+                .expect("lock")
+                .get(&target)
+                .cloned();
+            let Some(replica) = replica else {
+                return Err(TransportError::Unreachable(format!("no replica {target}")));
+            };
+            match tokio::time::timeout(timeout, replica.handle_rpc(kind, payload)).await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(e)) => Err(TransportError::Remote(e.to_string())),
+                Err(_) => Err(TransportError::Timeout(timeout)),
+            }
+        })
+    }
+}
+
+fn url(id: ReplicaId) -> String {
+    format!("http://replica-{id}")
+}
+
+async fn start(
+    mesh: &Arc<Mesh>,
+    root: &std::path::Path,
+    id: ReplicaId,
+    snapshot_logs: u64,
+) -> Replica {
+    let config = ReplicaConfig {
+        shard_id: 1,
+        replica_id: id,
+        dir: root.join(format!("r{id}")),
+        log_sync: SyncPolicy::Always,
+        timing: RaftTiming::default(),
+        snapshot_logs,
+        keep_logs: 10,
+        engine_factory: test_factory(),
+    };
+    let transport = Arc::new(MeshTransport {
+        from: id,
+        mesh: Arc::clone(mesh),
+    });
+    let replica = Replica::open(config, transport)
+        .await
+        .expect("open replica");
+    mesh.replicas
+        .lock()
+        .expect("lock")
+        .insert(id, replica.clone());
+    replica
+}
+
+fn peers(ids: &[ReplicaId]) -> BTreeMap<ReplicaId, ReplicaNode> {
+    ids.iter()
+        .map(|&id| (id, ReplicaNode { url: url(id) }))
+        .collect()
+}
+
+/// Waits (at most 10 s) until some replica among `ids` leads, and returns it.
+async fn leader_among(mesh: &Arc<Mesh>, ids: &[ReplicaId]) -> Replica {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = {
+            let replicas = mesh.replicas.lock().expect("lock");
+            ids.iter()
+                .filter_map(|id| replicas.get(id))
+                .find(|r| r.check_leader().is_ok())
+                .cloned()
+        };
+        if let Some(r) = found {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "no leader elected among {ids:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn put(key: &str, value: &str) -> ReplicatedWrite {
+    ReplicatedWrite::Put {
+        key: Bytes::from(key.to_string()),
+        value: Bytes::from(value.to_string()),
+        expires_at_ms: None,
+    }
+}
+
+async fn wait_applied(replica: &Replica, index: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replica.status().applied_index.unwrap_or(0) < index {
+        assert!(
+            Instant::now() < deadline,
+            "replica {} did not apply {index}",
+            replica.id()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_forms_replicates_and_fails_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = Arc::new(Mesh::default());
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        let r = start(&mesh, dir.path(), id, 10_000).await;
+        assert!(r.is_pristine());
+        replicas.push(r);
+    }
+    // Every replica initializes with the same peers, as `limedb shard --peers` does.
+    for r in &replicas {
+        r.initialize(peers(&[1, 2, 3])).await.expect("initialize");
+    }
+    let leader = leader_among(&mesh, &[1, 2, 3]).await;
+    // Concurrent writes share entries.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let leader = leader.clone();
+        tasks.spawn(async move { leader.write(vec![put(&format!("k{i}"), "v1")]).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("task").expect("write");
+    }
+    let proposals = leader.counters().proposals.load(Ordering::Relaxed);
+    assert!(
+        proposals < 200,
+        "200 concurrent writes took {proposals} entries"
+    );
+    let removed = leader
+        .write(vec![
+            ReplicatedWrite::Delete {
+                key: Bytes::from("k0"),
+            },
+            ReplicatedWrite::Delete {
+                key: Bytes::from("nope"),
+            },
+        ])
+        .await
+        .expect("delete");
+    assert_eq!(removed, vec![true, false]);
+    leader.read_barrier().await.expect("barrier on the leader");
+    // A follower refuses reads and writes, naming the leader.
+    let follower = replicas
+        .iter()
+        .find(|r| r.id() != leader.id())
+        .expect("a follower");
+    match follower.write(vec![put("x", "y")]).await {
+        Err(ReplicaError::NotLeader {
+            leader: Some((id, _)),
+        }) => assert_eq!(id, leader.id()),
+        other => panic!("a follower wrote: {other:?}"),
+    }
+    assert!(follower.read_barrier().await.is_err());
+    // Every replica applies everything.
+    let last = leader.status().last_log_index.expect("entries");
+    for r in &replicas {
+        wait_applied(r, last).await;
+        assert!(r.engine().get(b"k199").expect("get").is_some());
+        assert!(r.engine().get(b"k0").expect("get").is_none());
+    }
+    // Cut the leader off: the others elect a new one that has every acknowledged write.
+    mesh.down.lock().expect("lock").insert(leader.id());
+    let others: Vec<ReplicaId> = (1..=3).filter(|&id| id != leader.id()).collect();
+    let started = Instant::now();
+    let new_leader = leader_among(&mesh, &others).await;
+    let failover = started.elapsed();
+    assert!(
+        failover < Duration::from_secs(3),
+        "failover took {failover:?}"
+    );
+    new_leader.read_barrier().await.expect("barrier");
+    assert!(new_leader.engine().get(b"k150").expect("get").is_some());
+    new_leader
+        .write(vec![put("after", "failover")])
+        .await
+        .expect("write after failover");
+    // The old leader, cut off, cannot confirm its leadership for a read.
+    assert!(
+        leader.read_barrier().await.is_err(),
+        "a deposed leader passed a read barrier"
+    );
+    // Healed, it follows and catches up.
+    mesh.down.lock().expect("lock").clear();
+    let last = new_leader.status().last_log_index.expect("entries");
+    wait_applied(&leader, last).await;
+    assert!(leader.engine().get(b"after").expect("get").is_some());
+    for r in &replicas {
+        r.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_catches_up_through_a_snapshot_and_replaces_a_dead_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = Arc::new(Mesh::default());
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        let r = start(&mesh, dir.path(), id, 20).await;
+        r.initialize(peers(&[1, 2, 3])).await.expect("initialize");
+        replicas.push(r);
+    }
+    let leader = leader_among(&mesh, &[1, 2, 3]).await;
+    for i in 0..300 {
+        leader
+            .write(vec![put(&format!("k{i}"), "v")])
+            .await
+            .expect("write");
+    }
+    // Snapshots were taken and the log purged, so a new replica needs the snapshot.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader.status().snapshot_index.unwrap_or(0) < 200 {
+        assert!(Instant::now() < deadline, "no snapshot on the leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dead = replicas
+        .iter()
+        .find(|r| r.id() != leader.id())
+        .expect("follower")
+        .clone();
+    dead.shutdown().await.expect("stop");
+    mesh.replicas.lock().expect("lock").remove(&dead.id());
+    let fresh = start(&mesh, dir.path(), 4, 20).await;
+    assert!(fresh.is_pristine());
+    leader
+        .add_replica(4, url(4), Duration::from_secs(20))
+        .await
+        .expect("add replica 4");
+    leader
+        .remove_replica(dead.id())
+        .await
+        .expect("remove the dead one");
+    let voters: Vec<ReplicaId> = leader.membership().voter_ids().collect();
+    assert!(
+        voters.contains(&4) && !voters.contains(&dead.id()),
+        "{voters:?}"
+    );
+    assert!(fresh.counters().snapshots_received.load(Ordering::Relaxed) >= 1);
+    leader.write(vec![put("last", "v")]).await.expect("write");
+    let last = leader.status().last_log_index.expect("entries");
+    wait_applied(&fresh, last).await;
+    for key in ["k0", "k299", "last"] {
+        assert!(
+            fresh.engine().get(key.as_bytes()).expect("get").is_some(),
+            "{key}"
+        );
+    }
+    for r in [&leader, &fresh] {
+        r.shutdown().await.expect("shutdown");
+    }
+}
