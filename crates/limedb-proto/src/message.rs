@@ -14,6 +14,7 @@
 //! | `0x07` | `Command` | `argc: u32, argc × arg: bytes` |
 //! | `0x08` | `Transaction` | `commands: u32, commands × (argc: u32, argc × arg: bytes), watched: u32, watched × (key: bytes, version: u64)` |
 //! | `0x09` | `Pipeline` | `commands: u32, commands × (argc: u32, argc × arg: bytes)` |
+//! | `0x20` | `Raft` | `shard_id: u32, target: u64, rpc: u8, payload: bytes` |
 //! | `0x81` | `HelloOk` | `shard_id: u32, protocol_version: u8, server: string` |
 //! | `0x82` | `Pong` | empty |
 //! | `0x83` | `Value` | `value: opt<bytes>` |
@@ -21,6 +22,8 @@
 //! | `0x85` | `Deleted` | `deleted: u8 (0/1)` |
 //! | `0x86` | `KeysPage` | `total: u64, count: u32, count × (key: bytes, value: bytes, value_len: u64)` |
 //! | `0x87` | `Reply` | `resp3: bytes` (one RESP3-encoded value) |
+//! | `0xA0` | `RaftReply` | `payload: bytes` |
+//! | `0xFE` | `NotLeader` | `leader_id: opt<u64>, leader_url: opt<string>` |
 //! | `0xFF` | `Error` | `code: u16, message: string` |
 //!
 //! `bytes` and `string` are `u32 len` + that many bytes (strings UTF-8); `opt<T>` is a `u8`
@@ -44,11 +47,10 @@ use crate::ProtoError;
 /// |---|---|
 /// | `0x0A..=0x0F` | more key-value requests (batch, range scan) |
 /// | `0x10`, `0x11`, `0x12` | transaction `Prepare`, `Commit`, `Abort` (by txn id) |
-/// | `0x20..=0x2F` | Raft transport (append entries, vote, install snapshot) |
+/// | `0x21..=0x2F` | more Raft transport requests |
 /// | `0x90`, `0x91`, `0x92` | `Prepared`, `Committed`, `Aborted` |
-/// | `0xA0..=0xAF` | Raft transport replies |
+/// | `0xA1..=0xAF` | more Raft transport replies |
 /// | `0xFD` | `WrongShard { ring_epoch: u64 }`: the shard no longer owns the key |
-/// | `0xFE` | `NotLeader { leader_hint: opt<...> }`: retry at the replica group's leader |
 pub mod kind {
     /// Request: `Hello` (handshake, must be the first frame a client sends).
     pub const HELLO: u8 = 0x01;
@@ -68,6 +70,8 @@ pub mod kind {
     pub const TRANSACTION: u8 = 0x08;
     /// Request: `Pipeline` (Redis commands for the shard to execute in order, not atomically).
     pub const PIPELINE: u8 = 0x09;
+    /// Request: `Raft` (a Raft RPC between replicas of a shard's group).
+    pub const RAFT: u8 = 0x20;
 
     /// Response: `HelloOk`.
     pub const HELLO_OK: u8 = 0x81;
@@ -83,12 +87,16 @@ pub mod kind {
     pub const KEYS_PAGE_OK: u8 = 0x86;
     /// Response: `Reply`, the answer to `Command` and `Transaction`.
     pub const REPLY: u8 = 0x87;
+    /// Response: `RaftReply`, the answer to `Raft`.
+    pub const RAFT_REPLY: u8 = 0xA0;
+    /// Response: `NotLeader`: this replica does not lead its group; nothing was done.
+    pub const NOT_LEADER: u8 = 0xFE;
     /// Response: `Error`, a valid answer to any request.
     pub const ERROR: u8 = 0xFF;
 
     // Reserved, see the module docs and docs/protocol.md: 0x0A..=0x0F, 0x10 TxnPrepare,
-    // 0x11 TxnCommit, 0x12 TxnAbort, 0x20..=0x2F Raft, 0x90..=0x92 txn replies, 0xA0..=0xAF Raft
-    // replies, 0xFD WrongShard { ring_epoch }, 0xFE NotLeader { leader_hint }.
+    // 0x11 TxnCommit, 0x12 TxnAbort, 0x21..=0x2F Raft, 0x90..=0x92 txn replies, 0xA1..=0xAF Raft
+    // replies, 0xFD WrongShard { ring_epoch }.
 
     /// Whether `kind` is a request kind (high bit clear, not zero).
     pub const fn is_request(kind: u8) -> bool {
@@ -108,6 +116,7 @@ pub mod kind {
                 | COMMAND
                 | TRANSACTION
                 | PIPELINE
+                | RAFT
                 | HELLO_OK
                 | PONG
                 | VALUE
@@ -115,6 +124,8 @@ pub mod kind {
                 | DELETED
                 | KEYS_PAGE_OK
                 | REPLY
+                | RAFT_REPLY
+                | NOT_LEADER
                 | ERROR
         )
     }
@@ -182,6 +193,18 @@ pub enum Request {
         /// The commands, in order.
         commands: Vec<Vec<Bytes>>,
     },
+    /// A Raft RPC from one replica of a shard's group to another. The payload is opaque here
+    /// (encoded by `limedb-raft`); answered by [`Response::RaftReply`].
+    Raft {
+        /// The shard whose group this is.
+        shard_id: u32,
+        /// The replica the sender means to reach (checked by the receiver).
+        target: u64,
+        /// Which RPC (`limedb_raft::RpcKind`).
+        rpc: u8,
+        /// The encoded RPC.
+        payload: Bytes,
+    },
 }
 
 /// One key of a [`Response::KeysPage`], with (a prefix of) its value.
@@ -214,6 +237,7 @@ impl Request {
             Request::Command { .. } => "command",
             Request::Transaction { .. } => "transaction",
             Request::Pipeline { .. } => "pipeline",
+            Request::Raft { .. } => "raft",
         }
     }
 
@@ -229,6 +253,7 @@ impl Request {
             Request::Command { .. } => kind::COMMAND,
             Request::Transaction { .. } => kind::TRANSACTION,
             Request::Pipeline { .. } => kind::PIPELINE,
+            Request::Raft { .. } => kind::RAFT,
         }
     }
 
@@ -255,6 +280,7 @@ impl Request {
             Request::Pipeline { commands } => {
                 4 + commands.iter().map(|c| args_len(c)).sum::<usize>()
             }
+            Request::Raft { payload, .. } => 4 + 8 + 1 + bytes_field_len(payload.len()),
         }
     }
 
@@ -296,6 +322,17 @@ impl Request {
                 for command in commands {
                     put_args(dst, command);
                 }
+            }
+            Request::Raft {
+                shard_id,
+                target,
+                rpc,
+                payload,
+            } => {
+                dst.put_u32_le(*shard_id);
+                dst.put_u64_le(*target);
+                dst.put_u8(*rpc);
+                put_bytes(dst, payload);
             }
         }
     }
@@ -353,6 +390,16 @@ pub enum Response {
     /// Answer to [`Request::Command`] and [`Request::Transaction`]: the RESP3 encoding of the
     /// reply value (the coordinator re-encodes it for its client's protocol version).
     Reply(Bytes),
+    /// Answer to [`Request::Raft`]: the encoded RPC reply.
+    RaftReply(Bytes),
+    /// This replica does not lead its shard's group, so it did nothing; retry at the leader.
+    /// Valid as the answer to any data request.
+    NotLeader {
+        /// The leader's replica id, when known (absent during an election).
+        leader_id: Option<u64>,
+        /// The leader's HTTP URL, when known.
+        leader_url: Option<String>,
+    },
     /// The request failed. Valid as the answer to any request.
     Error {
         /// What kind of failure.
@@ -374,6 +421,8 @@ impl Response {
             Response::Deleted(_) => "deleted",
             Response::KeysPage { .. } => "keys_page",
             Response::Reply(_) => "reply",
+            Response::RaftReply(_) => "raft_reply",
+            Response::NotLeader { .. } => "not_leader",
             Response::Error { .. } => "error",
         }
     }
@@ -388,6 +437,8 @@ impl Response {
             Response::Deleted(_) => kind::DELETED,
             Response::KeysPage { .. } => kind::KEYS_PAGE_OK,
             Response::Reply(_) => kind::REPLY,
+            Response::RaftReply(_) => kind::RAFT_REPLY,
+            Response::NotLeader { .. } => kind::NOT_LEADER,
             Response::Error { .. } => kind::ERROR,
         }
     }
@@ -405,7 +456,15 @@ impl Response {
                         .map(|e| bytes_field_len(e.key.len()) + bytes_field_len(e.value.len()) + 8)
                         .sum::<usize>()
             }
-            Response::Reply(value) => bytes_field_len(value.len()),
+            Response::Reply(value) | Response::RaftReply(value) => bytes_field_len(value.len()),
+            Response::NotLeader {
+                leader_id,
+                leader_url,
+            } => {
+                1 + leader_id.map_or(0, |_| 8)
+                    + 1
+                    + leader_url.as_ref().map_or(0, |u| bytes_field_len(u.len()))
+            }
             Response::Error { message, .. } => 2 + bytes_field_len(message.len()),
         }
     }
@@ -438,7 +497,20 @@ impl Response {
                     dst.put_u64_le(entry.value_len);
                 }
             }
-            Response::Reply(value) => put_bytes(dst, value),
+            Response::Reply(value) | Response::RaftReply(value) => put_bytes(dst, value),
+            Response::NotLeader {
+                leader_id,
+                leader_url,
+            } => {
+                put_bool(dst, leader_id.is_some());
+                if let Some(id) = leader_id {
+                    dst.put_u64_le(*id);
+                }
+                put_bool(dst, leader_url.is_some());
+                if let Some(url) = leader_url {
+                    put_bytes(dst, url.as_bytes());
+                }
+            }
             Response::Error { code, message } => {
                 dst.put_u16_le(code.as_u16());
                 put_bytes(dst, message.as_bytes());
@@ -473,7 +545,10 @@ pub enum ErrorCode {
     ShuttingDown = 7,
     /// The server does not implement this request.
     Unsupported = 8,
-    /// A code this version does not know, sent by a newer peer. Never produced for codes `1..=8`.
+    /// A write was handed to the replica group but its fate is unknown (leadership changed
+    /// before it was committed): it may or may not have been applied. Never retried blindly.
+    OutcomeUnknown = 9,
+    /// A code this version does not know, sent by a newer peer. Never produced for codes `1..=9`.
     Unknown(u16),
 }
 
@@ -496,6 +571,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => 6,
             ErrorCode::ShuttingDown => 7,
             ErrorCode::Unsupported => 8,
+            ErrorCode::OutcomeUnknown => 9,
             ErrorCode::Unknown(code) => code,
         }
     }
@@ -511,6 +587,7 @@ impl ErrorCode {
             6 => ErrorCode::Unavailable,
             7 => ErrorCode::ShuttingDown,
             8 => ErrorCode::Unsupported,
+            9 => ErrorCode::OutcomeUnknown,
             other => ErrorCode::Unknown(other),
         }
     }
@@ -527,6 +604,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Unsupported => "unsupported",
+            ErrorCode::OutcomeUnknown => "outcome_unknown",
             ErrorCode::Unknown(_) => "unknown",
         }
     }
@@ -643,6 +721,35 @@ impl Message {
                 Message::Request(Request::Pipeline { commands })
             }
             kind::REPLY => Message::Response(Response::Reply(r.bytes("reply")?)),
+            kind::RAFT => {
+                let shard_id = r.u32("shard_id")?;
+                let target = r.u64("target")?;
+                let rpc = r.u8("rpc")?;
+                let payload = r.bytes("payload")?;
+                Message::Request(Request::Raft {
+                    shard_id,
+                    target,
+                    rpc,
+                    payload,
+                })
+            }
+            kind::RAFT_REPLY => Message::Response(Response::RaftReply(r.bytes("payload")?)),
+            kind::NOT_LEADER => {
+                let leader_id = if r.bool("leader_id presence tag")? {
+                    Some(r.u64("leader_id")?)
+                } else {
+                    None
+                };
+                let leader_url = if r.bool("leader_url presence tag")? {
+                    Some(r.string("leader_url")?)
+                } else {
+                    None
+                };
+                Message::Response(Response::NotLeader {
+                    leader_id,
+                    leader_url,
+                })
+            }
             kind::HELLO_OK => {
                 let shard_id = r.u32("shard_id")?;
                 let protocol_version = r.u8("protocol_version")?;

@@ -88,7 +88,42 @@ fn samples() -> Vec<Frame> {
             },
         ),
     ];
-    for code in (0..=9).chain([u16::MAX]).map(ErrorCode::from_u16) {
+    out.extend([
+        Frame::request(
+            10,
+            Request::Raft {
+                shard_id: 3,
+                target: 2,
+                rpc: 1,
+                payload: b(b"\x01\x02entries"),
+            },
+        ),
+        Frame::request(
+            11,
+            Request::Raft {
+                shard_id: u32::MAX,
+                target: u64::MAX,
+                rpc: 0,
+                payload: Bytes::new(),
+            },
+        ),
+        Frame::response(12, Response::RaftReply(b(b"vote"))),
+        Frame::response(
+            13,
+            Response::NotLeader {
+                leader_id: Some(2),
+                leader_url: Some("http://10.0.0.2:7001".into()),
+            },
+        ),
+        Frame::response(
+            14,
+            Response::NotLeader {
+                leader_id: None,
+                leader_url: None,
+            },
+        ),
+    ]);
+    for code in (0..=10).chain([u16::MAX]).map(ErrorCode::from_u16) {
         out.push(Frame::response(
             9,
             Response::Error {
@@ -255,7 +290,8 @@ fn error_codes_map_both_ways() {
     }
     assert_eq!(ErrorCode::from_u16(1), ErrorCode::Internal);
     assert_eq!(ErrorCode::from_u16(8), ErrorCode::Unsupported);
-    assert_eq!(ErrorCode::from_u16(9), ErrorCode::Unknown(9));
+    assert_eq!(ErrorCode::from_u16(9), ErrorCode::OutcomeUnknown);
+    assert_eq!(ErrorCode::from_u16(10), ErrorCode::Unknown(10));
     assert_eq!(ErrorCode::ShuttingDown.to_string(), "shutting_down");
     assert_eq!(ErrorCode::Unknown(42).to_string(), "unknown(42)");
 }
@@ -366,7 +402,7 @@ fn rejects_bad_version() {
 #[test]
 fn rejects_unknown_and_reserved_kinds() {
     for k in [
-        0x00, 0x0A, 0x10, 0x11, 0x12, 0x7F, 0x80, 0x88, 0x90, 0xFD, 0xFE,
+        0x00, 0x0A, 0x10, 0x11, 0x12, 0x21, 0x7F, 0x80, 0x88, 0x90, 0xA1, 0xFD,
     ] {
         assert_eq!(decode_err(raw(1, k, 0, 1, &[])), ProtoError::UnknownKind(k));
     }
@@ -554,8 +590,8 @@ fn rejects_field_running_past_the_frame() {
 #[test]
 fn error_messages_are_readable() {
     assert_eq!(
-        ProtoError::UnknownKind(0xFE).to_string(),
-        "unknown message kind 0xfe"
+        ProtoError::UnknownKind(0xFD).to_string(),
+        "unknown message kind 0xfd"
     );
     assert_eq!(
         ProtoError::FrameTooLarge { len: 10, max: 5 }.to_string(),

@@ -82,6 +82,12 @@ impl ShardNode {
                 }
             }
             Request::Ping => return Response::Pong,
+            Request::Raft { .. } => {
+                return Response::Error {
+                    code: ErrorCode::Unsupported,
+                    message: "this shard is not replicated (started without --peers)".into(),
+                }
+            }
             Request::Get { key } => (
                 Op::Get,
                 async {
