@@ -7,6 +7,8 @@
 //! themselves. Dropping a [`Node`] kills its process.
 
 pub mod http;
+pub mod linearizability;
+pub mod netns;
 pub mod pg;
 
 use std::collections::HashMap;
@@ -46,9 +48,31 @@ impl Node {
         cwd: Option<&Path>,
         env: &[(&str, &str)],
     ) -> Result<Node, String> {
+        Self::spawn_wrapped::<&str>(&[], bin, args, log, cwd, env)
+    }
+
+    /// Like [`Node::spawn_in`], with `bin` started through the command prefix `wrapper` (empty:
+    /// none), e.g. `ip netns exec <ns>` to run it inside a network namespace (see
+    /// [`netns::Host::spawn_node`]). The wrapper must exec `bin` in place, so that [`Node::pid`],
+    /// signals and kills reach `bin` itself.
+    pub fn spawn_wrapped<S: AsRef<std::ffi::OsStr>>(
+        wrapper: &[S],
+        bin: &Path,
+        args: &[&str],
+        log: &Path,
+        cwd: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Result<Node, String> {
         let stderr = std::fs::File::create(log)
             .map_err(|e| format!("cannot create log {}: {e}", log.display()))?;
-        let mut command = Command::new(bin);
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(bin);
+                command
+            }
+            None => Command::new(bin),
+        };
         command
             .args(args)
             .stdin(Stdio::null())
