@@ -3,9 +3,13 @@
 #
 # On a fresh Debian machine (as root) it first installs whatever the tests need and is missing:
 # the C compiler that ships with Rust, redis-tools (redis-cli, for the scripted session in
-# tests/redis_cli.rs), and PostgreSQL (Debian's `postgresql` package), which it
+# tests/redis_cli.rs), iproute2 (`ip`, `bridge`: tests/partitions.rs makes network namespaces,
+# which needs root; elsewhere those tests say so and skip), etcd-server (`limedb bench --target
+# etcd` is tested against a real etcd), and PostgreSQL (Debian's `postgresql` package), which it
 # starts and in which it creates a role for the tests. The postgres tests also start private
 # PostgreSQL servers of their own (initdb + pg_ctl from the same package) to stop and restart.
+# Packages are installed without starting their services (PostgreSQL is started below, etcd by
+# the tests themselves).
 #
 # To use an existing PostgreSQL server instead, export LIMEDB_TEST_PG_URL first, e.g.
 #   LIMEDB_TEST_PG_URL=postgres://me:secret@127.0.0.1:5432/ scripts/test.sh
@@ -29,11 +33,21 @@ need runuser || apt_packages+=(util-linux)
 pg_installed() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "${LIMEDB_PG_BINDIR:-}" ]; }
 pg_installed || apt_packages+=(postgresql)
 need redis-cli || apt_packages+=(redis-tools)
+need ip || apt_packages+=(iproute2)
+need bridge || apt_packages+=(iproute2)
+need etcd || apt_packages+=(etcd-server)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && need apt-get; then
     echo "installing: ${apt_packages[*]}"
     apt-get update -qq
+    # No service starts during the install (a container often has no init to ask anyway).
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && made_policy=1
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}"
+    if [ "$made_policy" = 1 ]; then rm -f "$policy"; fi
   else
     echo "error: missing ${apt_packages[*]}; install them (as root: apt-get install ${apt_packages[*]})" >&2
     exit 1

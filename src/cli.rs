@@ -45,10 +45,88 @@ pub enum Command {
     Shard(ShardArgs),
     /// Run a coordinator: the HTTP API that routes every key to the shard that owns it.
     Coordinator(CoordinatorArgs),
-    /// Run a whole local cluster in one process: a coordinator and 3 shards by default.
+    /// Run a whole local cluster in one process: a coordinator and 3 shards of 3 replicas each
+    /// by default.
     Dev(DevArgs),
     /// Load generator: concurrent HTTP clients with latency percentiles.
     Bench(BenchArgs),
+    /// Administration of a running cluster: the replicas of each shard's group.
+    Admin(AdminArgs),
+}
+
+/// Options of `limedb admin`.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The node to ask: a coordinator, or any replica of the shard in question.
+    #[arg(
+        long,
+        global = true,
+        env = "LIMEDB_COORDINATOR",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
+    pub coordinator: String,
+
+    /// Print the answer as JSON (for scripts) instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// The `limedb admin` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminCommand {
+    /// Every shard: its leader, term, and each replica's role, state and lag.
+    Status,
+    /// The replicas of one shard's group.
+    Replicas {
+        /// The shard.
+        #[arg(long, value_name = "ID")]
+        shard: u32,
+    },
+    /// Add a replica to a shard's group: start it first (`limedb shard --id S --replica N
+    /// --peers ...` listing the group and itself, with an empty data directory); it joins as a
+    /// learner, catches up from the log or a snapshot, then becomes a voter. Waits for that.
+    AddReplica {
+        /// The shard.
+        #[arg(long, value_name = "ID")]
+        shard: u32,
+        /// The new replica's id (not used in the group yet).
+        #[arg(long, value_name = "N")]
+        replica: u64,
+        /// The new replica's HTTP URL.
+        #[arg(long, value_name = "URL")]
+        url: String,
+    },
+    /// Remove a replica from a shard's group (it may be dead). The group keeps serving as long
+    /// as a majority of the remaining replicas is up.
+    RemoveReplica {
+        /// The shard.
+        #[arg(long, value_name = "ID")]
+        shard: u32,
+        /// The replica to remove.
+        #[arg(long, value_name = "N")]
+        replica: u64,
+    },
+    /// Replace a replica (typically a dead one) by a new one: add the new one (as add-replica
+    /// does), then remove the old one.
+    ReplaceReplica {
+        /// The shard.
+        #[arg(long, value_name = "ID")]
+        shard: u32,
+        /// The replica to replace.
+        #[arg(long, value_name = "N")]
+        old: u64,
+        /// The new replica's id.
+        #[arg(long, value_name = "N")]
+        replica: u64,
+        /// The new replica's HTTP URL.
+        #[arg(long, value_name = "URL")]
+        url: String,
+    },
 }
 
 /// Options of `limedb shard` (also the `[shard]` table of the TOML file).
@@ -119,8 +197,12 @@ pub struct ShardArgs {
     /// When acknowledged writes reach the disk: "always" (fsync before every acknowledgement,
     /// concurrent writers share one fsync), "interval" (fsync every --wal-sync-interval-ms) or
     /// "never" (leave it to the OS). Every acknowledged write survives a crash of the process
-    /// under all three; the policy decides what survives a crash of the machine.
-    /// [default: interval]
+    /// under all three; the policy decides what survives a crash of the machine. With --peers
+    /// it governs the Raft log, the one log a replicated write waits for: "always" (the default
+    /// there) fsyncs an entry on a majority of replicas before the write is acknowledged, so it
+    /// survives the power loss of any minority; with the others a replica acknowledges entries
+    /// from the OS's cache, and a power loss of a majority inside the window can lose them.
+    /// [default: interval; always with --peers]
     #[arg(long, env = "LIMEDB_WAL_SYNC", value_name = "POLICY")]
     pub wal_sync: Option<String>,
 
@@ -130,11 +212,67 @@ pub struct ShardArgs {
 
     #[command(flatten)]
     #[serde(flatten)]
+    pub replication: ReplicationArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
     pub resp: RespArgs,
 
     #[command(flatten)]
     #[serde(flatten)]
     pub limits: LimitArgs,
+}
+
+/// Replication of a shard: this process as one replica of the shard's Raft group.
+#[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReplicationArgs {
+    /// This replica's id within the shard's group (a positive integer, unique in the group).
+    /// Needs --peers. [default: 1]
+    #[arg(long, env = "LIMEDB_REPLICA", value_name = "N")]
+    pub replica: Option<u64>,
+
+    /// Every replica of the shard's Raft group, this one included, comma-separated as
+    /// ID=URL (the replicas' HTTP URLs), e.g.
+    /// 1=http://10.0.0.1:7001,2=http://10.0.0.2:7001,3=http://10.0.0.3:7001. Starting each
+    /// replica with the same list forms the group (the first ones wait until a majority is up);
+    /// a restarted replica rejoins by itself. Writes are acknowledged once a majority of the
+    /// replicas has them on disk; reads and writes are served by the elected leader, and the
+    /// others answer "not the leader" naming it. Without --peers the shard is a single copy, as
+    /// before. Needs --storage lsm.
+    #[arg(
+        long,
+        env = "LIMEDB_PEERS",
+        value_name = "ID=URL,...",
+        value_delimiter = ','
+    )]
+    pub peers: Option<Vec<String>>,
+
+    /// Replicas: the leader's heartbeat period in milliseconds. [default: 50]
+    #[arg(long, env = "LIMEDB_RAFT_HEARTBEAT_MS", value_name = "MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+
+    /// Replicas: the election timeout E, in milliseconds. A follower that hears no leader for
+    /// E stops defending it, and stands for election itself after E plus a slot of E/4 × k
+    /// (k from 0 to 3, by replica id and term, so that two replicas rarely stand at once); it
+    /// first checks that a majority would vote for it (pre-vote), so a replica whose log is
+    /// behind never disrupts the others. With the default a new leader is elected about
+    /// 0.4-0.75 s after the old one stops. Lower is faster failover, but a leader stalled that
+    /// long (a loaded machine) loses its leadership. At least 3 × --raft-heartbeat-ms.
+    /// [default: 400]
+    #[arg(long, env = "LIMEDB_RAFT_ELECTION_MS", value_name = "MS")]
+    pub raft_election_ms: Option<u64>,
+
+    /// Replicas: a snapshot of the engine is taken every this many Raft log entries, and the
+    /// log is purged up to it (each entry carries a batch of writes). [default: 10000]
+    #[arg(long, env = "LIMEDB_RAFT_SNAPSHOT_ENTRIES", value_name = "N")]
+    pub raft_snapshot_entries: Option<u64>,
+
+    /// Replicas: log entries kept below the last snapshot when the log is purged, so that a
+    /// follower a little behind catches up from the log instead of a whole snapshot.
+    /// [default: 1000]
+    #[arg(long, env = "LIMEDB_RAFT_KEEP_ENTRIES", value_name = "N")]
+    pub raft_keep_entries: Option<u64>,
 }
 
 /// PostgreSQL settings of `--storage postgres` (shard and dev).
@@ -278,11 +416,18 @@ pub struct DevArgs {
     #[arg(long, env = "LIMEDB_STORAGE", value_name = "BACKEND")]
     pub storage: Option<String>,
 
+    /// Replicas per shard: each shard is a Raft group of this many replicas (replica r of
+    /// shard s on shard s's port + 100 × (r − 1)), with automatic failover; 1 runs single-copy
+    /// shards as before replication. [default: 3 with --storage lsm, else 1]
+    #[arg(long, env = "LIMEDB_REPLICAS", value_name = "N")]
+    pub replicas: Option<usize>,
+
     #[command(flatten)]
     #[serde(flatten)]
     pub postgres: PgArgs,
 
-    /// Sync policy of every shard (see `limedb shard --help`). [default: interval]
+    /// Sync policy of every shard (see `limedb shard --help`; with replicas it governs the
+    /// Raft log). [default: always with replicas, interval for single copies]
     #[arg(long, env = "LIMEDB_WAL_SYNC", value_name = "POLICY")]
     pub wal_sync: Option<String>,
 

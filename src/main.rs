@@ -1,6 +1,7 @@
 //! The `limedb` binary: parses the command line and configuration, sets up logging and the
 //! runtime, and starts a shard, a coordinator, a local cluster or the load generator.
 
+mod admin;
 mod cli;
 
 use std::io::{IsTerminal, Write};
@@ -12,9 +13,10 @@ use std::time::Duration;
 use clap::Parser;
 use limedb_cluster::{ShardId, DEFAULT_VNODES_PER_SHARD};
 use limedb_server::config::{
-    parse_shard_list, CoordinatorConfig, Limits, LsmTuning, PgSettings, ShardConfig, StorageKind,
-    DEFAULT_CONNECTIONS_PER_SHARD, DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_SHARD_TIMEOUT, MAX_KEY_BYTES_CAP, MAX_VALUE_BYTES_CAP, SEED_SHARD_URLS,
+    parse_peers, parse_shard_list, CoordinatorConfig, Limits, LsmTuning, PgSettings,
+    ReplicationConfig, ShardConfig, StorageKind, DEFAULT_CONNECTIONS_PER_SHARD,
+    DEFAULT_HEALTH_INTERVAL, DEFAULT_KEEP_LOGS, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHARD_TIMEOUT,
+    DEFAULT_SNAPSHOT_LOGS, MAX_KEY_BYTES_CAP, MAX_VALUE_BYTES_CAP, SEED_SHARD_URLS,
 };
 use limedb_server::coordinator::CoordinatorServer;
 use limedb_server::dev::{default_internal_port, DevCluster, DevConfig};
@@ -77,6 +79,7 @@ fn run(cli: Cli) -> Result<(), String> {
             runtime.block_on(run_dev(config))
         }
         Command::Bench(args) => runtime.block_on(run_bench(args)),
+        Command::Admin(args) => runtime.block_on(admin::run(args)),
     }
 }
 
@@ -89,7 +92,7 @@ fn init_logging(flag: Option<&str>, file: Option<&str>) -> Result<(), String> {
         (Some(l), _, _) => ("--log-level", l.to_string()),
         (None, Some(env), _) => ("RUST_LOG", env),
         (None, None, Some(l)) => ("log_level in the config file", l.to_string()),
-        (None, None, None) => ("default", "info".to_string()),
+        (None, None, None) => ("default", "info,openraft=warn".to_string()),
     };
     let filter =
         EnvFilter::try_new(&spec).map_err(|e| format!("invalid {source} {spec:?}: {e}"))?;
@@ -246,22 +249,78 @@ fn shard_config(args: ShardArgs) -> Result<ShardConfig, String> {
     if port != 0 && port == internal_port {
         return Err(format!("--port and --internal-port are both {port}"));
     }
+    let replication = replication_config(&args.replication)?;
+    let default_dir = match &replication {
+        None => format!("shard-{id}"),
+        Some(r) => format!("shard-{id}-replica-{}", r.replica_id),
+    };
+    let wal_sync = match (&replication, args.wal_sync.as_deref()) {
+        (Some(_), None) => SyncPolicy::Always,
+        (_, given) => sync_policy(given, args.wal_sync_interval_ms)?,
+    };
+    let replication = replication.map(|r| ReplicationConfig {
+        log_sync: wal_sync,
+        ..r
+    });
     Ok(ShardConfig {
         id: ShardId(id),
         http_addr: SocketAddr::new(host, port),
         internal_addr: SocketAddr::new(host, internal_port),
         data_dir: args
             .data_dir
-            .unwrap_or_else(|| PathBuf::from("limedb-data").join(format!("shard-{id}"))),
+            .unwrap_or_else(|| PathBuf::from("limedb-data").join(default_dir)),
         storage,
-        wal_sync: sync_policy(args.wal_sync.as_deref(), args.wal_sync_interval_ms)?,
+        wal_sync,
         lsm,
         postgres: pg_settings(storage, &args.postgres)?,
         limits: limits(&args.limits)?,
         max_connections: max_connections(&args.limits),
         resp_addr: args.resp.resp_port.map(|p| SocketAddr::new(host, p)),
         resp_idle_timeout: resp_idle_timeout(&args.resp),
+        replication,
     })
+}
+
+/// `--replica`, `--peers` and the Raft tuning of a shard; `None` without `--peers`.
+fn replication_config(r: &cli::ReplicationArgs) -> Result<Option<ReplicationConfig>, String> {
+    let Some(peers) = &r.peers else {
+        if r.replica.is_some() {
+            return Err("--replica needs --peers (every replica of the group, ID=URL,...)".into());
+        }
+        return Ok(None);
+    };
+    let peers = parse_peers(peers).map_err(|e| format!("--peers: {e}"))?;
+    let replica_id = r.replica.unwrap_or(1);
+    if replica_id == 0 {
+        return Err("--replica: replica ids start at 1".into());
+    }
+    if !peers.contains_key(&replica_id) {
+        return Err(format!(
+            "--peers has no entry for this replica, --replica {replica_id}: list every replica of the group, this one included"
+        ));
+    }
+    let defaults = limedb_raft::RaftTiming::default();
+    let heartbeat_ms = r.raft_heartbeat_ms.unwrap_or(defaults.heartbeat_ms);
+    let election_ms = r.raft_election_ms.unwrap_or(defaults.election_ms);
+    if heartbeat_ms == 0 || election_ms < 3 * heartbeat_ms {
+        return Err(format!(
+            "--raft-election-ms ({election_ms}) must be at least 3 × --raft-heartbeat-ms ({heartbeat_ms}), and the heartbeat positive"
+        ));
+    }
+    Ok(Some(ReplicationConfig {
+        replica_id,
+        peers,
+        log_sync: SyncPolicy::Always,
+        timing: limedb_raft::RaftTiming {
+            heartbeat_ms,
+            election_ms,
+        },
+        snapshot_logs: r
+            .raft_snapshot_entries
+            .unwrap_or(DEFAULT_SNAPSHOT_LOGS)
+            .max(1),
+        keep_logs: r.raft_keep_entries.unwrap_or(DEFAULT_KEEP_LOGS),
+    }))
 }
 
 /// `--resp-idle-timeout-ms`; 0 or unset is no timeout.
@@ -315,7 +374,15 @@ fn dev_config(args: DevArgs) -> Result<DevConfig, String> {
         shard_ports: args.shard_ports.unwrap_or(defaults.shard_ports),
         data_dir: args.data_dir.unwrap_or(defaults.data_dir),
         storage,
-        wal_sync: sync_policy(args.wal_sync.as_deref(), None)?,
+        wal_sync: args
+            .wal_sync
+            .as_deref()
+            .map(|p| sync_policy(Some(p), None))
+            .transpose()?,
+        replicas: args.replicas.unwrap_or(match storage {
+            StorageKind::Lsm => defaults.replicas,
+            _ => 1,
+        }),
         postgres: pg_settings(storage, &args.postgres)?,
         vnodes_per_shard: args.vnodes.unwrap_or(defaults.vnodes_per_shard),
         limits: limits(&args.limits)?,
@@ -376,17 +443,37 @@ async fn run_dev(config: DevConfig) -> Result<(), String> {
             r.port()
         ));
     }
-    for (id, http, internal) in &endpoints.shards {
+    let replicated = endpoints
+        .shards
+        .iter()
+        .any(|(_, replica, _, _)| *replica > 1);
+    for (id, replica, http, internal) in &endpoints.shards {
         let data = match &pg_template {
             Some(template) => format!(
                 "PostgreSQL database {}",
                 template.replace("{id}", &id.to_string())
             ),
+            None if replicated => format!(
+                "data {}",
+                data_dir
+                    .join(format!("shard-{id}-replica-{replica}"))
+                    .display()
+            ),
             None => format!("data {}", data_dir.join(format!("shard-{id}")).display()),
         };
+        let name = if replicated {
+            format!("shard {id} replica {replica}")
+        } else {
+            format!("shard {id}")
+        };
         banner.push_str(&format!(
-            "  shard {id}      http://{http}  (internal protocol {internal}, {data})\n"
+            "  {name:<18} http://{http}  (internal protocol {internal}, {data})\n"
         ));
+    }
+    if replicated {
+        banner.push_str(
+            "\nEach shard is a Raft group: writes are acknowledged once a majority of its replicas has them on disk,\nand a new leader takes over within about a second when one stops. `limedb admin status` shows the roles.\n",
+        );
     }
     banner.push_str(&format!(
         "\nTry:\n  curl -X POST http://{c}/api/v1/set -H 'content-type: application/json' -d '{{\"key\":\"hello\",\"value\":\"world\"}}'\n  curl http://{c}/api/v1/get/hello\n  curl -X DELETE http://{c}/api/v1/del/hello\n  curl http://{c}/api/v1/health\n  curl 'http://{c}/api/v1/keys?page=1&pageSize=20'\n  limedb bench --url http://{c} -c 64 -n 100000 -w mixed\n\nPress Ctrl-C to stop.\n"

@@ -150,10 +150,26 @@ fn bad_configuration_is_a_clear_error_and_a_nonzero_exit() {
     );
     fails_with(&["coordinator", "--port", "notaport"], "invalid value");
     // Shard 1's internal port (its HTTP port + 10000) is shard 2's HTTP port: refused before
-    // anything binds or opens storage.
+    // anything binds or opens storage, naming the replicas (3 per shard by default) or shards.
     fails_with(
         &["dev", "--shard-ports", "7001,17001"],
+        "port 17001 would be both shard 1 replica 1's internal port",
+    );
+    fails_with(
+        &["dev", "--replicas", "1", "--shard-ports", "7001,17001"],
         "port 17001 would be both shard 1's internal port",
+    );
+    fails_with(
+        &[
+            "dev",
+            "--storage",
+            "memory",
+            "--replicas",
+            "3",
+            "--shard-ports",
+            "0",
+        ],
+        "--replicas 1",
     );
     // A data directory of one backend opened with the other.
     let lsm_dir = dir.path().join("lsm-data").display().to_string();
@@ -216,8 +232,20 @@ fn help_explains_every_option() {
                 "coordinator",
                 "dev",
                 "bench",
+                "admin",
                 "--config",
                 "--log-level",
+            ],
+        ),
+        (
+            vec!["admin", "--help"],
+            vec![
+                "status",
+                "add-replica",
+                "remove-replica",
+                "replace-replica",
+                "--coordinator",
+                "--json",
             ],
         ),
         (
@@ -229,6 +257,9 @@ fn help_explains_every_option() {
                 "--data-dir",
                 "--storage",
                 "--wal-sync",
+                "--replica",
+                "--peers",
+                "--raft-election-ms",
                 "--max-value-bytes",
                 "--resp-port",
                 "--resp-idle-timeout-ms",
@@ -252,6 +283,7 @@ fn help_explains_every_option() {
                 "--shard-ports",
                 "--data-dir",
                 "--resp-port",
+                "--replicas",
             ],
         ),
         (
@@ -359,13 +391,24 @@ async fn dev_runs_a_cluster_and_bench_drives_it() {
     assert!(report["latency_us"]["p99"]
         .as_f64()
         .is_some_and(|p| p > 0.0));
-    // The keys the bench wrote are in the default data directories; Ctrl-C stops it cleanly.
+    // The keys the bench wrote are in the default data directories, one per replica of each
+    // shard's group; Ctrl-C stops it cleanly.
     assert!(
         dev.terminate(Duration::from_secs(15)),
         "dev exits 0 on SIGTERM"
     );
     for id in 1..=3 {
-        assert!(dir.path().join(format!("limedb-data/shard-{id}")).is_dir());
+        for replica in 1..=3 {
+            let data = dir
+                .path()
+                .join(format!("limedb-data/shard-{id}-replica-{replica}"));
+            assert!(
+                data.join("raft").is_dir(),
+                "{} has a raft log",
+                data.display()
+            );
+            assert!(data.join("sm").is_dir(), "{} has an engine", data.display());
+        }
     }
 }
 

@@ -63,6 +63,19 @@ pub fn read_small_file(path: &Path, magic: &[u8; 8]) -> Result<Option<Bytes>> {
     Ok(Some(Bytes::copy_from_slice(payload)))
 }
 
+/// Writes `bytes` to `path` as is (no header), atomically and durably: temporary file, fsync,
+/// rename, directory fsync. For small human-readable files.
+pub fn write_small_file_plain(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp).map_err(ReplicaError::io("cannot create", &tmp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(ReplicaError::io("cannot write", &tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(ReplicaError::io("cannot rename over", path))?;
+    sync_parent(path)
+}
+
 /// fsyncs the directory holding `path`, so a create, rename or delete in it is durable.
 pub fn sync_parent(path: &Path) -> Result<()> {
     match path.parent() {

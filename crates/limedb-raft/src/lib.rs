@@ -22,10 +22,12 @@
 //! - [`state_machine`]: applying entries to a storage engine; snapshots.
 //! - [`network`]: [`RaftTransport`] (implemented by the server) and openraft's network over it.
 //! - [`replica`]: [`Replica`], what a shard holds: writes, read barriers, membership, status.
+//! - [`election`]: when a replica stands for election (LimeDB's timer, with a pre-vote).
 //! - [`fsutil`]: small atomically replaced files and directory syncs.
 //! - [`error`]: [`ReplicaError`], the one error type.
 
 pub mod codec;
+pub mod election;
 pub mod error;
 pub mod fsutil;
 pub mod log_store;

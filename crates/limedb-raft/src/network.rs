@@ -11,6 +11,7 @@
 //! | `SnapshotBegin` (3) | [`SnapshotBegin`]: vote, meta, every file's path and size | empty |
 //! | `SnapshotChunk` (4) | [`SnapshotChunk`]: snapshot id, file number, offset, bytes, crc32c | empty |
 //! | `SnapshotFinish` (5) | [`SnapshotFinish`]: snapshot id, vote | the receiver's `Vote` |
+//! | `PreVote` (6) | [`PreVote`]: the candidate's last log id | `granted u8` |
 //!
 //! A snapshot is the checkpoint directory of the leader's engine: `SnapshotBegin` announces its
 //! files, `SnapshotChunk`s carry them in order in [`SNAPSHOT_CHUNK_BYTES`] pieces (each checked
@@ -65,6 +66,8 @@ pub enum RpcKind {
     SnapshotChunk = 4,
     /// End of a snapshot transfer: install it.
     SnapshotFinish = 5,
+    /// Would you vote for me? (see `election`)
+    PreVote = 6,
 }
 
 impl RpcKind {
@@ -76,6 +79,7 @@ impl RpcKind {
             3 => RpcKind::SnapshotBegin,
             4 => RpcKind::SnapshotChunk,
             5 => RpcKind::SnapshotFinish,
+            6 => RpcKind::PreVote,
             _ => return None,
         })
     }
@@ -217,6 +221,28 @@ impl Decode for SnapshotFinish {
         Ok(SnapshotFinish {
             snapshot_id: r.string("snapshot id", 256)?,
             vote: Vote::decode(r)?,
+        })
+    }
+}
+
+/// `PreVote`: a replica about to stand for election asks whether the receiver would vote for
+/// it, without changing anyone's term.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreVote {
+    /// The candidate's last log id.
+    pub last_log_id: Option<crate::types::LogId>,
+}
+
+impl Encode for PreVote {
+    fn encode(&self, out: &mut BytesMut) {
+        self.last_log_id.encode(out);
+    }
+}
+
+impl Decode for PreVote {
+    fn decode(r: &mut Reader) -> Result<Self, CodecError> {
+        Ok(PreVote {
+            last_log_id: Option::<crate::types::LogId>::decode(r)?,
         })
     }
 }

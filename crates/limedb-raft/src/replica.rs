@@ -35,6 +35,7 @@ use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::codec::{from_bytes, to_bytes};
+use crate::election::{answer_pre_vote, run_elections, LeaderContact};
 use crate::error::{ReplicaError, Result};
 use crate::log_store::{LogOptions, LogStore};
 use crate::network::{
@@ -58,29 +59,52 @@ const PROPOSAL_QUEUE_DEPTH: usize = 16_384;
 const READ_ROUND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the applied position is made durable.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// A write not committed this long after it was proposed is answered "outcome unknown" (its
+/// entry may still commit later): a leader cut off from its peers never hangs a client.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Raft timing, in milliseconds.
+///
+/// A follower that hears no leader for the *lease* `E` ([`RaftTiming::election_ms`]) stops
+/// defending it (it would vote for another candidate); it stands for election itself after
+/// `E` plus its slot offset ([`RaftTiming::stand_after`]). The slots are staggered by replica id
+/// and rotate with the term, so after a leader dies the survivors stand one after another, E/4
+/// apart, instead of splitting the vote (openraft 0.9 has no pre-vote; LimeDB adds one, see
+/// `election`), and over successive elections every replica gets to be first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RaftTiming {
     /// The leader sends a heartbeat this often.
     pub heartbeat_ms: u64,
-    /// A follower that hears nothing from a leader for a random time in
-    /// `election_min_ms..election_max_ms` (after the leader's lease) stands for election.
-    pub election_min_ms: u64,
-    /// See `election_min_ms`.
-    pub election_max_ms: u64,
+    /// The lease and base election timeout `E`.
+    pub election_ms: u64,
 }
 
 impl Default for RaftTiming {
-    /// Heartbeats every 50 ms; elections after 300-500 ms of silence. A follower also refuses
-    /// to vote for another candidate for `election_max_ms` after it last heard the leader
-    /// (openraft's leader lease), so failover takes about 0.6-1 s.
+    /// Heartbeats every 50 ms; E = 400 ms: a new leader stands 0.4-0.75 s after the old one
+    /// last sent a heartbeat.
     fn default() -> Self {
         RaftTiming {
             heartbeat_ms: 50,
-            election_min_ms: 300,
-            election_max_ms: 500,
+            election_ms: 400,
         }
+    }
+}
+
+impl RaftTiming {
+    /// The lease: how long a follower defends a silent leader (refuses to vote for another).
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.election_ms.max(3 * self.heartbeat_ms).max(30))
+    }
+
+    /// When replica `id`, in `term`, stands for election after hearing no leader: the lease,
+    /// then slot `k = (id + term) mod 4` at `k·E/4`, plus up to `jitter` (a fraction from 0 to
+    /// 1) of `E/8`.
+    pub fn stand_after(&self, id: ReplicaId, term: u64, jitter: f64) -> Duration {
+        let lease = self.lease();
+        let e = lease.as_millis() as u64;
+        let slot = id.wrapping_add(term) % 4;
+        let spread = (e / 8) as f64 * jitter.clamp(0.0, 1.0);
+        lease + Duration::from_millis(slot * e / 4 + spread as u64)
     }
 }
 
@@ -212,6 +236,8 @@ struct Incoming {
 struct Inner {
     config: ReplicaConfig,
     raft: Raft,
+    /// When a leader was last heard from (for elections).
+    contact: Arc<LeaderContact>,
     sm: StateMachineStore,
     log: LogStore,
     proposals: mpsc::Sender<Proposal>,
@@ -263,23 +289,32 @@ impl Replica {
             })
             .await
             .map_err(raft_err)??;
+        let lease = config.timing.lease().as_millis() as u64;
         let raft_config = Config {
             cluster_name: format!("limedb-shard-{}", config.shard_id),
             heartbeat_interval: config.timing.heartbeat_ms,
-            election_timeout_min: config.timing.election_min_ms,
-            election_timeout_max: config.timing.election_max_ms,
+            // openraft's own election timer is off; its leader lease (a follower refuses to
+            // vote for another candidate this long after it heard the leader) is `max`.
+            election_timeout_min: lease.saturating_sub(1).max(1),
+            election_timeout_max: lease,
             // A heartbeat round for a read must finish well inside an election timeout.
             install_snapshot_timeout: 10_000,
             max_payload_entries: 64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs.max(1)),
             max_in_snapshot_log_to_keep: config.keep_logs,
             purge_batch_size: 256,
+            // Elections are LimeDB's, with a pre-vote (see `election`).
+            enable_elect: false,
             ..Config::default()
         }
         .validate()
         .map_err(raft_err)?;
         let network_counters = Arc::new(NetworkCounters::default());
-        let network = Network::new(config.replica_id, transport, Arc::clone(&network_counters));
+        let network = Network::new(
+            config.replica_id,
+            Arc::clone(&transport),
+            Arc::clone(&network_counters),
+        );
         let raft = Raft::new(
             config.replica_id,
             Arc::new(raft_config),
@@ -292,10 +327,12 @@ impl Replica {
         let (proposals, proposal_rx) = mpsc::channel(PROPOSAL_QUEUE_DEPTH);
         let (reads, read_rx) = mpsc::unbounded_channel();
         let counters = Arc::new(ReplicaCounters::default());
+        let contact = Arc::new(LeaderContact::default());
         let replica = Replica {
             inner: Arc::new(Inner {
                 config,
                 raft: raft.clone(),
+                contact: Arc::clone(&contact),
                 sm: sm.clone(),
                 log,
                 proposals,
@@ -308,6 +345,14 @@ impl Replica {
         };
         let me = replica.inner.config.replica_id;
         let tasks = vec![
+            tokio::spawn(run_elections(
+                raft.clone(),
+                me,
+                replica.inner.config.timing,
+                contact,
+                replica.inner.log.clone(),
+                transport,
+            )),
             tokio::spawn(run_proposer(
                 raft.clone(),
                 me,
@@ -346,6 +391,16 @@ impl Replica {
             .membership_config
             .membership()
             .clone()
+    }
+
+    /// The membership this replica holds, once openraft has loaded its state (the newest
+    /// membership entry of its log, or its state machine's).
+    pub async fn stored_membership(&self) -> Result<Membership> {
+        self.inner
+            .raft
+            .with_raft_state(|st| st.membership_state.effective().membership().clone())
+            .await
+            .map_err(raft_err)
     }
 
     /// Forms a new group of `peers` (this replica among them). Every first-starting replica of
@@ -460,20 +515,33 @@ impl Replica {
 
     /// Replicates `writes` (one batch, in order, applied atomically with the entry it joins)
     /// and answers once they are committed and applied here: for each write, whether it removed
-    /// a live key. Fails with `NotLeader` (nothing proposed) or `OutcomeUnknown`.
+    /// a live key. Fails with `NotLeader` (nothing proposed: not the leader, or a leader that has
+    /// not heard from a majority for two leases, so most likely deposed) or `OutcomeUnknown`
+    /// (also after [`COMMIT_TIMEOUT`] without a commit).
     pub async fn write(&self, writes: Vec<ReplicatedWrite>) -> Result<Vec<bool>> {
         self.check_leader()?;
+        let lease_ms = self.inner.config.timing.lease().as_millis() as u64;
+        let silent = self.inner.raft.metrics().borrow().millis_since_quorum_ack;
+        if silent.is_some_and(|ms| ms > 2 * lease_ms) {
+            return Err(ReplicaError::NotLeader { leader: None });
+        }
         let (reply, answer) = oneshot::channel();
         self.inner
             .proposals
             .send(Proposal { writes, reply })
             .await
             .map_err(|_| ReplicaError::Unavailable("the replica is shutting down".into()))?;
-        answer.await.map_err(|_| {
-            ReplicaError::OutcomeUnknown(
-                "the proposer stopped before the write was answered".into(),
-            )
-        })?
+        match tokio::time::timeout(COMMIT_TIMEOUT, answer).await {
+            Ok(answer) => answer.map_err(|_| {
+                ReplicaError::OutcomeUnknown(
+                    "the proposer stopped before the write was answered".into(),
+                )
+            })?,
+            Err(_) => Err(ReplicaError::OutcomeUnknown(format!(
+                "not committed within {} s: no majority of the group reachable from this leader",
+                COMMIT_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// Waits until a read on this replica's engine is linearizable (see the module docs):
@@ -566,7 +634,22 @@ impl Replica {
             RpcKind::Append => {
                 let rpc = from_bytes(payload)?;
                 let resp = raft.append_entries(rpc).await.map_err(raft_err)?;
+                if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+                    self.inner.contact.touch();
+                }
                 Ok(to_bytes(&resp))
+            }
+            RpcKind::PreVote => {
+                let ask = from_bytes(payload)?;
+                let yes = answer_pre_vote(
+                    raft,
+                    self.inner.config.replica_id,
+                    &self.inner.config.timing,
+                    &self.inner.contact,
+                    &self.inner.log,
+                    &ask,
+                );
+                Ok(Bytes::from_static(if yes { &[1] } else { &[0] }))
             }
             RpcKind::Vote => {
                 let rpc = from_bytes(payload)?;
@@ -574,10 +657,12 @@ impl Replica {
                 Ok(to_bytes(&resp))
             }
             RpcKind::SnapshotBegin => {
+                self.inner.contact.touch();
                 self.begin_snapshot(from_bytes(payload)?).await?;
                 Ok(Bytes::new())
             }
             RpcKind::SnapshotChunk => {
+                self.inner.contact.touch();
                 self.receive_chunk(from_bytes(payload)?).await?;
                 Ok(Bytes::new())
             }

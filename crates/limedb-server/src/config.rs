@@ -3,6 +3,7 @@
 //! The binary merges flags, `LIMEDB_*` environment variables, the TOML file and defaults into
 //! these structs; the server crate never parses command lines itself.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -260,6 +261,61 @@ pub struct ShardConfig {
     pub resp_addr: Option<SocketAddr>,
     /// Close RESP connections idle this long (`None`: never).
     pub resp_idle_timeout: Option<Duration>,
+    /// Replication: this shard as one replica of a Raft group (`--replica`, `--peers`); `None`
+    /// is a shard on its own, as before replication existed.
+    pub replication: Option<ReplicationConfig>,
+}
+
+/// A shard that is one replica of its shard's Raft group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// This replica's id in the group.
+    pub replica_id: u64,
+    /// Every replica of the group, this one included: id and HTTP base URL.
+    pub peers: BTreeMap<u64, String>,
+    /// When Raft log appends reach the disk (`--wal-sync` of a replicated shard; default
+    /// `always`).
+    pub log_sync: SyncPolicy,
+    /// Heartbeat and election timing.
+    pub timing: limedb_raft::RaftTiming,
+    /// A snapshot is taken every this many log entries, and the log purged up to it.
+    pub snapshot_logs: u64,
+    /// Entries kept below the last snapshot for followers slightly behind.
+    pub keep_logs: u64,
+}
+
+/// Default of [`ReplicationConfig::snapshot_logs`].
+pub const DEFAULT_SNAPSHOT_LOGS: u64 = 10_000;
+/// Default of [`ReplicationConfig::keep_logs`].
+pub const DEFAULT_KEEP_LOGS: u64 = 1_000;
+
+/// Parses `--peers`: `ID=URL` entries (a URL without a scheme gets `http://`). Ids are
+/// positive and unique; so are URLs.
+pub fn parse_peers(entries: &[String]) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for raw in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        let (id, url) = raw.split_once('=').ok_or_else(|| {
+            format!("peer {raw:?} must be written ID=URL, e.g. 2=http://10.0.0.2:7001")
+        })?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer {raw:?}: {id:?} is not a replica id"))?;
+        if id == 0 {
+            return Err(format!("peer {raw:?}: replica ids start at 1"));
+        }
+        let url = normalize_url(url.trim()).map_err(|e| format!("peer {raw:?}: {e}"))?;
+        if peers.values().any(|u| *u == url) {
+            return Err(format!("{url} appears twice in --peers"));
+        }
+        if peers.insert(id, url).is_some() {
+            return Err(format!("replica id {id} appears twice in --peers"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("--peers is empty".into());
+    }
+    Ok(peers)
 }
 
 /// One shard as the coordinator knows it.
@@ -390,6 +446,27 @@ mod tests {
         assert!(parse_shard_list(&list(&["x=http://a:1"])).is_err());
         assert!(parse_shard_list(&list(&["0=http://a:1"])).is_err());
         assert!(parse_shard_list(&list(&["http://a:1/api"])).is_err());
+    }
+
+    #[test]
+    fn peers_parse_with_clear_errors() {
+        let peers = parse_peers(&list(&["1=127.0.0.1:7001", "3=http://h:7003/"])).expect("valid");
+        assert_eq!(
+            peers.get(&1).map(String::as_str),
+            Some("http://127.0.0.1:7001")
+        );
+        assert_eq!(peers.get(&3).map(String::as_str), Some("http://h:7003"));
+        for (bad, why) in [
+            (vec!["http://a:1"], "ID=URL"),
+            (vec!["0=http://a:1"], "start at 1"),
+            (vec!["x=http://a:1"], "not a replica id"),
+            (vec!["1=http://a:1", "1=http://b:1"], "twice"),
+            (vec!["1=http://a:1", "2=http://a:1"], "twice"),
+            (vec![], "empty"),
+        ] {
+            let err = parse_peers(&list(&bad)).expect_err("invalid");
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -1,7 +1,11 @@
-//! `limedb dev`: a whole local cluster — N shards and a coordinator — in one process.
+//! `limedb dev`: a whole local cluster — N shards, each a Raft group of R replicas (3 × 3 by
+//! default), and a coordinator — in one process.
 //!
-//! Each shard keeps its data under `<data_dir>/shard-<id>`, exactly where a standalone
-//! `limedb shard` started from the same directory would, so the two can be used interchangeably.
+//! Replica `r` of shard `s` serves HTTP on shard `s`'s port + 100 × (r − 1) (7001, 7101, 7201
+//! for shard 1 by default) and keeps its data under `<data_dir>/shard-<s>-replica-<r>`; with
+//! `--replicas 1` shard `s` keeps it under `<data_dir>/shard-<s>`. Both are exactly where a
+//! standalone `limedb shard` started from the same directory would, with the same flags, so the
+//! two can be used interchangeably.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -12,9 +16,9 @@ use limedb_storage::SyncPolicy;
 use tokio::task::JoinSet;
 
 use crate::config::{
-    CoordinatorConfig, Limits, LsmTuning, PgSettings, ShardConfig, ShardSpec, StorageKind,
-    DEFAULT_CONNECTIONS_PER_SHARD, DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_SHARD_TIMEOUT,
+    CoordinatorConfig, Limits, LsmTuning, PgSettings, ReplicationConfig, ShardConfig, ShardSpec,
+    StorageKind, DEFAULT_CONNECTIONS_PER_SHARD, DEFAULT_HEALTH_INTERVAL, DEFAULT_KEEP_LOGS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_SHARD_TIMEOUT, DEFAULT_SNAPSHOT_LOGS,
 };
 use crate::coordinator::CoordinatorServer;
 use crate::error::ServerError;
@@ -34,8 +38,11 @@ pub struct DevConfig {
     pub data_dir: PathBuf,
     /// Storage backend of every shard.
     pub storage: StorageKind,
-    /// Sync policy of every shard.
-    pub wal_sync: SyncPolicy,
+    /// Sync policy of every shard (of the Raft log, for replicated shards); `None` is the
+    /// default: `interval` for single copies, `always` for replicas.
+    pub wal_sync: Option<SyncPolicy>,
+    /// Replicas per shard (1: single copies, as before replication).
+    pub replicas: usize,
     /// Where PostgreSQL is, for `StorageKind::Postgres`.
     pub postgres: Option<PgSettings>,
     /// Virtual nodes per shard.
@@ -63,8 +70,8 @@ pub struct DevEndpoints {
     pub coordinator: SocketAddr,
     /// Coordinator RESP address.
     pub resp: Option<SocketAddr>,
-    /// `(id, http, internal)` of each shard.
-    pub shards: Vec<(ShardId, SocketAddr, SocketAddr)>,
+    /// `(shard, replica, http, internal)` of every replica (replica 1 of a single copy).
+    pub shards: Vec<(ShardId, u64, SocketAddr, SocketAddr)>,
 }
 
 /// The internal port a shard uses by default: its HTTP port + 10000, or any free port when the
@@ -90,11 +97,19 @@ fn check_port_plan(config: &DevConfig) -> Result<(), ServerError> {
     ];
     for (i, &port) in config.shard_ports.iter().enumerate() {
         let id = i + 1;
-        planned.push((port, format!("shard {id}'s HTTP port")));
-        planned.push((
-            default_internal_port(port),
-            format!("shard {id}'s internal port (its HTTP port + 10000)"),
-        ));
+        for r in 1..=config.replicas.max(1) {
+            let port = replica_port(port, r);
+            let who = if config.replicas > 1 {
+                format!("shard {id} replica {r}'s")
+            } else {
+                format!("shard {id}'s")
+            };
+            planned.push((port, format!("{who} HTTP port")));
+            planned.push((
+                default_internal_port(port),
+                format!("{who} internal port (its HTTP port + 10000)"),
+            ));
+        }
     }
     for (i, (port, role)) in planned.iter().enumerate() {
         if *port == 0 {
@@ -109,6 +124,25 @@ fn check_port_plan(config: &DevConfig) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// HTTP port of replica `replica` (from 1) of a shard whose first replica uses `base` (0: any).
+pub fn replica_port(base: u16, replica: usize) -> u16 {
+    if base == 0 {
+        return 0;
+    }
+    u16::try_from(usize::from(base) + 100 * (replica - 1)).unwrap_or(0)
+}
+
+/// A port nobody listens on right now (for replica URLs that must be known before binding).
+fn free_port(host: IpAddr) -> Result<u16, ServerError> {
+    std::net::TcpListener::bind(SocketAddr::new(host, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| ServerError::Bind {
+            addr: format!("{host}:0"),
+            source,
+        })
+}
+
 impl DevCluster {
     /// Opens every shard's storage and binds every listener.
     pub async fn bind(config: DevConfig) -> Result<Self, ServerError> {
@@ -117,34 +151,88 @@ impl DevCluster {
                 "a cluster needs at least one shard".into(),
             ));
         }
-        check_port_plan(&config)?;
-        let mut shards = Vec::with_capacity(config.shard_ports.len());
-        for (i, port) in config.shard_ports.iter().enumerate() {
-            let id = ShardId(i as u32 + 1);
-            let shard = ShardServer::bind(ShardConfig {
-                id,
-                http_addr: SocketAddr::new(config.host, *port),
-                internal_addr: SocketAddr::new(config.host, default_internal_port(*port)),
-                data_dir: config.data_dir.join(format!("shard-{id}")),
-                storage: config.storage,
-                wal_sync: config.wal_sync,
-                lsm: LsmTuning::default(),
-                postgres: config.postgres.clone(),
-                limits: config.limits,
-                max_connections: config.max_connections,
-                resp_addr: None,
-                resp_idle_timeout: None,
-            })
-            .await?;
-            shards.push(shard);
+        if config.replicas == 0 {
+            return Err(ServerError::Config("--replicas must be at least 1".into()));
         }
-        let specs = shards
-            .iter()
-            .map(|s| ShardSpec {
-                id: s.node().id(),
-                url: format!("http://{}", s.http_addr()),
-            })
-            .collect();
+        if config.replicas > 1 && config.storage != StorageKind::Lsm {
+            return Err(ServerError::Config(format!(
+                "--storage {} runs single-copy shards: add --replicas 1 (replicas are built on the LSM engine's checkpoints; PostgreSQL brings its own replication)",
+                config.storage
+            )));
+        }
+        check_port_plan(&config)?;
+        let mut shards = Vec::with_capacity(config.shard_ports.len() * config.replicas);
+        let mut specs = Vec::with_capacity(config.shard_ports.len());
+        for (i, &base) in config.shard_ports.iter().enumerate() {
+            let id = ShardId(i as u32 + 1);
+            let mut ports = Vec::with_capacity(config.replicas);
+            for r in 1..=config.replicas {
+                ports.push(match replica_port(base, r) {
+                    0 if config.replicas > 1 => free_port(config.host)?,
+                    port => port,
+                });
+            }
+            let url = |port: u16| format!("http://{}", SocketAddr::new(config.host, port));
+            let peers: std::collections::BTreeMap<u64, String> = ports
+                .iter()
+                .enumerate()
+                .map(|(r, &port)| (r as u64 + 1, url(port)))
+                .collect();
+            if config.replicas > 1
+                && config
+                    .data_dir
+                    .join(format!("shard-{id}"))
+                    .join("CURRENT")
+                    .exists()
+            {
+                tracing::warn!(
+                    "{} holds shard {id} of an earlier single-copy cluster (limedb dev --replicas 1); this replicated cluster keeps its data elsewhere and does not use it",
+                    config.data_dir.join(format!("shard-{id}")).display()
+                );
+            }
+            for (r, &port) in ports.iter().enumerate() {
+                let replica = r as u64 + 1;
+                let replicated = config.replicas > 1;
+                let shard = ShardServer::bind(ShardConfig {
+                    id,
+                    http_addr: SocketAddr::new(config.host, port),
+                    internal_addr: SocketAddr::new(config.host, default_internal_port(port)),
+                    data_dir: config.data_dir.join(if replicated {
+                        format!("shard-{id}-replica-{replica}")
+                    } else {
+                        format!("shard-{id}")
+                    }),
+                    storage: config.storage,
+                    wal_sync: config.wal_sync.unwrap_or(if replicated {
+                        SyncPolicy::Always
+                    } else {
+                        SyncPolicy::default()
+                    }),
+                    lsm: LsmTuning::default(),
+                    postgres: config.postgres.clone(),
+                    limits: config.limits,
+                    max_connections: config.max_connections,
+                    resp_addr: None,
+                    resp_idle_timeout: None,
+                    replication: replicated.then(|| ReplicationConfig {
+                        replica_id: replica,
+                        peers: peers.clone(),
+                        log_sync: config.wal_sync.unwrap_or(SyncPolicy::Always),
+                        timing: limedb_raft::RaftTiming::default(),
+                        snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
+                        keep_logs: DEFAULT_KEEP_LOGS,
+                    }),
+                })
+                .await?;
+                if replica == 1 {
+                    specs.push(ShardSpec {
+                        id,
+                        url: format!("http://{}", shard.http_addr()),
+                    });
+                }
+                shards.push(shard);
+            }
+        }
         let coordinator = CoordinatorServer::bind(CoordinatorConfig {
             http_addr: SocketAddr::new(config.host, config.coordinator_port),
             shards: specs,
@@ -172,7 +260,14 @@ impl DevCluster {
             shards: self
                 .shards
                 .iter()
-                .map(|s| (s.node().id(), s.http_addr(), s.internal_addr()))
+                .map(|s| {
+                    (
+                        s.node().id(),
+                        s.node().replica_id(),
+                        s.http_addr(),
+                        s.internal_addr(),
+                    )
+                })
                 .collect(),
         }
     }
@@ -206,7 +301,8 @@ impl Default for DevConfig {
             shard_ports: vec![7001, 7002, 7003],
             data_dir: PathBuf::from("limedb-data"),
             storage: StorageKind::Lsm,
-            wal_sync: SyncPolicy::default(),
+            wal_sync: None,
+            replicas: 3,
             postgres: None,
             vnodes_per_shard: limedb_cluster::DEFAULT_VNODES_PER_SHARD,
             limits: Limits::default(),
@@ -226,8 +322,25 @@ mod tests {
             coordinator_port,
             resp_port,
             shard_ports: shard_ports.to_vec(),
+            replicas: 1,
             ..DevConfig::default()
         }
+    }
+
+    #[test]
+    fn replicas_take_ports_a_hundred_apart_and_clashes_name_the_replica() {
+        assert_eq!(replica_port(7001, 1), 7001);
+        assert_eq!(replica_port(7001, 3), 7201);
+        assert_eq!(replica_port(0, 2), 0);
+        // The default 3 x 3 layout is free of clashes.
+        assert!(check_port_plan(&DevConfig::default()).is_ok());
+        let clash = DevConfig {
+            shard_ports: vec![7001, 7101],
+            ..DevConfig::default()
+        };
+        let err = check_port_plan(&clash).expect_err("clash").to_string();
+        assert!(err.contains("shard 1 replica 2's HTTP port"), "{err}");
+        assert!(err.contains("shard 2 replica 1's HTTP port"), "{err}");
     }
 
     #[test]

@@ -75,6 +75,22 @@ pub enum ApiError {
     /// A fault in LimeDB itself, such as an unexpected answer from a shard.
     #[error("internal error: {0}")]
     Internal(String),
+    /// This replica does not lead its shard's group, so it did nothing; the leader, if known,
+    /// is named. 503: retry at the leader (a coordinator does that by itself).
+    #[error("this replica is not the leader of its group{}", match .leader { Some((id, url)) => format!("; replica {id} at {url} is"), None => "; no leader is elected right now".into() })]
+    NotLeader {
+        /// The leader's replica id and HTTP URL, when known.
+        leader: Option<(u64, String)>,
+    },
+    /// A write reached the replica group but its fate is unknown: it may or may not have been
+    /// applied (leadership changed before it was committed, or the answer was lost). 503, never
+    /// retried automatically.
+    #[error("the outcome of the write is unknown (it may or may not have been applied): {0}")]
+    OutcomeUnknown(String),
+    /// The shard's replica group cannot serve right now (no quorum reachable, no leader within
+    /// the time allowed). 503: retry later.
+    #[error("{0}")]
+    GroupUnavailable(String),
 }
 
 impl ApiError {
@@ -89,12 +105,17 @@ impl ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::ShardUnavailable { .. }
             | ApiError::ShuttingDown
-            | ApiError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::StorageUnavailable(_)
+            | ApiError::NotLeader { .. }
+            | ApiError::OutcomeUnknown(_)
+            | ApiError::GroupUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Storage(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ShardRejected { code, .. } => match code {
                 ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
                 ErrorCode::KeyTooLarge | ErrorCode::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::Unavailable | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable | ErrorCode::ShuttingDown | ErrorCode::OutcomeUnknown => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
@@ -113,6 +134,9 @@ impl ApiError {
             ApiError::StorageUnavailable(_) => "storage_unavailable",
             ApiError::Storage(_) => "storage_error",
             ApiError::Internal(_) => "internal_error",
+            ApiError::NotLeader { .. } => "not_leader",
+            ApiError::OutcomeUnknown(_) => "outcome_unknown",
+            ApiError::GroupUnavailable(_) => "shard_unavailable",
             ApiError::ShardRejected { code, .. } => match code {
                 ErrorCode::BadRequest => "bad_request",
                 ErrorCode::KeyTooLarge => "key_too_large",
@@ -120,6 +144,7 @@ impl ApiError {
                 ErrorCode::Unavailable => "shard_unavailable",
                 ErrorCode::ShuttingDown => "shutting_down",
                 ErrorCode::Storage => "storage_error",
+                ErrorCode::OutcomeUnknown => "outcome_unknown",
                 _ => "internal_error",
             },
         }
@@ -128,7 +153,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        let mut body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        if let ApiError::NotLeader { leader } = &self {
+            body["leader"] = leader
+                .as_ref()
+                .map_or(serde_json::Value::Null, |(_, url)| url.clone().into());
+        }
         (self.status(), axum::Json(body)).into_response()
     }
 }
@@ -140,6 +170,20 @@ impl From<limedb_storage::StorageError> for ApiError {
                 ApiError::StorageUnavailable(e.to_string())
             }
             e => ApiError::Storage(e.to_string()),
+        }
+    }
+}
+
+impl From<limedb_raft::ReplicaError> for ApiError {
+    fn from(e: limedb_raft::ReplicaError) -> Self {
+        use limedb_raft::ReplicaError;
+        match e {
+            ReplicaError::NotLeader { leader } => ApiError::NotLeader { leader },
+            ReplicaError::OutcomeUnknown(why) => ApiError::OutcomeUnknown(why),
+            ReplicaError::Unavailable(why) => ApiError::GroupUnavailable(why),
+            ReplicaError::Storage(e) => ApiError::from(e),
+            ReplicaError::Config(why) => ApiError::BadRequest(why),
+            other => ApiError::Internal(other.to_string()),
         }
     }
 }
@@ -165,6 +209,9 @@ pub enum ServerError {
     /// A background task of the node failed (panicked or was cancelled).
     #[error("{0}")]
     Task(String),
+    /// The replica could not start (its files, its group, its configuration).
+    #[error("replication: {0}")]
+    Replica(#[from] limedb_raft::ReplicaError),
     /// Some other I/O failure.
     #[error("{context}: {source}")]
     Io {

@@ -86,6 +86,17 @@ pub struct ShardMetrics {
     pub up: Gauge,
 }
 
+impl ShardMetrics {
+    /// Handles registered nowhere (for links whose figures are reported elsewhere).
+    pub fn unregistered() -> ShardMetrics {
+        ShardMetrics {
+            forward_latency: latency_histogram(),
+            forward_errors: Counter::default(),
+            up: Gauge::default(),
+        }
+    }
+}
+
 /// All metrics of one node.
 pub struct Metrics {
     registry: Registry,
@@ -101,6 +112,43 @@ pub struct Metrics {
     /// Bytes of the storage log on disk (shards only).
     pub storage_log_bytes: Gauge,
     storage_engine: EngineGauges,
+    /// Replication figures (replicated shards; zero elsewhere).
+    pub raft: RaftGauges,
+}
+
+/// A replica's figures, set at each scrape, plus the commit latency its writes see.
+pub struct RaftGauges {
+    /// The current term.
+    pub term: Gauge,
+    /// 1 while this replica leads its group.
+    pub leader: Gauge,
+    /// Leader changes seen since start.
+    pub leader_changes: Gauge,
+    /// Index of the last log entry.
+    pub last_log_index: Gauge,
+    /// Index of the last committed entry.
+    pub commit_index: Gauge,
+    /// Index of the last applied entry.
+    pub applied_index: Gauge,
+    /// On the leader: entries each follower is behind.
+    pub replication_lag: Family<ReplicaLabels, Gauge>,
+    /// Snapshots sent to followers.
+    pub snapshots_sent: Gauge,
+    /// Bytes of snapshots sent.
+    pub snapshot_bytes_sent: Gauge,
+    /// Snapshots received and installed.
+    pub snapshots_received: Gauge,
+    /// Bytes of the Raft log on disk.
+    pub log_bytes: Gauge,
+    /// Time from handing a write to the group to its commit and apply on the leader.
+    pub commit_latency: Histogram,
+}
+
+/// Labels of a per-replica metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    /// The replica id.
+    pub replica: String,
 }
 
 /// Figures copied from the storage engine's stats at each scrape.
@@ -276,7 +324,86 @@ impl Metrics {
             "Shard: bytes of LSM tables per level",
             storage_engine.level_bytes.clone(),
         );
+        let raft = RaftGauges {
+            term: Gauge::default(),
+            leader: Gauge::default(),
+            leader_changes: Gauge::default(),
+            last_log_index: Gauge::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            replication_lag: Family::default(),
+            snapshots_sent: Gauge::default(),
+            snapshot_bytes_sent: Gauge::default(),
+            snapshots_received: Gauge::default(),
+            log_bytes: Gauge::default(),
+            commit_latency: latency_histogram(),
+        };
+        for (name, help, gauge) in [
+            (
+                "limedb_raft_term",
+                "Replica: the current Raft term",
+                &raft.term,
+            ),
+            (
+                "limedb_raft_leader",
+                "Replica: 1 while this replica leads its group",
+                &raft.leader,
+            ),
+            (
+                "limedb_raft_leader_changes",
+                "Replica: leader changes seen since start",
+                &raft.leader_changes,
+            ),
+            (
+                "limedb_raft_last_log_index",
+                "Replica: index of the last log entry",
+                &raft.last_log_index,
+            ),
+            (
+                "limedb_raft_commit_index",
+                "Replica: index of the last committed entry",
+                &raft.commit_index,
+            ),
+            (
+                "limedb_raft_applied_index",
+                "Replica: index of the last applied entry",
+                &raft.applied_index,
+            ),
+            (
+                "limedb_raft_snapshots_sent",
+                "Replica: snapshots sent to followers since start",
+                &raft.snapshots_sent,
+            ),
+            (
+                "limedb_raft_snapshot_bytes_sent",
+                "Replica: bytes of snapshots sent since start",
+                &raft.snapshot_bytes_sent,
+            ),
+            (
+                "limedb_raft_snapshots_received",
+                "Replica: snapshots received and installed since start",
+                &raft.snapshots_received,
+            ),
+            (
+                "limedb_raft_log_bytes",
+                "Replica: bytes of the Raft log on disk",
+                &raft.log_bytes,
+            ),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
+        registry.register(
+            "limedb_raft_replication_lag",
+            "Replica (leader): entries each follower is behind",
+            raft.replication_lag.clone(),
+        );
+        registry.register(
+            "limedb_raft_commit_duration_seconds",
+            "Replica (leader): time from handing a write to the group to its commit and apply",
+            raft.commit_latency.clone(),
+        );
         Metrics {
+            raft,
             storage_engine,
             registry,
             ops,
@@ -322,6 +449,43 @@ impl Metrics {
         self.connections
             .get_or_create(&ListenerLabels { listener })
             .clone()
+    }
+
+    /// Copies a replica's figures into the Raft gauges (before each scrape).
+    pub fn set_raft(&self, replica: &limedb_raft::Replica, commit_index: Option<u64>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let status = replica.status();
+        let r = &self.raft;
+        r.term.set(g(status.term));
+        r.leader
+            .set(i64::from(status.role == limedb_raft::Role::Leader));
+        r.leader_changes
+            .set(g(replica.counters().leader_changes.load(Relaxed)));
+        r.last_log_index.set(g(status.last_log_index.unwrap_or(0)));
+        r.commit_index.set(g(commit_index.unwrap_or(0)));
+        r.applied_index.set(g(status.applied_index.unwrap_or(0)));
+        r.snapshots_sent
+            .set(g(replica.network_counters().snapshots_sent.load(Relaxed)));
+        r.snapshot_bytes_sent.set(g(replica
+            .network_counters()
+            .snapshot_bytes_sent
+            .load(Relaxed)));
+        r.snapshots_received
+            .set(g(replica.counters().snapshots_received.load(Relaxed)));
+        r.log_bytes.set(g(replica.log_bytes()));
+        let last = status.last_log_index.unwrap_or(0);
+        r.replication_lag.clear();
+        if status.role == limedb_raft::Role::Leader {
+            for m in status.members.iter().filter(|m| m.id != status.id) {
+                let lag = m.matched.map_or(last, |i| last.saturating_sub(i));
+                r.replication_lag
+                    .get_or_create(&ReplicaLabels {
+                        replica: m.id.to_string(),
+                    })
+                    .set(g(lag));
+            }
+        }
     }
 
     /// Copies a storage engine's figures into the gauges (shards, before each scrape).

@@ -31,6 +31,25 @@ pub struct HealthReport {
     pub body: serde_json::Value,
 }
 
+/// An admin request about the replicas of a shard's group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaChange {
+    /// List the members, their roles and lag.
+    List,
+    /// Add replica `replica_id` at `url`: a learner until it has caught up, then a voter.
+    Add {
+        /// The new replica's id.
+        replica_id: u64,
+        /// Its HTTP URL.
+        url: String,
+    },
+    /// Remove replica `replica_id` from the group.
+    Remove {
+        /// The replica to remove.
+        replica_id: u64,
+    },
+}
+
 /// A node that serves the key-value HTTP API.
 pub trait KvNode: Clone + Send + Sync + 'static {
     /// Reads a key; `None` when absent or expired.
@@ -57,10 +76,21 @@ pub trait KvNode: Clone + Send + Sync + 'static {
     fn cluster_state(&self) -> impl Future<Output = serde_json::Value> + Send;
     /// The hash ring as this node sees it.
     fn ring(&self) -> impl Future<Output = serde_json::Value> + Send;
+    /// Lists or changes the replicas of shard `shard`'s group (`None`: the shard this node is,
+    /// on a replica; a coordinator needs the shard named). Answers the group's members after
+    /// the change.
+    fn replicas(
+        &self,
+        shard: Option<u32>,
+        change: ReplicaChange,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
     /// Size limits of requests.
     fn limits(&self) -> Limits;
     /// The node's metrics.
     fn metrics(&self) -> &Metrics;
-    /// Refreshes gauges that are sampled rather than counted (storage figures) before a scrape.
-    fn refresh_metrics(&self) {}
+    /// Refreshes gauges that are sampled rather than counted (storage and replication figures)
+    /// before a scrape.
+    fn refresh_metrics(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }

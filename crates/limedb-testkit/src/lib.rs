@@ -6,6 +6,7 @@
 //! goes to a log file that is printed when a readiness wait fails, so failures explain
 //! themselves. Dropping a [`Node`] kills its process.
 
+pub mod group;
 pub mod http;
 pub mod linearizability;
 pub mod netns;

@@ -119,6 +119,25 @@ async fn leader_among(mesh: &Arc<Mesh>, ids: &[ReplicaId]) -> Replica {
     }
 }
 
+/// Writes through whichever replica among `ids` leads, again after a leadership change (the
+/// machine running the tests may be loaded enough for an election).
+async fn write_to_leader(mesh: &Arc<Mesh>, ids: &[ReplicaId], writes: Vec<ReplicatedWrite>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = leader_among(mesh, ids).await;
+        match leader.write(writes.clone()).await {
+            Ok(_) => return,
+            // These writes are idempotent puts: one whose outcome is unknown can be sent again.
+            Err(ReplicaError::NotLeader { .. } | ReplicaError::OutcomeUnknown(_))
+                if Instant::now() < deadline =>
+            {
+                continue
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+}
+
 fn put(key: &str, value: &str) -> ReplicatedWrite {
     ReplicatedWrite::Put {
         key: Bytes::from(key.to_string()),
@@ -241,19 +260,22 @@ async fn a_new_replica_catches_up_through_a_snapshot_and_replaces_a_dead_one() {
         r.initialize(peers(&[1, 2, 3])).await.expect("initialize");
         replicas.push(r);
     }
-    let leader = leader_among(&mesh, &[1, 2, 3]).await;
     for i in 0..300 {
-        leader
-            .write(vec![put(&format!("k{i}"), "v")])
-            .await
-            .expect("write");
+        write_to_leader(&mesh, &[1, 2, 3], vec![put(&format!("k{i}"), "v")]).await;
     }
     // Snapshots were taken and the log purged, so a new replica needs the snapshot.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while leader.status().snapshot_index.unwrap_or(0) < 200 {
+    while leader_among(&mesh, &[1, 2, 3])
+        .await
+        .status()
+        .snapshot_index
+        .unwrap_or(0)
+        < 200
+    {
         assert!(Instant::now() < deadline, "no snapshot on the leader");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let leader = leader_among(&mesh, &[1, 2, 3]).await;
     let dead = replicas
         .iter()
         .find(|r| r.id() != leader.id())
@@ -263,22 +285,39 @@ async fn a_new_replica_catches_up_through_a_snapshot_and_replaces_a_dead_one() {
     mesh.replicas.lock().expect("lock").remove(&dead.id());
     let fresh = start(&mesh, dir.path(), 4, 20).await;
     assert!(fresh.is_pristine());
-    leader
-        .add_replica(4, url(4), Duration::from_secs(20))
-        .await
-        .expect("add replica 4");
-    leader
-        .remove_replica(dead.id())
-        .await
-        .expect("remove the dead one");
+    let alive: Vec<ReplicaId> = (1..=3).filter(|&id| id != dead.id()).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = leader_among(&mesh, &alive).await;
+        match leader.add_replica(4, url(4), Duration::from_secs(20)).await {
+            Ok(()) => break,
+            Err(ReplicaError::NotLeader { .. }) if Instant::now() < deadline => {}
+            Err(e) => panic!("add replica 4: {e}"),
+        }
+    }
+    let mut voters_now: Vec<ReplicaId> = alive.clone();
+    voters_now.push(4);
+    loop {
+        let leader = leader_among(&mesh, &voters_now).await;
+        match leader.remove_replica(dead.id()).await {
+            Ok(()) => break,
+            Err(ReplicaError::NotLeader { .. }) if Instant::now() < deadline => {}
+            Err(e) => panic!("remove the dead one: {e}"),
+        }
+    }
+    let leader = leader_among(&mesh, &voters_now).await;
     let voters: Vec<ReplicaId> = leader.membership().voter_ids().collect();
     assert!(
         voters.contains(&4) && !voters.contains(&dead.id()),
         "{voters:?}"
     );
     assert!(fresh.counters().snapshots_received.load(Ordering::Relaxed) >= 1);
-    leader.write(vec![put("last", "v")]).await.expect("write");
-    let last = leader.status().last_log_index.expect("entries");
+    write_to_leader(&mesh, &voters, vec![put("last", "v")]).await;
+    let last = leader_among(&mesh, &voters)
+        .await
+        .status()
+        .last_log_index
+        .expect("entries");
     wait_applied(&fresh, last).await;
     for key in ["k0", "k299", "last"] {
         assert!(
@@ -286,7 +325,31 @@ async fn a_new_replica_catches_up_through_a_snapshot_and_replaces_a_dead_one() {
             "{key}"
         );
     }
-    for r in [&leader, &fresh] {
+    let remaining: Vec<Replica> = mesh
+        .replicas
+        .lock()
+        .expect("lock")
+        .values()
+        .cloned()
+        .collect();
+    for r in remaining {
         r.shutdown().await.expect("shutdown");
     }
+}
+
+#[test]
+fn election_slots_are_staggered_by_replica_id_and_rotate_with_the_term() {
+    let t = RaftTiming::default();
+    assert_eq!(t.lease(), Duration::from_millis(400));
+    let at = |id, term| t.stand_after(id, term, 0.0).as_millis();
+    // In one term, three replicas stand 100 ms apart.
+    let mut term7: Vec<u128> = [1, 2, 3].iter().map(|&id| at(id, 7)).collect();
+    term7.sort_unstable();
+    assert!(term7.windows(2).all(|w| w[1] - w[0] >= 100), "{term7:?}");
+    // The first one differs from term to term.
+    let first = |term| (1..=3).min_by_key(|&id| at(id, term)).expect("a replica");
+    let firsts: std::collections::BTreeSet<u64> = (0..4).map(first).collect();
+    assert_eq!(firsts.len(), 3, "{firsts:?}");
+    // Jitter stays inside the slot gap.
+    assert!(t.stand_after(1, 0, 1.0) < t.stand_after(2, 0, 0.0));
 }

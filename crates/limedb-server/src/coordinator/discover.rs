@@ -4,14 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::HOST;
-use hyper_util::rt::TokioIo;
 use limedb_cluster::ShardId;
-use tokio::net::TcpStream;
-
-/// Largest health document accepted from a shard.
-const MAX_HEALTH_BYTES: usize = 1024 * 1024;
 
 /// What a shard says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,12 +13,11 @@ pub struct ShardIdentity {
     pub id: ShardId,
     /// The port of its internal protocol listener.
     pub internal_port: u16,
+    /// Its replica id within the shard's group (1 for a shard started without `--peers`).
+    pub replica_id: u64,
 }
 
-/// `host:port` of a normalized `http://host:port` base URL.
-pub fn authority(url: &str) -> &str {
-    url.strip_prefix("http://").unwrap_or(url)
-}
+pub use crate::http::client::authority;
 
 /// The host part of a `host:port` authority (IPv6 brackets kept).
 pub fn host(authority: &str) -> &str {
@@ -35,13 +27,17 @@ pub fn host(authority: &str) -> &str {
     }
 }
 
-/// Fetches `GET {url}/api/v1/health` within `timeout` and reads the shard's identity from it.
-pub async fn identify(url: &str, timeout: Duration) -> Result<ShardIdentity, String> {
+/// Fetches `GET {url}/api/v1/health` within `timeout` as JSON.
+pub async fn health(url: &str, timeout: Duration) -> Result<serde_json::Value, String> {
     let body = tokio::time::timeout(timeout, get(url, "/api/v1/health"))
         .await
         .map_err(|_| format!("no answer from {url} within {} ms", timeout.as_millis()))??;
-    let doc: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| format!("{url}/api/v1/health is not JSON: {e}"))?;
+    serde_json::from_slice(&body).map_err(|e| format!("{url}/api/v1/health is not JSON: {e}"))
+}
+
+/// Fetches `GET {url}/api/v1/health` within `timeout` and reads the shard's identity from it.
+pub async fn identify(url: &str, timeout: Duration) -> Result<ShardIdentity, String> {
+    let doc = health(url, timeout).await?;
     if doc["type"] != "shard" {
         return Err(format!(
             "{url} is not a LimeDB shard (its health says type {})",
@@ -59,34 +55,15 @@ pub async fn identify(url: &str, timeout: Duration) -> Result<ShardIdentity, Str
     Ok(ShardIdentity {
         id: ShardId(id),
         internal_port,
+        replica_id: doc["replicaId"].as_u64().unwrap_or(1),
     })
 }
 
 async fn get(url: &str, path: &str) -> Result<Bytes, String> {
-    let authority = authority(url);
-    let stream = TcpStream::connect(authority)
-        .await
-        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake with {url} failed: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let request = hyper::Request::get(path)
-        .header(HOST, authority)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("cannot build a request for {url}{path}: {e}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("GET {url}{path} failed: {e}"))?;
-    let status = response.status();
-    let body = Limited::new(response.into_body(), MAX_HEALTH_BYTES)
-        .collect()
-        .await
-        .map_err(|e| format!("cannot read {url}{path}: {e}"))?
-        .to_bytes();
+    // The caller bounds the time; this bound only keeps a stuck peer from holding a task.
+    let (status, body) =
+        crate::http::client::request(hyper::Method::GET, url, path, None, Duration::from_secs(60))
+            .await?;
     // A shard whose storage is unavailable answers its health with 503 and the same document:
     // its identity is still good, and requests will tell their own errors.
     if !status.is_success() && status != hyper::StatusCode::SERVICE_UNAVAILABLE {

@@ -168,9 +168,11 @@ pub struct LinkStatus {
     pub since_secs: u64,
 }
 
-/// The coordinator's link to one shard.
+/// The coordinator's link to one shard (or one replica of a shard's group).
 pub struct ShardLink {
     id: ShardId,
+    /// The replica it must be, when that matters (links between replicas).
+    replica: Option<u64>,
     url: String,
     options: LinkOptions,
     state: RwLock<LinkState>,
@@ -182,6 +184,10 @@ pub struct ShardLink {
     epoch: Instant,
     /// Milliseconds after `epoch` when the shard last answered anything.
     last_answer_ms: AtomicU64,
+    /// Whether the link has ever been up (a new link is down until its first connection).
+    ever_up: AtomicBool,
+    /// Woken whenever the link comes up.
+    came_up: Notify,
 }
 
 impl std::fmt::Debug for ShardLink {
@@ -199,6 +205,7 @@ impl ShardLink {
         metrics.up.set(0);
         ShardLink {
             id,
+            replica: None,
             url,
             options,
             state: RwLock::new(LinkState::Down {
@@ -210,7 +217,28 @@ impl ShardLink {
             metrics,
             epoch: Instant::now(),
             last_answer_ms: AtomicU64::new(0),
+            ever_up: AtomicBool::new(false),
+            came_up: Notify::new(),
         }
+    }
+
+    /// Waits (at most `timeout`) for a link that has never been up to make its first
+    /// connection; returns at once for a link that was up before (a broken link fails fast).
+    pub async fn first_connection(&self, timeout: Duration) {
+        if self.ever_up.load(Ordering::Acquire) {
+            return;
+        }
+        let came_up = self.came_up.notified();
+        if self.status().up {
+            return;
+        }
+        let _ = tokio::time::timeout(timeout, came_up).await;
+    }
+
+    /// A link that also checks the replica id the shard reports.
+    pub fn to_replica(mut self, replica: u64) -> Self {
+        self.replica = Some(replica);
+        self
     }
 
     /// The shard's id.
@@ -255,9 +283,18 @@ impl ShardLink {
 
     /// Sends one request and waits for its answer, at most the configured timeout.
     pub async fn call(&self, request: Request) -> Result<Response, LinkError> {
+        self.call_within(request, self.options.timeout).await
+    }
+
+    /// Sends one request and waits for its answer, at most `timeout`.
+    pub async fn call_within(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, LinkError> {
         let started = Instant::now();
         let result = match self.pick() {
-            Ok(conn) => conn.call(request, self.options.timeout).await,
+            Ok(conn) => conn.call(request, timeout).await,
             Err(e) => Err(e),
         };
         self.metrics
@@ -275,8 +312,13 @@ impl ShardLink {
             std::mem::replace(&mut *state, new)
         };
         let was_up = matches!(old, LinkState::Up { .. });
-        if was_up != self.status().up {
+        let up = self.status().up;
+        if was_up != up {
             *lock(&self.changed_at) = Instant::now();
+        }
+        if up {
+            self.ever_up.store(true, Ordering::Release);
+            self.came_up.notify_waiters();
         }
         if let LinkState::Up { conns, .. } = old {
             for conn in conns {
@@ -357,6 +399,12 @@ impl ShardLink {
             return Err(format!(
                 "the shard at {} reports id {}, but the coordinator's shard list gives it id {}",
                 self.url, identity.id, self.id
+            ));
+        }
+        if let Some(replica) = self.replica.filter(|&r| r != identity.replica_id) {
+            return Err(format!(
+                "the shard at {} is replica {} of shard {}, not replica {replica}",
+                self.url, identity.replica_id, self.id
             ));
         }
         let host = discover::host(discover::authority(&self.url));

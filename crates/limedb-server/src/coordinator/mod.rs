@@ -2,11 +2,13 @@
 //! forwards the request over the internal binary protocol.
 //!
 //! The coordinator is configured with the shards' HTTP URLs only (as in the seed prototype); each
-//! [`link::ShardLink`] learns the shard's internal port from its health document and keeps a
+//! [`group::ShardGroup`] learns the shard's replicas from its health document and keeps a
+//! [`link::ShardLink`] to each; a link learns the replica's internal port and keeps a
 //! small pool of multiplexed connections to it. Requests for a shard that is down fail at once
 //! with 503 naming the shard; requests for the other shards go on unaffected.
 
 pub mod discover;
+pub mod group;
 pub mod link;
 mod resp_backend;
 
@@ -23,10 +25,11 @@ use tokio::task::JoinSet;
 use crate::config::{CoordinatorConfig, Limits};
 use crate::error::{ApiError, ServerError};
 use crate::metrics::Metrics;
-use crate::node::{HealthReport, KeysPage, KvNode};
+use crate::node::{HealthReport, KeysPage, KvNode, ReplicaChange};
 use crate::ring_json::ring_json;
 use crate::shutdown::Shutdown;
-use link::{LinkError, LinkOptions, ShardLink};
+use group::ShardGroup;
+use link::LinkOptions;
 
 /// The coordinator's request handling. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -38,7 +41,7 @@ pub struct CoordinatorNode {
 struct CoordinatorInner {
     ring: Ring,
     /// Sorted by shard id.
-    links: Vec<Arc<ShardLink>>,
+    groups: Vec<Arc<ShardGroup>>,
     limits: Limits,
     metrics: Arc<Metrics>,
     http_addr: SocketAddr,
@@ -47,19 +50,19 @@ struct CoordinatorInner {
 }
 
 impl CoordinatorNode {
-    fn link(&self, shard: ShardId) -> Result<&Arc<ShardLink>, ApiError> {
+    fn shard_group(&self, shard: ShardId) -> Result<&Arc<ShardGroup>, ApiError> {
         self.inner
-            .links
-            .binary_search_by_key(&shard, |l| l.id())
+            .groups
+            .binary_search_by_key(&shard, |g| g.id())
             .ok()
-            .and_then(|i| self.inner.links.get(i))
+            .and_then(|i| self.inner.groups.get(i))
             .ok_or_else(|| {
                 ApiError::Internal(format!("the ring names shard {shard}, which has no link"))
             })
     }
 
-    fn link_for_key(&self, key: &[u8]) -> Result<&Arc<ShardLink>, ApiError> {
-        self.link(self.inner.ring.shard_for_key(key))
+    fn group_for_key(&self, key: &[u8]) -> Result<&Arc<ShardGroup>, ApiError> {
+        self.shard_group(self.inner.ring.shard_for_key(key))
     }
 
     /// The shard that owns `key` (for tests and tools).
@@ -67,45 +70,107 @@ impl CoordinatorNode {
         self.inner.ring.shard_for_key(key)
     }
 
-    async fn forward(link: &ShardLink, request: Request) -> Result<Response, ApiError> {
-        match link.call(request).await {
-            Ok(Response::Error { code, message }) => Err(ApiError::ShardRejected {
-                shard: link.id(),
+    async fn forward(group: &ShardGroup, request: Request) -> Result<Response, ApiError> {
+        match group.call(request).await? {
+            Response::Error { code, message } => Err(ApiError::ShardRejected {
+                shard: group.id(),
                 code,
                 message,
             }),
-            Ok(response) => Ok(response),
-            Err(e) => Err(unavailable(link, &e)),
+            response => Ok(response),
         }
     }
 
     fn links_json(&self) -> Vec<serde_json::Value> {
         let ownership = self.inner.ring.ownership();
         self.inner
-            .links
+            .groups
             .iter()
-            .map(|link| {
-                let status = link.status();
+            .map(|group| {
+                let view = group.view();
+                let leader = view
+                    .members
+                    .iter()
+                    .find(|(id, _, _)| Some(*id) == view.leader);
+                let shown = leader.or(view.members.first());
+                let status = shown.map(|(_, _, s)| s.clone());
                 serde_json::json!({
-                    "shardId": link.id().0,
-                    "url": link.url(),
-                    "status": if status.up { "up" } else { "down" },
-                    "internalAddr": status.internal_addr.map(|a| a.to_string()),
-                    "reason": status.reason,
-                    "sinceSecs": status.since_secs,
-                    "ringShare": ownership.get(&link.id()).copied().unwrap_or(0.0),
+                    "shardId": group.id().0,
+                    "url": group.url(),
+                    "status": if group.healthy() { "up" } else { "down" },
+                    "internalAddr": status.as_ref().and_then(|s| s.internal_addr.map(|a| a.to_string())),
+                    "reason": status.as_ref().and_then(|s| s.reason.clone()),
+                    "sinceSecs": status.as_ref().map(|s| s.since_secs),
+                    "ringShare": ownership.get(&group.id()).copied().unwrap_or(0.0),
+                    "leader": leader.map(|(_, url, _)| url.clone()),
+                    "replicas": view.members.len(),
+                    "replicasUp": view.members.iter().filter(|(_, _, s)| s.up).count(),
+                })
+            })
+            .collect()
+    }
+
+    /// Every group with its replicas, roles and lag, from the leaders' health documents.
+    fn shards_json(&self) -> Vec<serde_json::Value> {
+        self.inner
+            .groups
+            .iter()
+            .map(|group| {
+                let view = group.view();
+                let health = view.leader_health.as_ref();
+                let leader_url = view
+                    .members
+                    .iter()
+                    .find(|(id, _, _)| Some(*id) == view.leader)
+                    .map(|(_, url, _)| url.clone());
+                let replicas: Vec<serde_json::Value> = view
+                    .members
+                    .iter()
+                    .map(|(id, url, status)| {
+                        let reported = health.and_then(|h| {
+                            h["raft"]["members"]
+                                .as_array()?
+                                .iter()
+                                .find(|m| m["replicaId"].as_u64() == Some(*id))
+                                .cloned()
+                        });
+                        let role = if Some(*id) == view.leader {
+                            "leader"
+                        } else if reported.as_ref().is_some_and(|m| m["voter"] == false) {
+                            "learner"
+                        } else if view.replicated {
+                            "follower"
+                        } else {
+                            "leader"
+                        };
+                        serde_json::json!({
+                            "replicaId": id,
+                            "url": url,
+                            "role": if status.up { role } else { "unreachable" },
+                            "status": if status.up { "up" } else { "down" },
+                            "lag": reported.map_or(serde_json::Value::Null, |m| m["lag"].clone()),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "shardId": group.id().0,
+                    "replicated": view.replicated,
+                    "leader": leader_url,
+                    "term": health.map_or(serde_json::Value::Null, |h| h["term"].clone()),
+                    "healthy": group.healthy(),
+                    "replicas": replicas,
                 })
             })
             .collect()
     }
 
     fn up_count(&self) -> usize {
-        self.inner.links.iter().filter(|l| l.status().up).count()
+        self.inner.groups.iter().filter(|g| g.healthy()).count()
     }
 
     fn status_word(&self) -> &'static str {
         let up = self.up_count();
-        if up == self.inner.links.len() {
+        if up == self.inner.groups.len() {
             "healthy"
         } else if up == 0 {
             "unhealthy"
@@ -115,9 +180,9 @@ impl CoordinatorNode {
     }
 
     /// Live key count of every shard, in shard-id order (concurrently).
-    async fn shard_totals(&self) -> Vec<(Arc<ShardLink>, Result<u64, ApiError>)> {
+    async fn shard_totals(&self) -> Vec<(Arc<ShardGroup>, Result<u64, ApiError>)> {
         let mut tasks = JoinSet::new();
-        for (i, link) in self.inner.links.iter().enumerate() {
+        for (i, link) in self.inner.groups.iter().enumerate() {
             let link = Arc::clone(link);
             tasks.spawn(async move {
                 let total = match Self::forward(
@@ -137,8 +202,8 @@ impl CoordinatorNode {
                 (i, link, total)
             });
         }
-        let mut totals: Vec<(usize, Arc<ShardLink>, Result<u64, ApiError>)> =
-            Vec::with_capacity(self.inner.links.len());
+        let mut totals: Vec<(usize, Arc<ShardGroup>, Result<u64, ApiError>)> =
+            Vec::with_capacity(self.inner.groups.len());
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(t) => totals.push(t),
@@ -150,15 +215,7 @@ impl CoordinatorNode {
     }
 }
 
-fn unavailable(link: &ShardLink, e: &LinkError) -> ApiError {
-    ApiError::ShardUnavailable {
-        shard: link.id(),
-        url: link.url().to_string(),
-        reason: e.to_string(),
-    }
-}
-
-fn unexpected(link: &ShardLink, response: &Response) -> ApiError {
+fn unexpected(link: &ShardGroup, response: &Response) -> ApiError {
     ApiError::Internal(format!(
         "shard {} answered with an unexpected message: {response:?}",
         link.id()
@@ -167,7 +224,7 @@ fn unexpected(link: &ShardLink, response: &Response) -> ApiError {
 
 impl KvNode for CoordinatorNode {
     async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ApiError> {
-        let link = self.link_for_key(&key)?;
+        let link = self.group_for_key(&key)?;
         match Self::forward(link, Request::Get { key }).await? {
             Response::Value(v) => Ok(v),
             other => Err(unexpected(link, &other)),
@@ -175,7 +232,7 @@ impl KvNode for CoordinatorNode {
     }
 
     async fn set(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>) -> Result<(), ApiError> {
-        let link = self.link_for_key(&key)?;
+        let link = self.group_for_key(&key)?;
         match Self::forward(link, Request::Set { key, value, ttl_ms }).await? {
             Response::Done => Ok(()),
             other => Err(unexpected(link, &other)),
@@ -183,7 +240,7 @@ impl KvNode for CoordinatorNode {
     }
 
     async fn delete(&self, key: Bytes) -> Result<bool, ApiError> {
-        let link = self.link_for_key(&key)?;
+        let link = self.group_for_key(&key)?;
         match Self::forward(link, Request::Delete { key }).await? {
             Response::Deleted(existed) => Ok(existed),
             other => Err(unexpected(link, &other)),
@@ -248,7 +305,7 @@ impl KvNode for CoordinatorNode {
             body: serde_json::json!({
                 "status": self.status_word(),
                 "type": "coordinator",
-                "shardCount": self.inner.links.len(),
+                "shardCount": self.inner.groups.len(),
                 "healthyShards": up,
                 "shards": self.links_json(),
                 "virtualNodesPerShard": self.inner.ring.vnodes_per_shard(),
@@ -259,20 +316,21 @@ impl KvNode for CoordinatorNode {
     }
 
     async fn cluster_state(&self) -> serde_json::Value {
-        let peers: Vec<&str> = self.inner.links.iter().map(|l| l.url()).collect();
+        let peers: Vec<&str> = self.inner.groups.iter().map(|l| l.url()).collect();
         serde_json::json!({
             "nodeId": format!("coordinator@{}", self.inner.http_addr),
             "type": "coordinator",
             "peers": peers,
-            "totalNodes": self.inner.links.len(),
+            "totalNodes": self.inner.groups.len(),
             "status": self.status_word(),
             "members": self.links_json(),
+            "shards": self.shards_json(),
         })
     }
 
     async fn ring(&self) -> serde_json::Value {
         let label = |shard: ShardId| {
-            self.link(shard)
+            self.shard_group(shard)
                 .map(|l| l.url().to_string())
                 .unwrap_or_else(|_| format!("shard-{shard}"))
         };
@@ -294,12 +352,59 @@ impl KvNode for CoordinatorNode {
         doc
     }
 
+    async fn replicas(
+        &self,
+        shard: Option<u32>,
+        change: ReplicaChange,
+    ) -> Result<serde_json::Value, ApiError> {
+        let Some(shard) = shard else {
+            return Err(ApiError::BadRequest(
+                "a coordinator routes to several shards: name one, /api/v1/admin/shards/{id}/replicas"
+                    .into(),
+            ));
+        };
+        let group = self.shard_group(ShardId(shard)).map_err(|_| {
+            let ids: Vec<String> = self
+                .inner
+                .groups
+                .iter()
+                .map(|g| g.id().to_string())
+                .collect();
+            ApiError::BadRequest(format!(
+                "there is no shard {shard} in this cluster (shards: {})",
+                ids.join(", ")
+            ))
+        })?;
+        if change == ReplicaChange::List {
+            let index = self.inner.groups.iter().position(|g| g.id() == group.id());
+            return Ok(index
+                .and_then(|i| self.shards_json().into_iter().nth(i))
+                .unwrap_or(serde_json::Value::Null));
+        }
+        // The group's leader makes the change; any member forwards it there.
+        let view = group.view();
+        let target = view
+            .members
+            .iter()
+            .find(|(id, _, s)| Some(*id) == view.leader && s.up)
+            .or_else(|| view.members.iter().find(|(_, _, s)| s.up))
+            .map(|(_, url, _)| url.clone())
+            .unwrap_or_else(|| group.url().to_string());
+        crate::http::client::forward_replica_change(&target, &change).await
+    }
+
     fn limits(&self) -> Limits {
         self.inner.limits
     }
 
     fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    async fn refresh_metrics(&self) {
+        for group in &self.inner.groups {
+            group.refresh_metrics();
+        }
     }
 }
 
@@ -349,11 +454,11 @@ impl CoordinatorServer {
             connections: config.connections_per_shard,
             max_frame_bytes: crate::config::MAX_INTERNAL_FRAME_BYTES,
         };
-        let mut links: Vec<Arc<ShardLink>> = config
+        let mut links: Vec<Arc<ShardGroup>> = config
             .shards
             .iter()
             .map(|spec| {
-                Arc::new(ShardLink::new(
+                Arc::new(ShardGroup::new(
                     spec.id,
                     spec.url.clone(),
                     options.clone(),
@@ -366,7 +471,7 @@ impl CoordinatorServer {
             node: CoordinatorNode {
                 inner: Arc::new(CoordinatorInner {
                     ring,
-                    links,
+                    groups: links,
                     limits: config.limits,
                     metrics,
                     http_addr,
@@ -413,7 +518,7 @@ impl CoordinatorServer {
         } = self;
         tracing::info!(
             http = %node.inner.http_addr,
-            shards = node.inner.links.len(),
+            shards = node.inner.groups.len(),
             vnodes_per_shard = node.inner.ring.vnodes_per_shard(),
             health_interval_ms = health_interval.as_millis() as u64,
             "coordinator serving"
@@ -422,7 +527,7 @@ impl CoordinatorServer {
         // and answered before the links close.
         let (stop_links, links_shutdown) = crate::shutdown::channel();
         let mut supervisors = JoinSet::new();
-        for link in &node.inner.links {
+        for link in &node.inner.groups {
             supervisors.spawn(Arc::clone(link).supervise(links_shutdown.clone()));
         }
         let http_task = crate::http::serve::serve(

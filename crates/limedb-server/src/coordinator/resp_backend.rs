@@ -45,15 +45,15 @@ fn bad_reply(what: &str) -> Value {
 }
 
 impl CoordinatorNode {
-    /// The shard index (position in `links`) owning `key`.
+    /// The shard index (position in `groups`) owning `key`.
     fn shard_index(&self, key: &[u8]) -> Option<usize> {
         let id = self.inner.ring.shard_for_key(key);
-        self.inner.links.binary_search_by_key(&id, |l| l.id()).ok()
+        self.inner.groups.binary_search_by_key(&id, |l| l.id()).ok()
     }
 
     /// Sends one command to shard `index` and decodes its reply.
     async fn on_shard(&self, index: usize, request: Request) -> Value {
-        let Some(link) = self.inner.links.get(index) else {
+        let Some(link) = self.inner.groups.get(index) else {
             return Value::error("ERR internal error: no such shard");
         };
         match Self::forward(link, request).await {
@@ -96,7 +96,7 @@ impl CoordinatorNode {
 
     /// Every shard, the same command.
     async fn all_shards(&self, args: &[Bytes]) -> Result<Vec<Value>, Value> {
-        let calls = (0..self.inner.links.len())
+        let calls = (0..self.inner.groups.len())
             .map(|i| (i, args.to_vec()))
             .collect();
         let replies = self.fan_out(calls).await;
@@ -392,7 +392,7 @@ impl CoordinatorNode {
             Some(Some(p)) => (p.shard, Some(p.key)),
         };
         let mut keys = Vec::new();
-        let shards = self.inner.links.len();
+        let shards = self.inner.groups.len();
         while shard < shards && keys.len() < scan.count {
             let mut call = vec![
                 Bytes::from_static(b"LIMEDB.SCAN"),
@@ -555,7 +555,7 @@ impl Backend for CoordinatorNode {
             let Some(spec) = args.first().and_then(|n| lookup(n)) else {
                 continue;
             };
-            if spec.route == Route::Keyspace && self.inner.links.len() > 1 {
+            if spec.route == Route::Keyspace && self.inner.groups.len() > 1 {
                 return Value::error(format!(
                     "ERR {} inside MULTI needs every shard; LimeDB runs a transaction on one shard only, so nothing was executed",
                     spec.name.to_uppercase()
@@ -581,7 +581,7 @@ impl Backend for CoordinatorNode {
             _ => {
                 let ids: Vec<String> = shards
                     .iter()
-                    .filter_map(|&i| self.inner.links.get(i))
+                    .filter_map(|&i| self.inner.groups.get(i))
                     .map(|l| l.id().to_string())
                     .collect();
                 Value::error(format!(
@@ -594,5 +594,27 @@ impl Backend for CoordinatorNode {
 
     fn role(&self) -> &'static str {
         "coordinator"
+    }
+
+    async fn replication_info(&self) -> String {
+        // A coordinator holds no data: it is a master with no replicas of its own; each shard's
+        // group follows, as `limedb_shardN` fields.
+        let mut out = String::from("role:master\r\nconnected_slaves:0\r\n");
+        for group in &self.inner.groups {
+            let view = group.view();
+            let leader = view
+                .members
+                .iter()
+                .find(|(id, _, _)| Some(*id) == view.leader)
+                .map_or("none".to_string(), |(_, url, _)| url.clone());
+            out.push_str(&format!(
+                "limedb_shard{}:leader={leader},replicas={},replicas_up={},healthy={}\r\n",
+                group.id(),
+                view.members.len(),
+                view.members.iter().filter(|(_, _, s)| s.up).count(),
+                u8::from(group.healthy()),
+            ));
+        }
+        out
     }
 }

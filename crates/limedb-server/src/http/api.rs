@@ -11,6 +11,8 @@
 //! | `GET /api/v1/keys?page=&pageSize=` | a page of keys with values (first 1 KiB of each) |
 //! | `GET /api/v1/health`, `/api/v1/cluster/state`, `/api/v1/cluster/ring` | JSON |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET`/`POST /api/v1/admin/replicas`, `DELETE /api/v1/admin/replicas/{id}` | a replica's group: list, add `{"replicaId","url"}`, remove |
+//! | `GET`/`POST /api/v1/admin/shards/{shard}/replicas`, `DELETE .../replicas/{id}` | the same for shard `{shard}` (coordinator or replica) |
 //!
 //! Keys in paths are percent-decoded bytes; everything after the route prefix is the key, so an
 //! unencoded `/` is part of the key too. Errors are `{"error": code, "message": text}` (see
@@ -31,7 +33,7 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::metrics::{Api, Op};
-use crate::node::{KvNode, LISTED_VALUE_PREFIX_BYTES};
+use crate::node::{KvNode, ReplicaChange, LISTED_VALUE_PREFIX_BYTES};
 
 /// Default page size of `GET /api/v1/keys`.
 pub const DEFAULT_PAGE_SIZE: u64 = 20;
@@ -61,6 +63,22 @@ pub fn router<N: KvNode>(node: N) -> Router {
         .route("/api/v1/cluster/state", get(cluster_state::<N>))
         .route("/api/v1/cluster/ring", get(ring::<N>))
         .route("/metrics", get(metrics::<N>))
+        .route(
+            "/api/v1/admin/replicas",
+            get(list_replicas::<N>).post(add_replica::<N>),
+        )
+        .route(
+            "/api/v1/admin/replicas/{replica}",
+            axum::routing::delete(remove_replica::<N>),
+        )
+        .route(
+            "/api/v1/admin/shards/{shard}/replicas",
+            get(list_shard_replicas::<N>).post(add_shard_replica::<N>),
+        )
+        .route(
+            "/api/v1/admin/shards/{shard}/replicas/{replica}",
+            axum::routing::delete(remove_shard_replica::<N>),
+        )
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(node)
@@ -317,7 +335,7 @@ async fn ring<N: KvNode>(State(node): State<N>) -> Response {
 }
 
 async fn metrics<N: KvNode>(State(node): State<N>) -> Response {
-    node.refresh_metrics();
+    node.refresh_metrics().await;
     (
         StatusCode::OK,
         [(
@@ -327,6 +345,104 @@ async fn metrics<N: KvNode>(State(node): State<N>) -> Response {
         node.metrics().render(),
     )
         .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AddReplicaBody {
+    replica_id: u64,
+    url: String,
+}
+
+/// Largest admin request body.
+const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024;
+
+async fn replica_change<N: KvNode>(
+    node: &N,
+    shard: Option<u32>,
+    change: ReplicaChange,
+) -> Response {
+    match node.replicas(shard, change).await {
+        Ok(doc) => axum::Json(doc).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn add_body(request: Request) -> Result<ReplicaChange, ApiError> {
+    let body = read_body(request.into_body(), None, MAX_ADMIN_BODY_BYTES).await?;
+    let add: AddReplicaBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected {{\"replicaId\": N, \"url\": \"http://host:port\"}}: {e}"
+        ))
+    })?;
+    if add.replica_id == 0 {
+        return Err(ApiError::BadRequest("replica ids start at 1".into()));
+    }
+    let url = crate::config::parse_peers(&[format!("{}={}", add.replica_id, add.url)])
+        .map_err(ApiError::BadRequest)?
+        .remove(&add.replica_id)
+        .unwrap_or(add.url);
+    Ok(ReplicaChange::Add {
+        replica_id: add.replica_id,
+        url,
+    })
+}
+
+async fn list_replicas<N: KvNode>(State(node): State<N>) -> Response {
+    replica_change(&node, None, ReplicaChange::List).await
+}
+
+async fn add_replica<N: KvNode>(State(node): State<N>, request: Request) -> Response {
+    match add_body(request).await {
+        Ok(change) => replica_change(&node, None, change).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn remove_replica<N: KvNode>(
+    State(node): State<N>,
+    axum::extract::Path(replica): axum::extract::Path<u64>,
+) -> Response {
+    replica_change(
+        &node,
+        None,
+        ReplicaChange::Remove {
+            replica_id: replica,
+        },
+    )
+    .await
+}
+
+async fn list_shard_replicas<N: KvNode>(
+    State(node): State<N>,
+    axum::extract::Path(shard): axum::extract::Path<u32>,
+) -> Response {
+    replica_change(&node, Some(shard), ReplicaChange::List).await
+}
+
+async fn add_shard_replica<N: KvNode>(
+    State(node): State<N>,
+    axum::extract::Path(shard): axum::extract::Path<u32>,
+    request: Request,
+) -> Response {
+    match add_body(request).await {
+        Ok(change) => replica_change(&node, Some(shard), change).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn remove_shard_replica<N: KvNode>(
+    State(node): State<N>,
+    axum::extract::Path((shard, replica)): axum::extract::Path<(u32, u64)>,
+) -> Response {
+    replica_change(
+        &node,
+        Some(shard),
+        ReplicaChange::Remove {
+            replica_id: replica,
+        },
+    )
+    .await
 }
 
 async fn no_route(method: Method, uri: Uri) -> Response {

@@ -1,4 +1,5 @@
 //! HTTP: the JSON API router shared by every node ([`api`]) and the accept loop ([`serve`]).
 
 pub mod api;
+pub mod client;
 pub mod serve;

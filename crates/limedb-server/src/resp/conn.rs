@@ -426,6 +426,11 @@ impl<B: Backend> Session<B> {
                 self.stats.commands.load(Ordering::Relaxed),
             ));
         }
+        if show("replication") {
+            text.push_str("# Replication\r\n");
+            text.push_str(&self.backend.replication_info().await);
+            text.push_str("\r\n");
+        }
         if show("keyspace") {
             text.push_str("# Keyspace\r\n");
             if let Value::Integer(n) = self.backend.execute(vec![Bytes::from("DBSIZE")]).await {

@@ -144,6 +144,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Value> + Send;
     /// `shard` or `coordinator`, for INFO.
     fn role(&self) -> &'static str;
+    /// The body of INFO's `# Replication` section, Redis-style `field:value` lines.
+    fn replication_info(&self) -> impl Future<Output = String> + Send;
 }
 
 /// Counters shared by a listener's connections (INFO clients/stats).

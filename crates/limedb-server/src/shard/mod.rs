@@ -8,6 +8,7 @@
 //! engine, so a clean stop never loses an acknowledged write.
 
 pub mod internal;
+pub mod replication;
 mod resp_backend;
 pub mod storage;
 
@@ -24,7 +25,7 @@ use tokio::net::TcpListener;
 use crate::config::{Limits, ShardConfig, StorageKind};
 use crate::error::{ApiError, ServerError};
 use crate::metrics::{Api, Metrics, Op};
-use crate::node::{HealthReport, KeyEntry, KeysPage, KvNode};
+use crate::node::{HealthReport, KeyEntry, KeysPage, KvNode, ReplicaChange};
 use crate::resp::RespConfig;
 use crate::shutdown::Shutdown;
 use crate::{ring_json, SERVER_NAME};
@@ -45,6 +46,8 @@ pub struct ShardNode {
 
 struct ShardInner {
     id: ShardId,
+    /// Replication settings, on a replicated shard.
+    replication: Option<crate::config::ReplicationConfig>,
     storage: Storage,
     storage_kind: StorageKind,
     limits: Limits,
@@ -69,23 +72,47 @@ impl ShardNode {
         self.inner.id
     }
 
+    /// This replica's id in the shard's group (1 for a shard started without `--peers`).
+    pub fn replica_id(&self) -> u64 {
+        self.inner.replication.as_ref().map_or(1, |r| r.replica_id)
+    }
+
     /// Answers one internal-protocol request.
     pub async fn handle(&self, request: Request) -> Response {
         let started = Instant::now();
         let limits = self.inner.limits;
-        let (op, result) = match request {
-            Request::Hello => {
-                return Response::HelloOk {
-                    shard_id: self.inner.id.0,
-                    protocol_version: PROTOCOL_VERSION,
-                    server: SERVER_NAME.to_string(),
+        match request {
+            Request::Hello => Response::HelloOk {
+                shard_id: self.inner.id.0,
+                protocol_version: PROTOCOL_VERSION,
+                server: SERVER_NAME.to_string(),
+            },
+            Request::Ping => Response::Pong,
+            Request::Raft {
+                shard_id,
+                target,
+                rpc,
+                payload,
+            } => self.handle_raft(shard_id, target, rpc, payload).await,
+            data => {
+                // A follower refuses data requests up front, naming the leader, so that a
+                // coordinator can send them there (and never sees a follower's RESP error).
+                if let Some(replica) = self.inner.storage.replica() {
+                    if let Err(e) = replica.check_leader() {
+                        return error_response(&ApiError::from(e));
+                    }
                 }
+                self.handle_data(data, started, limits).await
             }
-            Request::Ping => return Response::Pong,
-            Request::Raft { .. } => {
+        }
+    }
+
+    async fn handle_data(&self, request: Request, started: Instant, limits: Limits) -> Response {
+        let (op, result) = match request {
+            Request::Hello | Request::Ping | Request::Raft { .. } => {
                 return Response::Error {
-                    code: ErrorCode::Unsupported,
-                    message: "this shard is not replicated (started without --peers)".into(),
+                    code: ErrorCode::Internal,
+                    message: "not a data request".into(),
                 }
             }
             Request::Get { key } => (
@@ -143,6 +170,98 @@ impl ShardNode {
         result.unwrap_or_else(|e| error_response(&e))
     }
 
+    async fn handle_raft(&self, shard_id: u32, target: u64, rpc: u8, payload: Bytes) -> Response {
+        let bad = |message: String| Response::Error {
+            code: ErrorCode::BadRequest,
+            message,
+        };
+        let (Some(replica), Some(rep)) = (self.inner.storage.replica(), &self.inner.replication)
+        else {
+            return Response::Error {
+                code: ErrorCode::Unsupported,
+                message: format!(
+                    "shard {} is not replicated (started without --peers)",
+                    self.inner.id
+                ),
+            };
+        };
+        if shard_id != self.inner.id.0 || target != rep.replica_id {
+            return bad(format!(
+                "this is replica {} of shard {}, not replica {target} of shard {shard_id}",
+                rep.replica_id, self.inner.id
+            ));
+        }
+        let Some(kind) = limedb_raft::RpcKind::from_u8(rpc) else {
+            return bad(format!("unknown raft rpc {rpc}"));
+        };
+        match replica.handle_rpc(kind, payload).await {
+            Ok(reply) => Response::RaftReply(reply),
+            Err(e) => Response::Error {
+                code: ErrorCode::Internal,
+                message: e.to_string(),
+            },
+        }
+    }
+
+    /// The replication part of the health document.
+    async fn replication_json(&self) -> serde_json::Value {
+        let pid = std::process::id();
+        let (Some(replica), Some(rep)) = (self.inner.storage.replica(), &self.inner.replication)
+        else {
+            return serde_json::json!({
+                "pid": pid,
+                "replicated": false,
+                "replicaId": 1,
+                "role": "leader",
+                "leader": format!("http://{}", self.inner.http_addr),
+                "term": 0,
+                "commitIndex": null,
+                "appliedIndex": null,
+            });
+        };
+        let status = replica.status();
+        let last = status.last_log_index.unwrap_or(0);
+        let leading = status.role == limedb_raft::Role::Leader;
+        let members: Vec<serde_json::Value> = status
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "replicaId": m.id,
+                    "url": m.url,
+                    "voter": m.voter,
+                    "matchedIndex": if leading { m.matched.into() } else { serde_json::Value::Null },
+                    "lag": if leading { m.matched.map(|i| last.saturating_sub(i)).into() } else { serde_json::Value::Null },
+                })
+            })
+            .collect();
+        let counters = replica.counters();
+        serde_json::json!({
+            "pid": pid,
+            "shardId": self.inner.id.0,
+            "replicated": true,
+            "replicaId": rep.replica_id,
+            "role": status.role.as_str(),
+            "leader": status.leader.as_ref().map(|(_, url)| url.clone()),
+            "leaderId": status.leader.as_ref().map(|(id, _)| *id),
+            "term": status.term,
+            "commitIndex": replica.committed_index().await,
+            "appliedIndex": status.applied_index,
+            "lastLogIndex": status.last_log_index,
+            "snapshotIndex": status.snapshot_index,
+            "raft": {
+                "pristine": replica.is_pristine(),
+                "members": members,
+                "peers": rep.peers,
+                "logBytes": replica.log_bytes(),
+                "millisSinceQuorumAck": status.millis_since_quorum_ack,
+                "leaderChanges": counters.leader_changes.load(std::sync::atomic::Ordering::Relaxed),
+                "snapshotsReceived": counters.snapshots_received.load(std::sync::atomic::Ordering::Relaxed),
+                "snapshotsSent": replica.network_counters().snapshots_sent.load(std::sync::atomic::Ordering::Relaxed),
+            },
+        })
+    }
+
     fn storage_json(&self, health: &Health) -> serde_json::Value {
         let stats = self.inner.storage.engine().stats();
         let (status, error) = match health {
@@ -165,6 +284,14 @@ impl ShardNode {
 /// The internal-protocol form of an error.
 pub fn error_response(e: &ApiError) -> Response {
     let code = match e {
+        ApiError::NotLeader { leader } => {
+            return Response::NotLeader {
+                leader_id: leader.as_ref().map(|(id, _)| *id),
+                leader_url: leader.as_ref().map(|(_, url)| url.clone()),
+            }
+        }
+        ApiError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
+        ApiError::GroupUnavailable(_) => ErrorCode::Unavailable,
         ApiError::BadRequest(_) | ApiError::NotFound | ApiError::RequestTimeout(_) => {
             ErrorCode::BadRequest
         }
@@ -233,22 +360,25 @@ impl KvNode for ShardNode {
             Health::Healthy => (true, "healthy", None),
             Health::Unavailable { reason } => (false, "unhealthy", Some(reason.clone())),
         };
-        HealthReport {
-            serving,
-            body: serde_json::json!({
-                "status": status,
-                "reason": reason,
-                "type": "shard",
-                "shardId": self.inner.id.0,
-                "httpAddr": self.inner.http_addr.to_string(),
-                "internalAddr": self.inner.internal_addr.to_string(),
-                "internalPort": self.inner.internal_addr.port(),
-                "protocolVersion": PROTOCOL_VERSION,
-                "storage": self.storage_json(&health),
-                "uptimeSecs": self.inner.started.elapsed().as_secs(),
-                "version": SERVER_NAME,
-            }),
+        let mut body = serde_json::json!({
+            "status": status,
+            "reason": reason,
+            "type": "shard",
+            "shardId": self.inner.id.0,
+            "httpAddr": self.inner.http_addr.to_string(),
+            "internalAddr": self.inner.internal_addr.to_string(),
+            "internalPort": self.inner.internal_addr.port(),
+            "protocolVersion": PROTOCOL_VERSION,
+            "storage": self.storage_json(&health),
+            "uptimeSecs": self.inner.started.elapsed().as_secs(),
+            "version": SERVER_NAME,
+        });
+        if let (Some(obj), serde_json::Value::Object(more)) =
+            (body.as_object_mut(), self.replication_json().await)
+        {
+            obj.extend(more);
         }
+        HealthReport { serving, body }
     }
 
     async fn cluster_state(&self) -> serde_json::Value {
@@ -278,6 +408,49 @@ impl KvNode for ShardNode {
         }
     }
 
+    async fn replicas(
+        &self,
+        shard: Option<u32>,
+        change: ReplicaChange,
+    ) -> Result<serde_json::Value, ApiError> {
+        if let Some(shard) = shard.filter(|s| *s != self.inner.id.0) {
+            return Err(ApiError::BadRequest(format!(
+                "this is shard {}, not shard {shard}",
+                self.inner.id
+            )));
+        }
+        let Some(replica) = self.inner.storage.replica() else {
+            return Err(ApiError::BadRequest(format!(
+                "shard {} is not replicated (it was started without --peers), so it has no replicas to list or change",
+                self.inner.id
+            )));
+        };
+        if change == ReplicaChange::List {
+            return Ok(self.replication_json().await);
+        }
+        match replica.check_leader() {
+            Ok(()) => {}
+            Err(limedb_raft::ReplicaError::NotLeader {
+                leader: Some((_, url)),
+            }) => return crate::http::client::forward_replica_change(&url, &change).await,
+            Err(e) => return Err(e.into()),
+        }
+        match change {
+            ReplicaChange::Add { replica_id, url } => {
+                tracing::info!(shard = %self.inner.id, replica = replica_id, %url, "adding a replica");
+                replica
+                    .add_replica(replica_id, url, crate::http::client::ADD_REPLICA_TIMEOUT)
+                    .await?;
+            }
+            ReplicaChange::Remove { replica_id } => {
+                tracing::info!(shard = %self.inner.id, replica = replica_id, "removing a replica");
+                replica.remove_replica(replica_id).await?;
+            }
+            ReplicaChange::List => {}
+        }
+        Ok(self.replication_json().await)
+    }
+
     fn limits(&self) -> Limits {
         self.inner.limits
     }
@@ -286,9 +459,13 @@ impl KvNode for ShardNode {
         &self.inner.metrics
     }
 
-    fn refresh_metrics(&self) {
+    async fn refresh_metrics(&self) {
         let stats = self.inner.storage.engine().stats();
         self.inner.metrics.set_storage(&stats);
+        if let Some(replica) = self.inner.storage.replica() {
+            let committed = replica.committed_index().await;
+            self.inner.metrics.set_raft(replica, committed);
+        }
     }
 }
 
@@ -300,6 +477,105 @@ pub struct ShardServer {
     resp: Option<TcpListener>,
     resp_config: RespConfig,
     max_connections: usize,
+    /// Stops the links to peer replicas (replicated shards), once the replica has stopped.
+    links_stop: Option<crate::shutdown::ShutdownTrigger>,
+}
+
+/// Opens a shard's engine on its own, with its writer thread.
+async fn open_local(config: &ShardConfig) -> Result<Storage, ServerError> {
+    let cfg = config.clone();
+    let engine = tokio::task::spawn_blocking(move || open_engine(&cfg))
+        .await
+        .map_err(|e| ServerError::Task(format!("storage open task failed: {e}")))??;
+    tracing::info!(
+        shard = %config.id,
+        storage = %config.storage,
+        data_dir = %config.data_dir.display(),
+        keys = engine.stats().keys,
+        "storage open"
+    );
+    Storage::new(engine, format!("shard-{}-writer", config.id)).map_err(|source| ServerError::Io {
+        context: "cannot start the storage writer thread".into(),
+        source,
+    })
+}
+
+/// Opens a replica of the shard's Raft group (see [`replication`]).
+async fn open_replicated(
+    config: &ShardConfig,
+    rep: &crate::config::ReplicationConfig,
+    links_shutdown: Shutdown,
+    commit_latency: prometheus_client::metrics::histogram::Histogram,
+) -> Result<Storage, ServerError> {
+    match config.storage {
+        StorageKind::Lsm => {}
+        StorageKind::Postgres => {
+            return Err(ServerError::Config(
+                "--storage postgres cannot be replicated with --peers: PostgreSQL brings its own replication (streaming replicas, failover tools); run the shard without --peers".into(),
+            ))
+        }
+        other => {
+            return Err(ServerError::Config(format!(
+                "--storage {other} cannot be replicated with --peers: replicas are built on the LSM engine's checkpoints; use --storage lsm (the default)"
+            )))
+        }
+    }
+    if !rep.peers.contains_key(&rep.replica_id) {
+        return Err(ServerError::Config(format!(
+            "--peers must list this replica too: it has no entry for --replica {}",
+            rep.replica_id
+        )));
+    }
+    let dir = config.data_dir.clone();
+    let (id, replica_id) = (config.id, rep.replica_id);
+    tokio::task::spawn_blocking(move || replication::check_data_dir(&dir, id, replica_id))
+        .await
+        .map_err(|e| ServerError::Task(format!("data directory check failed: {e}")))??;
+    // The Raft log is the synced log; the engine's own WAL is synced only when the replica
+    // records how far it has applied (see ARCHITECTURE.md, Replication).
+    let engine_options = config.lsm.options(limedb_storage::SyncPolicy::Never);
+    let factory: limedb_raft::state_machine::EngineFactory = Arc::new(move |dir| {
+        Ok(Arc::new(LsmEngine::open(dir, engine_options.clone())?) as Arc<dyn Engine>)
+    });
+    let link_options = crate::coordinator::link::LinkOptions {
+        timeout: crate::config::DEFAULT_SHARD_TIMEOUT,
+        health_interval: crate::config::DEFAULT_HEALTH_INTERVAL,
+        connections: 2,
+        max_frame_bytes: crate::config::MAX_INTERNAL_FRAME_BYTES,
+    };
+    let links = Arc::new(replication::PeerLinks::new(
+        config.id,
+        link_options,
+        links_shutdown,
+    ));
+    links.connect_all(&rep.peers, rep.replica_id);
+    let replica = limedb_raft::Replica::open(
+        limedb_raft::ReplicaConfig {
+            shard_id: config.id.0,
+            replica_id: rep.replica_id,
+            dir: config.data_dir.clone(),
+            log_sync: rep.log_sync,
+            timing: rep.timing,
+            snapshot_logs: rep.snapshot_logs,
+            keep_logs: rep.keep_logs,
+            engine_factory: factory,
+        },
+        links,
+    )
+    .await?;
+    if let Err(e) = replication::check_peers(&replica, rep).await {
+        let _ = replica.shutdown().await;
+        return Err(e);
+    }
+    tracing::info!(
+        shard = %config.id,
+        replica = rep.replica_id,
+        peers = rep.peers.len(),
+        data_dir = %config.data_dir.display(),
+        applied = ?replica.status().applied_index,
+        "replica open"
+    );
+    Ok(Storage::replicated(replica, commit_latency))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -374,31 +650,29 @@ impl ShardServer {
         };
         let http_addr = local_addr(&http)?;
         let internal_addr = local_addr(&internal)?;
-        let cfg = config.clone();
-        let engine = tokio::task::spawn_blocking(move || open_engine(&cfg))
-            .await
-            .map_err(|e| ServerError::Task(format!("storage open task failed: {e}")))??;
-        tracing::info!(
-            shard = %config.id,
-            storage = %config.storage,
-            data_dir = %config.data_dir.display(),
-            keys = engine.stats().keys,
-            "storage open"
-        );
-        let storage =
-            Storage::new(engine, format!("shard-{}-writer", config.id)).map_err(|source| {
-                ServerError::Io {
-                    context: "cannot start the storage writer thread".into(),
-                    source,
-                }
-            })?;
+        let metrics = Metrics::new();
+        let (storage, links_stop) = match &config.replication {
+            None => (open_local(&config).await?, None),
+            Some(rep) => {
+                let (stop, links_shutdown) = crate::shutdown::channel();
+                let storage = open_replicated(
+                    &config,
+                    rep,
+                    links_shutdown,
+                    metrics.raft.commit_latency.clone(),
+                )
+                .await?;
+                (storage, Some(stop))
+            }
+        };
         let node = ShardNode {
             inner: Arc::new(ShardInner {
                 id: config.id,
+                replication: config.replication.clone(),
                 storage,
                 storage_kind: config.storage,
                 limits: config.limits,
-                metrics: Metrics::new(),
+                metrics,
                 http_addr,
                 internal_addr,
                 started: Instant::now(),
@@ -413,6 +687,7 @@ impl ShardServer {
             resp,
             resp_config,
             max_connections: config.max_connections,
+            links_stop,
         })
     }
 
@@ -445,7 +720,17 @@ impl ShardServer {
             resp,
             resp_config,
             max_connections,
+            links_stop,
         } = self;
+        let formation = match (node.inner.storage.replica(), &node.inner.replication) {
+            (Some(replica), Some(rep)) => Some(tokio::spawn(replication::form_group(
+                replica.clone(),
+                node.inner.id,
+                rep.clone(),
+                shutdown.clone(),
+            ))),
+            _ => None,
+        };
         tracing::info!(
             shard = %node.inner.id,
             storage = %node.inner.storage_kind,
@@ -477,11 +762,19 @@ impl ShardServer {
             shutdown,
         );
         tokio::join!(http_task, internal_task, resp_task);
-        node.inner
+        if let Some(formation) = formation {
+            formation.abort();
+        }
+        let closed = node
+            .inner
             .storage
             .close()
             .await
-            .map_err(|e| ServerError::Task(format!("cannot close storage cleanly: {e}")))?;
+            .map_err(|e| ServerError::Task(format!("cannot close storage cleanly: {e}")));
+        if let Some(stop) = links_stop {
+            stop.trigger();
+        }
+        closed?;
         tracing::info!(shard = %node.inner.id, "shard stopped; storage synced and closed");
         Ok(())
     }

@@ -156,4 +156,71 @@ impl Backend for ShardNode {
     fn role(&self) -> &'static str {
         "shard"
     }
+
+    async fn replication_info(&self) -> String {
+        let Some(replica) = self.inner.storage.replica() else {
+            return "role:master\r\nconnected_slaves:0\r\nlimedb_replicated:0\r\n".into();
+        };
+        replication_lines(&replica.status(), replica.committed_index().await)
+    }
+}
+
+/// INFO replication in Redis's words: a leader is `master` with its followers as `slaveN`, a
+/// follower is `slave` of its leader; LimeDB's own figures follow as `limedb_*` fields.
+fn replication_lines(status: &limedb_raft::ReplicaStatus, committed: Option<u64>) -> String {
+    use std::fmt::Write;
+    let host_port = |url: &str| {
+        let authority = url.strip_prefix("http://").unwrap_or(url);
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host.to_string(), port.to_string()),
+            None => (authority.to_string(), "0".to_string()),
+        }
+    };
+    let applied = status.applied_index.unwrap_or(0);
+    let last = status.last_log_index.unwrap_or(0);
+    let mut out = String::new();
+    if status.role == limedb_raft::Role::Leader {
+        let followers: Vec<_> = status
+            .members
+            .iter()
+            .filter(|m| m.id != status.id)
+            .collect();
+        let _ = write!(
+            out,
+            "role:master\r\nconnected_slaves:{}\r\n",
+            followers.len()
+        );
+        for (i, m) in followers.iter().enumerate() {
+            let (ip, port) = host_port(&m.url);
+            let offset = m.matched.unwrap_or(0);
+            let state = if m.voter { "online" } else { "learner" };
+            let _ = write!(
+                out,
+                "slave{i}:ip={ip},port={port},state={state},offset={offset},lag={}\r\n",
+                last.saturating_sub(offset)
+            );
+        }
+    } else {
+        out.push_str("role:slave\r\n");
+        match &status.leader {
+            Some((_, url)) => {
+                let (ip, port) = host_port(url);
+                let _ = write!(
+                    out,
+                    "master_host:{ip}\r\nmaster_port:{port}\r\nmaster_link_status:up\r\n"
+                );
+            }
+            None => out.push_str("master_host:\r\nmaster_port:0\r\nmaster_link_status:down\r\n"),
+        }
+        let _ = write!(out, "slave_repl_offset:{applied}\r\n");
+    }
+    let _ = write!(
+        out,
+        "master_repl_offset:{applied}\r\nlimedb_replicated:1\r\nlimedb_replica_id:{}\r\nlimedb_raft_role:{}\r\nlimedb_raft_term:{}\r\nlimedb_raft_commit_index:{}\r\nlimedb_raft_applied_index:{applied}\r\nlimedb_raft_last_log_index:{last}\r\n",
+        status.id,
+        status.role.as_str(),
+        status.term,
+        committed.unwrap_or(0),
+    );
+    out
 }

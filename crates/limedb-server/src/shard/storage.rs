@@ -37,13 +37,27 @@
 //! remembers the count and `EXEC` aborts if it moved. Two keys may share a stripe, so an
 //! unrelated write can abort a transaction (it retries), but a write to a watched key never goes
 //! unnoticed.
+//!
+//! ## Two writers: local and replicated
+//!
+//! Everything above is the **local** writer, a shard started without `--peers`. A **replicated**
+//! shard ([`Storage::replicated`]) keeps the same key locks and the same read-modify-write code,
+//! but its writes go through its Raft group ([`limedb_raft::Replica::write`]: batched into log
+//! entries, acknowledged once committed by a majority and applied here) and every read first
+//! passes the group's read barrier ([`limedb_raft::Replica::read_barrier`]), so only a leader
+//! that a quorum still follows answers. A key lock is held until the write is applied, so a
+//! read-modify-write computes from the state at its own log position (see ARCHITECTURE.md).
+//! `WATCH` versions carry the leader's term in their high bits: a transaction watched under one
+//! leader aborts under the next.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
+use limedb_raft::ReplicatedWrite;
 use limedb_storage::{Engine, Page, StorageError, Value};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
@@ -75,10 +89,23 @@ enum WriteOp {
 
 /// A shard's engine with the right executor for each call.
 pub struct Storage {
-    engine: Arc<dyn Engine>,
-    writer: Writer,
+    backend: Backend,
     stripes: Box<[Stripe]>,
 }
+
+/// Where writes go and whether reads need a barrier.
+enum Backend {
+    /// A shard on its own: inline writes and the writer thread.
+    Local {
+        engine: Arc<dyn Engine>,
+        writer: Writer,
+    },
+    /// A replica of a shard's Raft group; writes' commit latency goes to the histogram.
+    Replicated(limedb_raft::Replica, Histogram),
+}
+
+/// Bits of a `WATCH` version that count writes; the bits above hold the leader's term.
+const VERSION_COUNTER_BITS: u32 = 40;
 
 /// One key lock and the number of writes made under it.
 struct Stripe {
@@ -132,7 +159,41 @@ fn writer_gone() -> ApiError {
     ApiError::ShuttingDown
 }
 
+fn new_stripes() -> Box<[Stripe]> {
+    (0..LOCK_STRIPES)
+        .map(|_| Stripe {
+            lock: tokio::sync::Mutex::new(()),
+            version: AtomicU64::new(0),
+        })
+        .collect()
+}
+
 impl Storage {
+    /// A replica of a shard's group: writes go through Raft, reads through its read barrier.
+    pub fn replicated(replica: limedb_raft::Replica, commit_latency: Histogram) -> Storage {
+        Storage {
+            backend: Backend::Replicated(replica, commit_latency),
+            stripes: new_stripes(),
+        }
+    }
+
+    /// The replica, when this shard is replicated.
+    pub fn replica(&self) -> Option<&limedb_raft::Replica> {
+        match &self.backend {
+            Backend::Replicated(r, _) => Some(r),
+            Backend::Local { .. } => None,
+        }
+    }
+
+    /// Waits until reads are linearizable on a replicated shard (the read barrier); at once on
+    /// a local one.
+    async fn read_fence(&self) -> Result<(), ApiError> {
+        match &self.backend {
+            Backend::Local { .. } => Ok(()),
+            Backend::Replicated(r, _) => Ok(r.read_barrier().await?),
+        }
+    }
+
     /// Wraps `engine` and starts its writer thread, named `thread_name`.
     pub fn new(engine: Arc<dyn Engine>, thread_name: String) -> Result<Storage, std::io::Error> {
         let (queue, ops) = mpsc::channel(WRITE_QUEUE_DEPTH);
@@ -144,16 +205,9 @@ impl Storage {
             queue,
             thread: std::sync::Mutex::new(Some(thread)),
         };
-        let stripes = (0..LOCK_STRIPES)
-            .map(|_| Stripe {
-                lock: tokio::sync::Mutex::new(()),
-                version: AtomicU64::new(0),
-            })
-            .collect();
         Ok(Storage {
-            engine,
-            writer,
-            stripes,
+            backend: Backend::Local { engine, writer },
+            stripes: new_stripes(),
         })
     }
 
@@ -175,11 +229,19 @@ impl Storage {
         }
     }
 
-    /// How many writes were made so far under `key`'s stripe (for `WATCH`).
+    /// How many writes were made so far under `key`'s stripe (for `WATCH`); on a replicated
+    /// shard the leader's term is in the high bits, so versions of two leaderships never match.
     pub fn stripe_version(&self, key: &[u8]) -> u64 {
-        self.stripes
+        let count = self
+            .stripes
             .get(stripe_of(key))
-            .map_or(0, |s| s.version.load(Ordering::Acquire))
+            .map_or(0, |s| s.version.load(Ordering::Acquire));
+        match &self.backend {
+            Backend::Local { .. } => count,
+            Backend::Replicated(r, _) => {
+                (r.term() << VERSION_COUNTER_BITS) | (count & ((1 << VERSION_COUNTER_BITS) - 1))
+            }
+        }
     }
 
     fn bump(&self, key: &[u8]) {
@@ -188,16 +250,22 @@ impl Storage {
         }
     }
 
-    /// The engine itself, for figures that need no executor (stats).
-    pub fn engine(&self) -> &Arc<dyn Engine> {
-        &self.engine
+    /// The engine itself, for figures that need no executor (stats). A replicated shard's
+    /// engine changes when a snapshot is installed.
+    pub fn engine(&self) -> Arc<dyn Engine> {
+        match &self.backend {
+            Backend::Local { engine, .. } => Arc::clone(engine),
+            Backend::Replicated(r, _) => r.engine(),
+        }
     }
 
     /// Reads a key.
     pub async fn get(&self, key: Bytes) -> Result<Option<Value>, ApiError> {
-        match self.engine.try_get_now(&key) {
+        self.read_fence().await?;
+        let engine = self.engine();
+        match engine.try_get_now(&key) {
             Some(found) => found.map_err(ApiError::from),
-            None => blocking(&self.engine, move |e| e.get(&key)).await,
+            None => blocking(&engine, move |e| e.get(&key)).await,
         }
     }
 
@@ -207,9 +275,11 @@ impl Storage {
     /// and every later key are read in one hand-off to the blocking pool. So no key is read at
     /// an older view than a key before it, as if the reads ran one by one in pipeline order.
     pub async fn get_many(&self, mut keys: Vec<Bytes>) -> Result<Vec<Option<Value>>, ApiError> {
+        self.read_fence().await?;
+        let engine = self.engine();
         let asked: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
         let mut found = Vec::with_capacity(keys.len());
-        for answer in self.engine.try_get_many_now(&asked) {
+        for answer in engine.try_get_many_now(&asked) {
             match answer {
                 Some(value) => found.push(value.map_err(ApiError::from)?),
                 None => break,
@@ -217,7 +287,7 @@ impl Storage {
         }
         if found.len() < keys.len() {
             let rest = keys.split_off(found.len());
-            let more = blocking(&self.engine, move |e| {
+            let more = blocking(&engine, move |e| {
                 rest.iter().map(|k| e.get(k)).collect::<Result<Vec<_>, _>>()
             })
             .await?;
@@ -226,10 +296,10 @@ impl Storage {
         Ok(found)
     }
 
-    /// Writes several keys whose locks the caller holds, in order, sharing executor hand-offs:
-    /// writes that can run inline do, and once one has to go to the writer thread all later ones
-    /// are queued behind it without waiting in between (so they share its batch and fsync, and
-    /// keep their order).
+    /// Writes several keys whose locks the caller holds, in order. Locally, writes that can run
+    /// inline do, and once one has to go to the writer thread all later ones are queued behind
+    /// it without waiting in between (so they share its batch and fsync, and keep their order);
+    /// on a replicated shard they are one proposal.
     pub async fn put_many_locked(
         &self,
         locks: &KeyLocks<'_>,
@@ -238,56 +308,23 @@ impl Storage {
         if items.iter().any(|(k, _, _)| !locks.covers(k)) {
             return Err(ApiError::Internal("write without the key's lock".into()));
         }
-        // The whole batch at once (one log append) if the engine can write it without waiting.
-        let bytes: usize = items.iter().map(|(k, v, _)| k.len() + v.len()).sum();
-        if bytes <= INLINE_WRITE_MAX_BYTES {
-            let ops: Vec<limedb_storage::WriteOp<'_>> = items
-                .iter()
-                .map(|(key, value, expires_at_ms)| limedb_storage::WriteOp::Put {
-                    key,
-                    value,
-                    expires_at_ms: *expires_at_ms,
-                })
-                .collect();
-            if let Some(done) = self.engine.try_write_many_now(&ops) {
-                done.map_err(ApiError::from)?;
-                for (key, _, _) in &items {
-                    self.bump(key);
-                }
-                return Ok(());
+        for (key, _, _) in &items {
+            self.bump(key);
+        }
+        match &self.backend {
+            Backend::Local { engine, writer } => writer.put_many(engine.as_ref(), items).await,
+            Backend::Replicated(..) => {
+                let writes = items
+                    .into_iter()
+                    .map(|(key, value, expires_at_ms)| ReplicatedWrite::Put {
+                        key,
+                        value,
+                        expires_at_ms,
+                    })
+                    .collect();
+                self.replicate(writes).await.map(drop)
             }
         }
-        let mut pending = Vec::new();
-        for (key, value, expires_at_ms) in items {
-            self.bump(&key);
-            if pending.is_empty() && key.len() + value.len() <= INLINE_WRITE_MAX_BYTES {
-                let op = limedb_storage::WriteOp::Put {
-                    key: &key,
-                    value: &value,
-                    expires_at_ms,
-                };
-                if let Some(done) = self.engine.try_write_now(op) {
-                    done.map_err(ApiError::from)?;
-                    continue;
-                }
-            }
-            let (reply, answer) = oneshot::channel();
-            self.writer
-                .queue
-                .send(WriteOp::Put {
-                    key,
-                    value,
-                    expires_at_ms,
-                    reply,
-                })
-                .await
-                .map_err(|_| writer_gone())?;
-            pending.push(answer);
-        }
-        for answer in pending {
-            answer.await.map_err(|_| writer_gone())??;
-        }
-        Ok(())
     }
 
     /// Writes a key (taking its lock for the write).
@@ -319,13 +356,153 @@ impl Storage {
             return Err(ApiError::Internal("write without the key's lock".into()));
         }
         self.bump(&key);
+        match &self.backend {
+            Backend::Local { engine, writer } => {
+                writer.put(engine.as_ref(), key, value, expires_at_ms).await
+            }
+            Backend::Replicated(..) => {
+                let put = ReplicatedWrite::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                };
+                self.replicate(vec![put]).await.map(drop)
+            }
+        }
+    }
+
+    /// Deletes a key whose lock the caller holds in `locks`; `true` when it existed.
+    pub async fn delete_locked(&self, locks: &KeyLocks<'_>, key: Bytes) -> Result<bool, ApiError> {
+        if !locks.covers(&key) {
+            return Err(ApiError::Internal("write without the key's lock".into()));
+        }
+        self.bump(&key);
+        match &self.backend {
+            Backend::Local { engine, writer } => writer.delete(engine.as_ref(), key).await,
+            Backend::Replicated(..) => {
+                let removed = self
+                    .replicate(vec![ReplicatedWrite::Delete { key }])
+                    .await?;
+                Ok(removed.first().copied().unwrap_or(false))
+            }
+        }
+    }
+
+    /// Hands `writes` to the group and waits for their commit (replicated shards only).
+    async fn replicate(&self, writes: Vec<ReplicatedWrite>) -> Result<Vec<bool>, ApiError> {
+        let Backend::Replicated(replica, commit_latency) = &self.backend else {
+            return Err(ApiError::Internal(
+                "a replicated write on a local shard".into(),
+            ));
+        };
+        let started = std::time::Instant::now();
+        let removed = replica.write(writes).await?;
+        commit_latency.observe(started.elapsed().as_secs_f64());
+        Ok(removed)
+    }
+
+    /// At most `limit` live entries with keys `>= start`, ascending.
+    pub async fn scan(
+        &self,
+        start: Option<Bytes>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Value)>, ApiError> {
+        self.read_fence().await?;
+        blocking(&self.engine(), move |e| e.scan(start.as_deref(), limit)).await
+    }
+
+    /// The number of live keys.
+    pub async fn key_count(&self) -> Result<u64, ApiError> {
+        self.read_fence().await?;
+        blocking(&self.engine(), |e| e.len()).await
+    }
+
+    /// A page of live keys in key order.
+    pub async fn page(&self, offset: u64, limit: usize) -> Result<Page, ApiError> {
+        self.read_fence().await?;
+        blocking(&self.engine(), move |e| e.page(offset, limit)).await
+    }
+
+    /// Locally: stops the writer thread once every queued write is applied, then syncs and
+    /// closes the engine. Replicated: stops the replica (which records how far it applied and
+    /// closes the engine). Later calls fail with [`ApiError::ShuttingDown`] or a closed-engine
+    /// error.
+    pub async fn close(&self) -> Result<(), ApiError> {
+        match &self.backend {
+            Backend::Local { engine, writer } => writer.close(Arc::clone(engine)).await,
+            Backend::Replicated(replica, _) => Ok(replica.shutdown().await?),
+        }
+    }
+}
+
+impl Writer {
+    /// [`Storage::put_many_locked`] on a local shard.
+    async fn put_many(
+        &self,
+        engine: &dyn Engine,
+        items: Vec<(Bytes, Bytes, Option<u64>)>,
+    ) -> Result<(), ApiError> {
+        // The whole batch at once (one log append) if the engine can write it without waiting.
+        let bytes: usize = items.iter().map(|(k, v, _)| k.len() + v.len()).sum();
+        if bytes <= INLINE_WRITE_MAX_BYTES {
+            let ops: Vec<limedb_storage::WriteOp<'_>> = items
+                .iter()
+                .map(|(key, value, expires_at_ms)| limedb_storage::WriteOp::Put {
+                    key,
+                    value,
+                    expires_at_ms: *expires_at_ms,
+                })
+                .collect();
+            if let Some(done) = engine.try_write_many_now(&ops) {
+                return done.map(drop).map_err(ApiError::from);
+            }
+        }
+        let mut pending = Vec::new();
+        for (key, value, expires_at_ms) in items {
+            if pending.is_empty() && key.len() + value.len() <= INLINE_WRITE_MAX_BYTES {
+                let op = limedb_storage::WriteOp::Put {
+                    key: &key,
+                    value: &value,
+                    expires_at_ms,
+                };
+                if let Some(done) = engine.try_write_now(op) {
+                    done.map_err(ApiError::from)?;
+                    continue;
+                }
+            }
+            let (reply, answer) = oneshot::channel();
+            self.queue
+                .send(WriteOp::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                    reply,
+                })
+                .await
+                .map_err(|_| writer_gone())?;
+            pending.push(answer);
+        }
+        for answer in pending {
+            answer.await.map_err(|_| writer_gone())??;
+        }
+        Ok(())
+    }
+
+    /// One put on a local shard: inline if the engine can, else through the writer thread.
+    async fn put(
+        &self,
+        engine: &dyn Engine,
+        key: Bytes,
+        value: Bytes,
+        expires_at_ms: Option<u64>,
+    ) -> Result<(), ApiError> {
         if key.len() + value.len() <= INLINE_WRITE_MAX_BYTES {
             let op = limedb_storage::WriteOp::Put {
                 key: &key,
                 value: &value,
                 expires_at_ms,
             };
-            if let Some(done) = self.engine.try_write_now(op) {
+            if let Some(done) = engine.try_write_now(op) {
                 return done.map(|_| ()).map_err(ApiError::from);
             }
         }
@@ -338,16 +515,9 @@ impl Storage {
         .await
     }
 
-    /// Deletes a key whose lock the caller holds in `locks`; `true` when it existed.
-    pub async fn delete_locked(&self, locks: &KeyLocks<'_>, key: Bytes) -> Result<bool, ApiError> {
-        if !locks.covers(&key) {
-            return Err(ApiError::Internal("write without the key's lock".into()));
-        }
-        self.bump(&key);
-        if let Some(done) = self
-            .engine
-            .try_write_now(limedb_storage::WriteOp::Delete { key: &key })
-        {
+    /// One delete on a local shard: inline if the engine can, else through the writer thread.
+    async fn delete(&self, engine: &dyn Engine, key: Bytes) -> Result<bool, ApiError> {
+        if let Some(done) = engine.try_write_now(limedb_storage::WriteOp::Delete { key: &key }) {
             return done.map_err(ApiError::from);
         }
         self.submit(|reply| WriteOp::Delete { key, reply }).await
@@ -359,45 +529,17 @@ impl Storage {
         op: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> WriteOp,
     ) -> Result<T, ApiError> {
         let (reply, answer) = oneshot::channel();
-        self.writer
-            .queue
+        self.queue
             .send(op(reply))
             .await
             .map_err(|_| writer_gone())?;
         answer.await.map_err(|_| writer_gone())?
     }
 
-    /// At most `limit` live entries with keys `>= start`, ascending.
-    pub async fn scan(
-        &self,
-        start: Option<Bytes>,
-        limit: usize,
-    ) -> Result<Vec<(Bytes, Value)>, ApiError> {
-        blocking(&self.engine, move |e| e.scan(start.as_deref(), limit)).await
-    }
-
-    /// The number of live keys.
-    pub async fn key_count(&self) -> Result<u64, ApiError> {
-        blocking(&self.engine, |e| e.len()).await
-    }
-
-    /// A page of live keys in key order.
-    pub async fn page(&self, offset: u64, limit: usize) -> Result<Page, ApiError> {
-        blocking(&self.engine, move |e| e.page(offset, limit)).await
-    }
-
-    /// Stops the writer thread once every queued write is applied, then syncs and closes the
-    /// engine. Later calls fail with [`ApiError::ShuttingDown`] or a closed-engine error.
-    pub async fn close(&self) -> Result<(), ApiError> {
+    async fn close(&self, engine: Arc<dyn Engine>) -> Result<(), ApiError> {
         // If the thread is already gone the send fails, which is fine.
-        let _ = self.writer.queue.send(WriteOp::Stop).await;
-        let thread = self
-            .writer
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let engine = Arc::clone(&self.engine);
+        let _ = self.queue.send(WriteOp::Stop).await;
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         let closer = move || {
             if let Some(thread) = thread {
                 if thread.join().is_err() {

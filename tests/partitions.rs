@@ -1,0 +1,387 @@
+//! A shard's Raft group across network partitions, and histories checked for linearizability.
+//!
+//! Each replica runs in a Linux network namespace of its own (a [`netns::Lab`] the test makes:
+//! veth pairs into a bridge); the coordinator and the clients run in the test's namespace and
+//! reach every replica. Faults cut the leader off from everyone, or from its peers only (the
+//! coordinator still reaching it). Where the kernel refuses namespaces (not root, no
+//! CAP_NET_ADMIN) the partition tests say so and skip (CI sets `LIMEDB_REQUIRE_NETNS=1`, which
+//! makes that a failure); the linearizability test then injects kills and pauses only.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use limedb_testkit::group::{Group, Placement};
+use limedb_testkit::linearizability::{check, History, OpKind, Outcome};
+use limedb_testkit::netns::{self, Host, Lab};
+use limedb_testkit::{http, temp_dir, wait_for, HttpConn};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_limedb"))
+}
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Three replicas of shard 1, each in a namespace of `lab`, all on port 7001 of their host.
+fn group_in(lab: &Lab, dir: &Path) -> (Group, BTreeMap<u64, Host>) {
+    let mut hosts = BTreeMap::new();
+    let mut placements = BTreeMap::new();
+    for r in 1..=3u64 {
+        let host = lab
+            .add_host(&format!("r{r}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        placements.insert(
+            r,
+            Placement {
+                ip: host.ip().to_string(),
+                port: 7001,
+                wrapper: host.wrapper(),
+            },
+        );
+        hosts.insert(r, host);
+    }
+    (Group::start_at(bin(), dir, 1, placements, &[]), hosts)
+}
+
+async fn health_of(url: &str) -> Option<serde_json::Value> {
+    let addr = url.trim_start_matches("http://").to_string();
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        http::request(&addr, "GET", "/api/v1/health", &[], None),
+    )
+    .await
+    .ok()?
+    .ok()?
+    .json()
+}
+
+/// Waits until some replica other than `old` leads; returns it.
+async fn new_leader(group: &Group, old: u64) -> u64 {
+    let others: Vec<u64> = group
+        .replicas
+        .keys()
+        .copied()
+        .filter(|r| *r != old)
+        .collect();
+    wait_for(
+        Duration::from_secs(15),
+        "a new leader on the majority side",
+        || {
+            let others = others.clone();
+            async move {
+                for r in others {
+                    if health_of(&group.url(r)).await?["role"] == "leader" {
+                        return Some(r);
+                    }
+                }
+                None
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until replica `r` follows leader `leader` and has applied what it committed.
+async fn converged(group: &Group, r: u64, leader: u64) {
+    let target = health_of(&group.url(leader))
+        .await
+        .and_then(|h| h["commitIndex"].as_u64())
+        .unwrap_or(0);
+    let url = group.url(r);
+    wait_for(
+        Duration::from_secs(20),
+        &format!("replica {r} to follow {leader} and apply {target}"),
+        || {
+            let url = url.clone();
+            async move {
+                let h = health_of(&url).await?;
+                (h["role"] == "follower"
+                    && h["leaderId"].as_u64() == Some(leader)
+                    && h["appliedIndex"].as_u64()? >= target)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// Sets `key` through `coordinator` until one write is acknowledged; how long it took.
+async fn writable_after(coordinator: &str, key: &str, since: Instant) -> Duration {
+    loop {
+        if let Ok(mut c) = HttpConn::connect(coordinator).await {
+            if c.set(key, "x").await.is_ok_and(|r| r.status == 200) {
+                return since.elapsed();
+            }
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "no write went through for 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_leader_is_replaced_and_rejoins() {
+    if netns::skip_if_unavailable("an_isolated_leader_is_replaced_and_rejoins") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::new("iso").unwrap_or_else(|e| panic!("{e}"));
+    let dir = temp_dir();
+    let (mut group, hosts) = group_in(&lab, dir.path());
+    let coordinator = group.coordinator(&[]);
+    let coord = coordinator.http_addr();
+    group.wait_known_by(&coordinator).await;
+    let old = group.leader(Duration::from_secs(20)).await;
+    let mut c = HttpConn::connect(&coord).await.expect("connect");
+    assert_eq!(c.set("before", "1").await.expect("set").status, 200);
+    let cut = Instant::now();
+    lab.isolate(&hosts[&old]).unwrap_or_else(|e| panic!("{e}"));
+    let took = writable_after(&coord, "during", cut).await;
+    println!("leader {old} isolated; writes go through again after {took:?}");
+    let new = new_leader(&group, old).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lab.heal().unwrap_or_else(|e| panic!("{e}"));
+    converged(&group, old, new).await;
+    let mut c = HttpConn::connect(&coord).await.expect("connect");
+    for key in ["before", "during"] {
+        assert_eq!(c.get(key).await.expect("get").status, 200, "{key}");
+    }
+    // Everything stops cleanly inside the namespaces too.
+    for (_, mut node) in std::mem::take(&mut group.replicas) {
+        assert!(node.terminate(Duration::from_secs(15)), "clean stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_peers_acknowledges_nothing() {
+    if netns::skip_if_unavailable("a_leader_cut_off_from_its_peers_acknowledges_nothing") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::new("cut").unwrap_or_else(|e| panic!("{e}"));
+    let dir = temp_dir();
+    let (group, hosts) = group_in(&lab, dir.path());
+    let coordinator = group.coordinator(&[]);
+    let coord = coordinator.http_addr();
+    group.wait_known_by(&coordinator).await;
+    let old = group.leader(Duration::from_secs(20)).await;
+    let mut c = HttpConn::connect(&coord).await.expect("connect");
+    assert_eq!(c.set("k", "before").await.expect("set").status, 200);
+    let peers: Vec<&Host> = hosts
+        .iter()
+        .filter(|(r, _)| **r != old)
+        .map(|(_, h)| h)
+        .collect();
+    let cut = Instant::now();
+    lab.partition(&[&hosts[&old]], &peers)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The old leader is still reachable from here, but cannot commit: a write sent to it
+    // directly is not acknowledged, and a read is refused (it cannot confirm its leadership).
+    let addr = group.url(old).trim_start_matches("http://").to_string();
+    let mut direct = HttpConn::connect(&addr)
+        .await
+        .expect("the old leader answers");
+    let write = direct.set("k", "minority").await.expect("an answer");
+    assert_ne!(write.status, 200, "the cut-off leader acknowledged a write");
+    let read = direct.get("k").await.expect("an answer");
+    assert_ne!(
+        read.status,
+        200,
+        "the cut-off leader answered a read: {}",
+        read.text()
+    );
+    // The majority elects a leader; the coordinator follows it.
+    let took = writable_after(&coord, "k", cut).await;
+    println!("leader {old} cut off from its peers; writes go through again after {took:?}");
+    let new = new_leader(&group, old).await;
+    lab.heal().unwrap_or_else(|e| panic!("{e}"));
+    converged(&group, old, new).await;
+    // The write the cut-off leader took was never committed, so it never appears.
+    let mut c = HttpConn::connect(&coord).await.expect("connect");
+    let r = c.get("k").await.expect("get");
+    assert_eq!((r.status, r.text()), (200, "x".to_string()));
+}
+
+/// Microseconds since `start`.
+fn at(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}
+
+/// A client doing random reads and writes of unique values on `keys` until `stop`.
+async fn history_client(
+    coordinator: String,
+    client: u64,
+    keys: Vec<String>,
+    start: Instant,
+    history: Arc<Mutex<History>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut seq = 0u64;
+    let mut conn: Option<HttpConn> = None;
+    let mut state = client.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while !stop.load(Ordering::Relaxed) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let key = keys[(state % keys.len() as u64) as usize].clone();
+        let write = state.is_multiple_of(2);
+        if conn.is_none() {
+            conn = HttpConn::connect(&coordinator).await.ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        if write {
+            let value = format!("c{client}-{seq}");
+            seq += 1;
+            let id = history.lock().expect("history").invoke(
+                client,
+                key.clone(),
+                OpKind::Write(value.clone()),
+                at(start),
+            );
+            let outcome = match c.set(&key, &value).await {
+                Ok(r) if r.status == 200 => Outcome::Written,
+                Ok(r) if r.json().is_some_and(|j| j["error"] == "not_leader") => Outcome::Failed,
+                Ok(_) => Outcome::Unknown,
+                Err(_) => {
+                    conn = None;
+                    Outcome::Unknown
+                }
+            };
+            history
+                .lock()
+                .expect("history")
+                .complete(id, outcome, at(start));
+        } else {
+            let id = history.lock().expect("history").invoke(
+                client,
+                key.clone(),
+                OpKind::Read,
+                at(start),
+            );
+            let outcome = match c.get(&key).await {
+                Ok(r) if r.status == 200 => Outcome::Read(Some(r.text())),
+                Ok(r) if r.status == 404 => Outcome::Read(None),
+                Ok(_) => Outcome::Unknown,
+                Err(_) => {
+                    conn = None;
+                    Outcome::Unknown
+                }
+            };
+            history
+                .lock()
+                .expect("history")
+                .complete(id, outcome, at(start));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn histories_under_kills_pauses_and_partitions_are_linearizable() {
+    let _serial = SERIAL.lock().await;
+    let lab = match netns::available() {
+        Ok(()) => Some(Lab::new("lin").unwrap_or_else(|e| panic!("{e}"))),
+        Err(why) => {
+            assert!(
+                std::env::var_os(netns::REQUIRE_ENV).is_none(),
+                "{} is set but network namespaces are unavailable: {why}",
+                netns::REQUIRE_ENV
+            );
+            eprintln!(
+                "network namespaces are unavailable ({why}): faults are kills and pauses only"
+            );
+            None
+        }
+    };
+    let dir = temp_dir();
+    let (mut group, hosts) = match &lab {
+        Some(lab) => group_in(lab, dir.path()),
+        None => (Group::start(bin(), dir.path(), 1, 3, &[]), BTreeMap::new()),
+    };
+    let coordinator = group.coordinator(&[]);
+    let coord = coordinator.http_addr();
+    group.wait_known_by(&coordinator).await;
+    group.leader(Duration::from_secs(20)).await;
+    let start = Instant::now();
+    let history = Arc::new(Mutex::new(History::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let keys: Vec<String> = (0..3).map(|i| format!("lin-{i}")).collect();
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..6 {
+        clients.spawn(history_client(
+            coord.clone(),
+            client,
+            keys.clone(),
+            start,
+            Arc::clone(&history),
+            Arc::clone(&stop),
+        ));
+    }
+    let mut faults = Vec::new();
+    for round in 0..8 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let leader = group.leader(Duration::from_secs(20)).await;
+        let kinds = if lab.is_some() { 4 } else { 2 };
+        match round % kinds {
+            0 => {
+                group.kill(leader);
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                group.spawn(leader);
+                faults.push(format!("killed leader {leader}"));
+            }
+            1 => {
+                group.replicas[&leader].freeze();
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                group.replicas[&leader].signal("CONT");
+                faults.push(format!("paused leader {leader}"));
+            }
+            2 => {
+                let lab = lab.as_ref().expect("a lab");
+                let peers: Vec<&Host> = hosts
+                    .iter()
+                    .filter(|(r, _)| **r != leader)
+                    .map(|(_, h)| h)
+                    .collect();
+                lab.partition(&[&hosts[&leader]], &peers)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                tokio::time::sleep(Duration::from_millis(2000)).await;
+                lab.heal().unwrap_or_else(|e| panic!("{e}"));
+                faults.push(format!("cut leader {leader} off from its peers"));
+            }
+            _ => {
+                let lab = lab.as_ref().expect("a lab");
+                lab.isolate(&hosts[&leader])
+                    .unwrap_or_else(|e| panic!("{e}"));
+                tokio::time::sleep(Duration::from_millis(2000)).await;
+                lab.heal().unwrap_or_else(|e| panic!("{e}"));
+                faults.push(format!("isolated leader {leader}"));
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    while clients.join_next().await.is_some() {}
+    let history = history.lock().expect("history").clone();
+    let ops = history.ops();
+    let written = ops.iter().filter(|o| o.outcome == Outcome::Written).count();
+    let reads = ops
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Read(_)))
+        .count();
+    let unknown = ops.iter().filter(|o| o.outcome == Outcome::Unknown).count();
+    println!(
+        "{} operations: {written} acknowledged writes, {reads} reads, {unknown} unknown; faults: {}",
+        ops.len(),
+        faults.join(", ")
+    );
+    assert!(written > 100 && reads > 100, "too little traffic to judge");
+    if let Err(violation) = check(&history) {
+        panic!("not linearizable:\n{violation:?}\n{}", group.logs());
+    }
+}
