@@ -481,6 +481,16 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100, value_name = "BYTES")]
     pub value_size: usize,
 
+    /// What the values look like; both kinds are alphanumeric and the same for the same key.
+    /// "repeating" (the default): every value is one of 61 overlapping windows into one short
+    /// buffer, so the server's storage compresses them to almost nothing (cheap, but 1 GiB loaded
+    /// is far less than 1 GiB on disk). "random": each value is a window at a hashed offset into
+    /// 32 MiB or more of random alphanumeric bytes generated once at start, so nearly every value
+    /// is distinct and does not compress beyond the ~6 bits per byte of the alphabet: loading
+    /// 1 GiB makes the store hold roughly 0.75-1 GiB.
+    #[arg(long, default_value = "repeating", value_name = "KIND")]
+    pub values: String,
+
     /// "random" or "sequential" key order.
     #[arg(long, default_value = "random", value_name = "PATTERN")]
     pub key_pattern: String,

@@ -498,6 +498,7 @@ async fn run_bench(args: BenchArgs) -> Result<(), String> {
             .map_err(|e| format!("--workload: {e}"))?,
         keyspace: args.keyspace,
         value_size: args.value_size,
+        value_kind: args.values.parse().map_err(|e| format!("--values: {e}"))?,
         key_pattern: args
             .key_pattern
             .parse()

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use limedb_raft::RaftTiming;
 use limedb_testkit::group::{Group, Placement};
 use limedb_testkit::linearizability::{check, History, OpKind, Outcome};
 use limedb_testkit::netns::{self, Host, Lab};
@@ -187,6 +188,14 @@ async fn a_leader_cut_off_from_its_peers_acknowledges_nothing() {
         .expect("the old leader answers");
     let write = direct.set("k", "minority").await.expect("an answer");
     assert_ne!(write.status, 200, "the cut-off leader acknowledged a write");
+    // Inside its read lease (3/4 of the election timeout after the last acknowledgement, so at
+    // most that long after the cut) it may still serve reads: no other leader can exist yet.
+    // The write above waited out its commit timeout, far longer; the lease is over.
+    assert!(
+        cut.elapsed() > RaftTiming::default().read_lease(),
+        "the write was refused after {:?}, inside the read lease",
+        cut.elapsed()
+    );
     let read = direct.get("k").await.expect("an answer");
     assert_ne!(
         read.status,

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Extra flags: `--target limedb|etcd`, `--key-pattern sequential|random`,
-//! `--no-prefill`, `--warmup N`, `--timeout-ms MS`.
+//! `--values repeating|random`, `--no-prefill`, `--warmup N`, `--timeout-ms MS`.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -45,6 +45,7 @@ fn parse() -> Result<(BenchOptions, bool), String> {
             "--workload" => options.workload = value()?.parse().map_err(|e| format!("{e}"))?,
             "--keyspace" => options.keyspace = num(&flag, value()?)?,
             "--value-size" => options.value_size = num(&flag, value()?)?,
+            "--values" => options.value_kind = value()?.parse().map_err(|e| format!("{e}"))?,
             "--key-pattern" => {
                 options.key_pattern = value()?.parse().map_err(|e| format!("{e}"))?
             }
@@ -56,7 +57,7 @@ fn parse() -> Result<(BenchOptions, bool), String> {
                 println!(
                     "usage: bench_client --url URL [--target limedb|etcd] [--connections C] [--requests N] \
                      [--workload set|get|mixed] [--keyspace K] [--value-size B] \
-                     [--key-pattern sequential|random] [--no-prefill] [--warmup N] \
+                     [--values repeating|random] [--key-pattern sequential|random] [--no-prefill] [--warmup N] \
                      [--timeout-ms MS] [--json]"
                 );
                 std::process::exit(0);

@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 
 use crate::etcd;
 use crate::keys::{write_key, ValuePool};
-use crate::options::{Api, Target};
+use crate::options::{Api, Target, ValueKind};
 
 /// Bytes escaped in a key placed in a URL path segment.
 const PATH_SEGMENT: &AsciiSet = &CONTROLS
@@ -90,11 +90,13 @@ pub struct RequestParts {
 
 impl RequestParts {
     /// Parts for a server speaking `api` at `target`, values of `value_size`
-    /// bytes and a per-request timeout.
+    /// bytes of kind `value_kind` (the [`ValuePool`] is generated here, once),
+    /// and a per-request timeout.
     pub fn new(
         api: Api,
         target: &Target,
         value_size: usize,
+        value_kind: ValueKind,
         timeout: Duration,
     ) -> Arc<RequestParts> {
         let host = HeaderValue::from_str(target.authority())
@@ -114,7 +116,7 @@ impl RequestParts {
             get_prefix: format!("{}/api/v1/get/", target.path_prefix()).into_bytes(),
             set_uri,
             range_uri: uri(etcd::RANGE_PATH),
-            values: ValuePool::new(value_size),
+            values: ValuePool::new(value_size, value_kind),
             timeout,
         })
     }
@@ -327,6 +329,10 @@ mod tests {
     }
 
     async fn client_with(api: Api, url: &str) -> Option<Client> {
+        client_with_values(api, url, ValueKind::Repeating).await
+    }
+
+    async fn client_with_values(api: Api, url: &str, kind: ValueKind) -> Option<Client> {
         // A listener that accepts but never answers is enough to build requests.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
         let addr = listener.local_addr().ok()?;
@@ -335,7 +341,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
         let target = Target::parse(url).ok()?;
-        let parts = RequestParts::new(api, &target, 8, Duration::from_millis(200));
+        let parts = RequestParts::new(api, &target, 8, kind, Duration::from_millis(200));
         Client::connect(addr, parts).await.ok()
     }
 
@@ -393,6 +399,35 @@ mod tests {
             .ok_or("no client")?;
         assert_eq!(client.build(Op::Get, 0).uri(), "/gw/v3/kv/range");
         assert_eq!(client.build(Op::Set, 0).uri(), "/gw/v3/kv/put");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn set_bodies_carry_random_values_for_both_apis() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let mut client =
+            client_with_values(Api::LimeDb, "http://127.0.0.1:8080", ValueKind::Random)
+                .await
+                .ok_or("no client")?;
+        assert_eq!(client.parts.values.kind(), ValueKind::Random);
+        for index in [0, 1, 42] {
+            let value = client.parts.values.value(index).to_vec();
+            assert_eq!(value.len(), 8);
+            let body = client.build(Op::Set, index).into_body().collect().await?;
+            let json: serde_json::Value = serde_json::from_slice(&body.to_bytes())?;
+            assert_eq!(json["value"].as_str(), std::str::from_utf8(&value).ok());
+        }
+        assert_ne!(client.parts.values.value(0), client.parts.values.value(1));
+
+        let mut client = client_with_values(Api::Etcd, "http://127.0.0.1:2379", ValueKind::Random)
+            .await
+            .ok_or("no client")?;
+        let value = client.parts.values.value(42).to_vec();
+        let body = client.build(Op::Set, 42).into_body().collect().await?;
+        let json: serde_json::Value = serde_json::from_slice(&body.to_bytes())?;
+        let mut expected = BytesMut::new();
+        etcd::write_base64(&mut expected, &value);
+        assert_eq!(json["value"].as_str(), std::str::from_utf8(&expected).ok());
         Ok(())
     }
 

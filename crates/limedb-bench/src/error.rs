@@ -46,6 +46,10 @@ pub enum BenchError {
     #[error("unknown key pattern {0:?}: expected sequential or random")]
     UnknownKeyPattern(String),
 
+    /// A value-kind name did not parse (see [`ValueKind`](crate::ValueKind)).
+    #[error("unknown value kind {0:?}: expected repeating or random")]
+    UnknownValueKind(String),
+
     /// The host name of the URL did not resolve.
     #[error("cannot resolve {host:?}: {source}")]
     Resolve {

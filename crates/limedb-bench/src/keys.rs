@@ -4,14 +4,25 @@
 //! * Keys are `key:` followed by the index zero-padded to [`KEY_DIGITS`]
 //!   digits (`key:000000000042`), the naming of the seed prototype's
 //!   `bulk_set.py`. They need no JSON escaping and no percent-encoding.
-//! * Values come from a [`ValuePool`]: one alphanumeric buffer generated once;
-//!   the value of key `i` is a window into it starting at `i % 61`, so values
-//!   are deterministic, differ between neighbouring keys, and cost nothing to
-//!   produce.
+//! * Values come from a [`ValuePool`]: one alphanumeric buffer generated once
+//!   when the run starts; the value of key `i` is a `value_size`-byte window
+//!   into it, so values are deterministic per key (same index, same bytes),
+//!   need no JSON escaping, and cost nothing per request. Where the window
+//!   starts depends on the [`ValueKind`]:
+//!   * [`ValueKind::Repeating`] (the default): at `i % 61` in a buffer of
+//!     `value_size + 61` bytes. Neighbouring keys differ, but there are only 61
+//!     distinct values, all overlapping, so a storage engine compresses them
+//!     to almost nothing: 1 GiB loaded is far less than 1 GiB on disk.
+//!   * [`ValueKind::Random`]: at an offset given by the [`SplitMix64`] hash
+//!     of `i` in a buffer of [`random_pool_len`] (at least
+//!     [`RANDOM_POOL_MIN_BYTES`]) random alphanumeric bytes. Nearly every
+//!     value is distinct and windows rarely overlap, so a block compressor
+//!     finds nothing to share; alphanumeric bytes still carry only log2 62 ≈
+//!     5.95 bits each, so expect at best ~6/8 of the loaded size on disk.
 //! * [`SplitMix64`] is the PRNG (no `rand` dependency); [`KeyChooser`] turns a
 //!   [`KeyPattern`] into indices for one connection.
 
-use crate::KeyPattern;
+use crate::{KeyPattern, ValueKind};
 
 /// Every key starts with this.
 pub const KEY_PREFIX: &str = "key:";
@@ -60,33 +71,118 @@ pub fn key_string(index: u64) -> String {
 
 const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
-/// Number of distinct value windows.
+/// Number of distinct value windows of [`ValueKind::Repeating`].
 const VALUE_WINDOWS: usize = 61;
+
+/// Smallest buffer behind [`ValueKind::Random`] values.
+pub const RANDOM_POOL_MIN_BYTES: usize = 32 << 20;
+
+/// Largest buffer behind [`ValueKind::Random`] values (reached with values of
+/// 64 KiB), so that huge values do not make the client allocate gigabytes.
+pub const RANDOM_POOL_MAX_BYTES: usize = 256 << 20;
+
+/// A [`ValueKind::Random`] buffer holds this many values side by side (when
+/// that stays within [`RANDOM_POOL_MIN_BYTES`]..=[`RANDOM_POOL_MAX_BYTES`]),
+/// so two windows seldom overlap.
+pub const RANDOM_POOL_VALUES: usize = 4096;
+
+/// Seed of the [`ValueKind::Repeating`] buffer (unchanged since the first version).
+const REPEATING_SEED: u64 = 0x11AE_DB00_5EED;
+
+/// Seed of the [`ValueKind::Random`] buffer.
+const RANDOM_BUFFER_SEED: u64 = 0x5EED_5A1D_B0FF_0002;
+
+/// Mixed into the key index before hashing it to a [`ValueKind::Random`] offset.
+const RANDOM_OFFSET_SEED: u64 = 0x0FF5_E7ED_4B1D_CAFE;
+
+/// Bytes of the buffer behind [`ValueKind::Random`] values of `value_size`
+/// bytes: `value_size * 4096` within 32 MiB..=256 MiB, and never less than
+/// `value_size`.
+///
+/// ```
+/// use limedb_bench::keys::random_pool_len;
+/// assert_eq!(random_pool_len(100), 32 << 20);
+/// assert_eq!(random_pool_len(16 << 10), 64 << 20);
+/// assert_eq!(random_pool_len(1 << 20), 256 << 20);
+/// ```
+pub fn random_pool_len(value_size: usize) -> usize {
+    value_size
+        .saturating_mul(RANDOM_POOL_VALUES)
+        .clamp(RANDOM_POOL_MIN_BYTES, RANDOM_POOL_MAX_BYTES)
+        .max(value_size)
+}
+
+/// `len` uniformly random alphanumeric bytes: each 64-bit output of the
+/// generator gives ten 6-bit digits, and digits 62 and 63 are dropped, so every
+/// byte is one of the 62 symbols with equal probability, independently.
+fn random_alphanumeric(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = SplitMix64::new(seed);
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let mut bits = rng.next_u64();
+        for _ in 0..10 {
+            if let Some(&c) = ALPHABET.get((bits & 63) as usize) {
+                out.push(c);
+            }
+            bits >>= 6;
+        }
+    }
+    out.truncate(len);
+    out
+}
 
 /// Pre-generated value bytes; see the module docs.
 #[derive(Debug, Clone)]
 pub struct ValuePool {
     bytes: Vec<u8>,
     value_size: usize,
+    kind: ValueKind,
 }
 
 impl ValuePool {
-    /// Builds the pool for values of `value_size` bytes.
-    pub fn new(value_size: usize) -> ValuePool {
-        let mut rng = SplitMix64::new(0x11AE_DB00_5EED);
-        let bytes = (0..value_size + VALUE_WINDOWS)
-            .map(|_| {
-                let i = rng.below(ALPHABET.len() as u64) as usize;
-                ALPHABET.get(i).copied().unwrap_or(b'x')
-            })
-            .collect();
-        ValuePool { bytes, value_size }
+    /// Builds the pool for values of `value_size` bytes of kind `kind`.
+    ///
+    /// All the work happens here: [`ValueKind::Random`] generates
+    /// [`random_pool_len`]`(value_size)` bytes (32 MiB for small values), which
+    /// takes a few tens of milliseconds in a release build.
+    pub fn new(value_size: usize, kind: ValueKind) -> ValuePool {
+        let bytes = match kind {
+            ValueKind::Repeating => {
+                let mut rng = SplitMix64::new(REPEATING_SEED);
+                (0..value_size + VALUE_WINDOWS)
+                    .map(|_| {
+                        let i = rng.below(ALPHABET.len() as u64) as usize;
+                        ALPHABET.get(i).copied().unwrap_or(b'x')
+                    })
+                    .collect()
+            }
+            ValueKind::Random => {
+                random_alphanumeric(RANDOM_BUFFER_SEED, random_pool_len(value_size))
+            }
+        };
+        ValuePool {
+            bytes,
+            value_size,
+            kind,
+        }
+    }
+
+    /// The kind of values this pool hands out.
+    pub fn kind(&self) -> ValueKind {
+        self.kind
     }
 
     /// The value written for key `index`: `value_size` printable ASCII bytes,
-    /// alphanumeric only (no JSON escaping needed).
+    /// alphanumeric only (no JSON escaping needed), the same for the same
+    /// index.
     pub fn value(&self, index: u64) -> &[u8] {
-        let start = (index % VALUE_WINDOWS as u64) as usize;
+        let start = match self.kind {
+            ValueKind::Repeating => (index % VALUE_WINDOWS as u64) as usize,
+            ValueKind::Random => {
+                let starts = (self.bytes.len().saturating_sub(self.value_size) + 1) as u64;
+                SplitMix64::new(index ^ RANDOM_OFFSET_SEED).below(starts) as usize
+            }
+        };
         self.bytes
             .get(start..start + self.value_size)
             .unwrap_or_default()

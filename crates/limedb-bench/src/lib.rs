@@ -21,9 +21,9 @@
 //! # Modules
 //!
 //! * [`options`]: [`BenchOptions`], [`Api`], [`Workload`], [`KeyPattern`],
-//!   and [`Target`] (the checked base URL).
-//! * [`keys`]: key names (`key:000000000042`), value bytes, the PRNG and the
-//!   per-connection key choice.
+//!   [`ValueKind`], and [`Target`] (the checked base URL).
+//! * [`keys`]: key names (`key:000000000042`), value bytes (compressible or
+//!   not, per [`ValueKind`]), the PRNG and the per-connection key choice.
 //! * [`client`]: one connection; builds requests from pre-built parts and
 //!   drives hyper's connection in its own task.
 //! * [`etcd`]: etcd's gateway format (base64 bodies, reading its answers).
@@ -74,6 +74,6 @@ pub mod report;
 pub mod run;
 
 pub use error::BenchError;
-pub use options::{Api, BenchOptions, KeyPattern, Target, Workload};
+pub use options::{Api, BenchOptions, KeyPattern, Target, ValueKind, Workload};
 pub use report::{BenchReport, LatencySummary, OpSummary};
 pub use run::run;

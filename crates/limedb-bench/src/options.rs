@@ -1,5 +1,5 @@
-//! What to run: [`BenchOptions`], the [`Api`], [`Workload`] and [`KeyPattern`]
-//! enums, and [`Target`], the base URL checked and split into the parts the
+//! What to run: [`BenchOptions`], the [`Api`], [`Workload`], [`KeyPattern`]
+//! and [`ValueKind`] enums, and [`Target`], the base URL checked and split into the parts the
 //! client needs.
 //!
 //! Everything here is pure: parsing and validation never touch the network
@@ -169,6 +169,55 @@ impl fmt::Display for KeyPattern {
     }
 }
 
+/// What the value bytes look like (`limedb bench --values`); see
+/// [`ValuePool`](crate::keys::ValuePool).
+///
+/// Both kinds are alphanumeric (no JSON escaping, nothing to percent-encode)
+/// and deterministic per key index.
+///
+/// Parses from `repeating` or `random`; [`Display`](fmt::Display) writes the
+/// same.
+///
+/// ```
+/// use limedb_bench::ValueKind;
+/// assert_eq!("random".parse::<ValueKind>().unwrap(), ValueKind::Random);
+/// assert_eq!(ValueKind::default().to_string(), "repeating");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValueKind {
+    /// 61 overlapping windows into one small alphanumeric buffer: every value
+    /// is one of 61 strings, so a store's compressor shrinks them to almost
+    /// nothing. Cheap and the historical behaviour.
+    #[default]
+    Repeating,
+    /// Windows at hashed offsets into a buffer of at least 32 MiB of random
+    /// alphanumeric bytes: nearly every value is distinct and a block
+    /// compressor cannot do much better than ~6 bits per byte (log2 62 ≈ 5.95),
+    /// so loading N bytes of values makes the store hold about N bytes.
+    Random,
+}
+
+impl FromStr for ValueKind {
+    type Err = BenchError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "repeating" => Ok(ValueKind::Repeating),
+            "random" => Ok(ValueKind::Random),
+            _ => Err(BenchError::UnknownValueKind(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for ValueKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ValueKind::Repeating => "repeating",
+            ValueKind::Random => "random",
+        })
+    }
+}
+
 /// Everything a run needs. Start from [`Default`] and override fields.
 ///
 /// ```
@@ -198,8 +247,10 @@ pub struct BenchOptions {
     pub workload: Workload,
     /// Keys are `key:{0..keyspace}`, zero-padded to 12 digits.
     pub keyspace: u64,
-    /// Bytes per value (printable ASCII, deterministic per key).
+    /// Bytes per value (alphanumeric ASCII, deterministic per key).
     pub value_size: usize,
+    /// What the value bytes look like: compressible (the default) or not.
+    pub value_kind: ValueKind,
     /// How keys are chosen.
     pub key_pattern: KeyPattern,
     /// Before a run with GETs, SET every key once (not measured) so GETs hit.
@@ -223,6 +274,7 @@ impl Default for BenchOptions {
             workload: Workload::Set,
             keyspace: 100_000,
             value_size: 100,
+            value_kind: ValueKind::Repeating,
             key_pattern: KeyPattern::Random,
             prefill: true,
             warmup_requests: 0,

@@ -41,6 +41,29 @@ fn key_pattern_parses() -> Result<(), BenchError> {
 }
 
 #[test]
+fn value_kind_parses_and_round_trips() -> Result<(), BenchError> {
+    assert_eq!("repeating".parse::<ValueKind>()?, ValueKind::Repeating);
+    assert_eq!(" RANDOM ".parse::<ValueKind>()?, ValueKind::Random);
+    assert_eq!(ValueKind::default(), ValueKind::Repeating);
+    for kind in [ValueKind::Repeating, ValueKind::Random] {
+        assert_eq!(kind.to_string().parse::<ValueKind>()?, kind);
+    }
+    for text in ["", "zeros", "rand", "repeat"] {
+        match text.parse::<ValueKind>() {
+            Err(e @ BenchError::UnknownValueKind(_)) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("repeating") && message.contains("random"),
+                    "{message}"
+                );
+            }
+            other => panic!("{text:?} should be rejected, got {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn api_parses_and_round_trips() -> Result<(), BenchError> {
     assert_eq!("limedb".parse::<Api>()?, Api::LimeDb);
     assert_eq!(" ETCD ".parse::<Api>()?, Api::Etcd);
@@ -62,6 +85,7 @@ fn defaults_match_the_documented_values() {
     assert_eq!(options.requests, 100_000);
     assert_eq!(options.keyspace, 100_000);
     assert_eq!(options.value_size, 100);
+    assert_eq!(options.value_kind, ValueKind::Repeating);
     assert_eq!(options.key_pattern, KeyPattern::Random);
     assert!(options.prefill);
     assert_eq!(options.warmup_requests, 0);

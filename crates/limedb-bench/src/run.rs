@@ -47,7 +47,13 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     let target = options.validate()?;
     let timeout = Duration::from_millis(options.timeout_ms);
     let addr = resolve_and_probe(&target, timeout).await?;
-    let parts = RequestParts::new(options.api, &target, options.value_size, timeout);
+    let parts = RequestParts::new(
+        options.api,
+        &target,
+        options.value_size,
+        options.value_kind,
+        timeout,
+    );
 
     if options.prefill && options.workload.reads() {
         let spec = PhaseSpec {

@@ -15,7 +15,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use limedb_bench::{run, BenchError, BenchOptions, KeyPattern, Workload};
+use limedb_bench::keys::ValuePool;
+use limedb_bench::{run, BenchError, BenchOptions, KeyPattern, ValueKind, Workload};
 use tokio::net::TcpListener;
 
 type Store = Arc<Mutex<HashMap<String, Bytes>>>;
@@ -135,6 +136,33 @@ async fn set_then_get_with_prefill_finds_every_key() -> TestResult {
     let json: serde_json::Value = serde_json::from_str(&get.to_json())?;
     assert_eq!(json["workload"], "get");
     assert_eq!(json["per_op"]["get"]["not_found"], 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_values_are_stored_as_generated_and_distinct() -> TestResult {
+    let (addr, store) = start_server().await?;
+    // A GET run prefills every key once with the random values, then reads them.
+    let get = run(&BenchOptions {
+        value_kind: ValueKind::Random,
+        requests: 500,
+        ..options(addr, Workload::Get)
+    })
+    .await?;
+    assert_eq!(get.errors, 0, "{}", get.to_table());
+    assert_eq!(get.not_found, 0);
+
+    let map = store.lock().map_err(|e| e.to_string())?;
+    assert_eq!(map.len(), 500, "the prefill writes the whole keyspace");
+    let pool = ValuePool::new(32, ValueKind::Random);
+    for index in [0, 7, 499] {
+        let key = limedb_bench::keys::key_string(index);
+        let value = map.get(&key).ok_or(format!("{key} missing"))?;
+        assert_eq!(value.as_ref(), pool.value(index), "{key}");
+        assert!(value.iter().all(u8::is_ascii_alphanumeric));
+    }
+    let distinct: std::collections::HashSet<&Bytes> = map.values().collect();
+    assert!(distinct.len() >= 495, "{} distinct values", distinct.len());
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use limedb_bench::client::{Client, Op, Outcome, RequestParts};
 use limedb_bench::keys::ValuePool;
-use limedb_bench::{etcd, run, Api, BenchError, BenchOptions, Target, Workload};
+use limedb_bench::{etcd, run, Api, BenchError, BenchOptions, Target, ValueKind, Workload};
 use tokio::net::TcpListener;
 
 /// Base64 key → base64 value, as the fake gateway stores them.
@@ -145,7 +145,10 @@ async fn fake_gateway_set_then_get_finds_every_key() -> TestResult {
             map.len()
         );
         let value = map.get(KEY_7_BASE64).ok_or("key 7 missing")?;
-        assert_eq!(*value, base64(ValuePool::new(32).value(7)));
+        assert_eq!(
+            *value,
+            base64(ValuePool::new(32, ValueKind::Repeating).value(7))
+        );
     }
 
     let get = run(&options(url, Workload::Get)).await?;
@@ -159,6 +162,43 @@ async fn fake_gateway_set_then_get_finds_every_key() -> TestResult {
     let json: serde_json::Value = serde_json::from_str(&get.to_json())?;
     assert_eq!(json["target"], "etcd");
     assert!(get.to_table().contains("target       etcd"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_gateway_with_random_values() -> TestResult {
+    let (addr, store) = start_fake_gateway().await?;
+    let url = format!("http://{addr}");
+    let random = |workload| BenchOptions {
+        value_kind: ValueKind::Random,
+        ..options(url.clone(), workload)
+    };
+
+    let set = run(&random(Workload::Set)).await?;
+    assert_eq!(set.errors, 0, "{}", set.to_table());
+    {
+        let map = store.lock().map_err(|e| e.to_string())?;
+        let value = map.get(KEY_7_BASE64).ok_or("key 7 missing")?;
+        assert_eq!(
+            *value,
+            base64(ValuePool::new(32, ValueKind::Random).value(7))
+        );
+        assert_ne!(
+            *value,
+            base64(ValuePool::new(32, ValueKind::Repeating).value(7))
+        );
+        let distinct: std::collections::HashSet<&String> = map.values().collect();
+        assert!(
+            distinct.len() + 5 >= map.len(),
+            "{} distinct values for {} keys",
+            distinct.len(),
+            map.len()
+        );
+    }
+
+    let get = run(&random(Workload::Get)).await?;
+    assert_eq!(get.errors, 0, "{}", get.to_table());
+    assert_eq!(get.not_found, 0);
     Ok(())
 }
 
@@ -313,7 +353,13 @@ impl Etcd {
     /// the process exits (`false`).
     async fn ready(&mut self, deadline: Duration) -> Result<bool, Box<dyn std::error::Error>> {
         let target = Target::parse(&self.url())?;
-        let parts = RequestParts::new(Api::Etcd, &target, 8, Duration::from_millis(1_000));
+        let parts = RequestParts::new(
+            Api::Etcd,
+            &target,
+            8,
+            ValueKind::Repeating,
+            Duration::from_millis(1_000),
+        );
         let started = Instant::now();
         while started.elapsed() < deadline {
             if self.child.try_wait()?.is_some() {
@@ -410,7 +456,21 @@ async fn real_etcd_set_then_get_finds_every_key() -> TestResult {
     assert_eq!(answer["kvs"][0]["key"], KEY_7_BASE64);
     assert_eq!(
         answer["kvs"][0]["value"],
-        base64(ValuePool::new(32).value(7))
+        base64(ValuePool::new(32, ValueKind::Repeating).value(7))
+    );
+
+    // Random values go through base64 and back the same way.
+    let set = run(&BenchOptions {
+        value_kind: ValueKind::Random,
+        ..options(etcd.url(), Workload::Set)
+    })
+    .await?;
+    assert_eq!(set.errors, 0, "{}", set.to_table());
+    let answer = range(etcd.client_addr, KEY_7_BASE64).await?;
+    assert_eq!(
+        answer["kvs"][0]["value"],
+        base64(ValuePool::new(32, ValueKind::Random).value(7)),
+        "{answer}"
     );
     Ok(())
 }

@@ -32,33 +32,50 @@ use crate::network::{PreVote, RaftTransport, RpcKind};
 use crate::replica::RaftTiming;
 use crate::types::{Raft, ReplicaId};
 
-/// When this replica last heard from a leader (or led).
+/// When this replica last heard from a leader (or led). A replica that may have acknowledged a
+/// leader before it (re)started counts its start as a contact ([`LeaderContact::default`]):
+/// it defends that leader's lease as if it had just heard from it. A pristine one, which never
+/// acknowledged anyone, starts with no contact ([`LeaderContact::never`]).
 #[derive(Debug)]
 pub struct LeaderContact {
     epoch: Instant,
-    last_ms: AtomicU64,
+    /// Milliseconds after `epoch` of the last contact, plus one; 0 for none.
+    last: AtomicU64,
 }
 
 impl Default for LeaderContact {
     fn default() -> Self {
         LeaderContact {
             epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            last: AtomicU64::new(1),
         }
     }
 }
 
 impl LeaderContact {
+    /// No contact yet.
+    pub fn never() -> Self {
+        LeaderContact {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
     /// Records a contact now.
     pub fn touch(&self) {
         let now = self.epoch.elapsed().as_millis() as u64;
-        self.last_ms.fetch_max(now, Ordering::AcqRel);
+        self.last.fetch_max(now + 1, Ordering::AcqRel);
     }
 
-    /// Time since the last contact (since start, before the first).
+    /// Time since the last contact (`Duration::MAX` if none).
     pub fn since(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Acquire)))
+        match self.last.load(Ordering::Acquire) {
+            0 => Duration::MAX,
+            last => {
+                let now = self.epoch.elapsed().as_millis() as u64;
+                Duration::from_millis((now + 1).saturating_sub(last))
+            }
+        }
     }
 }
 
@@ -114,10 +131,10 @@ pub async fn run_elections(
     let mut jitter = Jitter(seed | 1);
     let term = raft.metrics().borrow().current_term;
     let mut wait = timing.stand_after(me, term, jitter.fraction());
-    // After an attempt the next one waits a whole period too. This is not a leader contact:
-    // a replica that failed its own pre-vote still says yes to a better candidate.
-    let mut next_attempt = Instant::now();
-    contact.touch();
+    // After an attempt the next one waits a whole period too, as it does after leading or
+    // becoming a voter. None of these is a leader contact: a replica that failed its own
+    // pre-vote, or just joined the voters, still says yes to a better candidate.
+    let mut next_attempt = Instant::now() + wait;
     loop {
         tokio::time::sleep(tick).await;
         let (state, voters, term) = {
@@ -129,9 +146,12 @@ pub async fn run_elections(
             let voters: Vec<ReplicaId> = m.membership_config.membership().voter_ids().collect();
             (m.state, voters, m.current_term)
         };
-        if state == ServerState::Leader || !voters.contains(&me) {
+        if state == ServerState::Leader {
             contact.touch();
+        }
+        if state == ServerState::Leader || !voters.contains(&me) {
             wait = timing.stand_after(me, term, jitter.fraction());
+            next_attempt = Instant::now() + wait;
             continue;
         }
         if voters.len() == 1 {

@@ -23,6 +23,7 @@
 //! - [`network`]: [`RaftTransport`] (implemented by the server) and openraft's network over it.
 //! - [`replica`]: [`Replica`], what a shard holds: writes, read barriers, membership, status.
 //! - [`election`]: when a replica stands for election (LimeDB's timer, with a pre-vote).
+//! - [`lease`]: the leader's lease, which lets it serve reads without a round to its peers.
 //! - [`fsutil`]: small atomically replaced files and directory syncs.
 //! - [`error`]: [`ReplicaError`], the one error type.
 
@@ -30,6 +31,7 @@ pub mod codec;
 pub mod election;
 pub mod error;
 pub mod fsutil;
+pub mod lease;
 pub mod log_store;
 pub mod network;
 pub mod replica;

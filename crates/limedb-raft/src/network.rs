@@ -23,7 +23,7 @@ use std::future::Future;
 use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use openraft::error::{
@@ -37,6 +37,7 @@ use openraft::raft::{
 use openraft::{AnyError, RPCTypes, Snapshot};
 
 use crate::codec::{from_bytes, to_bytes, CodecError, Decode, Encode, Reader};
+use crate::lease::LeaseClock;
 use crate::types::{ReplicaId, ReplicaNode, SnapshotMeta, TypeConfig, Vote};
 
 /// Bytes of one snapshot chunk.
@@ -298,19 +299,22 @@ pub struct Network {
     me: ReplicaId,
     transport: Arc<dyn RaftTransport>,
     counters: Arc<NetworkCounters>,
+    lease: Arc<LeaseClock>,
 }
 
 impl Network {
-    /// A network for replica `me`.
+    /// A network for replica `me`; acknowledged AppendEntries are recorded in `lease`.
     pub fn new(
         me: ReplicaId,
         transport: Arc<dyn RaftTransport>,
         counters: Arc<NetworkCounters>,
+        lease: Arc<LeaseClock>,
     ) -> Network {
         Network {
             me,
             transport,
             counters,
+            lease,
         }
     }
 }
@@ -322,6 +326,7 @@ pub struct PeerClient {
     url: String,
     transport: Arc<dyn RaftTransport>,
     counters: Arc<NetworkCounters>,
+    lease: Arc<LeaseClock>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -334,6 +339,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             url: node.url.clone(),
             transport: Arc::clone(&self.transport),
             counters: Arc::clone(&self.counters),
+            lease: Arc::clone(&self.lease),
         }
     }
 }
@@ -468,11 +474,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<ReplicaId>> {
+        let vote = rpc.vote;
+        let sent_at = Instant::now();
         let reply = self
             .call(RpcKind::Append, to_bytes(&rpc), option.hard_ttl())
             .await
             .map_err(|e| self.rpc_error(RPCTypes::AppendEntries, e))?;
-        from_bytes(reply).map_err(Self::decode_error)
+        let response: AppendEntriesResponse<ReplicaId> =
+            from_bytes(reply).map_err(Self::decode_error)?;
+        if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+            self.lease.record_ack(self.target, vote, sent_at);
+        }
+        Ok(response)
     }
 
     async fn vote(

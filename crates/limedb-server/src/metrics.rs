@@ -140,6 +140,14 @@ pub struct RaftGauges {
     pub snapshots_received: Gauge,
     /// Bytes of the Raft log on disk.
     pub log_bytes: Gauge,
+    /// Entries proposed as leader.
+    pub proposals: Gauge,
+    /// Writes those entries carried.
+    pub proposed_writes: Gauge,
+    /// Reads served under the leader's lease.
+    pub lease_reads: Gauge,
+    /// Read rounds run (reads that could not use the lease).
+    pub read_rounds: Gauge,
     /// Time from handing a write to the group to its commit and apply on the leader.
     pub commit_latency: Histogram,
 }
@@ -336,6 +344,10 @@ impl Metrics {
             snapshot_bytes_sent: Gauge::default(),
             snapshots_received: Gauge::default(),
             log_bytes: Gauge::default(),
+            proposals: Gauge::default(),
+            proposed_writes: Gauge::default(),
+            lease_reads: Gauge::default(),
+            read_rounds: Gauge::default(),
             commit_latency: latency_histogram(),
         };
         for (name, help, gauge) in [
@@ -388,6 +400,26 @@ impl Metrics {
                 "limedb_raft_log_bytes",
                 "Replica: bytes of the Raft log on disk",
                 &raft.log_bytes,
+            ),
+            (
+                "limedb_raft_proposals",
+                "Replica: log entries proposed as leader since start (each a batch of writes)",
+                &raft.proposals,
+            ),
+            (
+                "limedb_raft_proposed_writes",
+                "Replica: writes carried by those entries",
+                &raft.proposed_writes,
+            ),
+            (
+                "limedb_raft_lease_reads",
+                "Replica: reads served as leader under its lease, without a round to its peers",
+                &raft.lease_reads,
+            ),
+            (
+                "limedb_raft_read_rounds",
+                "Replica: read-index rounds run for reads that could not use the lease",
+                &raft.read_rounds,
             ),
         ] {
             registry.register(name, help, gauge.clone());
@@ -474,6 +506,12 @@ impl Metrics {
         r.snapshots_received
             .set(g(replica.counters().snapshots_received.load(Relaxed)));
         r.log_bytes.set(g(replica.log_bytes()));
+        let counters = replica.counters();
+        r.proposals.set(g(counters.proposals.load(Relaxed)));
+        r.proposed_writes
+            .set(g(counters.proposed_writes.load(Relaxed)));
+        r.lease_reads.set(g(counters.lease_reads.load(Relaxed)));
+        r.read_rounds.set(g(counters.read_rounds.load(Relaxed)));
         let last = status.last_log_index.unwrap_or(0);
         r.replication_lag.clear();
         if status.role == limedb_raft::Role::Leader {

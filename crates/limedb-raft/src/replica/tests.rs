@@ -199,7 +199,15 @@ async fn a_group_forms_replicates_and_fails_over() {
         .await
         .expect("delete");
     assert_eq!(removed, vec![true, false]);
+    // Right after a committed write a quorum has acknowledged the leader: the read is served
+    // under its lease, without a round.
+    let rounds = leader.counters().read_rounds.load(Ordering::Relaxed);
     leader.read_barrier().await.expect("barrier on the leader");
+    assert_eq!(leader.counters().lease_reads.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        leader.counters().read_rounds.load(Ordering::Relaxed),
+        rounds
+    );
     // A follower refuses reads and writes, naming the leader.
     let follower = replicas
         .iter()
@@ -228,6 +236,13 @@ async fn a_group_forms_replicates_and_fails_over() {
     assert!(
         failover < Duration::from_secs(3),
         "failover took {failover:?}"
+    );
+    // The lease's promise: the old leader may serve reads for the read lease after its last
+    // quorum acknowledgement (before the cut); no other leader is elected before then.
+    let read_lease = RaftTiming::default().read_lease();
+    assert!(
+        failover >= read_lease,
+        "a new leader after {failover:?}, inside the old leader's read lease of {read_lease:?}"
     );
     new_leader.read_barrier().await.expect("barrier");
     assert!(new_leader.engine().get(b"k150").expect("get").is_some());

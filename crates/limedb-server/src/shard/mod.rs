@@ -258,6 +258,10 @@ impl ShardNode {
                 "leaderChanges": counters.leader_changes.load(std::sync::atomic::Ordering::Relaxed),
                 "snapshotsReceived": counters.snapshots_received.load(std::sync::atomic::Ordering::Relaxed),
                 "snapshotsSent": replica.network_counters().snapshots_sent.load(std::sync::atomic::Ordering::Relaxed),
+                "proposals": counters.proposals.load(std::sync::atomic::Ordering::Relaxed),
+                "proposedWrites": counters.proposed_writes.load(std::sync::atomic::Ordering::Relaxed),
+                "leaseReads": counters.lease_reads.load(std::sync::atomic::Ordering::Relaxed),
+                "readRounds": counters.read_rounds.load(std::sync::atomic::Ordering::Relaxed),
             },
         })
     }
