@@ -69,12 +69,17 @@ def wait_until(what, check, timeout=60.0, pause=0.05):
     raise SystemExit(f"timed out waiting for {what}")
 
 
+# Every process started, so that none outlives the benchmark whatever fails.
+STARTED = []
+
+
 class Proc:
     """A child process in its own session, its stderr in a log file."""
 
     def __init__(self, name, args, work):
         self.name, self.args, self.work = name, args, work
         self.p = None
+        STARTED.append(self)
         self.start()
 
     def start(self):
@@ -322,15 +327,12 @@ def main():
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
     work = tempfile.mkdtemp(prefix="limedb-repl-bench.")
-    children = []
     try:
         log("starting 3 shards x 3 replicas + coordinator")
         groups = [Group(work, s, 3) for s in (1, 2, 3)]
-        children += [p for g in groups for p in g.procs.values()]
         for g in groups:
             g.leader()
         c_repl, url_repl = coordinator(work, "coordinator-replicated", [g.url(1) for g in groups])
-        children.append(c_repl)
         log("starting 3 single-copy shards (--wal-sync always) + coordinator")
         singles = []
         for s in (1, 2, 3):
@@ -341,14 +343,11 @@ def main():
                                     "--wal-sync", "always"], work)
             p.ready()
             singles.append((p, f"http://127.0.0.1:{port}"))
-        children += [p for p, _ in singles]
         c_single, url_single = coordinator(work, "coordinator-single", [u for _, u in singles])
-        children.append(c_single)
         systems = [("replicated", url_repl, "limedb"), ("single", url_single, "limedb")]
         if "etcd" not in skip:
             log("starting etcd: 3 members")
             etcd_procs, url_etcd = start_etcd(work)
-            children += etcd_procs
             systems.append(("etcd", url_etcd, "etcd"))
         cells = {name: {"set_ops": [], "set_p99_us": [], "get_ops": [], "get_p99_us": []}
                  for name, _, _ in systems}
@@ -375,9 +374,8 @@ def main():
                 "max": max(failover_times) * 1000,
                 "all": [round(t * 1000) for t in failover_times],
             }
-        for p in children:
+        for p in STARTED:
             p.stop()
-        children = []
         if "catchup" not in skip:
             result["catch_up"] = catch_up(work, a.catchup_mib, a.connections)
         rep, single = med["replicated"], med["single"]
@@ -417,7 +415,7 @@ def main():
                   f"restarted to caught up in {c['seconds']:.1f} s = {c['mib_per_s']:.0f} MiB/s")
         print(json.dumps(result, separators=(",", ":")))
     finally:
-        for p in children:
+        for p in STARTED:
             p.kill9()
         shutil.rmtree(work, ignore_errors=True)
 

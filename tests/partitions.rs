@@ -84,28 +84,54 @@ async fn new_leader(group: &Group, old: u64) -> u64 {
     .await
 }
 
-/// Waits until replica `r` follows leader `leader` and has applied what it committed.
+/// Waits until replica `r` follows the group's leader (`leader`, or whichever replica leads
+/// by then: a partition healing may bring one more election) and has applied everything that
+/// leader had committed when it was first seen leading.
 async fn converged(group: &Group, r: u64, leader: u64) {
-    let target = health_of(&group.url(leader))
-        .await
-        .and_then(|h| h["commitIndex"].as_u64())
-        .unwrap_or(0);
     let url = group.url(r);
-    wait_for(
-        Duration::from_secs(20),
-        &format!("replica {r} to follow {leader} and apply {target}"),
-        || {
-            let url = url.clone();
-            async move {
-                let h = health_of(&url).await?;
-                (h["role"] == "follower"
-                    && h["leaderId"].as_u64() == Some(leader)
-                    && h["appliedIndex"].as_u64()? >= target)
-                    .then_some(())
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen: Option<(u64, u64)> = None;
+    loop {
+        let h = health_of(&url).await;
+        let following = h
+            .as_ref()
+            .filter(|h| h["role"] == "follower")
+            .and_then(|h| h["leaderId"].as_u64());
+        if let Some(current) = following {
+            if seen.is_none_or(|(l, _)| l != current) {
+                if current != leader {
+                    println!("after healing, replica {current} leads (not {leader})");
+                }
+                let target = health_of(&group.url(current))
+                    .await
+                    .filter(|h| h["role"] == "leader")
+                    .and_then(|h| h["commitIndex"].as_u64());
+                seen = target.map(|t| (current, t));
             }
-        },
-    )
-    .await;
+        }
+        let done = h.as_ref().is_some_and(|h| {
+            seen.is_some_and(|(l, target)| {
+                h["role"] == "follower"
+                    && h["leaderId"].as_u64() == Some(l)
+                    && h["appliedIndex"].as_u64().is_some_and(|a| a >= target)
+            })
+        });
+        if done {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let mut states = String::new();
+            for id in group.replicas.keys() {
+                let h = health_of(&group.url(*id)).await;
+                states.push_str(&format!("replica {id}: {h:?}\n"));
+            }
+            panic!(
+                "replica {r} did not follow the leader ({leader}, then {seen:?}) and apply its commit within 20 s\n{states}{}",
+                group.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Sets `key` through `coordinator` until one write is acknowledged; how long it took.
@@ -190,7 +216,8 @@ async fn a_leader_cut_off_from_its_peers_acknowledges_nothing() {
     assert_ne!(write.status, 200, "the cut-off leader acknowledged a write");
     // Inside its read lease (3/4 of the election timeout after the last acknowledgement, so at
     // most that long after the cut) it may still serve reads: no other leader can exist yet.
-    // The write above waited out its commit timeout, far longer; the lease is over.
+    // The write above waited until the leader had heard from no majority for two election
+    // timeouts, far longer; the lease is over.
     assert!(
         cut.elapsed() > RaftTiming::default().read_lease(),
         "the write was refused after {:?}, inside the read lease",

@@ -392,7 +392,7 @@ async fn a_wiped_replica_rejoins_through_a_snapshot() {
 
 /// Kills leaders other than `r` (restarting each) until `r` leads.
 async fn make_leader(group: &mut Group, r: u64) {
-    for _ in 0..20 {
+    for _ in 0..40 {
         let leader = group.leader(Duration::from_secs(20)).await;
         if leader == r {
             return;

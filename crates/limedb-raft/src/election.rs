@@ -178,7 +178,20 @@ pub async fn run_elections(
         };
         let asked = futures_pre_vote(&transport, &peers, &ask, timing.lease()).await;
         let granted = 1 + asked;
-        if granted * 2 > voters.len() {
+        // The answers took a while: if a leader was heard from, or the term moved (this
+        // replica voted for someone), meanwhile, they are stale and standing would only depose
+        // a leader just elected.
+        let still_leaderless = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            m.current_term == term && contact.since() >= wait
+        };
+        if !still_leaderless {
+            tracing::debug!(
+                replica = me,
+                "a leader appeared during the pre-vote; not standing"
+            );
+        } else if granted * 2 > voters.len() {
             tracing::info!(
                 replica = me,
                 granted,

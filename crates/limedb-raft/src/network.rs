@@ -38,7 +38,7 @@ use openraft::{AnyError, RPCTypes, Snapshot};
 
 use crate::codec::{from_bytes, to_bytes, CodecError, Decode, Encode, Reader};
 use crate::lease::LeaseClock;
-use crate::types::{ReplicaId, ReplicaNode, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{LogId, ReplicaId, ReplicaNode, SnapshotMeta, TypeConfig, Vote};
 
 /// Bytes of one snapshot chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
@@ -291,6 +291,8 @@ pub struct NetworkCounters {
     pub snapshots_sent: std::sync::atomic::AtomicU64,
     /// Bytes of snapshot files sent.
     pub snapshot_bytes_sent: std::sync::atomic::AtomicU64,
+    /// Commit-index-only AppendEntries answered without a round trip (see [`PeerClient`]).
+    pub commit_updates_deferred: std::sync::atomic::AtomicU64,
 }
 
 /// openraft's network factory over a [`RaftTransport`].
@@ -320,6 +322,23 @@ impl Network {
 }
 
 /// The connection to one peer, as openraft sees it.
+///
+/// # Commit updates ride on the next message
+///
+/// openraft 0.9 follows every commit with an AppendEntries that carries no entries, only the
+/// new commit index, to each follower, and its replication stream to that follower waits for
+/// the answer before it sends the next entries. That round trip costs each follower a wakeup
+/// and delays the next entry. So when such a request would tell a follower nothing but the
+/// commit index, and the same follower acknowledged, under the same vote and less than
+/// [`DEFER_COMMIT_UPDATE`] ago, a request that left its log exactly where this one expects it,
+/// the request is answered here with the answer the follower would give (`Success`) and not
+/// sent. The commit index reaches the follower with the next entries or the next heartbeat
+/// (heartbeats come every `--raft-heartbeat-ms`, longer than the window, so they are sent).
+/// A follower only applies later; nothing it acknowledges changes. The leader's lease
+/// ([`LeaseClock`]) counts only acknowledgements that crossed the network; openraft's own
+/// clock, which its read-index rounds use, counts this answer as fresh, which is safe because
+/// a real acknowledgement less than the window old keeps every other replica from being
+/// elected for a whole lease (see [`crate::lease`]).
 pub struct PeerClient {
     me: ReplicaId,
     target: ReplicaId,
@@ -327,7 +346,33 @@ pub struct PeerClient {
     transport: Arc<dyn RaftTransport>,
     counters: Arc<NetworkCounters>,
     lease: Arc<LeaseClock>,
+    /// The last request the peer acknowledged with `Success`.
+    last_ack: Option<Ack>,
 }
+
+/// A request a peer acknowledged with `Success`.
+#[derive(Clone, Copy, Debug)]
+struct Ack {
+    vote: Vote,
+    /// Where it left the peer's log: its last entry, or where it expected the log to end.
+    log_at: Option<LogId>,
+    sent_at: Instant,
+}
+
+impl Ack {
+    /// Whether a request without entries, under `vote`, expecting the peer's log to end at
+    /// `prev_log_id`, sent `now`, would tell the peer nothing but the commit index and may be
+    /// answered from this acknowledgement (see [`PeerClient`]).
+    fn covers(&self, vote: &Vote, prev_log_id: Option<LogId>, now: Instant) -> bool {
+        self.vote == *vote
+            && self.log_at == prev_log_id
+            && now.saturating_duration_since(self.sent_at) < DEFER_COMMIT_UPDATE
+    }
+}
+
+/// How recent an acknowledgement must be for a commit-only request to be answered without
+/// sending it (see [`PeerClient`]).
+pub const DEFER_COMMIT_UPDATE: Duration = Duration::from_millis(10);
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
@@ -340,6 +385,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             transport: Arc::clone(&self.transport),
             counters: Arc::clone(&self.counters),
             lease: Arc::clone(&self.lease),
+            last_ack: None,
         }
     }
 }
@@ -476,14 +522,33 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> RpcResult<AppendEntriesResponse<ReplicaId>> {
         let vote = rpc.vote;
         let sent_at = Instant::now();
+        if rpc.entries.is_empty()
+            && self
+                .last_ack
+                .is_some_and(|ack| ack.covers(&vote, rpc.prev_log_id, sent_at))
+        {
+            self.counters
+                .commit_updates_deferred
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(AppendEntriesResponse::Success);
+        }
+        let leaves_log_at = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
         let reply = self
             .call(RpcKind::Append, to_bytes(&rpc), option.hard_ttl())
             .await
             .map_err(|e| self.rpc_error(RPCTypes::AppendEntries, e))?;
         let response: AppendEntriesResponse<ReplicaId> =
             from_bytes(reply).map_err(Self::decode_error)?;
+        self.last_ack = None;
         if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
             self.lease.record_ack(self.target, vote, sent_at);
+        }
+        if matches!(response, AppendEntriesResponse::Success) {
+            self.last_ack = Some(Ack {
+                vote,
+                log_at: leaves_log_at,
+                sent_at,
+            });
         }
         Ok(response)
     }
@@ -557,6 +622,29 @@ mod tests {
             let _ = from_bytes::<SnapshotChunk>(b.clone());
             let _ = from_bytes::<SnapshotFinish>(b);
         }
+    }
+
+    #[test]
+    fn only_a_fresh_acknowledgement_of_the_same_log_under_the_same_vote_answers_a_commit_update() {
+        let vote = Vote::new_committed(4, 1);
+        let at = Some(LogId::new(openraft::CommittedLeaderId::new(4, 1), 17));
+        let t0 = Instant::now();
+        let ack = Ack {
+            vote,
+            log_at: at,
+            sent_at: t0,
+        };
+        let soon = t0 + DEFER_COMMIT_UPDATE / 2;
+        assert!(ack.covers(&vote, at, soon));
+        // Stale: a heartbeat after the window is sent.
+        assert!(!ack.covers(&vote, at, t0 + DEFER_COMMIT_UPDATE));
+        // Another vote (a new term, or a new leader): sent.
+        assert!(!ack.covers(&Vote::new_committed(5, 1), at, soon));
+        assert!(!ack.covers(&Vote::new_committed(4, 2), at, soon));
+        // The request expects the log elsewhere (entries in between, or a conflict): sent.
+        let other = Some(LogId::new(openraft::CommittedLeaderId::new(4, 1), 18));
+        assert!(!ack.covers(&vote, other, soon));
+        assert!(!ack.covers(&vote, None, soon));
     }
 
     #[test]

@@ -68,6 +68,9 @@ const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// A write not committed this long after it was proposed is answered "outcome unknown" (its
 /// entry may still commit later): a leader cut off from its peers never hangs a client.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// While a write waits for its commit, this often the leader checks it still hears from a
+/// majority; after two leases of silence the write is answered `OutcomeUnknown` at once.
+const COMMIT_PROGRESS_CHECK: Duration = Duration::from_millis(100);
 
 /// Raft timing, in milliseconds.
 ///
@@ -109,15 +112,17 @@ impl RaftTiming {
         self.lease() - self.lease() / 4
     }
 
-    /// When replica `id`, in `term`, stands for election after hearing no leader: the lease,
-    /// then slot `k = (id + term) mod 4` at `k·E/4`, plus up to `jitter` (a fraction from 0 to
-    /// 1) of `E/8`.
+    /// When replica `id`, in `term`, stands for election after hearing no leader: the lease
+    /// and a margin of `E/8` (its peers heard the last heartbeat a moment later than it did,
+    /// and grant a pre-vote only once their own lease has run out), then slot
+    /// `k = (id + term) mod 4` at `k·E/4`, plus up to `jitter` (a fraction from 0 to 1) of
+    /// `E/8`.
     pub fn stand_after(&self, id: ReplicaId, term: u64, jitter: f64) -> Duration {
         let lease = self.lease();
         let e = lease.as_millis() as u64;
         let slot = id.wrapping_add(term) % 4;
         let spread = (e / 8) as f64 * jitter.clamp(0.0, 1.0);
-        lease + Duration::from_millis(slot * e / 4 + spread as u64)
+        lease + Duration::from_millis(e / 8 + slot * e / 4 + spread as u64)
     }
 }
 
@@ -263,6 +268,8 @@ struct Inner {
     counters: Arc<ReplicaCounters>,
     network_counters: Arc<NetworkCounters>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Why openraft's core stopped, once it has without [`Replica::shutdown`].
+    stopped: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// One replica of a shard's group; cheap to clone.
@@ -349,6 +356,7 @@ impl Replica {
         let (proposals, proposal_rx) = mpsc::channel(PROPOSAL_QUEUE_DEPTH);
         let (reads, read_rx) = mpsc::unbounded_channel();
         let counters = Arc::new(ReplicaCounters::default());
+        let (stopped_tx, stopped) = tokio::sync::watch::channel(None);
         let contact = Arc::new(if log_pristine {
             LeaderContact::never()
         } else {
@@ -368,6 +376,7 @@ impl Replica {
                 counters: Arc::clone(&counters),
                 network_counters,
                 tasks: Mutex::new(Vec::new()),
+                stopped,
             }),
         };
         let me = replica.inner.config.replica_id;
@@ -391,7 +400,7 @@ impl Replica {
                 read_rx,
                 Arc::clone(&counters),
             )),
-            tokio::spawn(watch_leader(raft.clone(), Arc::clone(&counters))),
+            tokio::spawn(watch_core(raft.clone(), Arc::clone(&counters), stopped_tx)),
             tokio::spawn(persist_applied(sm)),
         ];
         lock(&replica.inner.tasks).extend(tasks);
@@ -580,12 +589,14 @@ impl Replica {
     /// and answers once they are committed and applied here: for each write, whether it removed
     /// a live key. Fails with `NotLeader` (nothing proposed: not the leader, or a leader that has
     /// not heard from a majority for two leases, so most likely deposed) or `OutcomeUnknown`
-    /// (also after [`COMMIT_TIMEOUT`] without a commit).
+    /// (also once it has not heard from a majority for two leases while the write waited, or
+    /// after [`COMMIT_TIMEOUT`] without a commit).
     pub async fn write(&self, writes: Vec<ReplicatedWrite>) -> Result<Vec<bool>> {
         self.check_leader()?;
-        let lease_ms = self.inner.config.timing.lease().as_millis() as u64;
-        let silent = self.inner.raft.metrics().borrow().millis_since_quorum_ack;
-        if silent.is_some_and(|ms| ms > 2 * lease_ms) {
+        if self
+            .since_quorum_ack()
+            .is_some_and(|d| d > 2 * self.inner.config.timing.lease())
+        {
             return Err(ReplicaError::NotLeader { leader: None });
         }
         let (reply, answer) = oneshot::channel();
@@ -594,17 +605,52 @@ impl Replica {
             .send(Proposal { writes, reply })
             .await
             .map_err(|_| ReplicaError::Unavailable("the replica is shutting down".into()))?;
-        match tokio::time::timeout(COMMIT_TIMEOUT, answer).await {
-            Ok(answer) => answer.map_err(|_| {
-                ReplicaError::OutcomeUnknown(
-                    "the proposer stopped before the write was answered".into(),
-                )
-            })?,
-            Err(_) => Err(ReplicaError::OutcomeUnknown(format!(
-                "not committed within {} s: no majority of the group reachable from this leader",
-                COMMIT_TIMEOUT.as_secs()
-            ))),
+        let started = Instant::now();
+        let mut answer = answer;
+        loop {
+            match tokio::time::timeout(COMMIT_PROGRESS_CHECK, &mut answer).await {
+                Ok(answer) => {
+                    return answer.map_err(|_| {
+                        ReplicaError::OutcomeUnknown(
+                            "the proposer stopped before the write was answered".into(),
+                        )
+                    })?
+                }
+                Err(_) => {
+                    let silent = self.since_quorum_ack();
+                    if silent.is_some_and(|d| d > 2 * self.inner.config.timing.lease()) {
+                        return Err(ReplicaError::OutcomeUnknown(format!(
+                            "no majority of the group has acknowledged this leader for {} ms; it is cut off or deposed",
+                            silent.unwrap_or_default().as_millis()
+                        )));
+                    }
+                    if started.elapsed() >= COMMIT_TIMEOUT {
+                        return Err(ReplicaError::OutcomeUnknown(format!(
+                            "not committed within {} s: no majority of the group reachable from this leader",
+                            COMMIT_TIMEOUT.as_secs()
+                        )));
+                    }
+                }
+            }
         }
+    }
+
+    /// How long ago a majority of voters last acknowledged this replica as leader (under its
+    /// current vote), by the lease clock; `None` if it does not lead or never was. During a
+    /// membership change the voters of both configurations count as one set: an estimate, used
+    /// only to stop waiting for a commit early.
+    fn since_quorum_ack(&self) -> Option<Duration> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        let voters: BTreeSet<ReplicaId> = m.membership_config.membership().voter_ids().collect();
+        let now = Instant::now();
+        self.inner
+            .lease
+            .quorum_acked_at(&m.vote, &voters, self.inner.config.replica_id, now)
+            .map(|acked| now.saturating_duration_since(acked))
     }
 
     /// Waits until a read on this replica's engine is linearizable (see the module docs): at
@@ -909,6 +955,22 @@ impl Replica {
         Ok(resp.vote)
     }
 
+    /// Resolves, with the reason, if openraft's core stops while the replica is not being shut
+    /// down: the replica can neither replicate nor serve any more, and the process should stop
+    /// (to be restarted) rather than keep answering health checks.
+    pub async fn stopped(&self) -> String {
+        let mut stopped = self.inner.stopped.clone();
+        loop {
+            if let Some(why) = stopped.borrow_and_update().clone() {
+                return why;
+            }
+            if stopped.changed().await.is_err() {
+                // The watcher was aborted by `shutdown`: never resolves.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Stops openraft, makes the applied position durable and closes the engine.
     pub async fn shutdown(&self) -> Result<()> {
         for task in lock(&self.inner.tasks).drain(..) {
@@ -1109,17 +1171,31 @@ async fn run_read_barrier(
     }
 }
 
-/// Counts leader changes.
-async fn watch_leader(raft: Raft, counters: Arc<ReplicaCounters>) {
+/// Counts leader changes, and reports on `stopped` why openraft's core stopped if it does (a
+/// fatal storage error, or a panic: its metrics channel closes). [`Replica::shutdown`] aborts
+/// this task first, so a clean stop reports nothing.
+async fn watch_core(
+    raft: Raft,
+    counters: Arc<ReplicaCounters>,
+    stopped: tokio::sync::watch::Sender<Option<String>>,
+) {
     let mut metrics = raft.metrics();
     let mut last = metrics.borrow().current_leader;
-    while metrics.changed().await.is_ok() {
-        let now = metrics.borrow().current_leader;
-        if now != last && now.is_some() {
+    let why = loop {
+        if metrics.changed().await.is_err() {
+            break "openraft's core task ended (see the log above for a panic)".to_string();
+        }
+        let m = metrics.borrow();
+        if let Err(fatal) = &m.running_state {
+            break format!("openraft stopped: {fatal}");
+        }
+        if m.current_leader != last && m.current_leader.is_some() {
             counters.leader_changes.fetch_add(1, Ordering::Relaxed);
         }
-        last = now;
-    }
+        last = m.current_leader;
+    };
+    tracing::error!(reason = %why, "the replica's Raft core stopped");
+    let _ = stopped.send(Some(why));
 }
 
 /// Makes the applied position durable every [`PERSIST_INTERVAL`].

@@ -290,13 +290,15 @@ impl StateMachineStore {
     /// (blocking; see the module docs).
     pub fn persist_applied(&self) -> Result<Option<LogId>> {
         let _io = lock(&self.shared.io);
-        self.persist_applied_locked()
+        Ok(self.persist_applied_locked()?.last)
     }
 
-    fn persist_applied_locked(&self) -> Result<Option<LogId>> {
+    /// Returns the state the marker now holds. Entries may be applied meanwhile; they are not
+    /// part of it.
+    fn persist_applied_locked(&self) -> Result<AppliedState> {
         let state = lock(&self.shared.applied).clone();
         if *lock(&self.shared.durable) == state.last {
-            return Ok(state.last);
+            return Ok(state);
         }
         self.engine().sync()?;
         let name = engine_name(self.shared.generation.load(Ordering::Acquire));
@@ -306,7 +308,7 @@ impl StateMachineStore {
             &to_bytes(&state),
         )?;
         *lock(&self.shared.durable) = state.last;
-        Ok(state.last)
+        Ok(state)
     }
 
     /// Persists the applied position and closes the engine.
@@ -320,8 +322,12 @@ impl StateMachineStore {
 
     fn build(&self) -> Result<(SnapshotMeta, Arc<SnapshotDir>)> {
         let _io = lock(&self.shared.io);
-        self.persist_applied_locked()?;
-        let state = lock(&self.shared.applied).clone();
+        // The snapshot claims the position the marker holds, never a later one applied while
+        // it is built: after a crash the engine restarts from the marker, and a snapshot ahead
+        // of it would claim entries the replica might not have (openraft refuses to start on
+        // that). The checkpoint may hold more; replaying those entries is harmless (module
+        // docs).
+        let state = self.persist_applied_locked()?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());

@@ -281,11 +281,19 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 /// A fresh temporary directory, removed when dropped.
+///
+/// With `LIMEDB_KEEP_TEST_DIRS` set, the directory (data and every node's log) is kept, and its
+/// path printed, for a look after a failure.
 pub fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
+    let mut dir = tempfile::Builder::new()
         .prefix("limedb-test-")
         .tempdir()
-        .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"))
+        .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"));
+    if std::env::var_os("LIMEDB_KEEP_TEST_DIRS").is_some() {
+        dir.disable_cleanup(true);
+        println!("keeping {}", dir.path().display());
+    }
+    dir
 }
 
 /// A local cluster of real processes: `n` shards and a coordinator on ephemeral ports.

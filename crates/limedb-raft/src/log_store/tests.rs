@@ -114,6 +114,14 @@ async fn entries_survive_reopen_across_segments_and_are_read_back_from_disk() {
         })
         .count();
     assert!(segments > 3, "1 KiB segments rotate: {segments}");
+    // Every segment was grown by a window of zeros, the closed ones too: their zero tails are
+    // where their records end, not damage.
+    for e in std::fs::read_dir(dir.path()).expect("list").flatten() {
+        if e.file_name().to_string_lossy().ends_with(".seg") {
+            let len = e.metadata().expect("stat").len();
+            assert_eq!(len, PREALLOCATE_BYTES, "{:?}", e.file_name());
+        }
+    }
     let mut log = LogStore::open(dir.path(), small_segments()).expect("reopen");
     assert_eq!(indexes(&mut log).await, (0..50).collect::<Vec<_>>());
     assert_eq!(
@@ -137,11 +145,20 @@ async fn a_torn_tail_is_dropped_and_damage_inside_is_refused() {
         .filter(|p| p.extension().is_some_and(|x| x == "seg"))
         .collect();
     segs.sort();
-    // A torn write at the end of the last segment: half a record.
+    // Segments grow in windows of zeros; the records end where the zeros begin.
     let last = segs.last().expect("a segment").clone();
     let mut bytes = std::fs::read(&last).expect("read");
-    let keep = bytes.len();
-    bytes.extend_from_slice(&[7, 0, 0, 0, 1, 2]);
+    assert_eq!(bytes.len() as u64 % PREALLOCATE_BYTES, 0, "a whole window");
+    let mut keep = 0;
+    while let Ok(payload) = check_record(&bytes[keep..]) {
+        keep += RECORD_HEADER_BYTES + payload.len();
+    }
+    assert!(
+        bytes[keep..].iter().all(|b| *b == 0),
+        "zeros after the records"
+    );
+    // A torn write at the end of the last segment: half a record over the zeros.
+    bytes[keep..keep + 6].copy_from_slice(&[7, 0, 0, 0, 1, 2]);
     std::fs::write(&last, &bytes).expect("tear");
     {
         let mut log = LogStore::open(dir.path(), small_segments()).expect("torn tail is fine");
@@ -154,6 +171,28 @@ async fn a_torn_tail_is_dropped_and_damage_inside_is_refused() {
     let first = segs.first().expect("a segment");
     let mut bytes = std::fs::read(first).expect("read");
     bytes[20] ^= 0xff;
+    std::fs::write(first, &bytes).expect("damage");
+    let err = LogStore::open(dir.path(), small_segments()).expect_err("damaged");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}
+
+#[tokio::test]
+async fn data_after_the_zeros_of_a_closed_segment_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut log = LogStore::open(dir.path(), small_segments()).expect("open");
+        append(&mut log, (0..30).map(|i| entry(1, i, "k")).collect()).await;
+    }
+    let mut segs: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    let first = segs.first().expect("a segment");
+    let mut bytes = std::fs::read(first).expect("read");
+    let at = bytes.len() - 100;
+    bytes[at] = 1;
     std::fs::write(first, &bytes).expect("damage");
     let err = LogStore::open(dir.path(), small_segments()).expect_err("damaged");
     assert!(err.to_string().contains("corrupt"), "{err}");

@@ -182,6 +182,14 @@ async fn a_group_forms_replicates_and_fails_over() {
     while let Some(r) = tasks.join_next().await {
         r.expect("task").expect("write");
     }
+    // Commit-index-only updates rode on later messages instead of round trips of their own.
+    assert!(
+        leader
+            .network_counters()
+            .commit_updates_deferred
+            .load(Ordering::Relaxed)
+            > 0
+    );
     let proposals = leader.counters().proposals.load(Ordering::Relaxed);
     assert!(
         proposals < 200,
@@ -367,4 +375,37 @@ fn election_slots_are_staggered_by_replica_id_and_rotate_with_the_term() {
     assert_eq!(firsts.len(), 3, "{firsts:?}");
     // Jitter stays inside the slot gap.
     assert!(t.stand_after(1, 0, 1.0) < t.stand_after(2, 0, 0.0));
+    // Nobody stands before its peers' leases, measured from a heartbeat they received up to
+    // E/8 later, have run out.
+    let earliest = (1..=3).map(|id| at(id, 7)).min().expect("a replica");
+    assert!(earliest >= 450, "{earliest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_that_stops_on_its_own_is_reported_and_a_clean_shutdown_is_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = Arc::new(Mesh::default());
+    let crashed = start(&mesh, dir.path(), 1, 10_000).await;
+    crashed.initialize(peers(&[1])).await.expect("initialize");
+    leader_among(&mesh, &[1]).await;
+    // openraft's core ends behind the replica's back (as after a panic or a fatal storage
+    // error): the replica says so, with a reason.
+    crashed.inner.raft.shutdown().await.expect("stop the core");
+    let why = tokio::time::timeout(Duration::from_secs(5), crashed.stopped())
+        .await
+        .expect("reported within 5 s");
+    assert!(why.contains("openraft"), "{why}");
+    // A replica shut down cleanly reports nothing.
+    let other = tempfile::tempdir().expect("tempdir");
+    let mesh = Arc::new(Mesh::default());
+    let clean = start(&mesh, other.path(), 1, 10_000).await;
+    clean.initialize(peers(&[1])).await.expect("initialize");
+    leader_among(&mesh, &[1]).await;
+    clean.shutdown().await.expect("shutdown");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), clean.stopped())
+            .await
+            .is_err(),
+        "a clean shutdown was reported as a failure"
+    );
 }

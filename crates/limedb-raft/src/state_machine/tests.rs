@@ -68,3 +68,55 @@ async fn a_snapshot_installed_elsewhere_replaces_the_engine_and_survives_reopen(
         .count();
     assert_eq!(engines, 1, "the replaced engine directory is gone");
 }
+
+/// A snapshot built while entries keep being applied claims no position beyond the one its
+/// marker made durable: after a crash the replica restarts from the marker, and openraft
+/// refuses to start with a snapshot ahead of the applied position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_never_claims_more_than_the_durable_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sm = StateMachineStore::open(
+        &dir.path().join("sm"),
+        &dir.path().join("snap"),
+        test_factory(),
+    )
+    .expect("open");
+    let mut applier = sm.clone();
+    let applying = tokio::spawn(async move {
+        for i in 1..=3000u64 {
+            applier
+                .apply(vec![put(i, &format!("k{}", i % 50), "v")])
+                .await
+                .expect("apply");
+            if i % 16 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let mut builder = sm.clone();
+    let mut built = 0;
+    while !applying.is_finished() {
+        let snapshot = builder.build_snapshot().await.expect("build");
+        let durable = builder.durable_applied();
+        assert!(
+            snapshot.meta.last_log_id <= durable,
+            "snapshot at {:?}, marker at {durable:?}",
+            snapshot.meta.last_log_id
+        );
+        built += 1;
+    }
+    applying.await.expect("applier");
+    assert!(built > 0);
+    // Reopened from what is on disk (no close: as after a crash), the applied position is
+    // at least the newest snapshot's.
+    let newest = builder.snapshot_meta().and_then(|m| m.last_log_id);
+    drop(builder);
+    drop(sm);
+    let reopened = StateMachineStore::open(
+        &dir.path().join("sm"),
+        &dir.path().join("snap"),
+        test_factory(),
+    )
+    .expect("reopen");
+    assert!(reopened.applied().0 >= newest);
+}

@@ -262,6 +262,7 @@ impl ShardNode {
                 "proposedWrites": counters.proposed_writes.load(std::sync::atomic::Ordering::Relaxed),
                 "leaseReads": counters.lease_reads.load(std::sync::atomic::Ordering::Relaxed),
                 "readRounds": counters.read_rounds.load(std::sync::atomic::Ordering::Relaxed),
+                "commitUpdatesDeferred": replica.network_counters().commit_updates_deferred.load(std::sync::atomic::Ordering::Relaxed),
             },
         })
     }
@@ -726,6 +727,11 @@ impl ShardServer {
             max_connections,
             links_stop,
         } = self;
+        let core_failure = Arc::new(std::sync::Mutex::new(None::<String>));
+        let shutdown = match node.inner.storage.replica() {
+            Some(replica) => stop_when_core_stops(replica.clone(), shutdown, &core_failure),
+            None => shutdown,
+        };
         let formation = match (node.inner.storage.replica(), &node.inner.replication) {
             (Some(replica), Some(rep)) => Some(tokio::spawn(replication::form_group(
                 replica.clone(),
@@ -778,10 +784,41 @@ impl ShardServer {
         if let Some(stop) = links_stop {
             stop.trigger();
         }
+        let failure = core_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(why) = failure {
+            return Err(ServerError::Task(format!("the replica stopped: {why}")));
+        }
         closed?;
         tracing::info!(shard = %node.inner.id, "shard stopped; storage synced and closed");
         Ok(())
     }
+}
+
+/// A shutdown that fires with `shutdown`, or when the replica's Raft core stops on its own
+/// (its reason then goes to `failure`): such a replica can neither replicate nor serve, so the
+/// process stops with an error and a supervisor restarts it, instead of it answering health
+/// checks while serving nothing.
+fn stop_when_core_stops(
+    replica: limedb_raft::Replica,
+    mut shutdown: Shutdown,
+    failure: &Arc<std::sync::Mutex<Option<String>>>,
+) -> Shutdown {
+    let (stop, inner) = crate::shutdown::channel();
+    let failure = Arc::clone(failure);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown.wait() => {}
+            why = replica.stopped() => {
+                tracing::error!(reason = %why, "the replica cannot go on; stopping");
+                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            }
+        }
+        stop.trigger();
+    });
+    inner
 }
 
 /// A Redis reply as the internal protocol carries it (RESP3 bytes).
