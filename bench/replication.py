@@ -178,6 +178,22 @@ def coordinator(work, name, shard_urls):
     return proc, url
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(procs):
+    """User + system CPU time the live processes `procs` have used, in seconds."""
+    total = 0
+    for proc in procs:
+        try:
+            with open(f"/proc/{proc.p.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / TICK
+
+
 def bench(url, workload, n, c, keyspace, value_size, target="limedb", prefill=True, extra=()):
     args = [LIMEDB, "bench", "--url", url, "--target", target, "-c", str(c), "-n", str(n),
             "-w", workload, "--keyspace", str(keyspace), "--value-size", str(value_size),
@@ -344,24 +360,39 @@ def main():
             p.ready()
             singles.append((p, f"http://127.0.0.1:{port}"))
         c_single, url_single = coordinator(work, "coordinator-single", [u for _, u in singles])
-        systems = [("replicated", url_repl, "limedb"), ("single", url_single, "limedb")]
+        # Each system: its URL, the load generator's target mode, its server processes and
+        # its coordinator (whose CPU time per request is reported apart).
+        systems = [("replicated", url_repl, "limedb",
+                    [p for g in groups for p in g.procs.values()], [c_repl]),
+                   ("single", url_single, "limedb", [p for p, _ in singles], [c_single])]
         if "etcd" not in skip:
             log("starting etcd: 3 members")
             etcd_procs, url_etcd = start_etcd(work)
-            systems.append(("etcd", url_etcd, "etcd"))
-        cells = {name: {"set_ops": [], "set_p99_us": [], "get_ops": [], "get_p99_us": []}
-                 for name, _, _ in systems}
+            systems.append(("etcd", url_etcd, "etcd", etcd_procs, []))
+        cells = {name: {"set_ops": [], "set_p99_us": [], "get_ops": [], "get_p99_us": [],
+                        "set_server_cpu_us": [], "set_coordinator_cpu_us": []}
+                 for name, *_ in systems}
         for run in range(a.runs):
-            for name, url, target in systems:
+            for name, url, target, servers, coords in systems:
                 for workload in ("set", "get"):
+                    cpu_before = (cpu_seconds(servers), cpu_seconds(coords))
                     r = bench(url, workload, a.requests, a.connections, a.keyspace,
                               a.value_size, target=target, prefill=(workload == "get"))
+                    cpu_after = (cpu_seconds(servers), cpu_seconds(coords))
                     if r.get("errors"):
                         raise SystemExit(f"{name} {workload}: {r['errors']} errors")
                     cells[name][f"{workload}_ops"].append(r["throughput_ops"])
                     cells[name][f"{workload}_p99_us"].append(r["latency_us"]["p99"])
+                    note = ""
+                    if workload == "set":
+                        # CPU per SET, the prefill-free round: servers, coordinator.
+                        per = [(after - before) * 1e6 / a.requests
+                               for before, after in zip(cpu_before, cpu_after)]
+                        cells[name]["set_server_cpu_us"].append(per[0])
+                        cells[name]["set_coordinator_cpu_us"].append(per[1])
+                        note = f", CPU per SET {per[0]:.0f} us servers + {per[1]:.0f} us coordinator"
                     log(f"run {run + 1}: {name:10} {workload}: {r['throughput_ops']:,.0f} ops/s, "
-                        f"p99 {r['latency_us']['p99']:,.0f} us")
+                        f"p99 {r['latency_us']['p99']:,.0f} us{note}")
         med = {name: {k: statistics.median(v) for k, v in c.items()} for name, c in cells.items()}
         result = {"bench": "replication", "connections": a.connections, "requests": a.requests,
                   "runs": a.runs, "value_size": a.value_size, "systems": med}
@@ -401,9 +432,11 @@ def main():
         if "catch_up" in result and result["catch_up"]["mib_per_s"] is not None:
             met["catch_up"] = result["catch_up"]["mib_per_s"] >= 100
         result["targets"], result["met"] = targets, met
-        print(f"\n{'system':<12}{'SET ops/s':>12}{'SET p99 us':>12}{'GET ops/s':>12}{'GET p99 us':>12}")
+        print(f"\n{'system':<12}{'SET ops/s':>12}{'SET p99 us':>12}{'GET ops/s':>12}{'GET p99 us':>12}"
+              f"{'SET CPU us (servers + coord)':>32}")
         for name, m in med.items():
-            print(f"{name:<12}{m['set_ops']:>12,.0f}{m['set_p99_us']:>12,.0f}{m['get_ops']:>12,.0f}{m['get_p99_us']:>12,.0f}")
+            print(f"{name:<12}{m['set_ops']:>12,.0f}{m['set_p99_us']:>12,.0f}{m['get_ops']:>12,.0f}{m['get_p99_us']:>12,.0f}"
+                  f"{m['set_server_cpu_us']:>22,.0f} + {m['set_coordinator_cpu_us']:>7,.0f}")
         for k, v in ratios.items():
             print(f"{k:<34}{v:>8.2f}")
         if failover_times:
