@@ -115,6 +115,7 @@ async fn requests_before_hello_and_garbage_are_refused_and_the_connection_closed
         [Frame {
             request_id: 9,
             message: Message::Response(Response::Error { code, message }),
+            ..
         }] => {
             assert_eq!(*code, ErrorCode::BadRequest);
             assert!(message.contains("Hello"), "{message}");
@@ -132,6 +133,7 @@ async fn requests_before_hello_and_garbage_are_refused_and_the_connection_closed
         [Frame {
             request_id: 0,
             message: Message::Response(Response::Error { code, .. }),
+            ..
         }] => {
             assert_eq!(*code, ErrorCode::BadRequest)
         }

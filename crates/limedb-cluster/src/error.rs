@@ -1,15 +1,16 @@
 //! The cluster crate's error type.
 //!
-//! One enum, [`RingError`], for everything that can go wrong when building a
-//! [`Ring`](crate::Ring). Lookups on a built ring cannot fail: a ring always has
-//! at least one virtual node.
+//! One enum, [`ClusterError`], for everything that can go wrong when building a
+//! [`Ring`](crate::Ring) or changing a [`ClusterMap`](crate::ClusterMap). Lookups on a
+//! built ring cannot fail: a ring always has at least one virtual node.
 
+use crate::map::Phase;
 use crate::ShardId;
 
-/// Why a [`Ring`](crate::Ring) could not be built.
+/// Why a ring could not be built, or a change of the cluster map was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum RingError {
+pub enum ClusterError {
     /// The shard list was empty; a ring needs at least one shard.
     #[error("a ring needs at least one shard")]
     NoShards,
@@ -24,4 +25,47 @@ pub enum RingError {
         /// The largest accepted value.
         max: u32,
     },
+    /// A move is already in progress; one runs at a time.
+    #[error("a move is already in progress ({0}); wait for it to finish")]
+    MoveInProgress(String),
+    /// The requested ring is the current one.
+    #[error("the cluster already has exactly these shards; nothing to move")]
+    NothingToMove,
+    /// No move is in progress.
+    #[error("no move is in progress")]
+    NoMove,
+    /// The move in progress has another id.
+    #[error("move {0} is not the move in progress")]
+    NoSuchMove(u64),
+    /// The move in progress has no transfer between these shards.
+    #[error("the move in progress moves nothing from shard {from} to shard {to}")]
+    NoSuchTransfer {
+        /// Source shard.
+        from: ShardId,
+        /// Destination shard.
+        to: ShardId,
+    },
+    /// Transfers have not finished.
+    #[error("{0} transfer(s) of the move have not finished")]
+    TransfersPending(usize),
+    /// A transfer is not in the phase the caller expected.
+    #[error("the transfer is in phase {actual}, not {expected}")]
+    WrongPhase {
+        /// The phase the caller expected.
+        expected: Phase,
+        /// The phase it is in.
+        actual: Phase,
+    },
+    /// A group needs at least one replica.
+    #[error("shard {0} has no replicas")]
+    EmptyGroup(ShardId),
+    /// The shard id is taken.
+    #[error("shard {0} is already in the cluster map")]
+    ShardExists(ShardId),
+    /// The map has no such shard.
+    #[error("shard {0} is not in the cluster map")]
+    UnknownShard(ShardId),
+    /// The last shard cannot be removed.
+    #[error("shard {0} is the only shard; a cluster needs at least one")]
+    LastShard(ShardId),
 }

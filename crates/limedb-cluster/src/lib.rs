@@ -10,7 +10,12 @@
 //!   to the [`ShardId`] that owns it. It replaces the seed prototype's
 //!   `abs(key.hashCode()) % n`, so that adding or removing one shard moves only
 //!   about `1/N` of the keys instead of nearly all of them.
-//! - [`error`]: [`RingError`], the crate's one error enum.
+//! - [`map`]: the [`ClusterMap`] (groups, replicas, the move in progress) and its
+//!   [`Routing`] (who owns each hash at which ring epoch, during a move too), with pure,
+//!   all-or-nothing transitions.
+//! - [`plan`]: which hash ranges move between which shards when the ring changes
+//!   ([`plan::transfers`]).
+//! - [`error`]: [`ClusterError`], the crate's one error enum.
 //!
 //! ```text
 //!   key bytes ──key_hash (xxh3-64)──▶ u64 hash ──Ring::shard_for_hash──▶ ShardId
@@ -31,19 +36,17 @@
 //!
 //! ## What comes later (see `ROADMAP.md`)
 //!
-//! - **Membership**: ring epochs, so a routed request carries the epoch it was
-//!   routed with and a shard can answer "wrong shard, epoch N".
-//! - **Rebalance plans**: "which hash ranges move" between two ring versions,
-//!   built on [`Ring::ranges`] and the merged-point walk behind
-//!   [`Ring::moved_fraction`]; a worker in the server streams those ranges.
-//! - **Raft**: openraft type config, log store and state-machine adapters for
-//!   replicated shard groups, and cross-shard transaction state machines. The
-//!   network stays a trait here, implemented in the server crate.
+//! - The map group and the move driver live in the server and raft crates; this
+//!   crate stays the pure model they share (see ARCHITECTURE.md, *Elasticity*).
 
 pub mod error;
+pub mod map;
+pub mod plan;
 pub mod ring;
 
-pub use error::RingError;
+pub use error::ClusterError;
+pub use map::{ClusterMap, Group, Move, MoveKind, Phase, Routing, TransferState};
+pub use plan::Transfer;
 pub use ring::{
     key_hash, HashRange, Ring, ShardId, SpreadStats, VNode, DEFAULT_VNODES_PER_SHARD,
     MAX_VNODES_PER_SHARD,

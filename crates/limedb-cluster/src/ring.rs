@@ -53,7 +53,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::RingError;
+use crate::ClusterError;
 
 #[cfg(test)]
 mod tests;
@@ -202,9 +202,9 @@ impl Ring {
     ///
     /// # Errors
     ///
-    /// [`RingError::NoShards`] if `shards` is empty,
-    /// [`RingError::DuplicateShard`] if an id repeats, and
-    /// [`RingError::InvalidVnodeCount`] if `vnodes_per_shard` is 0 or above
+    /// [`ClusterError::NoShards`] if `shards` is empty,
+    /// [`ClusterError::DuplicateShard`] if an id repeats, and
+    /// [`ClusterError::InvalidVnodeCount`] if `vnodes_per_shard` is 0 or above
     /// [`MAX_VNODES_PER_SHARD`].
     ///
     /// # Example
@@ -223,14 +223,14 @@ impl Ring {
     /// let grown = Ring::new(&[ShardId(1), ShardId(2), ShardId(3), ShardId(4)], 128)?;
     /// let moved = grown.shard_for_key(b"user:42");
     /// assert!(moved == owner || moved == ShardId(4));
-    /// # Ok::<(), limedb_cluster::RingError>(())
+    /// # Ok::<(), limedb_cluster::ClusterError>(())
     /// ```
-    pub fn new(shards: &[ShardId], vnodes_per_shard: u32) -> Result<Ring, RingError> {
+    pub fn new(shards: &[ShardId], vnodes_per_shard: u32) -> Result<Ring, ClusterError> {
         if shards.is_empty() {
-            return Err(RingError::NoShards);
+            return Err(ClusterError::NoShards);
         }
         if vnodes_per_shard == 0 || vnodes_per_shard > MAX_VNODES_PER_SHARD {
-            return Err(RingError::InvalidVnodeCount {
+            return Err(ClusterError::InvalidVnodeCount {
                 vnodes_per_shard,
                 max: MAX_VNODES_PER_SHARD,
             });
@@ -238,7 +238,7 @@ impl Ring {
         let mut sorted = shards.to_vec();
         sorted.sort_unstable();
         if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
-            return Err(RingError::DuplicateShard(pair[0]));
+            return Err(ClusterError::DuplicateShard(pair[0]));
         }
 
         let vnodes = place(sorted.iter().flat_map(|&shard| {
@@ -264,7 +264,7 @@ impl Ring {
     ///
     /// let ring = Ring::new(&[ShardId(1), ShardId(2)], 16)?;
     /// assert_eq!(ring.shard_for_key(b"k"), ring.shard_for_hash(key_hash(b"k")));
-    /// # Ok::<(), limedb_cluster::RingError>(())
+    /// # Ok::<(), limedb_cluster::ClusterError>(())
     /// ```
     #[must_use]
     pub fn shard_for_key(&self, key: &[u8]) -> ShardId {
@@ -361,19 +361,20 @@ impl Ring {
     #[must_use]
     pub fn moved_fraction(&self, other: &Ring) -> f64 {
         let mut moved: u128 = 0;
-        self.segments(other, |size, from, to| {
+        self.segments(other, |start, end, from, to| {
             if from != to {
-                moved += size;
+                moved += range_size(start, end);
             }
         });
         fraction(moved)
     }
 
     /// Walks the hash space cut at every point of both rings. For each segment
-    /// `(prev, p]` (the first one wrapping) calls `f(size, owner in self, owner
-    /// in other)`; both owners are constant over a segment because no point of
-    /// either ring lies strictly inside it.
-    fn segments(&self, other: &Ring, mut f: impl FnMut(u128, ShardId, ShardId)) {
+    /// `(prev, p]` (the first one wrapping) calls `f(prev, p, owner in self,
+    /// owner in other)`; both owners are constant over a segment because no
+    /// point of either ring lies strictly inside it. Segments come in point
+    /// order, the wrapping one first.
+    pub(crate) fn segments(&self, other: &Ring, mut f: impl FnMut(u64, u64, ShardId, ShardId)) {
         let mut merged: Vec<u64> = Vec::with_capacity(self.points.len() + other.points.len());
         merged.extend_from_slice(&self.points);
         merged.extend_from_slice(&other.points);
@@ -381,11 +382,7 @@ impl Ring {
         merged.dedup();
         let mut prev = merged.last().copied().unwrap_or(0);
         for &p in &merged {
-            f(
-                range_size(prev, p),
-                self.shard_for_hash(p),
-                other.shard_for_hash(p),
-            );
+            f(prev, p, self.shard_for_hash(p), other.shard_for_hash(p));
             prev = p;
         }
     }
@@ -400,7 +397,7 @@ impl Ring {
     /// let stats = ring.spread(keys.iter().map(|k| k.as_bytes()));
     /// assert_eq!(stats.keys, 1000);
     /// assert_eq!(stats.shards, 2);
-    /// # Ok::<(), limedb_cluster::RingError>(())
+    /// # Ok::<(), limedb_cluster::ClusterError>(())
     /// ```
     pub fn spread<'a>(&self, keys: impl IntoIterator<Item = &'a [u8]>) -> SpreadStats {
         let mut counts: BTreeMap<ShardId, u64> = self.shards.iter().map(|&s| (s, 0)).collect();
@@ -450,7 +447,7 @@ fn place(vnodes: impl IntoIterator<Item = VNode>) -> Vec<VNode> {
 
 /// Number of hashes in `(start, end]`, wrapping when `start >= end`
 /// (`start == end` is the whole space, `2^64`).
-fn range_size(start: u64, end: u64) -> u128 {
+pub(crate) fn range_size(start: u64, end: u64) -> u128 {
     if start < end {
         u128::from(end - start)
     } else {
@@ -464,6 +461,6 @@ fn saturate(size: u128) -> u64 {
 }
 
 /// `size / 2^64` as a float.
-fn fraction(size: u128) -> f64 {
+pub(crate) fn fraction(size: u128) -> f64 {
     size as f64 / SPACE as f64
 }

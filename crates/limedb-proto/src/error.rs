@@ -40,8 +40,9 @@ pub enum ProtoError {
     #[error("unknown message kind {0:#04x}")]
     UnknownKind(u8),
 
-    /// The header's flags are not zero; version 1 defines no flags.
-    #[error("nonzero header flags {0:#06x} (all flags are reserved in protocol version 1)")]
+    /// The header's flags are not zero and not a request's ring epoch (`0x0001`), the only
+    /// flag version 1 defines.
+    #[error("header flags {0:#06x} are not allowed (version 1 defines only 0x0001, a request's ring epoch)")]
     NonZeroFlags(u16),
 
     /// The body ended in the middle of a field. The frame was complete (its `frame_len` was

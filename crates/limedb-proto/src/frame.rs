@@ -17,8 +17,10 @@
 //!   any body is awaited or allocated.
 //! - `ver`: [`PROTOCOL_VERSION`] (1). Any other value is rejected.
 //! - `knd`: the message kind ([`crate::kind`]); requests `0x01..=0x7F`, responses `0x80..=0xFF`.
-//! - `flags`: reserved, must be 0 in version 1. Planned bits: `0x0001` ring epoch present,
-//!   `0x0002` transaction id present (each would add a `u64` before the body).
+//! - `flags`: [`FLAG_RING_EPOCH`] (`0x0001`) on a request says a `u64` ring epoch follows the
+//!   header, before the body: the epoch of the cluster map the coordinator routed the request
+//!   with (a shard that no longer owns the key answers `WrongShard`). Every other bit is
+//!   reserved (`0x0002`: a transaction id, later) and rejected, as is the flag on a response.
 //! - `request_id`: chosen by the requester, echoed in the response; responses may arrive in any
 //!   order and are matched by it.
 //!
@@ -40,6 +42,9 @@ pub const HEADER_LEN: usize = 16;
 
 /// Smallest legal `frame_len`: the header minus its length field.
 const MIN_FRAME_LEN: usize = HEADER_LEN - 4;
+
+/// Header flag: a `u64` ring epoch follows the header (requests only).
+pub const FLAG_RING_EPOCH: u16 = 0x0001;
 
 /// Default limit on `frame_len`: one 64 MiB value plus a 64 KiB key plus 1 KiB for the header and
 /// field lengths.
@@ -67,6 +72,9 @@ pub struct Frame {
     /// reserved for a shard's last-words `Error` before it closes a connection over a
     /// malformed frame.
     pub request_id: u64,
+    /// The ring epoch the request was routed with ([`FLAG_RING_EPOCH`]); `None` on responses
+    /// and on requests from a coordinator without a cluster map.
+    pub ring_epoch: Option<u64>,
     /// What the frame carries.
     pub message: Message,
 }
@@ -76,6 +84,16 @@ impl Frame {
     pub fn request(request_id: u64, r: Request) -> Frame {
         Frame {
             request_id,
+            ring_epoch: None,
+            message: Message::Request(r),
+        }
+    }
+
+    /// A frame carrying a request routed with ring epoch `ring_epoch`.
+    pub fn routed(request_id: u64, ring_epoch: u64, r: Request) -> Frame {
+        Frame {
+            request_id,
+            ring_epoch: Some(ring_epoch),
             message: Message::Request(r),
         }
     }
@@ -84,8 +102,14 @@ impl Frame {
     pub fn response(request_id: u64, r: Response) -> Frame {
         Frame {
             request_id,
+            ring_epoch: None,
             message: Message::Response(r),
         }
+    }
+
+    /// Bytes between the header and the body: the ring epoch when present.
+    fn extension_len(&self) -> usize {
+        self.ring_epoch.map_or(0, |_| 8)
     }
 
     /// Appends this frame's bytes to `dst` (reserving the space first).
@@ -96,16 +120,28 @@ impl Frame {
     ///
     /// # Panics
     /// If a single byte string or the whole frame is longer than `u32::MAX` bytes, which the
-    /// wire format cannot express. Key and value limits are far below that.
+    /// wire format cannot express. Key and value limits are far below that. In debug builds,
+    /// if a response carries a ring epoch (the decoder would refuse it).
     pub fn encode(&self, dst: &mut BytesMut) {
-        let frame_len = MIN_FRAME_LEN + self.message.body_len();
+        debug_assert!(
+            self.ring_epoch.is_none() || matches!(self.message, Message::Request(_)),
+            "a ring epoch travels on requests only"
+        );
+        let frame_len = MIN_FRAME_LEN + self.extension_len() + self.message.body_len();
         dst.reserve(4 + frame_len);
         let start = dst.len();
         dst.put_u32_le(wire_len(frame_len));
         dst.put_u8(PROTOCOL_VERSION);
         dst.put_u8(self.message.kind());
-        dst.put_u16_le(0); // flags: none defined in version 1
+        dst.put_u16_le(if self.ring_epoch.is_some() {
+            FLAG_RING_EPOCH
+        } else {
+            0
+        });
         dst.put_u64_le(self.request_id);
+        if let Some(epoch) = self.ring_epoch {
+            dst.put_u64_le(epoch);
+        }
         self.message.encode_body(dst);
         debug_assert_eq!(
             dst.len() - start,
@@ -114,9 +150,9 @@ impl Frame {
         );
     }
 
-    /// Exact number of bytes [`Frame::encode`] appends (`HEADER_LEN` + body).
+    /// Exact number of bytes [`Frame::encode`] appends (`HEADER_LEN` + ring epoch + body).
     pub fn encoded_len(&self) -> usize {
-        HEADER_LEN + self.message.body_len()
+        HEADER_LEN + self.extension_len() + self.message.body_len()
     }
 }
 
@@ -163,8 +199,15 @@ pub fn decode(src: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<Frame
     if !kind::is_known(kind) {
         return Err(ProtoError::UnknownKind(kind));
     }
-    if flags != 0 {
+    let has_epoch = flags == FLAG_RING_EPOCH && kind::is_request(kind);
+    if flags != 0 && !has_epoch {
         return Err(ProtoError::NonZeroFlags(flags));
+    }
+    if has_epoch && frame_len < MIN_FRAME_LEN + 8 {
+        return Err(ProtoError::FrameTooShort {
+            len: frame_len,
+            min: MIN_FRAME_LEN + 8,
+        });
     }
 
     let total = frame_len.saturating_add(4);
@@ -173,9 +216,11 @@ pub fn decode(src: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<Frame
     }
     let mut body = src.split_to(total);
     body.advance(HEADER_LEN);
+    let ring_epoch = has_epoch.then(|| body.get_u64_le());
     let message = Message::decode_body(kind, body)?;
     Ok(Some(Frame {
         request_id,
+        ring_epoch,
         message,
     }))
 }

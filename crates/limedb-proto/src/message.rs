@@ -23,6 +23,7 @@
 //! | `0x86` | `KeysPage` | `total: u64, count: u32, count × (key: bytes, value: bytes, value_len: u64)` |
 //! | `0x87` | `Reply` | `resp3: bytes` (one RESP3-encoded value) |
 //! | `0xA0` | `RaftReply` | `payload: bytes` |
+//! | `0xFD` | `WrongShard` | `ring_epoch: u64` |
 //! | `0xFE` | `NotLeader` | `leader_id: opt<u64>, leader_url: opt<string>` |
 //! | `0xFF` | `Error` | `code: u16, message: string` |
 //!
@@ -50,7 +51,6 @@ use crate::ProtoError;
 /// | `0x21..=0x2F` | more Raft transport requests |
 /// | `0x90`, `0x91`, `0x92` | `Prepared`, `Committed`, `Aborted` |
 /// | `0xA1..=0xAF` | more Raft transport replies |
-/// | `0xFD` | `WrongShard { ring_epoch: u64 }`: the shard no longer owns the key |
 pub mod kind {
     /// Request: `Hello` (handshake, must be the first frame a client sends).
     pub const HELLO: u8 = 0x01;
@@ -89,6 +89,9 @@ pub mod kind {
     pub const REPLY: u8 = 0x87;
     /// Response: `RaftReply`, the answer to `Raft`.
     pub const RAFT_REPLY: u8 = 0xA0;
+    /// Response: `WrongShard`: this shard does not own the key at its ring epoch; nothing was
+    /// done.
+    pub const WRONG_SHARD: u8 = 0xFD;
     /// Response: `NotLeader`: this replica does not lead its group; nothing was done.
     pub const NOT_LEADER: u8 = 0xFE;
     /// Response: `Error`, a valid answer to any request.
@@ -96,7 +99,7 @@ pub mod kind {
 
     // Reserved, see the module docs and docs/protocol.md: 0x0A..=0x0F, 0x10 TxnPrepare,
     // 0x11 TxnCommit, 0x12 TxnAbort, 0x21..=0x2F Raft, 0x90..=0x92 txn replies, 0xA1..=0xAF Raft
-    // replies, 0xFD WrongShard { ring_epoch }.
+    // replies.
 
     /// Whether `kind` is a request kind (high bit clear, not zero).
     pub const fn is_request(kind: u8) -> bool {
@@ -126,6 +129,7 @@ pub mod kind {
                 | REPLY
                 | RAFT_REPLY
                 | NOT_LEADER
+                | WRONG_SHARD
                 | ERROR
         )
     }
@@ -400,6 +404,13 @@ pub enum Response {
         /// The leader's HTTP URL, when known.
         leader_url: Option<String>,
     },
+    /// This shard does not own the request's key at its ring epoch, so it did nothing; refresh
+    /// the cluster map to at least `ring_epoch` and route again. Valid as the answer to any data
+    /// request.
+    WrongShard {
+        /// The shard's ring epoch.
+        ring_epoch: u64,
+    },
     /// The request failed. Valid as the answer to any request.
     Error {
         /// What kind of failure.
@@ -423,6 +434,7 @@ impl Response {
             Response::Reply(_) => "reply",
             Response::RaftReply(_) => "raft_reply",
             Response::NotLeader { .. } => "not_leader",
+            Response::WrongShard { .. } => "wrong_shard",
             Response::Error { .. } => "error",
         }
     }
@@ -439,6 +451,7 @@ impl Response {
             Response::Reply(_) => kind::REPLY,
             Response::RaftReply(_) => kind::RAFT_REPLY,
             Response::NotLeader { .. } => kind::NOT_LEADER,
+            Response::WrongShard { .. } => kind::WRONG_SHARD,
             Response::Error { .. } => kind::ERROR,
         }
     }
@@ -465,6 +478,7 @@ impl Response {
                     + 1
                     + leader_url.as_ref().map_or(0, |u| bytes_field_len(u.len()))
             }
+            Response::WrongShard { .. } => 8,
             Response::Error { message, .. } => 2 + bytes_field_len(message.len()),
         }
     }
@@ -511,6 +525,7 @@ impl Response {
                     put_bytes(dst, url.as_bytes());
                 }
             }
+            Response::WrongShard { ring_epoch } => dst.put_u64_le(*ring_epoch),
             Response::Error { code, message } => {
                 dst.put_u16_le(code.as_u16());
                 put_bytes(dst, message.as_bytes());
@@ -734,6 +749,9 @@ impl Message {
                 })
             }
             kind::RAFT_REPLY => Message::Response(Response::RaftReply(r.bytes("payload")?)),
+            kind::WRONG_SHARD => Message::Response(Response::WrongShard {
+                ring_epoch: r.u64("ring_epoch")?,
+            }),
             kind::NOT_LEADER => {
                 let leader_id = if r.bool("leader_id presence tag")? {
                     Some(r.u64("leader_id")?)

@@ -122,6 +122,9 @@ fn samples() -> Vec<Frame> {
                 leader_url: None,
             },
         ),
+        Frame::routed(15, 42, Request::Get { key: b(b"routed") }),
+        Frame::routed(16, u64::MAX, Request::Ping),
+        Frame::response(17, Response::WrongShard { ring_epoch: 43 }),
     ]);
     for code in (0..=10).chain([u16::MAX]).map(ErrorCode::from_u16) {
         out.push(Frame::response(
@@ -402,21 +405,37 @@ fn rejects_bad_version() {
 #[test]
 fn rejects_unknown_and_reserved_kinds() {
     for k in [
-        0x00, 0x0A, 0x10, 0x11, 0x12, 0x21, 0x7F, 0x80, 0x88, 0x90, 0xA1, 0xFD,
+        0x00, 0x0A, 0x10, 0x11, 0x12, 0x21, 0x7F, 0x80, 0x88, 0x90, 0xA1, 0xFC,
     ] {
         assert_eq!(decode_err(raw(1, k, 0, 1, &[])), ProtoError::UnknownKind(k));
     }
 }
 
 #[test]
-fn rejects_nonzero_flags() {
+fn rejects_unknown_flags_and_an_epoch_where_none_belongs() {
+    for flags in [2, 3, 0x8000] {
+        assert_eq!(
+            decode_err(raw(1, kind::PING, flags, 1, &[0; 8])),
+            ProtoError::NonZeroFlags(flags)
+        );
+    }
+    // A ring epoch travels on requests only.
     assert_eq!(
-        decode_err(raw(1, kind::PING, 1, 1, &[])),
+        decode_err(raw(1, kind::PONG, 1, 1, &[0; 8])),
         ProtoError::NonZeroFlags(1)
     );
+    // The flag promises 8 bytes the frame does not have.
     assert_eq!(
-        decode_err(raw(1, kind::PING, 0x8000, 1, &[])),
-        ProtoError::NonZeroFlags(0x8000)
+        decode_err(raw(1, kind::PING, 1, 1, &[0; 7])),
+        ProtoError::FrameTooShort {
+            len: HEADER_LEN - 4 + 7,
+            min: HEADER_LEN - 4 + 8
+        }
+    );
+    let mut ok = raw(1, kind::PING, 1, 9, &7u64.to_le_bytes());
+    assert_eq!(
+        decode(&mut ok, MAX),
+        Ok(Some(Frame::routed(9, 7, Request::Ping)))
     );
 }
 
@@ -664,6 +683,7 @@ fn arb_response() -> impl Strategy<Value = Response> {
                     .collect()
             }),
         arb_bytes().prop_map(Response::Reply),
+        any::<u64>().prop_map(|ring_epoch| Response::WrongShard { ring_epoch }),
         (any::<u16>(), any::<String>()).prop_map(|(code, message)| Response::Error {
             code: ErrorCode::from_u16(code),
             message
@@ -674,13 +694,16 @@ fn arb_response() -> impl Strategy<Value = Response> {
 fn arb_frame() -> impl Strategy<Value = Frame> {
     (
         any::<u64>(),
+        proptest::option::of(any::<u64>()),
         prop_oneof![
             arb_request().prop_map(Message::Request),
             arb_response().prop_map(Message::Response)
         ],
     )
-        .prop_map(|(request_id, message)| Frame {
+        .prop_map(|(request_id, epoch, message)| Frame {
             request_id,
+            // A ring epoch travels on requests only.
+            ring_epoch: epoch.filter(|_| matches!(message, Message::Request(_))),
             message,
         })
 }

@@ -362,28 +362,28 @@ fn shard_id_displays_the_number() {
 
 #[test]
 fn errors() {
-    assert_eq!(Ring::new(&[], 128), Err(RingError::NoShards));
+    assert_eq!(Ring::new(&[], 128), Err(ClusterError::NoShards));
     assert_eq!(
         Ring::new(&[ShardId(2), ShardId(1), ShardId(2)], 128),
-        Err(RingError::DuplicateShard(ShardId(2)))
+        Err(ClusterError::DuplicateShard(ShardId(2)))
     );
     assert_eq!(
         Ring::new(&[ShardId(1)], 0),
-        Err(RingError::InvalidVnodeCount {
+        Err(ClusterError::InvalidVnodeCount {
             vnodes_per_shard: 0,
             max: MAX_VNODES_PER_SHARD
         })
     );
     assert_eq!(
         Ring::new(&[ShardId(1)], MAX_VNODES_PER_SHARD + 1),
-        Err(RingError::InvalidVnodeCount {
+        Err(ClusterError::InvalidVnodeCount {
             vnodes_per_shard: MAX_VNODES_PER_SHARD + 1,
             max: MAX_VNODES_PER_SHARD
         })
     );
     assert!(Ring::new(&[ShardId(1)], MAX_VNODES_PER_SHARD).is_ok());
     assert_eq!(
-        RingError::DuplicateShard(ShardId(2)).to_string(),
+        ClusterError::DuplicateShard(ShardId(2)).to_string(),
         "shard 2 appears more than once"
     );
 }

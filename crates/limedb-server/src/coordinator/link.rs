@@ -553,6 +553,7 @@ async fn read_responses(
             Ok(Some(Frame {
                 request_id,
                 message: Message::Response(response),
+                ..
             })) => {
                 link.note_answer();
                 if let Some(waiter) = lock(&conn.pending).remove(&request_id) {

@@ -86,6 +86,7 @@ async fn serve_connection(
             Ok(Some(Frame {
                 request_id,
                 message: Message::Request(request),
+                ..
             })) => (request_id, request),
             Ok(Some(Frame { request_id, .. })) => {
                 let why = "a shard accepts only requests on this connection";

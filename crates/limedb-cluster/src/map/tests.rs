@@ -1,0 +1,307 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn group(port: u16) -> Group {
+    Group {
+        replicas: (1..=3u64)
+            .map(|r| {
+                (
+                    r,
+                    format!("http://127.0.0.1:{}", port + 100 * (r as u16 - 1)),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn three_shards() -> ClusterMap {
+    let groups = (1..=3u32)
+        .map(|s| (ShardId(s), group(7000 + s as u16)))
+        .collect();
+    ClusterMap::bootstrap(groups, 64).unwrap()
+}
+
+/// Runs every transfer of the move in progress through all its phases, in order.
+fn run_to_done(map: &mut ClusterMap) {
+    let m = map.moving().unwrap().clone();
+    for t in &m.transfers {
+        let mut phase = t.phase;
+        while phase != Phase::Done {
+            phase = map.advance(m.id, t.from, t.to, phase).unwrap();
+        }
+    }
+    map.finish_move(m.id).unwrap();
+}
+
+#[test]
+fn adding_a_shard_ends_with_the_ring_of_the_new_shard_set() {
+    let mut map = three_shards();
+    assert_eq!(map.epoch(), 1);
+    let id = map.add_shard(ShardId(4), group(7004)).unwrap();
+    assert_eq!(map.epoch(), 2, "starting a move bumps the epoch");
+    let m = map.moving().unwrap();
+    assert_eq!(m.id, id);
+    assert_eq!(m.transfers.len(), 3);
+    assert!(m.transfers.iter().all(|t| t.to == ShardId(4)));
+    // Nothing changes owner before a cut-over.
+    let before = Ring::new(&[ShardId(1), ShardId(2), ShardId(3)], 64).unwrap();
+    for i in 0..2000u32 {
+        let key = format!("k{i}");
+        assert_eq!(
+            map.routing().owner_of_key(key.as_bytes()),
+            before.shard_for_key(key.as_bytes())
+        );
+    }
+    run_to_done(&mut map);
+    // Start, three hand-overs, finish.
+    assert_eq!(map.epoch(), 6);
+    let after = Ring::new(&[ShardId(1), ShardId(2), ShardId(3), ShardId(4)], 64).unwrap();
+    assert_eq!(map.routing().base(), &after);
+    assert!(map.routing().target().is_none());
+    assert!(map.moving().is_none());
+    assert_eq!(map.groups().len(), 4);
+}
+
+#[test]
+fn removing_a_shard_drops_its_group_once_its_ranges_are_given_away() {
+    let mut map = three_shards();
+    let id = map.remove_shard(ShardId(2)).unwrap();
+    assert!(map
+        .moving()
+        .unwrap()
+        .transfers
+        .iter()
+        .all(|t| t.from == ShardId(2)));
+    assert_eq!(
+        map.finish_move(id),
+        Err(ClusterError::TransfersPending(2)),
+        "a move with transfers left cannot finish"
+    );
+    assert_eq!(
+        map.groups().len(),
+        3,
+        "the group stays while it still owns ranges"
+    );
+    run_to_done(&mut map);
+    assert_eq!(
+        map.groups().keys().copied().collect::<Vec<_>>(),
+        vec![ShardId(1), ShardId(3)]
+    );
+    for i in 0..2000u32 {
+        assert_ne!(
+            map.routing().owner_of_key(format!("k{i}").as_bytes()),
+            ShardId(2)
+        );
+    }
+}
+
+#[test]
+fn refused_changes_leave_the_map_as_it_was() {
+    let mut map = three_shards();
+    let original = map.clone();
+    assert_eq!(
+        map.add_shard(ShardId(2), group(9000)),
+        Err(ClusterError::ShardExists(ShardId(2)))
+    );
+    assert_eq!(
+        map.add_shard(
+            ShardId(9),
+            Group {
+                replicas: BTreeMap::new()
+            }
+        ),
+        Err(ClusterError::EmptyGroup(ShardId(9)))
+    );
+    assert_eq!(
+        map.remove_shard(ShardId(9)),
+        Err(ClusterError::UnknownShard(ShardId(9)))
+    );
+    assert_eq!(map, original);
+
+    let id = map.add_shard(ShardId(4), group(7004)).unwrap();
+    let during = map.clone();
+    assert!(matches!(
+        map.add_shard(ShardId(5), group(7005)),
+        Err(ClusterError::MoveInProgress(_))
+    ));
+    assert!(matches!(
+        map.remove_shard(ShardId(1)),
+        Err(ClusterError::MoveInProgress(_))
+    ));
+    assert_eq!(
+        map.advance(id, ShardId(1), ShardId(4), Phase::Copy),
+        Err(ClusterError::WrongPhase {
+            expected: Phase::Copy,
+            actual: Phase::Prepare
+        }),
+        "a stale driver cannot skip a phase"
+    );
+    assert_eq!(
+        map.advance(id + 1, ShardId(1), ShardId(4), Phase::Prepare),
+        Err(ClusterError::NoSuchMove(id + 1))
+    );
+    assert_eq!(
+        map.advance(id, ShardId(4), ShardId(1), Phase::Prepare),
+        Err(ClusterError::NoSuchTransfer {
+            from: ShardId(4),
+            to: ShardId(1)
+        })
+    );
+    assert_eq!(map, during);
+}
+
+#[test]
+fn the_last_shard_cannot_be_removed() {
+    let groups = [(ShardId(1), group(7001))].into_iter().collect();
+    let mut map = ClusterMap::bootstrap(groups, 16).unwrap();
+    assert_eq!(
+        map.remove_shard(ShardId(1)),
+        Err(ClusterError::LastShard(ShardId(1)))
+    );
+}
+
+#[test]
+fn a_cut_over_gives_exactly_that_transfers_ranges_and_bumps_the_epoch() {
+    let mut map = three_shards();
+    let id = map.add_shard(ShardId(4), group(7004)).unwrap();
+    let (from, to) = (ShardId(2), ShardId(4));
+    let mut phase = Phase::Prepare;
+    while phase != Phase::CutOver {
+        phase = map.advance(id, from, to, phase).unwrap();
+    }
+    let epoch = map.epoch();
+    assert_eq!(
+        map.advance(id, from, to, Phase::CutOver),
+        Ok(Phase::CleanUp)
+    );
+    assert_eq!(map.epoch(), epoch + 1);
+    let base = map.routing().base().clone();
+    let target = map.routing().target().unwrap().clone();
+    for i in 0..5000u32 {
+        let hash = key_hash(format!("key-{i}").as_bytes());
+        let (b, t) = (base.shard_for_hash(hash), target.shard_for_hash(hash));
+        let expected = if (b, t) == (from, to) { to } else { b };
+        assert_eq!(map.routing().owner(hash), expected, "hash {hash}");
+    }
+}
+
+#[test]
+fn handing_over_twice_is_one_hand_over() {
+    let mut routing = Routing::new(&[ShardId(1), ShardId(2)], 32).unwrap();
+    let transfers = routing
+        .begin(&[ShardId(1), ShardId(2), ShardId(3)])
+        .unwrap();
+    let t = &transfers[0];
+    assert_eq!(routing.hand_over(t.from, t.to), Ok(true));
+    let epoch = routing.epoch();
+    assert_eq!(routing.hand_over(t.from, t.to), Ok(false));
+    assert_eq!(routing.epoch(), epoch);
+    assert_eq!(
+        routing.hand_over(ShardId(3), ShardId(1)),
+        Err(ClusterError::NoSuchTransfer {
+            from: ShardId(3),
+            to: ShardId(1)
+        })
+    );
+    assert_eq!(
+        routing.begin(&[ShardId(1)]).map(|_| ()),
+        Err(ClusterError::MoveInProgress(
+            "from shards 1,2 to 1,2,3".into()
+        ))
+    );
+}
+
+#[test]
+fn the_map_survives_json_and_bad_json_is_refused() {
+    let mut map = three_shards();
+    let id = map.add_shard(ShardId(4), group(7004)).unwrap();
+    map.advance(id, ShardId(1), ShardId(4), Phase::Prepare)
+        .unwrap();
+    map.record_progress(id, ShardId(1), ShardId(4), 10, 1000)
+        .unwrap();
+    let json = serde_json::to_string(&map).unwrap();
+    let back: ClusterMap = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, map);
+    assert_eq!(back.moving().unwrap().transfers[0].keys_copied, 10);
+
+    // A hand-over naming a transfer the rings do not have is refused, as is a ring with no
+    // shards.
+    let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    value["routing"]["handedOver"] = serde_json::json!([[4, 1]]);
+    assert!(serde_json::from_value::<ClusterMap>(value).is_err());
+    let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    value["routing"]["base"] = serde_json::json!([]);
+    assert!(serde_json::from_value::<ClusterMap>(value).is_err());
+}
+
+#[test]
+fn differences_name_what_the_command_line_gets_wrong() {
+    let map = three_shards();
+    let agree: BTreeMap<ShardId, String> = (1..=3u32)
+        .map(|s| (ShardId(s), format!("http://127.0.0.1:{}/", 7100 + s)))
+        .collect();
+    assert!(
+        map.differences(&agree).is_empty(),
+        "any replica's URL will do"
+    );
+
+    let mut extra = agree.clone();
+    extra.insert(ShardId(4), "http://127.0.0.1:7004".into());
+    extra.remove(&ShardId(1));
+    extra.insert(ShardId(2), "http://10.0.0.9:7002".into());
+    let diff = map.differences(&extra);
+    assert_eq!(diff.len(), 3, "{diff:?}");
+    assert!(diff
+        .iter()
+        .any(|d| d.contains("shard 4") && d.contains("not in the cluster map")));
+    assert!(diff
+        .iter()
+        .any(|d| d.contains("shard 1") && d.contains("not on the command line")));
+    assert!(diff
+        .iter()
+        .any(|d| d.contains("shard 2") && d.contains("10.0.0.9")));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Whatever order transfers are cut over in, every hash has one owner at every step, that
+    /// owner is its base or its target owner, and the end is the target ring.
+    #[test]
+    fn any_cut_over_order_keeps_one_owner_per_hash(
+        before in proptest::collection::btree_set(1u32..10, 1..5),
+        after in proptest::collection::btree_set(1u32..10, 1..5),
+        order in any::<u64>(),
+        hashes in proptest::collection::vec(any::<u64>(), 300),
+    ) {
+        let before: Vec<ShardId> = before.into_iter().map(ShardId).collect();
+        let after: Vec<ShardId> = after.into_iter().map(ShardId).collect();
+        prop_assume!(before != after);
+        let mut routing = Routing::new(&before, 16).unwrap();
+        let mut transfers = routing.begin(&after).unwrap();
+        // A deterministic shuffle from `order`.
+        let n = transfers.len();
+        for i in (1..n).rev() {
+            transfers.swap(i, (order.rotate_left(i as u32) % (i as u64 + 1)) as usize);
+        }
+        let base = routing.base().clone();
+        let target = routing.target().unwrap().clone();
+        for t in &transfers {
+            routing.hand_over(t.from, t.to).unwrap();
+            let json_round_trip: Routing =
+                serde_json::from_str(&serde_json::to_string(&routing).unwrap()).unwrap();
+            prop_assert_eq!(&json_round_trip, &routing);
+            for &h in &hashes {
+                let owner = routing.owner(h);
+                prop_assert!(owner == base.shard_for_hash(h) || owner == target.shard_for_hash(h));
+            }
+        }
+        routing.finish().unwrap();
+        for &h in &hashes {
+            prop_assert_eq!(routing.owner(h), target.shard_for_hash(h));
+        }
+    }
+}
