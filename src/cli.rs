@@ -45,6 +45,11 @@ pub enum Command {
     Shard(ShardArgs),
     /// Run a coordinator: the HTTP API that routes every key to the shard that owns it.
     Coordinator(CoordinatorArgs),
+    /// Run one replica of the cluster-map group: the small Raft group that keeps the cluster
+    /// map (every shard group, its replicas, the ring and its epoch) for the coordinators
+    /// started with --meta. Run three (or five) with the same --peers; the map survives the
+    /// loss of any minority of them.
+    Meta(MetaArgs),
     /// Run a whole local cluster in one process: a coordinator and 3 shards of 3 replicas each
     /// by default.
     Dev(DevArgs),
@@ -223,6 +228,33 @@ pub struct ShardArgs {
     pub limits: LimitArgs,
 }
 
+/// Options of `limedb meta` (also the `[meta]` table of the TOML file).
+#[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetaArgs {
+    /// Interface to listen on (both listeners). [default: 127.0.0.1]
+    #[arg(long, env = "LIMEDB_HOST", value_name = "IP")]
+    pub host: Option<String>,
+
+    /// HTTP port; 0 picks a free port. Coordinators reach the map group here (--meta).
+    /// [default: 7900 + replica id]
+    #[arg(long, env = "LIMEDB_PORT", value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// Port of the internal binary protocol (Raft traffic between the map group's replicas); 0
+    /// picks a free port. [default: HTTP port + 10000]
+    #[arg(long, env = "LIMEDB_INTERNAL_PORT", value_name = "PORT")]
+    pub internal_port: Option<u16>,
+
+    /// Data directory. [default: ./limedb-data/meta-replica-N]
+    #[arg(long, env = "LIMEDB_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub replication: ReplicationArgs,
+}
+
 /// Replication of a shard: this process as one replica of the shard's Raft group.
 #[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
 #[serde(default)]
@@ -358,9 +390,20 @@ pub struct CoordinatorArgs {
     )]
     pub shards: Option<Vec<String>>,
 
-    /// Virtual nodes per shard on the consistent-hash ring. [default: 128]
+    /// Virtual nodes per shard on the consistent-hash ring. With --meta it only matters when
+    /// this coordinator creates the cluster map; afterwards the map's count is used. [default: 128]
     #[arg(long, env = "LIMEDB_VNODES", value_name = "N")]
     pub vnodes: Option<u32>,
+
+    /// Members of the cluster-map group (`limedb meta` replicas' HTTP URLs, comma-separated;
+    /// one is enough, the others are learned from it). The coordinator then routes by the
+    /// cluster map: the first one started with --shards on an empty cluster creates the map;
+    /// later ones may leave --shards out, and one whose --shards disagrees with the map refuses
+    /// to start, naming the differences (instead of routing keys to shards that do not hold
+    /// them). Any number of coordinators may serve at once. Without --meta the coordinator
+    /// routes by --shards alone, as before.
+    #[arg(long, env = "LIMEDB_META", value_name = "URLS", value_delimiter = ',')]
+    pub meta: Option<Vec<String>>,
 
     /// How long to wait for a shard before answering 503, in milliseconds. [default: 2000]
     #[arg(long, env = "LIMEDB_SHARD_TIMEOUT_MS", value_name = "MS")]
@@ -526,6 +569,8 @@ pub struct FileConfig {
     pub coordinator: CoordinatorArgs,
     /// `[dev]`
     pub dev: DevArgs,
+    /// `[meta]`
+    pub meta: MetaArgs,
 }
 
 impl FileConfig {
@@ -544,6 +589,7 @@ impl FileConfig {
             ("shard", known_keys(&ShardArgs::default())),
             ("coordinator", known_keys(&CoordinatorArgs::default())),
             ("dev", known_keys(&DevArgs::default())),
+            ("meta", known_keys(&MetaArgs::default())),
         ] {
             if let Some(toml::Value::Table(t)) = table.get(section) {
                 if let Some(bad) = t.keys().find(|k| !known.contains(k)) {
@@ -729,6 +775,24 @@ mod tests {
         assert_eq!(merged.resp.resp_idle_timeout_ms, Some(5000));
         assert_eq!(file.coordinator.resp.resp_port, Some(6379));
         assert_eq!(file.dev.resp_port, Some(0));
+    }
+
+    #[test]
+    fn meta_and_map_settings_come_from_the_file_too() {
+        let file = FileConfig::parse(
+            "[meta]\nreplica = 2\npeers = [\"1=http://a:7901\", \"2=http://b:7902\"]\nport = 7902\n[coordinator]\nmeta = [\"http://a:7901\"]\n",
+        )
+        .expect("valid toml");
+        let merged = overlay(&MetaArgs::default(), &file.meta).expect("merge");
+        assert_eq!(merged.replication.replica, Some(2));
+        assert_eq!(merged.replication.peers.map(|p| p.len()), Some(2));
+        assert_eq!(merged.port, Some(7902));
+        assert_eq!(
+            file.coordinator.meta,
+            Some(vec!["http://a:7901".to_string()])
+        );
+        let err = FileConfig::parse("[meta]\nid = 3\n").expect_err("meta has no id");
+        assert!(err.contains("\"id\""), "{err}");
     }
 
     #[test]

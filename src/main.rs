@@ -26,7 +26,8 @@ use limedb_storage::lsm::sstable::ReadMode;
 use limedb_storage::SyncPolicy;
 
 use cli::{
-    BenchArgs, Cli, Command, CoordinatorArgs, DevArgs, FileConfig, LimitArgs, PgArgs, ShardArgs,
+    BenchArgs, Cli, Command, CoordinatorArgs, DevArgs, FileConfig, LimitArgs, MetaArgs, PgArgs,
+    ShardArgs,
 };
 
 /// The process's allocator. A shard allocates per request (arguments, replies, buffers);
@@ -73,6 +74,10 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Coordinator(args) => {
             let config = coordinator_config(cli::overlay(&args, &file.coordinator)?)?;
             runtime.block_on(run_coordinator(config))
+        }
+        Command::Meta(args) => {
+            let config = meta_config(cli::overlay(&args, &file.meta)?)?;
+            runtime.block_on(run_shard(config))
         }
         Command::Dev(args) => {
             let config = dev_config(cli::overlay(&args, &file.dev)?)?;
@@ -281,6 +286,49 @@ fn shard_config(args: ShardArgs) -> Result<ShardConfig, String> {
     })
 }
 
+/// A replica of the cluster-map group: a replicated shard with the reserved id 0, small
+/// memory budgets (it holds one key), fsync on every write, no RESP listener.
+fn meta_config(args: MetaArgs) -> Result<ShardConfig, String> {
+    let replication = replication_config(&args.replication)?.ok_or(
+        "limedb meta needs --peers: every replica of the cluster-map group as ID=URL,... (this one included), e.g. 1=http://127.0.0.1:7901,2=http://127.0.0.1:7902,3=http://127.0.0.1:7903",
+    )?;
+    let replica = replication.replica_id;
+    let host = parse_host(args.host)?;
+    let port = match args.port {
+        Some(p) => p,
+        None => u16::try_from(7900 + replica)
+            .map_err(|_| format!("replica id {replica} has no default port; give --port"))?,
+    };
+    let internal_port = args.internal_port.unwrap_or(default_internal_port(port));
+    if port != 0 && port == internal_port {
+        return Err(format!("--port and --internal-port are both {port}"));
+    }
+    Ok(ShardConfig {
+        id: limedb_server::shard::map_group::MAP_GROUP_ID,
+        http_addr: SocketAddr::new(host, port),
+        internal_addr: SocketAddr::new(host, internal_port),
+        data_dir: args.data_dir.unwrap_or_else(|| {
+            PathBuf::from("limedb-data").join(format!("meta-replica-{replica}"))
+        }),
+        storage: StorageKind::Lsm,
+        wal_sync: SyncPolicy::Always,
+        lsm: LsmTuning {
+            memtable_bytes: 4 << 20,
+            block_cache_bytes: 8 << 20,
+            ..LsmTuning::default()
+        },
+        postgres: None,
+        limits: Limits::default(),
+        max_connections: DEFAULT_MAX_CONNECTIONS,
+        resp_addr: None,
+        resp_idle_timeout: None,
+        replication: Some(ReplicationConfig {
+            log_sync: SyncPolicy::Always,
+            ..replication
+        }),
+    })
+}
+
 /// `--replica`, `--peers` and the Raft tuning of a shard; `None` without `--peers`.
 fn replication_config(r: &cli::ReplicationArgs) -> Result<Option<ReplicationConfig>, String> {
     let Some(peers) = &r.peers else {
@@ -331,9 +379,26 @@ fn resp_idle_timeout(args: &cli::RespArgs) -> Option<Duration> {
 }
 
 fn coordinator_config(args: CoordinatorArgs) -> Result<CoordinatorConfig, String> {
-    let shard_urls = args
-        .shards
-        .unwrap_or_else(|| SEED_SHARD_URLS.iter().map(|s| s.to_string()).collect());
+    let meta: Vec<String> = args
+        .meta
+        .unwrap_or_default()
+        .into_iter()
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            if u.contains("://") {
+                u
+            } else {
+                format!("http://{u}")
+            }
+        })
+        .collect();
+    // With --meta and no --shards, the stored map says where the shards are.
+    let shard_urls = match (args.shards, meta.is_empty()) {
+        (Some(shards), _) => shards,
+        (None, false) => Vec::new(),
+        (None, true) => SEED_SHARD_URLS.iter().map(|s| s.to_string()).collect(),
+    };
     let millis = |v: Option<u64>, default: Duration, name: &str| match v {
         Some(0) => Err(format!("--{name} must be at least 1")),
         Some(ms) => Ok(Duration::from_millis(ms)),
@@ -342,7 +407,11 @@ fn coordinator_config(args: CoordinatorArgs) -> Result<CoordinatorConfig, String
     let host = parse_host(args.host)?;
     Ok(CoordinatorConfig {
         http_addr: SocketAddr::new(host, args.port.unwrap_or(8080)),
-        shards: parse_shard_list(&shard_urls).map_err(|e| format!("--shards: {e}"))?,
+        shards: if shard_urls.is_empty() {
+            Vec::new()
+        } else {
+            parse_shard_list(&shard_urls).map_err(|e| format!("--shards: {e}"))?
+        },
         vnodes_per_shard: args.vnodes.unwrap_or(DEFAULT_VNODES_PER_SHARD),
         shard_timeout: millis(
             args.shard_timeout_ms,
@@ -362,6 +431,7 @@ fn coordinator_config(args: CoordinatorArgs) -> Result<CoordinatorConfig, String
         max_connections: max_connections(&args.limits),
         resp_addr: args.resp.resp_port.map(|p| SocketAddr::new(host, p)),
         resp_idle_timeout: resp_idle_timeout(&args.resp),
+        meta,
     })
 }
 
@@ -401,8 +471,13 @@ async fn run_shard(config: ShardConfig) -> Result<(), String> {
     let id = config.id;
     let shutdown = shutdown_on_signal()?;
     let server = ShardServer::bind(config).await.map_err(|e| e.to_string())?;
+    let role = if id == limedb_server::shard::map_group::MAP_GROUP_ID {
+        "meta"
+    } else {
+        "shard"
+    };
     announce(format!(
-        "LIMEDB_READY role=shard id={id} http={} internal={}{}",
+        "LIMEDB_READY role={role} id={id} http={} internal={}{}",
         server.http_addr(),
         server.internal_addr(),
         resp_field(server.resp_addr())

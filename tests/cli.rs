@@ -130,6 +130,17 @@ fn bad_configuration_is_a_clear_error_and_a_nonzero_exit() {
         "cannot read config file",
     );
     fails_with(&["shard", "--storage", "floppy"], "unknown storage backend");
+    fails_with(&["meta"], "limedb meta needs --peers");
+    fails_with(
+        &[
+            "meta",
+            "--replica",
+            "4",
+            "--peers",
+            "1=http://127.0.0.1:7901",
+        ],
+        "--peers has no entry for this replica",
+    );
     fails_with(&["shard", "--wal-sync", "sometimes"], "--wal-sync");
     fails_with(
         &["shard", "--table-reads", "floppy"],
@@ -230,6 +241,7 @@ fn help_explains_every_option() {
             vec![
                 "shard",
                 "coordinator",
+                "meta",
                 "dev",
                 "bench",
                 "admin",
@@ -274,6 +286,20 @@ fn help_explains_every_option() {
                 "--shard-timeout-ms",
                 "--health-interval-ms",
                 "[default: 128]",
+                "--meta",
+                "LIMEDB_META",
+            ],
+        ),
+        (
+            vec!["meta", "--help"],
+            vec![
+                "--replica",
+                "--peers",
+                "--port",
+                "--internal-port",
+                "--data-dir",
+                "[default: 7900 + replica id]",
+                "--raft-election-ms",
             ],
         ),
         (

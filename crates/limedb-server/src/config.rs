@@ -350,6 +350,10 @@ pub struct CoordinatorConfig {
     pub resp_addr: Option<SocketAddr>,
     /// Close RESP connections idle this long (`None`: never).
     pub resp_idle_timeout: Option<Duration>,
+    /// URLs of members of the cluster-map group (`--meta`); empty routes by `shards` alone, as
+    /// before the map existed. With members, `shards` creates the map on an empty cluster and
+    /// must agree with it otherwise; empty `shards` routes by the stored map.
+    pub meta: Vec<String>,
 }
 
 /// Parses a `--shards` entry: `URL` (its 1-based position in the list is its id) or `ID=URL`.

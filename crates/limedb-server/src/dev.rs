@@ -244,6 +244,7 @@ impl DevCluster {
             max_connections: config.max_connections,
             resp_addr: Some(SocketAddr::new(config.host, config.resp_port)),
             resp_idle_timeout: None,
+            meta: Vec::new(),
         })
         .await?;
         Ok(DevCluster {

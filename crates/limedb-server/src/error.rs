@@ -91,6 +91,18 @@ pub enum ApiError {
     /// the time allowed). 503: retry later.
     #[error("{0}")]
     GroupUnavailable(String),
+    /// A compare-and-set found another state than the caller expected (409); `current` is
+    /// that state, when there is one.
+    #[error("{message}")]
+    Conflict {
+        /// What differs.
+        message: String,
+        /// The state found, as JSON.
+        current: Option<serde_json::Value>,
+    },
+    /// The node has no such thing to offer (404 with its own message, unlike a missing key).
+    #[error("{0}")]
+    NoSuchResource(String),
 }
 
 impl ApiError {
@@ -101,7 +113,8 @@ impl ApiError {
             ApiError::KeyTooLarge { .. } | ApiError::ValueTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoSuchResource(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::ShardUnavailable { .. }
             | ApiError::ShuttingDown
@@ -127,7 +140,8 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::KeyTooLarge { .. } => "key_too_large",
             ApiError::ValueTooLarge { .. } => "value_too_large",
-            ApiError::NotFound => "not_found",
+            ApiError::NotFound | ApiError::NoSuchResource(_) => "not_found",
+            ApiError::Conflict { .. } => "conflict",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::ShardUnavailable { .. } => "shard_unavailable",
             ApiError::ShuttingDown => "shutting_down",
@@ -158,6 +172,13 @@ impl IntoResponse for ApiError {
             body["leader"] = leader
                 .as_ref()
                 .map_or(serde_json::Value::Null, |(_, url)| url.clone().into());
+        }
+        if let ApiError::Conflict {
+            current: Some(current),
+            ..
+        } = &self
+        {
+            body["current"] = current.clone();
         }
         (self.status(), axum::Json(body)).into_response()
     }

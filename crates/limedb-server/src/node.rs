@@ -50,6 +50,22 @@ pub enum ReplicaChange {
     },
 }
 
+/// A request about the cluster map (`/api/v1/meta/map`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum MapRequest {
+    /// The map as this node knows it: linearizable on a map-group replica, the map the
+    /// coordinator routes by on a coordinator.
+    Get,
+    /// Store `map` if the stored map is at `expected_epoch` (`None`: none stored yet). Only on
+    /// the map group's leader.
+    CompareAndSet {
+        /// The epoch the caller read.
+        expected_epoch: Option<u64>,
+        /// The new map; its epoch is greater than `expected_epoch`.
+        map: Box<limedb_cluster::ClusterMap>,
+    },
+}
+
 /// A node that serves the key-value HTTP API.
 pub trait KvNode: Clone + Send + Sync + 'static {
     /// Reads a key; `None` when absent or expired.
@@ -83,6 +99,12 @@ pub trait KvNode: Clone + Send + Sync + 'static {
         &self,
         shard: Option<u32>,
         change: ReplicaChange,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// Reads or changes the cluster map; answers `{"epoch", "map"}` for a read and
+    /// `{"epoch"}` after a change.
+    fn cluster_map(
+        &self,
+        request: MapRequest,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
     /// Size limits of requests.
     fn limits(&self) -> Limits;

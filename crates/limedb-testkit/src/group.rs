@@ -60,6 +60,20 @@ impl Group {
         Self::start_at(bin, dir, shard, placements, extra)
     }
 
+    /// Starts replicas `1..=n` of the cluster-map group (`limedb meta`, shard id 0) on loopback.
+    pub fn start_meta(bin: &Path, dir: &Path, n: u64) -> Group {
+        Self::start(bin, dir, 0, n, &[])
+    }
+
+    /// Every member's URL, comma-separated (a coordinator's `--meta`).
+    pub fn urls_arg(&self) -> String {
+        self.placements
+            .values()
+            .map(Placement::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// [`Group::start`] with given placements.
     pub fn start_at(
         bin: &Path,
@@ -122,10 +136,13 @@ impl Group {
 
     fn args(&self, r: u64) -> Vec<String> {
         let p = &self.placements[&r];
-        let mut args = vec![
-            "shard".to_string(),
-            "--id".into(),
-            self.shard.to_string(),
+        // Shard 0 is the cluster-map group, run by `limedb meta`.
+        let mut args = if self.shard == 0 {
+            vec!["meta".to_string()]
+        } else {
+            vec!["shard".to_string(), "--id".into(), self.shard.to_string()]
+        };
+        args.extend([
             "--replica".into(),
             r.to_string(),
             "--peers".into(),
@@ -138,7 +155,7 @@ impl Group {
             "0".into(),
             "--data-dir".into(),
             self.data_dir(r).to_string_lossy().into_owned(),
-        ];
+        ]);
         args.extend(self.extra.iter().cloned());
         args
     }

@@ -38,7 +38,9 @@ pub async fn health(url: &str, timeout: Duration) -> Result<serde_json::Value, S
 /// Fetches `GET {url}/api/v1/health` within `timeout` and reads the shard's identity from it.
 pub async fn identify(url: &str, timeout: Duration) -> Result<ShardIdentity, String> {
     let doc = health(url, timeout).await?;
-    if doc["type"] != "shard" {
+    // A map-group replica ("meta") speaks the same protocol to its peers; a coordinator that
+    // was given one as a data shard finds out from its shard id (0).
+    if doc["type"] != "shard" && doc["type"] != "meta" {
         return Err(format!(
             "{url} is not a LimeDB shard (its health says type {})",
             doc["type"]

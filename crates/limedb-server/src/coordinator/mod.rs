@@ -7,9 +7,11 @@
 //! small pool of multiplexed connections to it. Requests for a shard that is down fail at once
 //! with 503 naming the shard; requests for the other shards go on unaffected.
 
+pub mod cluster_map;
 pub mod discover;
 pub mod group;
 pub mod link;
+pub mod map_client;
 mod resp_backend;
 
 use std::net::SocketAddr;
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use limedb_cluster::{Ring, ShardId};
+use limedb_cluster::{ClusterMap, Ring, ShardId};
 use limedb_proto::{Request, Response};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -25,7 +27,7 @@ use tokio::task::JoinSet;
 use crate::config::{CoordinatorConfig, Limits};
 use crate::error::{ApiError, ServerError};
 use crate::metrics::Metrics;
-use crate::node::{HealthReport, KeysPage, KvNode, ReplicaChange};
+use crate::node::{HealthReport, KeysPage, KvNode, MapRequest, ReplicaChange};
 use crate::ring_json::ring_json;
 use crate::shutdown::Shutdown;
 use group::ShardGroup;
@@ -40,6 +42,8 @@ pub struct CoordinatorNode {
 #[derive(Debug)]
 struct CoordinatorInner {
     ring: Ring,
+    /// The cluster map the ring comes from (`--meta`); `None` when routing by `--shards`.
+    map: Option<ClusterMap>,
     /// Sorted by shard id.
     groups: Vec<Arc<ShardGroup>>,
     limits: Limits,
@@ -325,6 +329,8 @@ impl KvNode for CoordinatorNode {
             "status": self.status_word(),
             "members": self.links_json(),
             "shards": self.shards_json(),
+            "ringEpoch": self.inner.map.as_ref().map(ClusterMap::epoch),
+            "routing": if self.inner.map.is_some() { "clusterMap" } else { "shardsFlag" },
         })
     }
 
@@ -393,6 +399,20 @@ impl KvNode for CoordinatorNode {
         crate::http::client::forward_replica_change(&target, &change).await
     }
 
+    async fn cluster_map(&self, request: MapRequest) -> Result<serde_json::Value, ApiError> {
+        match (request, &self.inner.map) {
+            (MapRequest::Get, Some(map)) => {
+                Ok(serde_json::json!({ "epoch": map.epoch(), "map": map }))
+            }
+            (MapRequest::Get, None) => Err(ApiError::NoSuchResource(
+                "this coordinator routes by its --shards flag and has no cluster map (start it with --meta to route by one)".into(),
+            )),
+            (MapRequest::CompareAndSet { .. }, _) => Err(ApiError::NoSuchResource(
+                "the cluster map is changed at the map group's replicas (limedb meta), not at a coordinator".into(),
+            )),
+        }
+    }
+
     fn limits(&self) -> Limits {
         self.inner.limits
     }
@@ -408,6 +428,10 @@ impl KvNode for CoordinatorNode {
     }
 }
 
+/// How long a coordinator started with `--meta` waits for the map group (and, creating the
+/// map, for the shards) before giving up.
+const MAP_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A coordinator whose listener is bound, ready to [`run`](Self::run).
 pub struct CoordinatorServer {
     node: CoordinatorNode,
@@ -419,11 +443,38 @@ pub struct CoordinatorServer {
 }
 
 impl CoordinatorServer {
-    /// Builds the ring and binds the HTTP listener. Shards need not be up yet.
-    pub async fn bind(config: CoordinatorConfig) -> Result<Self, ServerError> {
-        let ids: Vec<ShardId> = config.shards.iter().map(|s| s.id).collect();
-        let ring = Ring::new(&ids, config.vnodes_per_shard)
-            .map_err(|e| ServerError::Config(e.to_string()))?;
+    /// Builds the ring (from the cluster map with `--meta`, else from `--shards`) and binds
+    /// the HTTP listener. Shards need not be up yet, except to create the cluster map.
+    pub async fn bind(mut config: CoordinatorConfig) -> Result<Self, ServerError> {
+        let map = if config.meta.is_empty() {
+            None
+        } else {
+            let client = map_client::MapClient::new(config.meta.clone());
+            let map = cluster_map::establish(
+                &client,
+                &config.shards,
+                config.vnodes_per_shard,
+                MAP_START_TIMEOUT,
+            )
+            .await?;
+            config.shards = map
+                .groups()
+                .iter()
+                .filter_map(|(&id, group)| {
+                    let url = group.replicas.values().next()?.clone();
+                    Some(crate::config::ShardSpec { id, url })
+                })
+                .collect();
+            Some(map)
+        };
+        let ring = match &map {
+            Some(map) => map.routing().base().clone(),
+            None => {
+                let ids: Vec<ShardId> = config.shards.iter().map(|s| s.id).collect();
+                Ring::new(&ids, config.vnodes_per_shard)
+                    .map_err(|e| ServerError::Config(e.to_string()))?
+            }
+        };
         let http = TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| ServerError::Bind {
@@ -471,6 +522,7 @@ impl CoordinatorServer {
             node: CoordinatorNode {
                 inner: Arc::new(CoordinatorInner {
                     ring,
+                    map,
                     groups: links,
                     limits: config.limits,
                     metrics,

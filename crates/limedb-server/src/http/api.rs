@@ -13,6 +13,8 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET`/`POST /api/v1/admin/replicas`, `DELETE /api/v1/admin/replicas/{id}` | a replica's group: list, add `{"replicaId","url"}`, remove |
 //! | `GET`/`POST /api/v1/admin/shards/{shard}/replicas`, `DELETE .../replicas/{id}` | the same for shard `{shard}` (coordinator or replica) |
+//! | `GET /api/v1/meta/map` | the cluster map `{"epoch","map"}` (map-group replicas: linearizable; coordinators: the map they route by) |
+//! | `POST /api/v1/meta/map` `{"expectedEpoch": N or null, "map": {...}}` | compare-and-set on the map group's leader: 200 `{"epoch"}`, 409 with `"current"` |
 //!
 //! Keys in paths are percent-decoded bytes; everything after the route prefix is the key, so an
 //! unencoded `/` is part of the key too. Errors are `{"error": code, "message": text}` (see
@@ -33,7 +35,7 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::metrics::{Api, Op};
-use crate::node::{KvNode, ReplicaChange, LISTED_VALUE_PREFIX_BYTES};
+use crate::node::{KvNode, MapRequest, ReplicaChange, LISTED_VALUE_PREFIX_BYTES};
 
 /// Default page size of `GET /api/v1/keys`.
 pub const DEFAULT_PAGE_SIZE: u64 = 20;
@@ -79,6 +81,7 @@ pub fn router<N: KvNode>(node: N) -> Router {
             "/api/v1/admin/shards/{shard}/replicas/{replica}",
             axum::routing::delete(remove_shard_replica::<N>),
         )
+        .route("/api/v1/meta/map", get(get_map::<N>).post(set_map::<N>))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(node)
@@ -356,6 +359,44 @@ struct AddReplicaBody {
 
 /// Largest admin request body.
 const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024;
+
+/// Largest cluster map accepted (a map names every group's replicas; thousands fit).
+const MAX_MAP_BODY_BYTES: usize = 4 << 20;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SetMapBody {
+    expected_epoch: Option<u64>,
+    map: limedb_cluster::ClusterMap,
+}
+
+async fn get_map<N: KvNode>(State(node): State<N>) -> Response {
+    match node.cluster_map(MapRequest::Get).await {
+        Ok(doc) => axum::Json(doc).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn set_map<N: KvNode>(State(node): State<N>, request: Request) -> Response {
+    let result = async {
+        let body = read_body(request.into_body(), None, MAX_MAP_BODY_BYTES).await?;
+        let set: SetMapBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "expected {{\"expectedEpoch\": N or null, \"map\": {{...}}}}: {e}"
+            ))
+        })?;
+        node.cluster_map(MapRequest::CompareAndSet {
+            expected_epoch: set.expected_epoch,
+            map: Box::new(set.map),
+        })
+        .await
+    }
+    .await;
+    match result {
+        Ok(doc) => axum::Json(doc).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
 
 async fn replica_change<N: KvNode>(
     node: &N,

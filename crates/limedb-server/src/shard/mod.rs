@@ -8,6 +8,7 @@
 //! engine, so a clean stop never loses an acknowledged write.
 
 pub mod internal;
+pub mod map_group;
 pub mod replication;
 mod resp_backend;
 pub mod storage;
@@ -25,7 +26,7 @@ use tokio::net::TcpListener;
 use crate::config::{Limits, ShardConfig, StorageKind};
 use crate::error::{ApiError, ServerError};
 use crate::metrics::{Api, Metrics, Op};
-use crate::node::{HealthReport, KeyEntry, KeysPage, KvNode, ReplicaChange};
+use crate::node::{HealthReport, KeyEntry, KeysPage, KvNode, MapRequest, ReplicaChange};
 use crate::resp::RespConfig;
 use crate::shutdown::Shutdown;
 use crate::{ring_json, SERVER_NAME};
@@ -95,6 +96,9 @@ impl ShardNode {
                 payload,
             } => self.handle_raft(shard_id, target, rpc, payload).await,
             data => {
+                if let Err(e) = self.refuse_on_map_group() {
+                    return error_response(&e);
+                }
                 // A follower refuses data requests up front, naming the leader, so that a
                 // coordinator can send them there (and never sees a follower's RESP error).
                 if let Some(replica) = self.inner.storage.replica() {
@@ -297,9 +301,11 @@ pub fn error_response(e: &ApiError) -> Response {
         }
         ApiError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
         ApiError::GroupUnavailable(_) => ErrorCode::Unavailable,
-        ApiError::BadRequest(_) | ApiError::NotFound | ApiError::RequestTimeout(_) => {
-            ErrorCode::BadRequest
-        }
+        ApiError::BadRequest(_)
+        | ApiError::NotFound
+        | ApiError::RequestTimeout(_)
+        | ApiError::Conflict { .. }
+        | ApiError::NoSuchResource(_) => ErrorCode::BadRequest,
         ApiError::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
         ApiError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
         ApiError::ShardUnavailable { .. } | ApiError::StorageUnavailable(_) => {
@@ -318,15 +324,18 @@ pub fn error_response(e: &ApiError) -> Response {
 
 impl KvNode for ShardNode {
     async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ApiError> {
+        self.refuse_on_map_group()?;
         Ok(self.inner.storage.get(key).await?.map(|v| v.data))
     }
 
     async fn set(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>) -> Result<(), ApiError> {
+        self.refuse_on_map_group()?;
         let expires_at_ms = ttl_ms.map(|ttl| now_ms().saturating_add(ttl));
         self.inner.storage.put(key, value, expires_at_ms).await
     }
 
     async fn delete(&self, key: Bytes) -> Result<bool, ApiError> {
+        self.refuse_on_map_group()?;
         self.inner.storage.delete(key).await
     }
 
@@ -336,6 +345,7 @@ impl KvNode for ShardNode {
         limit: u32,
         value_prefix_bytes: u32,
     ) -> Result<KeysPage, ApiError> {
+        self.refuse_on_map_group()?;
         let page = self.inner.storage.page(offset, limit as usize).await?;
         let prefix = value_prefix_bytes as usize;
         let mut bytes = 0;
@@ -368,7 +378,7 @@ impl KvNode for ShardNode {
         let mut body = serde_json::json!({
             "status": status,
             "reason": reason,
-            "type": "shard",
+            "type": if self.is_map_group() { "meta" } else { "shard" },
             "shardId": self.inner.id.0,
             "httpAddr": self.inner.http_addr.to_string(),
             "internalAddr": self.inner.internal_addr.to_string(),
@@ -410,6 +420,24 @@ impl KvNode for ShardNode {
                 ring_json::ring_json(&ring, &|_| label.clone())
             }
             Err(e) => serde_json::json!({ "error": e.to_string() }),
+        }
+    }
+
+    async fn cluster_map(&self, request: MapRequest) -> Result<serde_json::Value, ApiError> {
+        match request {
+            MapRequest::Get => match self.read_map().await? {
+                Some(map) => Ok(serde_json::json!({ "epoch": map.epoch(), "map": map })),
+                None => Err(ApiError::NoSuchResource(
+                    "no cluster map has been created yet: the first coordinator started with --meta and --shards creates it".into(),
+                )),
+            },
+            MapRequest::CompareAndSet {
+                expected_epoch,
+                map,
+            } => {
+                self.compare_and_set_map(expected_epoch, &map).await?;
+                Ok(serde_json::json!({ "epoch": map.epoch() }))
+            }
         }
     }
 

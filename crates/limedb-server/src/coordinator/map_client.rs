@@ -1,0 +1,190 @@
+//! The coordinator's client of the map group (`--meta`): reads the cluster map and changes it by
+//! compare-and-set, at whichever replica leads the group.
+//!
+//! The client starts from the URLs it was given (one is enough), follows `not_leader` answers to
+//! the leader they name, learns the group's other members from a replica's health document, and
+//! keeps trying the members until the deadline while the group has no leader.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use limedb_cluster::ClusterMap;
+
+use crate::http::client::request;
+
+/// Pause between rounds over the members while none answers as leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Bound on one HTTP exchange with a map-group replica.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a compare-and-set came to.
+#[derive(Debug)]
+pub enum CasOutcome {
+    /// The map is stored.
+    Stored,
+    /// The stored map was not at the expected epoch; here it is (`None`: still no map).
+    Conflict(Option<Box<ClusterMap>>),
+}
+
+/// A client of the map group. Cheap to share.
+#[derive(Debug)]
+pub struct MapClient {
+    /// Known members' URLs, the one believed to lead first.
+    members: Mutex<Vec<String>>,
+}
+
+impl MapClient {
+    /// A client that starts from `urls` (any members of the map group).
+    pub fn new(urls: Vec<String>) -> MapClient {
+        MapClient {
+            members: Mutex::new(urls),
+        }
+    }
+
+    /// The members this client knows, the believed leader first.
+    pub fn members(&self) -> Vec<String> {
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The stored map (`None` before one was created), read at the leader, trying for up to
+    /// `timeout`.
+    pub async fn get(&self, timeout: Duration) -> Result<Option<ClusterMap>, String> {
+        let (status, body) = self
+            .call(Method::GET, "/api/v1/meta/map", None, timeout)
+            .await?;
+        match status {
+            StatusCode::OK => parse_map(&body, "map").map(Some),
+            StatusCode::NOT_FOUND => Ok(None),
+            other => Err(answer_error("GET /api/v1/meta/map", other, &body)),
+        }
+    }
+
+    /// Stores `map` if the stored map is at `expected` (`None`: no map yet).
+    pub async fn compare_and_set(
+        &self,
+        expected: Option<u64>,
+        map: &ClusterMap,
+        timeout: Duration,
+    ) -> Result<CasOutcome, String> {
+        let body = serde_json::json!({ "expectedEpoch": expected, "map": map });
+        let body = Bytes::from(body.to_string());
+        let (status, answer) = self
+            .call(Method::POST, "/api/v1/meta/map", Some(body), timeout)
+            .await?;
+        match status {
+            StatusCode::OK => Ok(CasOutcome::Stored),
+            StatusCode::CONFLICT => {
+                let doc: serde_json::Value = serde_json::from_slice(&answer)
+                    .map_err(|e| format!("the map group's 409 answer is not JSON: {e}"))?;
+                let current = match doc.get("current") {
+                    Some(v) if !v.is_null() => Some(Box::new(
+                        serde_json::from_value(v.clone())
+                            .map_err(|e| format!("the map group sent a map we cannot read: {e}"))?,
+                    )),
+                    _ => None,
+                };
+                Ok(CasOutcome::Conflict(current))
+            }
+            other => Err(answer_error("POST /api/v1/meta/map", other, &answer)),
+        }
+    }
+
+    /// Sends one request to the map group's leader: tries the members in turn, follows
+    /// `not_leader` answers, and keeps going while nobody leads, until `timeout`.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no member of the map group was tried");
+        loop {
+            for url in self.members() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let attempt = left.min(ATTEMPT_TIMEOUT);
+                match request(method.clone(), &url, path, body.clone(), attempt).await {
+                    Ok((StatusCode::SERVICE_UNAVAILABLE, answer)) => {
+                        let doc: serde_json::Value =
+                            serde_json::from_slice(&answer).unwrap_or_default();
+                        if let Some(leader) = doc["leader"].as_str().filter(|l| *l != url) {
+                            self.prefer(leader);
+                        }
+                        last = format!("{url}: {}", doc["message"].as_str().unwrap_or("503"));
+                    }
+                    Ok((status, answer)) => {
+                        self.prefer(&url);
+                        self.learn_members(&url).await;
+                        return Ok((status, answer));
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the cluster-map group did not answer within {} ms (members tried: {}); last problem: {last}",
+                    timeout.as_millis(),
+                    self.members().join(", ")
+                ));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Puts `url` first (adding it if new).
+    fn prefer(&self, url: &str) {
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        members.retain(|m| m != url);
+        members.insert(0, url.to_string());
+    }
+
+    /// Adds the members `url`'s health document lists (best effort: the group may have grown
+    /// since the coordinator was started).
+    async fn learn_members(&self, url: &str) {
+        let Ok(doc) = super::discover::health(url, ATTEMPT_TIMEOUT).await else {
+            return;
+        };
+        let listed: Vec<String> = doc["raft"]["members"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .filter_map(|m| m["url"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        for m in listed {
+            if !members.contains(&m) {
+                members.push(m);
+            }
+        }
+    }
+}
+
+fn parse_map(body: &[u8], field: &str) -> Result<ClusterMap, String> {
+    let doc: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| format!("the map group's answer is not JSON: {e}"))?;
+    serde_json::from_value(doc[field].clone())
+        .map_err(|e| format!("the map group sent a map we cannot read: {e}"))
+}
+
+fn answer_error(what: &str, status: StatusCode, body: &[u8]) -> String {
+    let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    format!(
+        "{what} answered {status}: {}",
+        doc["message"].as_str().map_or_else(
+            || String::from_utf8_lossy(body).into_owned(),
+            str::to_string
+        )
+    )
+}
