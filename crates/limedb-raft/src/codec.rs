@@ -198,8 +198,30 @@ impl Reader {
 const MAX_URL_BYTES: usize = 4096;
 /// Longest snapshot id.
 const MAX_SNAPSHOT_ID_BYTES: usize = 256;
+/// Largest group record (the server keeps a small document there; see `types::Command`).
+pub const MAX_GROUP_RECORD_BYTES: usize = 16 << 20;
 
-fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
+/// Encodes an optional group record (see `types::Command`): a presence byte, then its bytes.
+pub(crate) fn put_record(out: &mut BytesMut, record: Option<&Bytes>) {
+    match record {
+        None => out.put_u8(0),
+        Some(record) => {
+            out.put_u8(1);
+            put_bytes(out, record);
+        }
+    }
+}
+
+/// Decodes what [`put_record`] wrote.
+pub(crate) fn read_record(r: &mut Reader) -> Result<Option<Bytes>, CodecError> {
+    if r.bool("group record presence")? {
+        Ok(Some(r.bytes("group record", MAX_GROUP_RECORD_BYTES)?))
+    } else {
+        Ok(None)
+    }
+}
+
+pub(crate) fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
     out.put_u32_le(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
     out.put_slice(bytes);
 }
@@ -418,7 +440,10 @@ impl Decode for Command {
         for _ in 0..n {
             writes.push(ReplicatedWrite::decode(r)?);
         }
-        Ok(Command { writes })
+        Ok(Command {
+            writes,
+            record: None,
+        })
     }
 }
 
@@ -427,10 +452,18 @@ impl Encode for Entry {
         self.log_id.encode(out);
         match &self.payload {
             EntryPayload::Blank => out.put_u8(0),
-            EntryPayload::Normal(command) => {
-                out.put_u8(1);
-                command.encode(out);
-            }
+            EntryPayload::Normal(command) => match &command.record {
+                // Kind 1 (writes only) is the format entries had before group records.
+                None => {
+                    out.put_u8(1);
+                    command.encode(out);
+                }
+                Some(record) => {
+                    out.put_u8(3);
+                    command.encode(out);
+                    put_bytes(out, record);
+                }
+            },
             EntryPayload::Membership(m) => {
                 out.put_u8(2);
                 m.encode(out);
@@ -445,6 +478,11 @@ impl Decode for Entry {
         let payload = match r.u8("entry payload kind")? {
             0 => EntryPayload::Blank,
             1 => EntryPayload::Normal(Command::decode(r)?),
+            3 => {
+                let mut command = Command::decode(r)?;
+                command.record = Some(r.bytes("group record", MAX_GROUP_RECORD_BYTES)?);
+                EntryPayload::Normal(command)
+            }
             2 => EntryPayload::Membership(Membership::decode(r)?),
             other => {
                 return Err(CodecError::Invalid {

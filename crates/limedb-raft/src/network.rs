@@ -123,6 +123,8 @@ pub struct SnapshotBegin {
     pub meta: SnapshotMeta,
     /// Every file: path relative to the snapshot's `engine/` directory, and size.
     pub files: Vec<(String, u64)>,
+    /// The group record at the snapshot (see `types::Command`).
+    pub record: Option<Bytes>,
 }
 
 /// `SnapshotChunk`: bytes of one file at an offset.
@@ -163,6 +165,7 @@ impl Encode for SnapshotBegin {
             put_str(out, path);
             out.put_u64_le(*size);
         }
+        crate::codec::put_record(out, self.record.as_ref());
     }
 }
 
@@ -183,7 +186,18 @@ impl Decode for SnapshotBegin {
             let size = r.u64("snapshot file size")?;
             files.push((path, size));
         }
-        Ok(SnapshotBegin { vote, meta, files })
+        // A peer from before group records ends here.
+        let record = if r.remaining() > 0 {
+            crate::codec::read_record(r)?
+        } else {
+            None
+        };
+        Ok(SnapshotBegin {
+            vote,
+            meta,
+            files,
+            record,
+        })
     }
 }
 
@@ -449,10 +463,20 @@ impl PeerClient {
         let total: u64 = files.iter().map(|(_, size)| size).sum();
         let snapshot_id = snapshot.meta.snapshot_id.clone();
         tracing::info!(target = self.target, snapshot = %snapshot_id, files = files.len(), bytes = total, "sending a snapshot");
+        let record = {
+            let dir = snapshot.snapshot.path().to_path_buf();
+            tokio::task::spawn_blocking(move || crate::state_machine::read_record_file(&dir))
+                .await
+                .map_err(|e| TransportError::Remote(format!("reading the snapshot failed: {e}")))?
+                .map_err(|e| {
+                    TransportError::Remote(format!("cannot read the snapshot's group record: {e}"))
+                })?
+        };
         let begin = SnapshotBegin {
             vote,
             meta: snapshot.meta.clone(),
             files: files.clone(),
+            record,
         };
         self.call(
             RpcKind::SnapshotBegin,

@@ -242,6 +242,9 @@ pub struct ReplicaCounters {
 
 struct Proposal {
     writes: Vec<ReplicatedWrite>,
+    /// A new group record: such a proposal gets an entry of its own (never merged with another
+    /// proposal), so that the writes queued before it are in entries before it.
+    record: Option<Bytes>,
     reply: oneshot::Sender<Result<Vec<bool>>>,
 }
 
@@ -592,6 +595,31 @@ impl Replica {
     /// (also once it has not heard from a majority for two leases while the write waited, or
     /// after [`COMMIT_TIMEOUT`] without a commit).
     pub async fn write(&self, writes: Vec<ReplicatedWrite>) -> Result<Vec<bool>> {
+        self.propose(writes, None).await
+    }
+
+    /// Like [`Replica::write`], and the entry also replaces the group record with `record`
+    /// (see [`crate::types::Command`]). Writes handed to this replica before this call are in
+    /// earlier entries, writes handed after it in later ones.
+    pub async fn write_record(
+        &self,
+        writes: Vec<ReplicatedWrite>,
+        record: Bytes,
+    ) -> Result<Vec<bool>> {
+        self.propose(writes, Some(record)).await
+    }
+
+    /// The group record as of the last entry this replica applied (`None`: never set). On the
+    /// leader, after [`Replica::read_barrier`], it is the committed one.
+    pub fn record(&self) -> Option<Bytes> {
+        self.inner.sm.record()
+    }
+
+    async fn propose(
+        &self,
+        writes: Vec<ReplicatedWrite>,
+        record: Option<Bytes>,
+    ) -> Result<Vec<bool>> {
         self.check_leader()?;
         if self
             .since_quorum_ack()
@@ -602,7 +630,11 @@ impl Replica {
         let (reply, answer) = oneshot::channel();
         self.inner
             .proposals
-            .send(Proposal { writes, reply })
+            .send(Proposal {
+                writes,
+                record,
+                reply,
+            })
             .await
             .map_err(|_| ReplicaError::Unavailable("the replica is shutting down".into()))?;
         let started = Instant::now();
@@ -826,10 +858,12 @@ impl Replica {
         }
         let engine_dir = dir.join("engine");
         let files = begin.files.clone();
+        let record = begin.record.clone();
         let prepare_dir = dir.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
             crate::fsutil::remove_dir(&prepare_dir)?;
             crate::fsutil::create_dir(&engine_dir)?;
+            crate::state_machine::write_record_file(&prepare_dir, record.as_ref())?;
             for (path, _) in &files {
                 let target = engine_dir.join(path);
                 if let Some(parent) = target.parent() {
@@ -1030,10 +1064,21 @@ async fn run_proposer(
     counters: Arc<ReplicaCounters>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_PROPOSALS_IN_FLIGHT));
-    while let Some(first) = proposals.recv().await {
+    // A proposal carrying a group record that arrived while a batch was being cut: it starts
+    // the next entry.
+    let mut held: Option<Proposal> = None;
+    loop {
+        let first = match held.take() {
+            Some(p) => p,
+            None => match proposals.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return;
         };
+        let record = first.record.clone();
         let mut batch = vec![first];
         let mut writes = batch[0].writes.len();
         let mut bytes: usize = batch[0]
@@ -1041,8 +1086,12 @@ async fn run_proposer(
             .iter()
             .map(ReplicatedWrite::size_bytes)
             .sum();
-        while writes < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
+        while record.is_none() && writes < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
             match proposals.try_recv() {
+                Ok(p) if p.record.is_some() => {
+                    held = Some(p);
+                    break;
+                }
                 Ok(p) => {
                     writes += p.writes.len();
                     bytes += p
@@ -1086,7 +1135,13 @@ async fn run_proposer(
             replies.push(p.reply);
         }
         let started = Instant::now();
-        let receiver = match raft.client_write_ff(Command { writes: all }).await {
+        let receiver = match raft
+            .client_write_ff(Command {
+                writes: all,
+                record,
+            })
+            .await
+        {
             Ok(r) => r,
             Err(fatal) => {
                 for reply in replies {

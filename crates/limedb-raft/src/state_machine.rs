@@ -7,9 +7,12 @@
 //! ```text
 //!   <sm>/CURRENT                    small file: the name of the engine directory in use
 //!   <sm>/engine-<n>/                the engine's own files
-//!   <sm>/engine-<n>.applied         small file: applied log id and membership (the marker)
+//!   <sm>/engine-<n>.applied         small file: applied log id, membership and group record
+//!                                   (the marker)
 //!   <snapshots>/snap-<id>/engine/   a checkpoint of the engine
 //!   <snapshots>/snap-<id>/meta      small file: the snapshot's `SnapshotMeta`
+//!   <snapshots>/snap-<id>/record    small file: the group record at the snapshot (see
+//!                                   `types::Command`); absent in snapshots made before them
 //!   <snapshots>/incoming-<id>/      a snapshot being received from the leader
 //! ```
 //!
@@ -37,12 +40,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use limedb_storage::{Engine, StorageError as EngineError};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageError, StorageIOError};
 
-use crate::codec::{from_bytes, to_bytes, Decode, Encode, Reader};
+use crate::codec::{from_bytes, put_record, read_record, to_bytes, Decode, Encode, Reader};
 use crate::error::{ReplicaError, Result};
 use crate::fsutil::{
     create_dir, link_tree, read_small_file, remove_dir, sync_dir, write_small_file,
@@ -54,6 +57,7 @@ use crate::types::{
 const CURRENT_MAGIC: &[u8; 8] = b"LMRCURR1";
 const APPLIED_MAGIC: &[u8; 8] = b"LMRAPPL1";
 const META_MAGIC: &[u8; 8] = b"LMRSNAP1";
+const RECORD_MAGIC: &[u8; 8] = b"LMRGREC1";
 
 /// Opens the engine kept in a directory (the server decides which engine and its tuning).
 pub type EngineFactory =
@@ -115,21 +119,53 @@ impl SnapshotFiles {
 struct AppliedState {
     last: Option<LogId>,
     membership: StoredMembership,
+    /// The group record as of `last` (see `types::Command`).
+    record: Option<Bytes>,
 }
 
 impl Encode for AppliedState {
     fn encode(&self, out: &mut BytesMut) {
         self.last.encode(out);
         self.membership.encode(out);
+        put_record(out, self.record.as_ref());
     }
 }
 
 impl Decode for AppliedState {
     fn decode(r: &mut Reader) -> std::result::Result<Self, crate::codec::CodecError> {
+        let last = Option::<LogId>::decode(r)?;
+        let membership = StoredMembership::decode(r)?;
+        // Markers written before group records existed end here.
+        let record = if r.remaining() > 0 {
+            read_record(r)?
+        } else {
+            None
+        };
         Ok(AppliedState {
-            last: Option::<LogId>::decode(r)?,
-            membership: StoredMembership::decode(r)?,
+            last,
+            membership,
+            record,
         })
+    }
+}
+
+/// Writes the group record file of a snapshot directory.
+pub(crate) fn write_record_file(dir: &Path, record: Option<&Bytes>) -> Result<()> {
+    let mut out = BytesMut::new();
+    put_record(&mut out, record);
+    write_small_file(&dir.join("record"), RECORD_MAGIC, &out)
+}
+
+/// Reads the group record file of a snapshot directory (`None` when it has none).
+pub(crate) fn read_record_file(dir: &Path) -> Result<Option<Bytes>> {
+    match read_small_file(&dir.join("record"), RECORD_MAGIC)? {
+        None => Ok(None),
+        Some(bytes) => {
+            let mut r = Reader::new(bytes);
+            let record = read_record(&mut r)?;
+            r.finish()?;
+            Ok(record)
+        }
     }
 }
 
@@ -259,6 +295,11 @@ impl StateMachineStore {
         (a.last, a.membership.clone())
     }
 
+    /// The group record as of the last applied entry (see `types::Command`).
+    pub fn record(&self) -> Option<Bytes> {
+        lock(&self.shared.applied).record.clone()
+    }
+
     /// The applied log id the marker file holds (what survives a crash).
     pub fn durable_applied(&self) -> Option<LogId> {
         *lock(&self.shared.durable)
@@ -344,6 +385,7 @@ impl StateMachineStore {
         remove_dir(&building)?;
         create_dir(&building)?;
         self.engine().checkpoint(&building.join("engine"))?;
+        write_record_file(&building, state.record.as_ref())?;
         write_small_file(&building.join("meta"), META_MAGIC, &to_bytes(&meta))?;
         let done = self.shared.snapshots_dir.join(format!("snap-{id}"));
         std::fs::rename(&building, &done).map_err(ReplicaError::io("cannot rename", &building))?;
@@ -378,6 +420,7 @@ impl StateMachineStore {
             remove_dir(&staging)?;
             remove_dir(&kept)?;
             link_tree(&files.engine_dir(), &staging.join("engine"))?;
+            write_record_file(&staging, read_record_file(files.path())?.as_ref())?;
             write_small_file(&staging.join("meta"), META_MAGIC, &to_bytes(meta))?;
             std::fs::rename(&staging, &kept)
                 .map_err(ReplicaError::io("cannot rename", &staging))?;
@@ -401,6 +444,7 @@ impl StateMachineStore {
         let state = AppliedState {
             last: meta.last_log_id,
             membership: meta.last_membership.clone(),
+            record: read_record_file(&kept)?,
         };
         write_small_file(
             &self.shared.sm_dir.join(format!("{name}.applied")),
@@ -534,6 +578,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut counts = Vec::new();
         let mut last = None;
         let mut membership = None;
+        let mut record = None;
         for entry in entries {
             last = Some(entry.log_id);
             match entry.payload {
@@ -541,6 +586,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Normal(command) => {
                     counts.push(command.writes.len());
                     writes.extend(command.writes);
+                    if command.record.is_some() {
+                        record = command.record;
+                    }
                 }
                 EntryPayload::Membership(m) => {
                     counts.push(0);
@@ -575,6 +623,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             if let Some(m) = membership {
                 applied.membership = m;
+            }
+            if record.is_some() {
+                applied.record = record;
             }
         }
         let mut flags = removed.into_iter();

@@ -108,16 +108,29 @@ impl ReplicatedWrite {
     }
 }
 
-/// The application data of a log entry: writes applied in order, as one engine batch.
+/// The application data of a log entry: writes applied in order, as one engine batch, and
+/// optionally a new **group record**.
+///
+/// The group record is an opaque document the server keeps replicated with the group, beside
+/// the engine rather than in it (LimeDB: which hash ranges the shard owns, at which ring
+/// epoch). An entry that carries one replaces it whole, after the entry's writes; replaying it
+/// is harmless like replaying a write. It survives restarts in the applied marker and travels
+/// with snapshots.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Command {
     /// The writes, in the order the leader accepted them.
     pub writes: Vec<ReplicatedWrite>,
+    /// A new group record, if this entry sets one.
+    pub record: Option<Bytes>,
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} writes", self.writes.len())
+        write!(f, "{} writes", self.writes.len())?;
+        if let Some(record) = &self.record {
+            write!(f, " and a group record of {} bytes", record.len())?;
+        }
+        Ok(())
     }
 }
 

@@ -75,13 +75,17 @@ fn entry() -> impl Strategy<Value = Entry> {
         log_id(),
         0u8..3,
         prop::collection::vec(write(), 0..6),
+        prop::option::of(prop::collection::vec(any::<u8>(), 0..64)),
         membership(),
     )
-        .prop_map(|(log_id, kind, writes, m)| Entry {
+        .prop_map(|(log_id, kind, writes, record, m)| Entry {
             log_id,
             payload: match kind {
                 0 => EntryPayload::Blank,
-                1 => EntryPayload::Normal(Command { writes }),
+                1 => EntryPayload::Normal(Command {
+                    writes,
+                    record: record.map(Into::into),
+                }),
                 _ => EntryPayload::Membership(m),
             },
         })

@@ -60,6 +60,7 @@ fn entry(term: u64, index: u64, key: &str) -> Entry {
                 value: vec![b'v'; 100].into(),
                 expires_at_ms: None,
             }],
+            record: None,
         }),
     }
 }

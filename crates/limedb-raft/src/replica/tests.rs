@@ -283,8 +283,32 @@ async fn a_new_replica_catches_up_through_a_snapshot_and_replaces_a_dead_one() {
         r.initialize(peers(&[1, 2, 3])).await.expect("initialize");
         replicas.push(r);
     }
+    // A group record set early: its entry is purged long before the new replica joins, so it
+    // can only reach it with the snapshot.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = leader_among(&mesh, &[1, 2, 3]).await;
+        match leader
+            .write_record(vec![put("r", "1")], Bytes::from_static(b"record-1"))
+            .await
+        {
+            Ok(_) => break,
+            Err(ReplicaError::NotLeader { .. } | ReplicaError::OutcomeUnknown(_))
+                if Instant::now() < deadline => {}
+            Err(e) => panic!("write_record: {e}"),
+        }
+    }
     for i in 0..300 {
         write_to_leader(&mesh, &[1, 2, 3], vec![put(&format!("k{i}"), "v")]).await;
+    }
+    for r in &replicas {
+        wait_applied(r, 300).await;
+        assert_eq!(
+            r.record().as_deref(),
+            Some(&b"record-1"[..]),
+            "replica {}",
+            r.id()
+        );
     }
     // Snapshots were taken and the log purged, so a new replica needs the snapshot.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -348,6 +372,11 @@ async fn a_new_replica_catches_up_through_a_snapshot_and_replaces_a_dead_one() {
             "{key}"
         );
     }
+    assert_eq!(
+        fresh.record().as_deref(),
+        Some(&b"record-1"[..]),
+        "the group record came with the snapshot"
+    );
     let remaining: Vec<Replica> = mesh
         .replicas
         .lock()

@@ -17,8 +17,85 @@ fn put(index: u64, key: &str, value: &str) -> Entry {
                 value: value.as_bytes().to_vec().into(),
                 expires_at_ms: None,
             }],
+            record: None,
         }),
     }
+}
+
+/// An entry that sets the group record (and writes nothing).
+fn record(index: u64, text: &str) -> Entry {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Command {
+            writes: Vec::new(),
+            record: Some(text.as_bytes().to_vec().into()),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn the_group_record_survives_a_reopen_and_travels_with_snapshots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = tempfile::tempdir().expect("tempdir");
+    let open = |d: &tempfile::TempDir| {
+        StateMachineStore::open(&d.path().join("sm"), &d.path().join("snap"), test_factory())
+            .expect("open")
+    };
+    let mut sm = open(&dir);
+    assert_eq!(sm.record(), None);
+    sm.apply(vec![
+        put(1, "a", "1"),
+        record(2, "epoch 1"),
+        put(3, "b", "2"),
+    ])
+    .await
+    .expect("apply");
+    assert_eq!(sm.record().as_deref(), Some(&b"epoch 1"[..]));
+    // A later record replaces it; entries without one leave it alone.
+    sm.apply(vec![record(4, "epoch 2"), put(5, "c", "3")])
+        .await
+        .expect("apply");
+    assert_eq!(sm.record().as_deref(), Some(&b"epoch 2"[..]));
+    sm.close().expect("close");
+    drop(sm);
+
+    let mut sm = open(&dir);
+    assert_eq!(
+        sm.record().as_deref(),
+        Some(&b"epoch 2"[..]),
+        "kept by the marker"
+    );
+    let snapshot = sm.build_snapshot().await.expect("build");
+
+    let mut elsewhere = open(&other);
+    elsewhere
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .expect("install");
+    assert_eq!(elsewhere.record().as_deref(), Some(&b"epoch 2"[..]));
+    elsewhere.close().expect("close");
+    drop(elsewhere);
+    let elsewhere = open(&other);
+    assert_eq!(elsewhere.record().as_deref(), Some(&b"epoch 2"[..]));
+}
+
+#[test]
+fn a_marker_from_before_group_records_still_opens() {
+    // The marker of the format before group records: log id and membership only.
+    let old = AppliedState {
+        last: Some(LogId::new(CommittedLeaderId::new(3, 1), 42)),
+        membership: StoredMembership::default(),
+        record: None,
+    };
+    let mut bytes = to_bytes(&old).to_vec();
+    assert_eq!(
+        bytes.pop(),
+        Some(0),
+        "the new format ends with the record's presence byte"
+    );
+    let decoded = from_bytes::<AppliedState>(bytes.into()).expect("decodes");
+    assert_eq!(decoded.last, old.last);
+    assert_eq!(decoded.record, None);
 }
 
 #[tokio::test]
