@@ -17,6 +17,10 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_limedb"))
 }
 
+/// One test at a time: each runs up to nine processes, and elections on two loaded cores
+/// would otherwise change leaders under the tests' feet.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Starts a coordinator and waits until it reaches all three shards.
 async fn coordinator(dir: &Path, name: &str, args: &[&str]) -> Node {
     let mut all = vec!["coordinator", "--port", "0"];
@@ -94,6 +98,7 @@ fn host_port(url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinators_share_one_map_and_a_disagreeing_one_refuses_to_start() {
+    let _serial = SERIAL.lock().await;
     let dir = temp_dir();
     let mut meta = Group::start_meta(bin(), dir.path(), 3);
     meta.leader(Duration::from_secs(20)).await;
@@ -202,6 +207,7 @@ async fn coordinators_share_one_map_and_a_disagreeing_one_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_map_changes_only_by_compare_and_set_on_its_epoch() {
+    let _serial = SERIAL.lock().await;
     let dir = temp_dir();
     let meta = Group::start_meta(bin(), dir.path(), 3);
     let leader = meta.leader(Duration::from_secs(20)).await;
@@ -265,10 +271,27 @@ async fn the_map_changes_only_by_compare_and_set_on_its_epoch() {
     let stored: ClusterMap = serde_json::from_value(doc["map"].clone()).expect("map");
     assert_eq!(&stored, winner);
 
-    // A follower names the leader; a garbled map is refused; keys are not served here.
-    let (status, doc) = post_json(&host_port(&meta.url(follower)), "/api/v1/meta/map", &a).await;
-    assert_eq!(status, 503, "{doc}");
-    assert_eq!(doc["leader"], meta.url(leader));
+    // A follower refuses and names the leader (once it has heard from one: on a loaded
+    // machine an election may be under way); a garbled map is refused; keys are not served.
+    let follower_addr = host_port(&meta.url(follower));
+    let named = wait_for(
+        Duration::from_secs(20),
+        "the follower to name a leader",
+        || {
+            let follower_addr = follower_addr.clone();
+            let a = a.clone();
+            async move {
+                let (status, doc) = post_json(&follower_addr, "/api/v1/meta/map", &a).await;
+                assert_ne!(status, 200, "a follower stored a map: {doc}");
+                doc["leader"].as_str().map(str::to_string)
+            }
+        },
+    )
+    .await;
+    assert!(
+        (1..=3).any(|r| r != follower && meta.url(r) == named),
+        "{named} is not another member"
+    );
     let garbled = serde_json::json!({ "expectedEpoch": 2, "map": { "routing": 7 } });
     let (status, doc) = post_json(&leader_addr, "/api/v1/meta/map", &garbled).await;
     assert_eq!(status, 400, "{doc}");
@@ -277,4 +300,156 @@ async fn the_map_changes_only_by_compare_and_set_on_its_epoch() {
         .expect("get");
     assert_eq!(r.status, 400);
     assert!(r.text().contains("cluster-map group"), "{}", r.text());
+}
+
+async fn put_json(addr: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let body = body.to_string();
+    let r = http::request(addr, "PUT", path, body.as_bytes(), Some("application/json"))
+        .await
+        .unwrap_or_else(|e| panic!("PUT {addr}{path}: {e}"));
+    (r.status, r.json().unwrap_or_default())
+}
+
+/// A shard's ownership record decides which keys it serves: the others are refused with
+/// `WrongShard` (421 over HTTP), from the moment the record is committed, on whichever replica
+/// leads; a record older than the one held is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_serves_only_the_keys_its_ownership_record_gives_it() {
+    let _serial = SERIAL.lock().await;
+    let dir = temp_dir();
+    let mut group = Group::start(bin(), dir.path(), 1, 3, &[]);
+    let leader = group.leader(Duration::from_secs(20)).await;
+    let urls: BTreeMap<u64, String> = (1..=3).map(|r| (r, host_port(&group.url(r)))).collect();
+    let addr = |r: u64| urls[&r].clone();
+
+    // Without a record a shard serves every key, as before.
+    let (status, doc) = get_json(&addr(leader), "/api/v1/admin/ownership").await;
+    assert_eq!(
+        (status, &doc["routing"]),
+        (200, &serde_json::Value::Null),
+        "{doc}"
+    );
+    let routing = limedb_cluster::Routing::new(&[ShardId(1), ShardId(2)], 16).expect("routing");
+    let (mine, theirs): (Vec<String>, Vec<String>) = (0..400)
+        .map(|i| format!("key-{i}"))
+        .partition(|k| routing.owner_of_key(k.as_bytes()) == ShardId(1));
+    let mut conn = limedb_testkit::HttpConn::connect(&addr(leader))
+        .await
+        .expect("connect");
+    for k in mine.iter().chain(&theirs).take(50) {
+        let r = conn.set(k, "before").await.expect("set");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    // Writers keep writing keys the record is about to give away while it is set.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let keys: Vec<String> = theirs.iter().skip(w).step_by(4).cloned().collect();
+        let target = addr(leader);
+        let stop = std::sync::Arc::clone(&stop);
+        writers.push(tokio::spawn(async move {
+            let mut conn = limedb_testkit::HttpConn::connect(&target)
+                .await
+                .expect("connect");
+            // (sent at, status) of every write.
+            let mut outcomes = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = &keys[i % keys.len()];
+                i += 1;
+                let sent = Instant::now();
+                match conn.set(key, &format!("w{i}")).await {
+                    Ok(r) => outcomes.push((sent, r.status)),
+                    Err(_) => break,
+                }
+            }
+            outcomes
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, doc) = put_json(
+        &addr(leader),
+        "/api/v1/admin/ownership",
+        &serde_json::to_value(&routing).expect("json"),
+    )
+    .await;
+    let committed = Instant::now();
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["epoch"], 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut before = 0;
+    for writer in writers {
+        for (sent, status) in writer.await.expect("writer") {
+            if sent > committed {
+                // 421 from the leader (503 if an election on the loaded machine deposed it).
+                assert_ne!(
+                    status, 200,
+                    "a write sent after the record was acknowledged"
+                );
+            } else if status == 200 {
+                before += 1;
+            }
+        }
+    }
+    assert!(before > 0, "the writers wrote before the record");
+
+    // Refused keys name the owner and the epoch; owned keys are served.
+    let r = conn.get(&theirs[0]).await.expect("get");
+    assert_eq!(r.status, 421, "{}", r.text());
+    let doc = r.json().expect("json");
+    assert_eq!(
+        (
+            doc["error"].as_str(),
+            doc["ringEpoch"].as_u64(),
+            doc["owner"].as_u64()
+        ),
+        (Some("wrong_shard"), Some(1), Some(2))
+    );
+    assert_eq!(conn.set(&mine[0], "after").await.expect("set").status, 200);
+
+    // Through a coordinator that routes every key here, a refused key is a clear 503.
+    let coordinator = group.coordinator(&[]);
+    group.wait_known_by(&coordinator).await;
+    let r = http::request(
+        &coordinator.http_addr(),
+        "GET",
+        &format!("/api/v1/get/{}", theirs[1]),
+        &[],
+        None,
+    )
+    .await
+    .expect("get");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("no longer owns"), "{}", r.text());
+
+    // An older record is refused; the same one again is fine.
+    let older = limedb_cluster::Routing::new(&[ShardId(1), ShardId(3)], 16).expect("routing");
+    let (status, _) = put_json(
+        &addr(leader),
+        "/api/v1/admin/ownership",
+        &serde_json::to_value(&older).expect("json"),
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, _) = put_json(
+        &addr(leader),
+        "/api/v1/admin/ownership",
+        &serde_json::to_value(&routing).expect("json"),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // The record outlives its leader.
+    group.kill(leader);
+    let next = group.leader(Duration::from_secs(20)).await;
+    let mut conn = limedb_testkit::HttpConn::connect(&addr(next))
+        .await
+        .expect("connect");
+    let r = conn.get(&theirs[2]).await.expect("get");
+    assert_eq!(r.status, 421, "{}", r.text());
+    let r = conn.get(&mine[0]).await.expect("get");
+    assert_eq!((r.status, r.text()), (200, "after".to_string()));
+    drop(coordinator);
 }

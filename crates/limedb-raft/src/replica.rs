@@ -577,10 +577,16 @@ impl Replica {
     fn may_read_under_lease(&self) -> bool {
         let m = self.inner.raft.metrics();
         let m = m.borrow();
-        let applied_own_term = m.last_applied.is_some_and(|applied| {
-            m.vote.is_committed() && applied.leader_id.term == m.vote.leader_id().term
-        });
-        applied_own_term && self.holds_lease(&m, self.inner.config.timing.read_lease())
+        applied_own_term(&m) && self.holds_lease(&m, self.inner.config.timing.read_lease())
+    }
+
+    /// Whether this replica leads and has applied an entry of its own term, hence every entry
+    /// earlier leaders committed (group records included). A leader that has not yet must not
+    /// act on its applied state: [`Replica::read_barrier`] waits for it.
+    pub fn has_applied_own_term(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && applied_own_term(&m)
     }
 
     /// The current term (part of WATCH versions: a new leader has a new term).
@@ -1018,6 +1024,13 @@ impl Replica {
             .await
             .map_err(raft_err)?
     }
+}
+
+/// Whether the applied position is an entry of the current, committed vote's term.
+fn applied_own_term(m: &openraft::RaftMetrics<ReplicaId, ReplicaNode>) -> bool {
+    m.last_applied.is_some_and(|applied| {
+        m.vote.is_committed() && applied.leader_id.term == m.vote.leader_id().term
+    })
 }
 
 async fn remove_dir_blocking(dir: PathBuf) -> Result<()> {

@@ -103,6 +103,17 @@ pub enum ApiError {
     /// The node has no such thing to offer (404 with its own message, unlike a missing key).
     #[error("{0}")]
     NoSuchResource(String),
+    /// This shard does not own the key at its ring epoch; nothing was done (421). A coordinator
+    /// refreshes its cluster map and routes again.
+    #[error("shard {shard} does not own this key at ring epoch {epoch}; shard {owner} does")]
+    WrongShard {
+        /// The shard's ring epoch.
+        epoch: u64,
+        /// This shard.
+        shard: ShardId,
+        /// The owner by this shard's record.
+        owner: ShardId,
+    },
 }
 
 impl ApiError {
@@ -115,6 +126,7 @@ impl ApiError {
             }
             ApiError::NotFound | ApiError::NoSuchResource(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::WrongShard { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::ShardUnavailable { .. }
             | ApiError::ShuttingDown
@@ -142,6 +154,7 @@ impl ApiError {
             ApiError::ValueTooLarge { .. } => "value_too_large",
             ApiError::NotFound | ApiError::NoSuchResource(_) => "not_found",
             ApiError::Conflict { .. } => "conflict",
+            ApiError::WrongShard { .. } => "wrong_shard",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::ShardUnavailable { .. } => "shard_unavailable",
             ApiError::ShuttingDown => "shutting_down",
@@ -179,6 +192,10 @@ impl IntoResponse for ApiError {
         } = &self
         {
             body["current"] = current.clone();
+        }
+        if let ApiError::WrongShard { epoch, owner, .. } = &self {
+            body["ringEpoch"] = (*epoch).into();
+            body["owner"] = owner.0.into();
         }
         (self.status(), axum::Json(body)).into_response()
     }

@@ -106,6 +106,12 @@ pub trait KvNode: Clone + Send + Sync + 'static {
         &self,
         request: MapRequest,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// Reads (`None`) or replaces a shard's ownership record; answers `{"epoch", "routing"}`
+    /// (`routing` null when the shard has none).
+    fn ownership(
+        &self,
+        set: Option<Box<limedb_cluster::Routing>>,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
     /// Size limits of requests.
     fn limits(&self) -> Limits;
     /// The node's metrics.

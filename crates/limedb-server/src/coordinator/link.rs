@@ -61,6 +61,9 @@ pub struct LinkOptions {
     pub connections: usize,
     /// Largest frame accepted from the shard ([`crate::config::MAX_INTERNAL_FRAME_BYTES`]).
     pub max_frame_bytes: usize,
+    /// The ring epoch the sender routes by, sent with every request (protocol flag `0x0001`);
+    /// 0 sends none (a coordinator without a cluster map, a replica's Raft traffic).
+    pub ring_epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A caller waiting for the answer to one request.
@@ -531,8 +534,13 @@ async fn write_requests(
     conn: Arc<Conn>,
     link: Arc<ShardLink>,
 ) {
+    let epoch = Arc::clone(&link.options.ring_epoch);
     let result = write_coalesced(&mut writer, &mut requests, |(id, request), out| {
-        Frame::request(id, request).encode(out)
+        match epoch.load(Ordering::Relaxed) {
+            0 => Frame::request(id, request),
+            epoch => Frame::routed(id, epoch, request),
+        }
+        .encode(out)
     })
     .await;
     if let Err(e) = result {

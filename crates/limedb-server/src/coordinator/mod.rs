@@ -81,6 +81,11 @@ impl CoordinatorNode {
                 code,
                 message,
             }),
+            // This coordinator does not follow changes of the cluster map yet: say so plainly.
+            Response::WrongShard { ring_epoch } => Err(ApiError::GroupUnavailable(format!(
+                "shard {} no longer owns this key (its ring epoch is {ring_epoch}): the cluster map changed after this coordinator started; restart the coordinator to route by the new map",
+                group.id()
+            ))),
             response => Ok(response),
         }
     }
@@ -399,6 +404,15 @@ impl KvNode for CoordinatorNode {
         crate::http::client::forward_replica_change(&target, &change).await
     }
 
+    async fn ownership(
+        &self,
+        _set: Option<Box<limedb_cluster::Routing>>,
+    ) -> Result<serde_json::Value, ApiError> {
+        Err(ApiError::NoSuchResource(
+            "ownership records are kept by shards; ask a replica of the shard".into(),
+        ))
+    }
+
     async fn cluster_map(&self, request: MapRequest) -> Result<serde_json::Value, ApiError> {
         match (request, &self.inner.map) {
             (MapRequest::Get, Some(map)) => {
@@ -504,6 +518,9 @@ impl CoordinatorServer {
             health_interval: config.health_interval,
             connections: config.connections_per_shard,
             max_frame_bytes: crate::config::MAX_INTERNAL_FRAME_BYTES,
+            ring_epoch: Arc::new(std::sync::atomic::AtomicU64::new(
+                map.as_ref().map_or(0, ClusterMap::epoch),
+            )),
         };
         let mut links: Vec<Arc<ShardGroup>> = config
             .shards

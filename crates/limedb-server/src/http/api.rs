@@ -15,6 +15,7 @@
 //! | `GET`/`POST /api/v1/admin/shards/{shard}/replicas`, `DELETE .../replicas/{id}` | the same for shard `{shard}` (coordinator or replica) |
 //! | `GET /api/v1/meta/map` | the cluster map `{"epoch","map"}` (map-group replicas: linearizable; coordinators: the map they route by) |
 //! | `POST /api/v1/meta/map` `{"expectedEpoch": N or null, "map": {...}}` | compare-and-set on the map group's leader: 200 `{"epoch"}`, 409 with `"current"` |
+//! | `GET`/`PUT /api/v1/admin/ownership` (replicated shards) | the shard's ownership record `{"epoch","routing"}`; `PUT` a routing replaces it (409 if older) |
 //!
 //! Keys in paths are percent-decoded bytes; everything after the route prefix is the key, so an
 //! unencoded `/` is part of the key too. Errors are `{"error": code, "message": text}` (see
@@ -82,6 +83,10 @@ pub fn router<N: KvNode>(node: N) -> Router {
             axum::routing::delete(remove_shard_replica::<N>),
         )
         .route("/api/v1/meta/map", get(get_map::<N>).post(set_map::<N>))
+        .route(
+            "/api/v1/admin/ownership",
+            get(get_ownership::<N>).put(put_ownership::<N>),
+        )
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(node)
@@ -368,6 +373,27 @@ const MAX_MAP_BODY_BYTES: usize = 4 << 20;
 struct SetMapBody {
     expected_epoch: Option<u64>,
     map: limedb_cluster::ClusterMap,
+}
+
+async fn get_ownership<N: KvNode>(State(node): State<N>) -> Response {
+    match node.ownership(None).await {
+        Ok(doc) => axum::Json(doc).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn put_ownership<N: KvNode>(State(node): State<N>, request: Request) -> Response {
+    let result = async {
+        let body = read_body(request.into_body(), None, MAX_MAP_BODY_BYTES).await?;
+        let routing: limedb_cluster::Routing = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("expected a routing document: {e}")))?;
+        node.ownership(Some(Box::new(routing))).await
+    }
+    .await;
+    match result {
+        Ok(doc) => axum::Json(doc).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn get_map<N: KvNode>(State(node): State<N>) -> Response {

@@ -9,6 +9,7 @@
 
 pub mod internal;
 pub mod map_group;
+pub mod ownership;
 pub mod replication;
 mod resp_backend;
 pub mod storage;
@@ -57,6 +58,8 @@ struct ShardInner {
     internal_addr: SocketAddr,
     started: Instant,
     cursors: crate::resp::cursor::Cursors,
+    /// Which keys this shard serves (see [`ownership`]).
+    ownership: ownership::Ownership,
 }
 
 impl std::fmt::Debug for ShardNode {
@@ -112,6 +115,15 @@ impl ShardNode {
     }
 
     async fn handle_data(&self, request: Request, started: Instant, limits: Limits) -> Response {
+        let _admitted = match self.admit(&request_keys(&request)).await {
+            Ok(guard) => guard,
+            Err(e) => {
+                self.inner
+                    .metrics
+                    .record(Api::Internal, op_of(&request), started, false);
+                return error_response(&e);
+            }
+        };
         let (op, result) = match request {
             Request::Hello | Request::Ping | Request::Raft { .. } => {
                 return Response::Error {
@@ -123,7 +135,7 @@ impl ShardNode {
                 Op::Get,
                 async {
                     limits.check_key(&key)?;
-                    self.get(key).await.map(Response::Value)
+                    self.read_key(key).await.map(Response::Value)
                 }
                 .await,
             ),
@@ -133,7 +145,9 @@ impl ShardNode {
                     limits.check_key(&key)?;
                     limits.check_value(value.len())?;
                     limits.check_ttl(ttl_ms)?;
-                    self.set(key, value, ttl_ms).await.map(|()| Response::Done)
+                    self.write_key(key, value, ttl_ms)
+                        .await
+                        .map(|()| Response::Done)
                 }
                 .await,
             ),
@@ -141,19 +155,18 @@ impl ShardNode {
                 Op::Delete,
                 async {
                     limits.check_key(&key)?;
-                    self.delete(key).await.map(Response::Deleted)
+                    self.delete_key(key).await.map(Response::Deleted)
                 }
                 .await,
             ),
-            Request::Command { args } => (Op::Command, Ok(reply(self.execute_command(args).await))),
+            Request::Command { args } => (Op::Command, Ok(reply(self.run_command(args).await))),
             Request::Transaction { commands, watched } => (
                 Op::Command,
-                Ok(reply(self.execute_transaction(commands, watched).await)),
+                Ok(reply(self.run_transaction(commands, watched).await)),
             ),
-            Request::Pipeline { commands } => (
-                Op::Command,
-                Ok(reply(self.execute_pipeline(commands).await)),
-            ),
+            Request::Pipeline { commands } => {
+                (Op::Command, Ok(reply(self.run_pipeline(commands).await)))
+            }
             Request::KeysPage {
                 offset,
                 limit,
@@ -293,6 +306,7 @@ impl ShardNode {
 /// The internal-protocol form of an error.
 pub fn error_response(e: &ApiError) -> Response {
     let code = match e {
+        ApiError::WrongShard { epoch, .. } => return Response::WrongShard { ring_epoch: *epoch },
         ApiError::NotLeader { leader } => {
             return Response::NotLeader {
                 leader_id: leader.as_ref().map(|(id, _)| *id),
@@ -322,21 +336,154 @@ pub fn error_response(e: &ApiError) -> Response {
     }
 }
 
-impl KvNode for ShardNode {
-    async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ApiError> {
-        self.refuse_on_map_group()?;
+impl ShardNode {
+    /// Reads a key (the caller checked ownership).
+    async fn read_key(&self, key: Bytes) -> Result<Option<Bytes>, ApiError> {
         Ok(self.inner.storage.get(key).await?.map(|v| v.data))
     }
 
-    async fn set(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>) -> Result<(), ApiError> {
-        self.refuse_on_map_group()?;
+    /// Writes a key (the caller checked ownership).
+    async fn write_key(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), ApiError> {
         let expires_at_ms = ttl_ms.map(|ttl| now_ms().saturating_add(ttl));
         self.inner.storage.put(key, value, expires_at_ms).await
     }
 
+    /// Deletes a key (the caller checked ownership).
+    async fn delete_key(&self, key: Bytes) -> Result<bool, ApiError> {
+        self.inner.storage.delete(key).await
+    }
+
+    /// Checks that this shard owns every one of `keys` by its ownership record, and returns
+    /// the gate to hold while the request runs (see [`ownership`]). A leader that has not yet
+    /// applied its own term's first entry waits for it first, so it never checks against a
+    /// record older than one an earlier leader committed. `None` on a shard that keeps no
+    /// records (not replicated).
+    pub(crate) async fn admit<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Option<ownership::OwnershipGuard<'_>>, ApiError> {
+        let Some(replica) = self.inner.storage.replica() else {
+            return Ok(None);
+        };
+        if !replica.has_applied_own_term() {
+            replica.read_barrier().await?;
+        }
+        let guard = self.inner.ownership.enter().await;
+        if let Some(routing) = self.inner.ownership.routing(replica.record())? {
+            ownership::check(&routing, self.inner.id, keys)?;
+        }
+        Ok(Some(guard))
+    }
+
+    /// The ownership record (`None`: this shard has none and serves every key), read at the
+    /// leader after a read barrier.
+    pub async fn routing(&self) -> Result<Option<limedb_cluster::Routing>, ApiError> {
+        let replica = self.inner.storage.replica().ok_or_else(|| {
+            ApiError::BadRequest(
+                "ownership records are kept by replicated shards (started with --peers)".into(),
+            )
+        })?;
+        replica.read_barrier().await?;
+        Ok(self
+            .inner
+            .ownership
+            .routing(replica.record())?
+            .map(|r| (*r).clone()))
+    }
+
+    /// Replaces the ownership record with `routing`, once every request admitted under the
+    /// current one has been answered (see [`ownership`]). Idempotent; a record older than the
+    /// current one (a stale driver) is refused with 409.
+    pub async fn set_routing(&self, routing: &limedb_cluster::Routing) -> Result<(), ApiError> {
+        let replica = self.inner.storage.replica().ok_or_else(|| {
+            ApiError::BadRequest(
+                "ownership records are kept by replicated shards (started with --peers)".into(),
+            )
+        })?;
+        replica.check_leader()?;
+        let _exclusive = self.inner.ownership.exclusive().await;
+        replica.read_barrier().await?;
+        if let Some(current) = self.inner.ownership.routing(replica.record())? {
+            if *current == *routing {
+                return Ok(());
+            }
+            if current.epoch() >= routing.epoch() {
+                return Err(ApiError::Conflict {
+                    message: format!(
+                        "shard {} holds ownership at epoch {}, not older than the {} offered",
+                        self.inner.id,
+                        current.epoch(),
+                        routing.epoch()
+                    ),
+                    current: serde_json::to_value(&*current).ok(),
+                });
+            }
+        }
+        replica
+            .write_record(Vec::new(), ownership::encode(routing)?)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The keys a data request touches (none for a listing).
+fn request_keys(request: &Request) -> Vec<Bytes> {
+    use resp_backend::command_keys;
+    let mut keys = Vec::new();
+    match request {
+        Request::Get { key } | Request::Set { key, .. } | Request::Delete { key } => {
+            keys.push(key.clone())
+        }
+        Request::Command { args } => command_keys(args, &mut keys),
+        Request::Transaction { commands, watched } => {
+            keys.extend(watched.iter().map(|(k, _)| k.clone()));
+            for args in commands {
+                command_keys(args, &mut keys);
+            }
+        }
+        Request::Pipeline { commands } => {
+            for args in commands {
+                command_keys(args, &mut keys);
+            }
+        }
+        Request::Hello | Request::Ping | Request::KeysPage { .. } | Request::Raft { .. } => {}
+    }
+    keys
+}
+
+/// The metrics label of a data request.
+fn op_of(request: &Request) -> Op {
+    match request {
+        Request::Get { .. } => Op::Get,
+        Request::Set { .. } => Op::Set,
+        Request::Delete { .. } => Op::Delete,
+        Request::KeysPage { .. } => Op::Keys,
+        _ => Op::Command,
+    }
+}
+
+impl KvNode for ShardNode {
+    async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ApiError> {
+        self.refuse_on_map_group()?;
+        let _admitted = self.admit(&[&key]).await?;
+        self.read_key(key).await
+    }
+
+    async fn set(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>) -> Result<(), ApiError> {
+        self.refuse_on_map_group()?;
+        let _admitted = self.admit(&[&key]).await?;
+        self.write_key(key, value, ttl_ms).await
+    }
+
     async fn delete(&self, key: Bytes) -> Result<bool, ApiError> {
         self.refuse_on_map_group()?;
-        self.inner.storage.delete(key).await
+        let _admitted = self.admit(&[&key]).await?;
+        self.delete_key(key).await
     }
 
     async fn keys_page(
@@ -421,6 +568,20 @@ impl KvNode for ShardNode {
             }
             Err(e) => serde_json::json!({ "error": e.to_string() }),
         }
+    }
+
+    async fn ownership(
+        &self,
+        set: Option<Box<limedb_cluster::Routing>>,
+    ) -> Result<serde_json::Value, ApiError> {
+        if let Some(routing) = set {
+            self.set_routing(&routing).await?;
+        }
+        let routing = self.routing().await?;
+        Ok(serde_json::json!({
+            "epoch": routing.as_ref().map(limedb_cluster::Routing::epoch),
+            "routing": routing,
+        }))
     }
 
     async fn cluster_map(&self, request: MapRequest) -> Result<serde_json::Value, ApiError> {
@@ -575,6 +736,7 @@ async fn open_replicated(
         health_interval: crate::config::DEFAULT_HEALTH_INTERVAL,
         connections: 2,
         max_frame_bytes: crate::config::MAX_INTERNAL_FRAME_BYTES,
+        ring_epoch: std::sync::Arc::default(),
     };
     let links = Arc::new(replication::PeerLinks::new(
         config.id,
@@ -710,6 +872,7 @@ impl ShardServer {
                 internal_addr,
                 started: Instant::now(),
                 cursors: crate::resp::cursor::Cursors::default(),
+                ownership: ownership::Ownership::default(),
             }),
         };
         let resp_config = RespConfig::for_limits(&config.limits, config.resp_idle_timeout);

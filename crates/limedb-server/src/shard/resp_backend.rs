@@ -20,9 +20,20 @@ impl ShardNode {
         }
     }
 
-    /// Executes one data command of the RESP protocol on this shard (also what a coordinator's
-    /// `Command` request runs).
+    /// Executes one data command of the RESP protocol on this shard, if the shard owns its keys
+    /// (a RESP error naming the owner otherwise).
     pub async fn execute_command(&self, args: Vec<Bytes>) -> Value {
+        let mut keys = Vec::new();
+        command_keys(&args, &mut keys);
+        match self.admit(&keys).await {
+            Ok(_admitted) => self.run_command(args).await,
+            Err(e) => refused(&e),
+        }
+    }
+
+    /// Executes one data command (the caller checked ownership: a coordinator's `Command`
+    /// request, or [`ShardNode::execute_command`]).
+    pub(crate) async fn run_command(&self, args: Vec<Bytes>) -> Value {
         let is_scan = args
             .first()
             .is_some_and(|n| n.eq_ignore_ascii_case(b"scan"));
@@ -85,13 +96,31 @@ impl ShardNode {
         out
     }
 
-    /// Runs a coordinator's `Pipeline` request: the commands in order, not as a unit.
-    pub async fn execute_pipeline(&self, commands: Vec<Vec<Bytes>>) -> Value {
+    /// Runs a coordinator's `Pipeline` request: the commands in order, not as a unit (the
+    /// caller checked ownership).
+    pub(crate) async fn run_pipeline(&self, commands: Vec<Vec<Bytes>>) -> Value {
         Value::Array(self.run_commands(&commands, None).await)
     }
 
-    /// Runs a `MULTI`/`EXEC` block atomically (see the module docs).
+    /// Runs a `MULTI`/`EXEC` block atomically (see the module docs), if the shard owns every
+    /// key it names.
     pub async fn execute_transaction(
+        &self,
+        commands: Vec<Vec<Bytes>>,
+        watched: Vec<(Bytes, u64)>,
+    ) -> Value {
+        let mut keys: Vec<Bytes> = watched.iter().map(|(k, _)| k.clone()).collect();
+        for args in &commands {
+            command_keys(args, &mut keys);
+        }
+        match self.admit(&keys).await {
+            Ok(_admitted) => self.run_transaction(commands, watched).await,
+            Err(e) => refused(&e),
+        }
+    }
+
+    /// Runs a `MULTI`/`EXEC` block atomically (the caller checked ownership).
+    pub(crate) async fn run_transaction(
         &self,
         commands: Vec<Vec<Bytes>>,
         watched: Vec<(Bytes, u64)>,
@@ -139,7 +168,14 @@ impl Backend for ShardNode {
     }
 
     async fn execute_many(&self, commands: Vec<Vec<Bytes>>) -> Vec<Value> {
-        self.run_commands(&commands, None).await
+        let mut keys = Vec::new();
+        for args in &commands {
+            command_keys(args, &mut keys);
+        }
+        match self.admit(&keys).await {
+            Ok(_admitted) => self.run_commands(&commands, None).await,
+            Err(e) => vec![refused(&e); commands.len()],
+        }
     }
 
     async fn watch(&self, keys: Vec<Bytes>) -> Result<Vec<u64>, Fail> {
@@ -223,4 +259,23 @@ fn replication_lines(status: &limedb_raft::ReplicaStatus, committed: Option<u64>
         committed.unwrap_or(0),
     );
     out
+}
+
+/// Appends the keys `args` names (by the command table) to `out`.
+pub(crate) fn command_keys(args: &[Bytes], out: &mut Vec<Bytes>) {
+    if let Some(spec) = args.first().and_then(|n| lookup(n)) {
+        out.extend(
+            spec.key_positions(args.len())
+                .into_iter()
+                .filter_map(|i| args.get(i).cloned()),
+        );
+    }
+}
+
+/// A refused command as a RESP error (`WRONGSHARD` for a key this shard does not own).
+fn refused(e: &crate::error::ApiError) -> Value {
+    match e {
+        crate::error::ApiError::WrongShard { .. } => Value::error(format!("WRONGSHARD {e}")),
+        other => Value::error(format!("ERR {other}")),
+    }
 }
