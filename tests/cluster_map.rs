@@ -21,7 +21,7 @@ fn bin() -> &'static Path {
 /// would otherwise change leaders under the tests' feet.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Starts a coordinator and waits until it reaches all three shards.
+/// Starts a coordinator and waits until it reaches every shard it knows.
 async fn coordinator(dir: &Path, name: &str, args: &[&str]) -> Node {
     let mut all = vec!["coordinator", "--port", "0"];
     all.extend_from_slice(args);
@@ -38,7 +38,8 @@ async fn coordinator(dir: &Path, name: &str, args: &[&str]) -> Node {
                     .await
                     .ok()?
                     .json()?;
-                (doc["healthyShards"] == 3).then_some(())
+                let known = doc["shardCount"].as_u64().filter(|&n| n > 0)?;
+                (doc["healthyShards"].as_u64() == Some(known)).then_some(())
             }
         },
     )
@@ -452,4 +453,203 @@ async fn a_shard_serves_only_the_keys_its_ownership_record_gives_it() {
     let r = conn.get(&mine[0]).await.expect("get");
     assert_eq!((r.status, r.text()), (200, "after".to_string()));
     drop(coordinator);
+}
+
+/// Moves every transfer of `map`'s move in progress from phase `from` to `to` (the map group's
+/// driver will do this; the test plays its part).
+fn advance_all(map: &mut ClusterMap, until: limedb_cluster::Phase) {
+    let m = map.moving().expect("a move").clone();
+    for t in &m.transfers {
+        let mut phase = t.phase;
+        while phase < until {
+            phase = map.advance(m.id, t.from, t.to, phase).expect("advance");
+        }
+    }
+}
+
+async fn publish(meta: &Group, expected: u64, map: &ClusterMap) {
+    let body = serde_json::json!({ "expectedEpoch": expected, "map": map });
+    let leader = meta.leader(Duration::from_secs(20)).await;
+    let (status, doc) = post_json(&host_port(&meta.url(leader)), "/api/v1/meta/map", &body).await;
+    assert_eq!(status, 200, "publishing epoch {}: {doc}", map.epoch());
+}
+
+async fn set_record(group: &Group, routing: &limedb_cluster::Routing) {
+    let leader = group.leader(Duration::from_secs(20)).await;
+    let (status, doc) = put_json(
+        &host_port(&group.url(leader)),
+        "/api/v1/admin/ownership",
+        &serde_json::to_value(routing).expect("json"),
+    )
+    .await;
+    assert_eq!(status, 200, "{doc}");
+}
+
+/// Keys change owner (a shard added, its ranges copied and handed over by hand, as the move
+/// driver will): the shards answer WrongShard, a coordinator follows the cluster map to the new
+/// owner without an error to its clients, over HTTP and RESP, learns the new group, and a new
+/// coordinator routes by the new map at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_follow_the_map_when_keys_change_owner() {
+    let _serial = SERIAL.lock().await;
+    let dir = temp_dir();
+    let meta = Group::start_meta(bin(), dir.path(), 3);
+    let groups: Vec<Group> = (1..=3)
+        .map(|s| Group::start(bin(), dir.path(), s, 1, &[]))
+        .collect();
+    for g in &groups {
+        g.leader(Duration::from_secs(20)).await;
+    }
+    meta.leader(Duration::from_secs(20)).await;
+    let shards = format!("1={},2={}", groups[0].url(1), groups[1].url(1));
+    let c = coordinator(
+        dir.path(),
+        "c",
+        &[
+            "--meta",
+            &meta.url(1),
+            "--shards",
+            &shards,
+            "--resp-port",
+            "0",
+        ],
+    )
+    .await;
+    let mut conn = limedb_testkit::HttpConn::connect(&c.http_addr())
+        .await
+        .expect("connect");
+    let keys: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let r = conn.set(k, &format!("v{i}")).await.expect("set");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    // Shard 3 joins: the move starts (nothing changes owner yet)...
+    let (_, doc) = get_json(&c.http_addr(), "/api/v1/meta/map").await;
+    let mut map: ClusterMap = serde_json::from_value(doc["map"].clone()).expect("map");
+    let joining = MapGroup {
+        replicas: BTreeMap::from([(1, groups[2].url(1))]),
+    };
+    let move_id = map.add_shard(ShardId(3), joining).expect("add");
+    publish(&meta, 1, &map).await;
+    let begun = map.epoch();
+    // ... its keys are copied to shard 3 ...
+    let mut moved = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let hash = limedb_cluster::key_hash(k.as_bytes());
+        let target = map.routing().target().expect("target").shard_for_hash(hash);
+        if target == ShardId(3) {
+            let mut direct = limedb_testkit::HttpConn::connect(&host_port(&groups[2].url(1)))
+                .await
+                .expect("connect");
+            assert_eq!(
+                direct.set(k, &format!("v{i}")).await.expect("set").status,
+                200
+            );
+            moved.push(i);
+        }
+    }
+    assert!(!moved.is_empty());
+    // ... and handed over: the shards' records first, the map after.
+    advance_all(&mut map, limedb_cluster::Phase::CleanUp);
+    for g in &groups {
+        set_record(g, map.routing()).await;
+    }
+    let reads = {
+        let addr = c.http_addr();
+        let keys = keys.clone();
+        tokio::spawn(async move {
+            let mut conn = limedb_testkit::HttpConn::connect(&addr)
+                .await
+                .expect("connect");
+            let mut out = Vec::new();
+            for k in &keys {
+                let r = conn.get(k).await.expect("get");
+                out.push((r.status, r.text()));
+            }
+            out
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish(&meta, begun, &map).await;
+    for (i, (status, text)) in reads.await.expect("reads").into_iter().enumerate() {
+        assert_eq!((status, text), (200, format!("v{i}")), "{}", keys[i]);
+    }
+    let (_, state) = get_json(&c.http_addr(), "/api/v1/cluster/state").await;
+    assert_eq!(state["ringEpoch"], map.epoch(), "{state}");
+    assert!(
+        state["shards"]
+            .as_array()
+            .expect("shards")
+            .iter()
+            .any(|s| s["shardId"] == 3),
+        "the coordinator learned shard 3: {state}"
+    );
+
+    // Over RESP: one MGET across every shard, and single-key writes to moved keys.
+    let resp_addr = c.ready.get("resp").expect("resp address").clone();
+    let mut redis = redis::Client::open(format!("redis://{resp_addr}/"))
+        .expect("client")
+        .get_connection()
+        .expect("connect");
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&keys)
+        .query(&mut redis)
+        .expect("mget");
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()));
+    }
+    for &i in moved.iter().take(20) {
+        let _: () = redis::cmd("SET")
+            .arg(&keys[i])
+            .arg("w")
+            .query(&mut redis)
+            .expect("set");
+    }
+    // The moved keys live on shard 3 only now.
+    let mut direct3 = limedb_testkit::HttpConn::connect(&host_port(&groups[2].url(1)))
+        .await
+        .expect("connect");
+    let r = direct3.get(&keys[moved[0]]).await.expect("get");
+    assert_eq!((r.status, r.text()), (200, "w".to_string()));
+
+    // A coordinator started now routes by the newest map straight away.
+    let d = coordinator(dir.path(), "d", &["--meta", &meta.url(2)]).await;
+    let mut conn_d = limedb_testkit::HttpConn::connect(&d.http_addr())
+        .await
+        .expect("connect");
+    for &i in moved.iter().skip(20).take(20) {
+        let r = conn_d.get(&keys[i]).await.expect("get");
+        assert_eq!((r.status, r.text()), (200, format!("v{i}")));
+    }
+
+    // The move ends: the ring of {1, 2, 3} is the ring; the coordinator polls it in.
+    advance_all(&mut map, limedb_cluster::Phase::Done);
+    let handed = map.epoch();
+    map.finish_move(move_id).expect("finish");
+    for g in &groups {
+        set_record(g, map.routing()).await;
+    }
+    publish(&meta, handed, &map).await;
+    let want = map.epoch();
+    wait_for(
+        Duration::from_secs(10),
+        "the coordinator to poll the new map",
+        || {
+            let addr = c.http_addr();
+            async move {
+                let (_, state) = get_json(&addr, "/api/v1/cluster/state").await;
+                (state["ringEpoch"] == want).then_some(())
+            }
+        },
+    )
+    .await;
+    for (i, k) in keys.iter().enumerate().step_by(5) {
+        let r = conn.get(k).await.expect("get");
+        assert_eq!(r.status, 200, "{k}");
+        if !moved.iter().take(20).any(|&m| m == i) {
+            assert_eq!(r.text(), format!("v{i}"));
+        }
+    }
+    drop((c, d));
 }

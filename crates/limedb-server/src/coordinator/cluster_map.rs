@@ -61,7 +61,7 @@ pub async fn establish(
     }
 }
 
-/// `map`, unless `shards` (when given) disagrees with it or a move is in progress.
+/// `map`, unless `shards` (when given) disagrees with it.
 fn check_agrees(map: ClusterMap, shards: &[ShardSpec]) -> Result<ClusterMap, ServerError> {
     if !shards.is_empty() {
         let given: BTreeMap<ShardId, String> =
@@ -74,13 +74,6 @@ fn check_agrees(map: ClusterMap, shards: &[ShardSpec]) -> Result<ClusterMap, Ser
                 differences.join("; ")
             )));
         }
-    }
-    if let Some(m) = map.moving() {
-        return Err(ServerError::Config(format!(
-            "the cluster map (epoch {}) has move {} in progress, and this coordinator cannot route during a move yet",
-            map.epoch(),
-            m.id
-        )));
     }
     Ok(map)
 }

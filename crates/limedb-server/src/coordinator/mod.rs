@@ -13,13 +13,14 @@ pub mod group;
 pub mod link;
 pub mod map_client;
 mod resp_backend;
+pub mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use limedb_cluster::{ClusterMap, Ring, ShardId};
+use limedb_cluster::{ClusterMap, ShardId};
 use limedb_proto::{Request, Response};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -41,11 +42,11 @@ pub struct CoordinatorNode {
 
 #[derive(Debug)]
 struct CoordinatorInner {
-    ring: Ring,
-    /// The cluster map the ring comes from (`--meta`); `None` when routing by `--shards`.
-    map: Option<ClusterMap>,
-    /// Sorted by shard id.
-    groups: Vec<Arc<ShardGroup>>,
+    /// The routing and the shard groups (see [`routes`]).
+    routes: routes::Routes,
+    /// How long a request may wait for its shard (and for the map to settle after a
+    /// `WrongShard`).
+    shard_timeout: std::time::Duration,
     limits: Limits,
     metrics: Arc<Metrics>,
     http_addr: SocketAddr,
@@ -54,24 +55,23 @@ struct CoordinatorInner {
 }
 
 impl CoordinatorNode {
-    fn shard_group(&self, shard: ShardId) -> Result<&Arc<ShardGroup>, ApiError> {
+    fn shard_group(&self, shard: ShardId) -> Result<Arc<ShardGroup>, ApiError> {
         self.inner
-            .groups
-            .binary_search_by_key(&shard, |g| g.id())
-            .ok()
-            .and_then(|i| self.inner.groups.get(i))
+            .routes
+            .index_of(shard)
+            .and_then(|i| self.inner.routes.group(i))
             .ok_or_else(|| {
                 ApiError::Internal(format!("the ring names shard {shard}, which has no link"))
             })
     }
 
-    fn group_for_key(&self, key: &[u8]) -> Result<&Arc<ShardGroup>, ApiError> {
-        self.shard_group(self.inner.ring.shard_for_key(key))
+    fn group_for_key(&self, key: &[u8]) -> Result<Arc<ShardGroup>, ApiError> {
+        self.shard_group(self.inner.routes.owner(key))
     }
 
     /// The shard that owns `key` (for tests and tools).
     pub fn shard_for_key(&self, key: &[u8]) -> ShardId {
-        self.inner.ring.shard_for_key(key)
+        self.inner.routes.owner(key)
     }
 
     async fn forward(group: &ShardGroup, request: Request) -> Result<Response, ApiError> {
@@ -81,19 +81,37 @@ impl CoordinatorNode {
                 code,
                 message,
             }),
-            // This coordinator does not follow changes of the cluster map yet: say so plainly.
-            Response::WrongShard { ring_epoch } => Err(ApiError::GroupUnavailable(format!(
-                "shard {} no longer owns this key (its ring epoch is {ring_epoch}): the cluster map changed after this coordinator started; restart the coordinator to route by the new map",
-                group.id()
-            ))),
             response => Ok(response),
         }
     }
 
+    /// Sends `request` about `key` to the shard that owns it; when that shard answers
+    /// `WrongShard` (the key moved), follows the cluster map and routes again, until the
+    /// shard timeout. A `WrongShard` request did nothing, so sending it again is safe.
+    async fn call_for_key(&self, key: &[u8], request: Request) -> Result<Response, ApiError> {
+        let deadline = Instant::now() + self.inner.shard_timeout;
+        loop {
+            let group = self.group_for_key(key)?;
+            match Self::forward(&group, request.clone()).await? {
+                Response::WrongShard { ring_epoch } => {
+                    if !self.inner.routes.follow(ring_epoch, deadline).await {
+                        return Err(moved_error(
+                            &group,
+                            ring_epoch,
+                            self.inner.routes.follows_map(),
+                        ));
+                    }
+                }
+                response => return Ok(response),
+            }
+        }
+    }
+
     fn links_json(&self) -> Vec<serde_json::Value> {
-        let ownership = self.inner.ring.ownership();
+        let ownership = self.inner.routes.state().routing.base().ownership();
         self.inner
-            .groups
+            .routes
+            .groups()
             .iter()
             .map(|group| {
                 let view = group.view();
@@ -122,7 +140,8 @@ impl CoordinatorNode {
     /// Every group with its replicas, roles and lag, from the leaders' health documents.
     fn shards_json(&self) -> Vec<serde_json::Value> {
         self.inner
-            .groups
+            .routes
+            .groups()
             .iter()
             .map(|group| {
                 let view = group.view();
@@ -174,12 +193,17 @@ impl CoordinatorNode {
     }
 
     fn up_count(&self) -> usize {
-        self.inner.groups.iter().filter(|g| g.healthy()).count()
+        self.inner
+            .routes
+            .groups()
+            .iter()
+            .filter(|g| g.healthy())
+            .count()
     }
 
     fn status_word(&self) -> &'static str {
         let up = self.up_count();
-        if up == self.inner.groups.len() {
+        if up == self.inner.routes.groups().len() {
             "healthy"
         } else if up == 0 {
             "unhealthy"
@@ -191,7 +215,8 @@ impl CoordinatorNode {
     /// Live key count of every shard, in shard-id order (concurrently).
     async fn shard_totals(&self) -> Vec<(Arc<ShardGroup>, Result<u64, ApiError>)> {
         let mut tasks = JoinSet::new();
-        for (i, link) in self.inner.groups.iter().enumerate() {
+        let groups = self.inner.routes.groups();
+        for (i, link) in groups.iter().enumerate() {
             let link = Arc::clone(link);
             tasks.spawn(async move {
                 let total = match Self::forward(
@@ -212,16 +237,38 @@ impl CoordinatorNode {
             });
         }
         let mut totals: Vec<(usize, Arc<ShardGroup>, Result<u64, ApiError>)> =
-            Vec::with_capacity(self.inner.groups.len());
+            Vec::with_capacity(groups.len());
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(t) => totals.push(t),
                 Err(e) => tracing::warn!(error = %e, "shard count task failed"),
             }
         }
-        totals.sort_by_key(|(i, _, _)| *i);
+        // Shard-id order (groups learned from a newer map come last among the groups).
+        totals.sort_by_key(|(_, group, _)| group.id());
         totals.into_iter().map(|(_, l, t)| (l, t)).collect()
     }
+}
+
+/// The answer when a key's shard said `WrongShard` and no routing found its owner in time.
+fn moved_error(group: &ShardGroup, ring_epoch: u64, follows_map: bool) -> ApiError {
+    if follows_map {
+        ApiError::GroupUnavailable(format!(
+            "shard {} no longer owns this key (ring epoch {ring_epoch}) and the cluster map did not name its new owner in time; retry",
+            group.id()
+        ))
+    } else {
+        ApiError::GroupUnavailable(format!(
+            "shard {} no longer owns this key (ring epoch {ring_epoch}), and this coordinator routes by --shards; start coordinators with --meta to follow the cluster map",
+            group.id()
+        ))
+    }
+}
+
+fn unexpected_answer(response: &Response) -> ApiError {
+    ApiError::Internal(format!(
+        "a shard answered with an unexpected message: {response:?}"
+    ))
 }
 
 fn unexpected(link: &ShardGroup, response: &Response) -> ApiError {
@@ -233,26 +280,34 @@ fn unexpected(link: &ShardGroup, response: &Response) -> ApiError {
 
 impl KvNode for CoordinatorNode {
     async fn get(&self, key: Bytes) -> Result<Option<Bytes>, ApiError> {
-        let link = self.group_for_key(&key)?;
-        match Self::forward(link, Request::Get { key }).await? {
+        match self
+            .call_for_key(&key.clone(), Request::Get { key })
+            .await?
+        {
             Response::Value(v) => Ok(v),
-            other => Err(unexpected(link, &other)),
+            other => Err(unexpected_answer(&other)),
         }
     }
 
     async fn set(&self, key: Bytes, value: Bytes, ttl_ms: Option<u64>) -> Result<(), ApiError> {
-        let link = self.group_for_key(&key)?;
-        match Self::forward(link, Request::Set { key, value, ttl_ms }).await? {
+        let request = Request::Set {
+            key: key.clone(),
+            value,
+            ttl_ms,
+        };
+        match self.call_for_key(&key, request).await? {
             Response::Done => Ok(()),
-            other => Err(unexpected(link, &other)),
+            other => Err(unexpected_answer(&other)),
         }
     }
 
     async fn delete(&self, key: Bytes) -> Result<bool, ApiError> {
-        let link = self.group_for_key(&key)?;
-        match Self::forward(link, Request::Delete { key }).await? {
+        match self
+            .call_for_key(&key.clone(), Request::Delete { key })
+            .await?
+        {
             Response::Deleted(existed) => Ok(existed),
-            other => Err(unexpected(link, &other)),
+            other => Err(unexpected_answer(&other)),
         }
     }
 
@@ -314,10 +369,10 @@ impl KvNode for CoordinatorNode {
             body: serde_json::json!({
                 "status": self.status_word(),
                 "type": "coordinator",
-                "shardCount": self.inner.groups.len(),
+                "shardCount": self.inner.routes.groups().len(),
                 "healthyShards": up,
                 "shards": self.links_json(),
-                "virtualNodesPerShard": self.inner.ring.vnodes_per_shard(),
+                "virtualNodesPerShard": self.inner.routes.state().routing.base().vnodes_per_shard(),
                 "uptimeSecs": self.inner.started.elapsed().as_secs(),
                 "version": crate::SERVER_NAME,
             }),
@@ -325,17 +380,19 @@ impl KvNode for CoordinatorNode {
     }
 
     async fn cluster_state(&self) -> serde_json::Value {
-        let peers: Vec<&str> = self.inner.groups.iter().map(|l| l.url()).collect();
+        let groups = self.inner.routes.groups();
+        let state = self.inner.routes.state();
+        let peers: Vec<&str> = groups.iter().map(|l| l.url()).collect();
         serde_json::json!({
             "nodeId": format!("coordinator@{}", self.inner.http_addr),
             "type": "coordinator",
             "peers": peers,
-            "totalNodes": self.inner.groups.len(),
+            "totalNodes": groups.len(),
             "status": self.status_word(),
             "members": self.links_json(),
             "shards": self.shards_json(),
-            "ringEpoch": self.inner.map.as_ref().map(ClusterMap::epoch),
-            "routing": if self.inner.map.is_some() { "clusterMap" } else { "shardsFlag" },
+            "ringEpoch": state.map.as_ref().map(ClusterMap::epoch),
+            "routing": if state.map.is_some() { "clusterMap" } else { "shardsFlag" },
         })
     }
 
@@ -345,7 +402,8 @@ impl KvNode for CoordinatorNode {
                 .map(|l| l.url().to_string())
                 .unwrap_or_else(|_| format!("shard-{shard}"))
         };
-        let mut doc = ring_json(&self.inner.ring, &label);
+        let state = self.inner.routes.state();
+        let mut doc = ring_json(state.routing.base(), &label);
         // Where the keys actually are, next to the share of the hash space each shard owns.
         let mut keys_per_node = serde_json::Map::new();
         for (link, total) in self.shard_totals().await {
@@ -377,7 +435,8 @@ impl KvNode for CoordinatorNode {
         let group = self.shard_group(ShardId(shard)).map_err(|_| {
             let ids: Vec<String> = self
                 .inner
-                .groups
+                .routes
+                .groups()
                 .iter()
                 .map(|g| g.id().to_string())
                 .collect();
@@ -387,7 +446,7 @@ impl KvNode for CoordinatorNode {
             ))
         })?;
         if change == ReplicaChange::List {
-            let index = self.inner.groups.iter().position(|g| g.id() == group.id());
+            let index = self.inner.routes.index_of(group.id());
             return Ok(index
                 .and_then(|i| self.shards_json().into_iter().nth(i))
                 .unwrap_or(serde_json::Value::Null));
@@ -414,7 +473,8 @@ impl KvNode for CoordinatorNode {
     }
 
     async fn cluster_map(&self, request: MapRequest) -> Result<serde_json::Value, ApiError> {
-        match (request, &self.inner.map) {
+        let state = self.inner.routes.state();
+        match (request, &state.map) {
             (MapRequest::Get, Some(map)) => {
                 Ok(serde_json::json!({ "epoch": map.epoch(), "map": map }))
             }
@@ -436,7 +496,7 @@ impl KvNode for CoordinatorNode {
     }
 
     async fn refresh_metrics(&self) {
-        for group in &self.inner.groups {
+        for group in self.inner.routes.groups() {
             group.refresh_metrics();
         }
     }
@@ -460,8 +520,8 @@ impl CoordinatorServer {
     /// Builds the ring (from the cluster map with `--meta`, else from `--shards`) and binds
     /// the HTTP listener. Shards need not be up yet, except to create the cluster map.
     pub async fn bind(mut config: CoordinatorConfig) -> Result<Self, ServerError> {
-        let map = if config.meta.is_empty() {
-            None
+        let (map, client) = if config.meta.is_empty() {
+            (None, None)
         } else {
             let client = map_client::MapClient::new(config.meta.clone());
             let map = cluster_map::establish(
@@ -479,13 +539,13 @@ impl CoordinatorServer {
                     Some(crate::config::ShardSpec { id, url })
                 })
                 .collect();
-            Some(map)
+            (Some(map), Some(client))
         };
-        let ring = match &map {
-            Some(map) => map.routing().base().clone(),
+        let routing = match &map {
+            Some(map) => map.routing().clone(),
             None => {
                 let ids: Vec<ShardId> = config.shards.iter().map(|s| s.id).collect();
-                Ring::new(&ids, config.vnodes_per_shard)
+                limedb_cluster::Routing::new(&ids, config.vnodes_per_shard)
                     .map_err(|e| ServerError::Config(e.to_string()))?
             }
         };
@@ -535,12 +595,18 @@ impl CoordinatorServer {
             })
             .collect();
         links.sort_by_key(|l| l.id());
+        let routes = routes::Routes::new(
+            routes::RouteState { routing, map },
+            links,
+            client,
+            options,
+            Arc::clone(&metrics),
+        );
         Ok(CoordinatorServer {
             node: CoordinatorNode {
                 inner: Arc::new(CoordinatorInner {
-                    ring,
-                    map,
-                    groups: links,
+                    routes,
+                    shard_timeout: config.shard_timeout,
                     limits: config.limits,
                     metrics,
                     http_addr,
@@ -587,8 +653,8 @@ impl CoordinatorServer {
         } = self;
         tracing::info!(
             http = %node.inner.http_addr,
-            shards = node.inner.groups.len(),
-            vnodes_per_shard = node.inner.ring.vnodes_per_shard(),
+            shards = node.inner.routes.groups().len(),
+            vnodes_per_shard = node.inner.routes.state().routing.base().vnodes_per_shard(),
             health_interval_ms = health_interval.as_millis() as u64,
             "coordinator serving"
         );
@@ -596,8 +662,25 @@ impl CoordinatorServer {
         // and answered before the links close.
         let (stop_links, links_shutdown) = crate::shutdown::channel();
         let mut supervisors = JoinSet::new();
-        for link in &node.inner.groups {
-            supervisors.spawn(Arc::clone(link).supervise(links_shutdown.clone()));
+        node.inner.routes.set_links_shutdown(links_shutdown.clone());
+        for link in node.inner.routes.groups() {
+            supervisors.spawn(link.supervise(links_shutdown.clone()));
+        }
+        if node.inner.routes.follows_map() {
+            // Learn map changes even while no shard has answered WrongShard yet (new groups
+            // get their links; health and cluster state show the map in force).
+            let node = node.clone();
+            let mut stop = links_shutdown.clone();
+            supervisors.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.wait() => break,
+                        () = tokio::time::sleep(routes::MAP_POLL) => {
+                            node.inner.routes.refresh().await;
+                        }
+                    }
+                }
+            });
         }
         let http_task = crate::http::serve::serve(
             http,

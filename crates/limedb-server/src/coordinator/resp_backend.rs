@@ -24,6 +24,9 @@ use limedb_proto::{Request, Response};
 use limedb_resp::{decode_value, Value, ValueLimits};
 use tokio::task::JoinSet;
 
+use std::time::Instant;
+
+use super::group::ShardGroup;
 use super::CoordinatorNode;
 use crate::resp::cursor::{parse_scan, Position};
 use crate::resp::keys::random_below;
@@ -40,32 +43,93 @@ fn int(v: &Value) -> Option<i64> {
     }
 }
 
+/// A shard's RESP reply, decoded.
+fn decode_reply(link: &ShardGroup, bytes: &[u8]) -> Value {
+    let mut buf = BytesMut::from(bytes);
+    match decode_value(&mut buf, &ValueLimits::default()) {
+        Ok(Some(v)) if buf.is_empty() => v,
+        _ => Value::error(format!("ERR shard {} sent a malformed reply", link.id())),
+    }
+}
+
+/// The answer to a request whose keys moved while it was routed (nothing was done).
+fn try_again(link: &ShardGroup, ring_epoch: u64) -> Value {
+    Value::error(format!(
+        "TRYAGAIN shard {} no longer owns these keys (ring epoch {ring_epoch}); the cluster is moving them, retry",
+        link.id()
+    ))
+}
+
 fn bad_reply(what: &str) -> Value {
     Value::error(format!("ERR unexpected reply from a shard to {what}"))
 }
 
 impl CoordinatorNode {
-    /// The shard index (position in `groups`) owning `key`.
+    /// The shard index (position in the routes' groups, stable) owning `key`.
     fn shard_index(&self, key: &[u8]) -> Option<usize> {
-        let id = self.inner.ring.shard_for_key(key);
-        self.inner.groups.binary_search_by_key(&id, |l| l.id()).ok()
+        let routes = &self.inner.routes;
+        routes.index_of(routes.owner(key))
     }
 
-    /// Sends one command to shard `index` and decodes its reply.
+    /// Sends one request to shard `index` and decodes its reply. A `WrongShard` answer (keys
+    /// moved) makes the coordinator follow the cluster map; a `Pipeline` of single-key
+    /// commands is then routed again command by command, anything else is answered
+    /// `TRYAGAIN` (nothing was done), as Redis Cluster answers during resharding.
     async fn on_shard(&self, index: usize, request: Request) -> Value {
-        let Some(link) = self.inner.groups.get(index) else {
+        let Some(link) = self.inner.routes.group(index) else {
             return Value::error("ERR internal error: no such shard");
         };
-        match Self::forward(link, request).await {
-            Ok(Response::Reply(bytes)) => {
-                let mut buf = BytesMut::from(&bytes[..]);
-                match decode_value(&mut buf, &ValueLimits::default()) {
-                    Ok(Some(v)) if buf.is_empty() => v,
-                    _ => Value::error(format!("ERR shard {} sent a malformed reply", link.id())),
+        let retry = match &request {
+            Request::Pipeline { commands } => Some(commands.clone()),
+            _ => None,
+        };
+        match Self::forward(&link, request).await {
+            Ok(Response::Reply(bytes)) => decode_reply(&link, &bytes),
+            Ok(Response::WrongShard { ring_epoch }) => {
+                let deadline = Instant::now() + self.inner.shard_timeout;
+                let followed = self.inner.routes.follow(ring_epoch, deadline).await;
+                match retry {
+                    Some(commands) if followed => {
+                        let mut replies = Vec::with_capacity(commands.len());
+                        for args in commands {
+                            replies.push(self.one_key_command(args, deadline).await);
+                        }
+                        Value::Array(replies)
+                    }
+                    _ => try_again(&link, ring_epoch),
                 }
             }
             Ok(_) => Value::error(format!("ERR shard {} sent an unexpected answer", link.id())),
             Err(e) => Value::error(format!("ERR {e}")),
+        }
+    }
+
+    /// A command on one key: sent to the key's shard, and routed again after a `WrongShard`
+    /// until `deadline`.
+    async fn one_key_command(&self, args: Vec<Bytes>, deadline: Instant) -> Value {
+        loop {
+            let Some(index) = args.get(1).and_then(|k| self.shard_index(k)) else {
+                return Value::error("ERR internal error: no shard owns the key");
+            };
+            let Some(link) = self.inner.routes.group(index) else {
+                return Value::error("ERR internal error: no such shard");
+            };
+            let request = Request::Command { args: args.clone() };
+            match Self::forward(&link, request).await {
+                Ok(Response::Reply(bytes)) => return decode_reply(&link, &bytes),
+                Ok(Response::WrongShard { ring_epoch }) => {
+                    if !self.inner.routes.follow(ring_epoch, deadline).await {
+                        return try_again(&link, ring_epoch);
+                    }
+                }
+                Ok(_) => {
+                    return Value::error(format!(
+                        "ERR shard {} sent an unexpected answer",
+                        link.id()
+                    ))
+                }
+                Err(e) => return Value::error(format!("ERR {e}")),
+            }
         }
     }
 
@@ -96,7 +160,7 @@ impl CoordinatorNode {
 
     /// Every shard, the same command.
     async fn all_shards(&self, args: &[Bytes]) -> Result<Vec<Value>, Value> {
-        let calls = (0..self.inner.groups.len())
+        let calls = (0..self.inner.routes.groups().len())
             .map(|i| (i, args.to_vec()))
             .collect();
         let replies = self.fan_out(calls).await;
@@ -117,10 +181,10 @@ impl CoordinatorNode {
             return Value::error(arity_error(spec.name).0);
         }
         match spec.route {
-            Route::OneKey => match self.shard_index(&args[1]) {
-                Some(i) => self.command_on(i, args).await,
-                None => Value::error("ERR internal error: no shard owns the key"),
-            },
+            Route::OneKey => {
+                let deadline = Instant::now() + self.inner.shard_timeout;
+                self.one_key_command(args, deadline).await
+            }
             Route::ManyKeys => self.many_keys(spec.name, args).await,
             Route::Keyspace => self.keyspace(spec.name, args).await,
             Route::Connection => {
@@ -392,7 +456,7 @@ impl CoordinatorNode {
             Some(Some(p)) => (p.shard, Some(p.key)),
         };
         let mut keys = Vec::new();
-        let shards = self.inner.groups.len();
+        let shards = self.inner.routes.groups().len();
         while shard < shards && keys.len() < scan.count {
             let mut call = vec![
                 Bytes::from_static(b"LIMEDB.SCAN"),
@@ -555,7 +619,7 @@ impl Backend for CoordinatorNode {
             let Some(spec) = args.first().and_then(|n| lookup(n)) else {
                 continue;
             };
-            if spec.route == Route::Keyspace && self.inner.groups.len() > 1 {
+            if spec.route == Route::Keyspace && self.inner.routes.groups().len() > 1 {
                 return Value::error(format!(
                     "ERR {} inside MULTI needs every shard; LimeDB runs a transaction on one shard only, so nothing was executed",
                     spec.name.to_uppercase()
@@ -581,7 +645,7 @@ impl Backend for CoordinatorNode {
             _ => {
                 let ids: Vec<String> = shards
                     .iter()
-                    .filter_map(|&i| self.inner.groups.get(i))
+                    .filter_map(|&i| self.inner.routes.group(i))
                     .map(|l| l.id().to_string())
                     .collect();
                 Value::error(format!(
@@ -600,7 +664,7 @@ impl Backend for CoordinatorNode {
         // A coordinator holds no data: it is a master with no replicas of its own; each shard's
         // group follows, as `limedb_shardN` fields.
         let mut out = String::from("role:master\r\nconnected_slaves:0\r\n");
-        for group in &self.inner.groups {
+        for group in self.inner.routes.groups() {
             let view = group.view();
             let leader = view
                 .members

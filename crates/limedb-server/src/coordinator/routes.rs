@@ -1,0 +1,208 @@
+//! What a coordinator routes by, and how it follows the cluster map when it changes.
+//!
+//! [`Routes`] holds the current [`RouteState`] (the routing and, with `--meta`, the map it came
+//! from) and the shard groups. Groups are only ever added, at the end, so an index into them
+//! stays valid for as long as a request holds it. A coordinator routing by `--shards` never
+//! changes its routes. One started with `--meta` refreshes them from the map group when a
+//! shard answers `WrongShard` (and every [`MAP_POLL`] in the background): a newer map replaces
+//! the routing, and groups it names that the coordinator did not know get links of their own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use limedb_cluster::{key_hash, ClusterMap, Routing, ShardId};
+
+use super::group::ShardGroup;
+use super::link::LinkOptions;
+use super::map_client::MapClient;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+
+/// Period of the background check for a newer cluster map.
+pub const MAP_POLL: Duration = Duration::from_secs(1);
+
+/// Bound on one read of the map when following a change.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pause before routing again when the map group has nothing newer yet (a cut-over is between
+/// the shards' records and the map's publication).
+const UNCHANGED_PAUSE: Duration = Duration::from_millis(20);
+
+/// The routing in force.
+#[derive(Debug)]
+pub struct RouteState {
+    /// Who owns each hash.
+    pub routing: Routing,
+    /// The map `routing` comes from; `None` when routing by `--shards`.
+    pub map: Option<ClusterMap>,
+}
+
+/// The coordinator's routes (see the module docs).
+#[derive(Debug)]
+pub struct Routes {
+    state: RwLock<Arc<RouteState>>,
+    groups: RwLock<Vec<Arc<ShardGroup>>>,
+    map_client: Option<MapClient>,
+    options: LinkOptions,
+    metrics: Arc<Metrics>,
+    /// Where links made after start-up learn that the coordinator stops.
+    links_shutdown: Mutex<Option<Shutdown>>,
+    /// One refresh at a time.
+    refreshing: tokio::sync::Mutex<()>,
+    /// Refreshes that found a newer map.
+    pub map_changes: AtomicU64,
+}
+
+impl Routes {
+    /// Routes for `state` over `groups` (sorted by shard id); `map_client` when `--meta`.
+    pub fn new(
+        state: RouteState,
+        groups: Vec<Arc<ShardGroup>>,
+        map_client: Option<MapClient>,
+        options: LinkOptions,
+        metrics: Arc<Metrics>,
+    ) -> Routes {
+        Routes {
+            state: RwLock::new(Arc::new(state)),
+            groups: RwLock::new(groups),
+            map_client,
+            options,
+            metrics,
+            links_shutdown: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+            map_changes: AtomicU64::new(0),
+        }
+    }
+
+    /// The routing in force.
+    pub fn state(&self) -> Arc<RouteState> {
+        Arc::clone(&self.state.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Every group (known so far), in the order they were added.
+    pub fn groups(&self) -> Vec<Arc<ShardGroup>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The group at `index` (stable: groups are only appended).
+    pub fn group(&self, index: usize) -> Option<Arc<ShardGroup>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(index)
+            .cloned()
+    }
+
+    /// The index of shard `id`'s group.
+    pub fn index_of(&self, id: ShardId) -> Option<usize> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .position(|g| g.id() == id)
+    }
+
+    /// The shard that owns `key` now.
+    pub fn owner(&self, key: &[u8]) -> ShardId {
+        self.state().routing.owner(key_hash(key))
+    }
+
+    /// Whether these routes follow a cluster map.
+    pub fn follows_map(&self) -> bool {
+        self.map_client.is_some()
+    }
+
+    /// Starts the links' supervision for groups added later (the ones known at start-up are
+    /// supervised by the server).
+    pub fn set_links_shutdown(&self, shutdown: Shutdown) {
+        *self
+            .links_shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(shutdown);
+    }
+
+    /// After a shard answered `WrongShard` (its epoch `seen`): reads the map and adopts it if
+    /// newer. Returns whether routing again may succeed before `deadline` (it pauses briefly
+    /// when the map has not caught up with the shards yet); `false` without a map to follow.
+    pub async fn follow(&self, seen: u64, deadline: Instant) -> bool {
+        if self.map_client.is_none() {
+            return false;
+        }
+        if self.refresh().await {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        tracing::debug!(
+            seen,
+            "a shard is at a newer ring epoch than the cluster map; waiting for the map"
+        );
+        tokio::time::sleep(UNCHANGED_PAUSE.min(left)).await;
+        Instant::now() < deadline
+    }
+
+    /// Reads the map from the map group and adopts it if its epoch is newer than the one in
+    /// force; returns whether it did.
+    pub async fn refresh(&self) -> bool {
+        let Some(client) = &self.map_client else {
+            return false;
+        };
+        let _one = self.refreshing.lock().await;
+        let current = self.state().routing.epoch();
+        let map = match client.get(REFRESH_TIMEOUT).await {
+            Ok(Some(map)) if map.epoch() > current => map,
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the cluster map");
+                return false;
+            }
+        };
+        self.adopt(map);
+        true
+    }
+
+    /// Makes `map` the routing in force, adding links to groups it names for the first time.
+    fn adopt(&self, map: ClusterMap) {
+        {
+            let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+            for (&id, group) in map.groups() {
+                if groups.iter().any(|g| g.id() == id) {
+                    continue;
+                }
+                let Some(url) = group.replicas.values().next() else {
+                    continue;
+                };
+                let link = Arc::new(ShardGroup::new(
+                    id,
+                    url.clone(),
+                    self.options.clone(),
+                    self.metrics.shard(&id.to_string()),
+                ));
+                if let Some(shutdown) = self
+                    .links_shutdown
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                {
+                    tokio::spawn(Arc::clone(&link).supervise(shutdown));
+                }
+                tracing::info!(shard = %id, url, "learned a new shard group from the cluster map");
+                groups.push(link);
+            }
+        }
+        let epoch = map.epoch();
+        self.options.ring_epoch.store(epoch, Ordering::Relaxed);
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(RouteState {
+            routing: map.routing().clone(),
+            map: Some(map),
+        });
+        self.map_changes.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(epoch, "routing by a newer cluster map");
+    }
+}
