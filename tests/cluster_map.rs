@@ -241,7 +241,7 @@ async fn the_map_changes_only_by_compare_and_set_on_its_epoch() {
 
     let (status, _) = get_json(&leader_addr, "/api/v1/meta/map").await;
     assert_eq!(status, 404, "no map before the first one is stored");
-    let create = serde_json::json!({ "expectedEpoch": null, "map": first });
+    let create = serde_json::json!({ "expectedVersion": null, "map": first });
     let (status, doc) = post_json(&leader_addr, "/api/v1/meta/map", &create).await;
     assert_eq!(
         (status, &doc["epoch"]),
@@ -253,13 +253,13 @@ async fn the_map_changes_only_by_compare_and_set_on_its_epoch() {
     assert_eq!(doc["current"]["routing"]["epoch"], 1);
 
     // An epoch must grow.
-    let same = serde_json::json!({ "expectedEpoch": 1, "map": first });
+    let same = serde_json::json!({ "expectedVersion": 1, "map": first });
     let (status, doc) = post_json(&leader_addr, "/api/v1/meta/map", &same).await;
     assert_eq!(status, 400, "{doc}");
 
     // Two changes from the same epoch, at once: exactly one wins.
-    let a = serde_json::json!({ "expectedEpoch": 1, "map": grown });
-    let b = serde_json::json!({ "expectedEpoch": 1, "map": shrunk });
+    let a = serde_json::json!({ "expectedVersion": 1, "map": grown });
+    let b = serde_json::json!({ "expectedVersion": 1, "map": shrunk });
     let (ra, rb) = tokio::join!(
         post_json(&leader_addr, "/api/v1/meta/map", &a),
         post_json(&leader_addr, "/api/v1/meta/map", &b)
@@ -293,7 +293,7 @@ async fn the_map_changes_only_by_compare_and_set_on_its_epoch() {
         (1..=3).any(|r| r != follower && meta.url(r) == named),
         "{named} is not another member"
     );
-    let garbled = serde_json::json!({ "expectedEpoch": 2, "map": { "routing": 7 } });
+    let garbled = serde_json::json!({ "expectedVersion": 2, "map": { "routing": 7 } });
     let (status, doc) = post_json(&leader_addr, "/api/v1/meta/map", &garbled).await;
     assert_eq!(status, 400, "{doc}");
     let r = http::request(&leader_addr, "GET", "/api/v1/get/k", &[], None)
@@ -468,7 +468,7 @@ fn advance_all(map: &mut ClusterMap, until: limedb_cluster::Phase) {
 }
 
 async fn publish(meta: &Group, expected: u64, map: &ClusterMap) {
-    let body = serde_json::json!({ "expectedEpoch": expected, "map": map });
+    let body = serde_json::json!({ "expectedVersion": expected, "map": map });
     let leader = meta.leader(Duration::from_secs(20)).await;
     let (status, doc) = post_json(&host_port(&meta.url(leader)), "/api/v1/meta/map", &body).await;
     assert_eq!(status, 200, "publishing epoch {}: {doc}", map.epoch());
@@ -532,7 +532,7 @@ async fn coordinators_follow_the_map_when_keys_change_owner() {
     };
     let move_id = map.add_shard(ShardId(3), joining).expect("add");
     publish(&meta, 1, &map).await;
-    let begun = map.epoch();
+    let begun = map.version();
     // ... its keys are copied to shard 3 ...
     let mut moved = Vec::new();
     for (i, k) in keys.iter().enumerate() {
@@ -572,6 +572,7 @@ async fn coordinators_follow_the_map_when_keys_change_owner() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     publish(&meta, begun, &map).await;
+    let handed = map.version();
     for (i, (status, text)) in reads.await.expect("reads").into_iter().enumerate() {
         assert_eq!((status, text), (200, format!("v{i}")), "{}", keys[i]);
     }
@@ -625,7 +626,6 @@ async fn coordinators_follow_the_map_when_keys_change_owner() {
 
     // The move ends: the ring of {1, 2, 3} is the ring; the coordinator polls it in.
     advance_all(&mut map, limedb_cluster::Phase::Done);
-    let handed = map.epoch();
     map.finish_move(move_id).expect("finish");
     for g in &groups {
         set_record(g, map.routing()).await;

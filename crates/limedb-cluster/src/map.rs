@@ -353,6 +353,10 @@ pub struct Move {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterMap {
+    /// Grows with every change of the map (the ring epoch only with changes of ownership): what
+    /// a compare-and-set of the map compares.
+    #[serde(default)]
+    version: u64,
     routing: Routing,
     groups: BTreeMap<ShardId, Group>,
     moving: Option<Move>,
@@ -374,6 +378,7 @@ impl ClusterMap {
         }
         let shards: Vec<ShardId> = groups.keys().copied().collect();
         Ok(ClusterMap {
+            version: 1,
             routing: Routing::new(&shards, vnodes_per_shard)?,
             groups,
             moving: None,
@@ -385,6 +390,12 @@ impl ClusterMap {
     #[must_use]
     pub fn epoch(&self) -> u64 {
         self.routing.epoch()
+    }
+
+    /// The map's version: grows with every change (see [`ClusterMap`]'s fields).
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Who owns each hash.
@@ -460,6 +471,7 @@ impl ClusterMap {
         let transfers = routing.begin(shards)?;
         let id = self.next_move_id;
         self.routing = routing;
+        self.version += 1;
         self.next_move_id += 1;
         self.moving = Some(Move {
             id,
@@ -508,6 +520,7 @@ impl ClusterMap {
             self.routing.hand_over(from, to)?;
         }
         self.transfer_mut(move_id, from, to)?.phase = next;
+        self.version += 1;
         Ok(next)
     }
 
@@ -527,6 +540,7 @@ impl ClusterMap {
         let t = self.transfer_mut(move_id, from, to)?;
         t.keys_copied = t.keys_copied.saturating_add(keys);
         t.bytes_copied = t.bytes_copied.saturating_add(bytes);
+        self.version += 1;
         Ok(())
     }
 
@@ -552,6 +566,7 @@ impl ClusterMap {
         if let MoveKind::RemoveShard(id) = kind {
             self.groups.remove(&id);
         }
+        self.version += 1;
         Ok(())
     }
 

@@ -56,12 +56,12 @@ pub enum MapRequest {
     /// The map as this node knows it: linearizable on a map-group replica, the map the
     /// coordinator routes by on a coordinator.
     Get,
-    /// Store `map` if the stored map is at `expected_epoch` (`None`: none stored yet). Only on
-    /// the map group's leader.
+    /// Store `map` if the stored map is at version `expected_version` (`None`: none stored
+    /// yet). Only on the map group's leader.
     CompareAndSet {
-        /// The epoch the caller read.
-        expected_epoch: Option<u64>,
-        /// The new map; its epoch is greater than `expected_epoch`.
+        /// The version the caller read.
+        expected_version: Option<u64>,
+        /// The new map; its version is greater than `expected_version`.
         map: Box<limedb_cluster::ClusterMap>,
     },
 }
@@ -100,8 +100,8 @@ pub trait KvNode: Clone + Send + Sync + 'static {
         shard: Option<u32>,
         change: ReplicaChange,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
-    /// Reads or changes the cluster map; answers `{"epoch", "map"}` for a read and
-    /// `{"epoch"}` after a change.
+    /// Reads or changes the cluster map; answers `{"version", "epoch", "map"}` for a read and
+    /// `{"version", "epoch"}` after a change.
     fn cluster_map(
         &self,
         request: MapRequest,

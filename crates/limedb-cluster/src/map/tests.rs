@@ -55,9 +55,12 @@ fn adding_a_shard_ends_with_the_ring_of_the_new_shard_set() {
             before.shard_for_key(key.as_bytes())
         );
     }
+    let version = map.version();
     run_to_done(&mut map);
     // Start, three hand-overs, finish.
     assert_eq!(map.epoch(), 6);
+    // Every change grows the version: 3 transfers × 5 phases, and the finish.
+    assert_eq!(map.version(), version + 16);
     let after = Ring::new(&[ShardId(1), ShardId(2), ShardId(3), ShardId(4)], 64).unwrap();
     assert_eq!(map.routing().base(), &after);
     assert!(map.routing().target().is_none());

@@ -25,7 +25,7 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum CasOutcome {
     /// The map is stored.
     Stored,
-    /// The stored map was not at the expected epoch; here it is (`None`: still no map).
+    /// The stored map was not at the expected version; here it is (`None`: still no map).
     Conflict(Option<Box<ClusterMap>>),
 }
 
@@ -65,14 +65,14 @@ impl MapClient {
         }
     }
 
-    /// Stores `map` if the stored map is at `expected` (`None`: no map yet).
+    /// Stores `map` if the stored map is at version `expected` (`None`: no map yet).
     pub async fn compare_and_set(
         &self,
         expected: Option<u64>,
         map: &ClusterMap,
         timeout: Duration,
     ) -> Result<CasOutcome, String> {
-        let body = serde_json::json!({ "expectedEpoch": expected, "map": map });
+        let body = serde_json::json!({ "expectedVersion": expected, "map": map });
         let body = Bytes::from(body.to_string());
         let (status, answer) = self
             .call(Method::POST, "/api/v1/meta/map", Some(body), timeout)

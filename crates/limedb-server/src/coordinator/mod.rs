@@ -475,9 +475,11 @@ impl KvNode for CoordinatorNode {
     async fn cluster_map(&self, request: MapRequest) -> Result<serde_json::Value, ApiError> {
         let state = self.inner.routes.state();
         match (request, &state.map) {
-            (MapRequest::Get, Some(map)) => {
-                Ok(serde_json::json!({ "epoch": map.epoch(), "map": map }))
-            }
+            (MapRequest::Get, Some(map)) => Ok(serde_json::json!({
+                "version": map.version(),
+                "epoch": map.epoch(),
+                "map": map,
+            })),
             (MapRequest::Get, None) => Err(ApiError::NoSuchResource(
                 "this coordinator routes by its --shards flag and has no cluster map (start it with --meta to route by one)".into(),
             )),

@@ -13,8 +13,8 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET`/`POST /api/v1/admin/replicas`, `DELETE /api/v1/admin/replicas/{id}` | a replica's group: list, add `{"replicaId","url"}`, remove |
 //! | `GET`/`POST /api/v1/admin/shards/{shard}/replicas`, `DELETE .../replicas/{id}` | the same for shard `{shard}` (coordinator or replica) |
-//! | `GET /api/v1/meta/map` | the cluster map `{"epoch","map"}` (map-group replicas: linearizable; coordinators: the map they route by) |
-//! | `POST /api/v1/meta/map` `{"expectedEpoch": N or null, "map": {...}}` | compare-and-set on the map group's leader: 200 `{"epoch"}`, 409 with `"current"` |
+//! | `GET /api/v1/meta/map` | the cluster map `{"version","epoch","map"}` (map-group replicas: linearizable; coordinators: the map they route by) |
+//! | `POST /api/v1/meta/map` `{"expectedVersion": N or null, "map": {...}}` | compare-and-set on the map group's leader: 200 `{"version","epoch"}`, 409 with `"current"` |
 //! | `GET`/`PUT /api/v1/admin/ownership` (replicated shards) | the shard's ownership record `{"epoch","routing"}`; `PUT` a routing replaces it (409 if older) |
 //!
 //! Keys in paths are percent-decoded bytes; everything after the route prefix is the key, so an
@@ -134,7 +134,11 @@ fn key_from_path(uri: &Uri, node: &impl KvNode) -> Result<Bytes, ApiError> {
 }
 
 /// Reads the whole body, refusing more than `max` bytes (413) before buffering them.
-async fn read_body(body: Body, declared_len: Option<u64>, max: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    body: Body,
+    declared_len: Option<u64>,
+    max: usize,
+) -> Result<Bytes, ApiError> {
     if let Some(len) = declared_len {
         if len > max as u64 {
             return Err(ApiError::ValueTooLarge {
@@ -250,7 +254,7 @@ async fn delete<N: KvNode>(State(node): State<N>, uri: Uri) -> Response {
 }
 
 /// The first value of query parameter `name`, percent-decoded (`+` is a space).
-fn query_param(uri: &Uri, name: &str) -> Result<Option<String>, ApiError> {
+pub(crate) fn query_param(uri: &Uri, name: &str) -> Result<Option<String>, ApiError> {
     let Some(query) = uri.query() else {
         return Ok(None);
     };
@@ -371,7 +375,7 @@ const MAX_MAP_BODY_BYTES: usize = 4 << 20;
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SetMapBody {
-    expected_epoch: Option<u64>,
+    expected_version: Option<u64>,
     map: limedb_cluster::ClusterMap,
 }
 
@@ -408,11 +412,11 @@ async fn set_map<N: KvNode>(State(node): State<N>, request: Request) -> Response
         let body = read_body(request.into_body(), None, MAX_MAP_BODY_BYTES).await?;
         let set: SetMapBody = serde_json::from_slice(&body).map_err(|e| {
             ApiError::BadRequest(format!(
-                "expected {{\"expectedEpoch\": N or null, \"map\": {{...}}}}: {e}"
+                "expected {{\"expectedVersion\": N or null, \"map\": {{...}}}}: {e}"
             ))
         })?;
         node.cluster_map(MapRequest::CompareAndSet {
-            expected_epoch: set.expected_epoch,
+            expected_version: set.expected_version,
             map: Box::new(set.map),
         })
         .await

@@ -4,8 +4,9 @@
 //! A map-group replica is a replicated shard with the reserved id [`MAP_GROUP_ID`] whose engine
 //! holds one key, the JSON of the [`ClusterMap`]. It serves no keys of its own: the data API
 //! answers 400 there. Reads of the map are linearizable (the leader's read fence); a change is a
-//! compare-and-set on the map's epoch, made by the leader under the map key's lock, so two
-//! coordinators that both read epoch E cannot both write their epoch E+1.
+//! compare-and-set on the map's version (which grows with every change; the ring epoch grows
+//! only with changes of ownership), made by the leader under the map key's lock, so two writers
+//! that both read version V cannot both store their version V+1.
 
 use bytes::Bytes;
 use limedb_cluster::{ClusterMap, ShardId};
@@ -54,8 +55,8 @@ impl ShardNode {
         stored.map(|v| decode(&v.data)).transpose()
     }
 
-    /// Replaces the map with `map` if the stored map's epoch is `expected` (`None`: no map
-    /// stored yet). `map`'s epoch must be greater than `expected`. Answers 409 (with the
+    /// Replaces the map with `map` if the stored map's version is `expected` (`None`: no map
+    /// stored yet). `map`'s version must be greater than `expected`. Answers 409 (with the
     /// stored map) when the stored map is not at `expected`.
     pub async fn compare_and_set_map(
         &self,
@@ -63,23 +64,23 @@ impl ShardNode {
         map: &ClusterMap,
     ) -> Result<(), ApiError> {
         self.require_map_group()?;
-        if expected.is_some_and(|e| map.epoch() <= e) {
+        if expected.is_some_and(|e| map.version() <= e) {
             return Err(ApiError::BadRequest(format!(
-                "the new map's epoch {} must be greater than the expected epoch {}",
-                map.epoch(),
+                "the new map's version {} must be greater than the expected version {}",
+                map.version(),
                 expected.unwrap_or_default()
             )));
         }
         let storage = &self.inner.storage;
         let locks = storage.lock(&[MAP_KEY]).await;
         let current = self.read_map().await?;
-        let current_epoch = current.as_ref().map(ClusterMap::epoch);
-        if current_epoch != expected {
+        let current_version = current.as_ref().map(ClusterMap::version);
+        if current_version != expected {
             return Err(ApiError::Conflict {
                 message: format!(
-                    "the cluster map is at epoch {}, not {}",
-                    epoch_text(current_epoch),
-                    epoch_text(expected)
+                    "the cluster map is at version {}, not {}",
+                    version_text(current_version),
+                    version_text(expected)
                 ),
                 current: current.and_then(|m| serde_json::to_value(m).ok()),
             });
@@ -97,6 +98,6 @@ fn decode(bytes: &[u8]) -> Result<ClusterMap, ApiError> {
         .map_err(|e| ApiError::Internal(format!("the stored cluster map cannot be read: {e}")))
 }
 
-fn epoch_text(epoch: Option<u64>) -> String {
-    epoch.map_or_else(|| "none (no map yet)".to_string(), |e| e.to_string())
+fn version_text(version: Option<u64>) -> String {
+    version.map_or_else(|| "none (no map yet)".to_string(), |v| v.to_string())
 }

@@ -13,6 +13,7 @@ pub mod ownership;
 pub mod replication;
 mod resp_backend;
 pub mod storage;
+pub mod transfer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -587,17 +588,21 @@ impl KvNode for ShardNode {
     async fn cluster_map(&self, request: MapRequest) -> Result<serde_json::Value, ApiError> {
         match request {
             MapRequest::Get => match self.read_map().await? {
-                Some(map) => Ok(serde_json::json!({ "epoch": map.epoch(), "map": map })),
+                Some(map) => Ok(serde_json::json!({
+                    "version": map.version(),
+                    "epoch": map.epoch(),
+                    "map": map,
+                })),
                 None => Err(ApiError::NoSuchResource(
                     "no cluster map has been created yet: the first coordinator started with --meta and --shards creates it".into(),
                 )),
             },
             MapRequest::CompareAndSet {
-                expected_epoch,
+                expected_version,
                 map,
             } => {
-                self.compare_and_set_map(expected_epoch, &map).await?;
-                Ok(serde_json::json!({ "epoch": map.epoch() }))
+                self.compare_and_set_map(expected_version, &map).await?;
+                Ok(serde_json::json!({ "version": map.version(), "epoch": map.epoch() }))
             }
         }
     }
@@ -942,7 +947,7 @@ impl ShardServer {
         let metrics = &node.inner.metrics;
         let http_task = crate::http::serve::serve(
             http,
-            crate::http::api::router(node.clone()),
+            crate::http::api::router(node.clone()).merge(transfer::routes(node.clone())),
             max_connections,
             metrics.connections("http"),
             shutdown.clone(),

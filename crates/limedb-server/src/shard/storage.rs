@@ -401,6 +401,22 @@ impl Storage {
         Ok(removed)
     }
 
+    /// Applies replicated effects (puts with their absolute expiry, deletes) whose keys' locks
+    /// the caller holds, as one proposal: how keys move between shards. Replicated shards only.
+    pub async fn write_effects(
+        &self,
+        locks: &KeyLocks<'_>,
+        writes: Vec<ReplicatedWrite>,
+    ) -> Result<(), ApiError> {
+        if writes.iter().any(|w| !locks.covers(w.key())) {
+            return Err(ApiError::Internal("write without the key's lock".into()));
+        }
+        for w in &writes {
+            self.bump(w.key());
+        }
+        self.replicate(writes).await.map(drop)
+    }
+
     /// At most `limit` live entries with keys `>= start`, ascending.
     pub async fn scan(
         &self,
