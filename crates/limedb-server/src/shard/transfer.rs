@@ -207,7 +207,7 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 
 /// Bytes of a hex string.
 pub fn hex_decode(hex: &str) -> Result<Bytes, ApiError> {
-    if !hex.is_ascii() || hex.len() % 2 != 0 {
+    if !hex.is_ascii() || !hex.len().is_multiple_of(2) {
         return Err(ApiError::BadRequest(format!("{hex:?} is not hex")));
     }
     (0..hex.len())
