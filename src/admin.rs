@@ -1,6 +1,7 @@
 //! `limedb admin`: asks a running cluster (a coordinator, or a replica) about the replicas of
-//! its shards and changes them, over the HTTP admin API (`/api/v1/admin/shards/{id}/replicas`
-//! and `/api/v1/cluster/state`).
+//! its shards and changes them, and adds and removes shards, over the HTTP admin API
+//! (`/api/v1/admin/shards/{id}/replicas`, `/api/v1/cluster/state`, `/api/v1/admin/shards`,
+//! `/api/v1/admin/moves`).
 
 use std::time::Duration;
 
@@ -28,7 +29,34 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
             for shard in &shards {
                 print_group(shard);
             }
+            // A coordinator with a cluster map also reports moves.
+            if let Ok(moves) = call(&base, Method::GET, "/api/v1/admin/moves", None).await {
+                print_moves(&moves);
+            }
             Ok(())
+        }
+        AdminCommand::AddShard { id, peers, no_wait } => {
+            let replicas =
+                limedb_server::config::parse_peers(&peers).map_err(|e| format!("--peers: {e}"))?;
+            let body = serde_json::json!({ "shardId": id, "replicas": replicas }).to_string();
+            let doc = call(
+                &base,
+                Method::POST,
+                "/api/v1/admin/shards",
+                Some(Bytes::from(body)),
+            )
+            .await?;
+            follow_move(&base, &doc, no_wait, args.json).await
+        }
+        AdminCommand::RemoveShard { id, no_wait } => {
+            let doc = call(
+                &base,
+                Method::DELETE,
+                &format!("/api/v1/admin/shards/{id}"),
+                None,
+            )
+            .await?;
+            follow_move(&base, &doc, no_wait, args.json).await
         }
         AdminCommand::Replicas { shard } => {
             let doc = call(&base, Method::GET, &replicas_path(shard), None).await?;
@@ -52,6 +80,97 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
             add(&base, shard, replica, &url, args.json).await?;
             remove(&base, shard, old, args.json).await
         }
+    }
+}
+
+/// Prints the started move, then (unless `no_wait`) its progress until it finishes.
+async fn follow_move(
+    base: &str,
+    started: &serde_json::Value,
+    no_wait: bool,
+    json: bool,
+) -> Result<(), String> {
+    if json {
+        println!("{started}");
+    } else {
+        println!("move {} started", started["moveId"]);
+    }
+    if no_wait {
+        return Ok(());
+    }
+    let mut last = String::new();
+    loop {
+        let doc = call(base, Method::GET, "/api/v1/admin/moves", None).await?;
+        if doc["moving"].is_null() {
+            if json {
+                println!("{doc}");
+            } else {
+                println!(
+                    "move {} finished (ring epoch {})",
+                    started["moveId"], doc["epoch"]
+                );
+            }
+            return Ok(());
+        }
+        if !json {
+            let line = move_line(&doc);
+            if line != last {
+                println!("{line}");
+                last = line;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One line per transfer of the move in progress.
+fn move_line(doc: &serde_json::Value) -> String {
+    let transfers = doc["moving"]["transfers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut parts: Vec<String> = transfers
+        .iter()
+        .map(|t| {
+            format!(
+                "{}→{} {}",
+                t["from"],
+                t["to"],
+                t["phase"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let copying = &doc["driver"]["copying"];
+    if !copying.is_null() {
+        parts.push(format!(
+            "copying {}→{}: {} keys, {:.1} MiB, {:.0} keys/s",
+            copying["from"],
+            copying["to"],
+            copying["keys"],
+            copying["bytes"].as_f64().unwrap_or(0.0) / 1_048_576.0,
+            copying["keysPerSec"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    if let Some(e) = doc["driver"]["lastError"].as_str() {
+        parts.push(format!("last error: {e}"));
+    }
+    parts.join("  ")
+}
+
+fn print_moves(doc: &serde_json::Value) {
+    println!(
+        "cluster map: version {}, ring epoch {}",
+        doc["version"], doc["epoch"]
+    );
+    if doc["moving"].is_null() {
+        println!("no move in progress");
+    } else {
+        println!(
+            "move {} ({}): {}",
+            doc["moving"]["id"],
+            doc["moving"]["kind"],
+            move_line(doc)
+        );
     }
 }
 

@@ -55,7 +55,8 @@ pub enum Command {
     Dev(DevArgs),
     /// Load generator: concurrent HTTP clients with latency percentiles.
     Bench(BenchArgs),
-    /// Administration of a running cluster: the replicas of each shard's group.
+    /// Administration of a running cluster: the replicas of each shard's group, and adding and
+    /// removing shards.
     Admin(AdminArgs),
 }
 
@@ -84,7 +85,8 @@ pub struct AdminArgs {
 /// The `limedb admin` subcommands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum AdminCommand {
-    /// Every shard: its leader, term, and each replica's role, state and lag.
+    /// Every shard: its leader, term, and each replica's role, state and lag; and the move in
+    /// progress, if any (phase of each transfer, keys and bytes copied, rate).
     Status,
     /// The replicas of one shard's group.
     Replicas {
@@ -115,6 +117,31 @@ pub enum AdminCommand {
         /// The replica to remove.
         #[arg(long, value_name = "N")]
         replica: u64,
+    },
+    /// Add a shard online (clusters whose coordinators run with --meta): start the new group
+    /// first (`limedb shard --id N --replica R --peers ...`, a group of one is `--peers
+    /// 1=its-own-URL`); its share of the keys then moves to it while the cluster serves. Waits
+    /// for the move unless --no-wait; `limedb admin status` shows its progress.
+    AddShard {
+        /// The new shard's id (unused in the cluster).
+        #[arg(long, value_name = "N")]
+        id: u32,
+        /// Every replica of the new group, ID=URL,... (as its --peers).
+        #[arg(long, value_name = "ID=URL,...", value_delimiter = ',')]
+        peers: Vec<String>,
+        /// Return once the move is started.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Remove a shard online: its keys move to the other shards, then it leaves the cluster map
+    /// (stop its processes afterwards). Waits for the move unless --no-wait.
+    RemoveShard {
+        /// The shard to remove.
+        #[arg(value_name = "ID")]
+        id: u32,
+        /// Return once the move is started.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Replace a replica (typically a dead one) by a new one: add the new one (as add-replica
     /// does), then remove the old one.

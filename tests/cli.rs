@@ -256,6 +256,8 @@ fn help_explains_every_option() {
                 "add-replica",
                 "remove-replica",
                 "replace-replica",
+                "add-shard",
+                "remove-shard",
                 "--coordinator",
                 "--json",
             ],

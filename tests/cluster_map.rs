@@ -455,53 +455,54 @@ async fn a_shard_serves_only_the_keys_its_ownership_record_gives_it() {
     drop(coordinator);
 }
 
-/// Moves every transfer of `map`'s move in progress from phase `from` to `to` (the map group's
-/// driver will do this; the test plays its part).
-fn advance_all(map: &mut ClusterMap, until: limedb_cluster::Phase) {
-    let m = map.moving().expect("a move").clone();
-    for t in &m.transfers {
-        let mut phase = t.phase;
-        while phase < until {
-            phase = map.advance(m.id, t.from, t.to, phase).expect("advance");
+/// Waits for the move in progress to finish, failing with the driver's report after 60 s.
+async fn wait_move_done(coordinator: &Node) {
+    let addr = coordinator.http_addr();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, doc) = get_json(&addr, "/api/v1/admin/moves").await;
+        if status == 200 && doc["moving"].is_null() {
+            return;
         }
+        assert!(Instant::now() < deadline, "the move did not finish: {doc}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-async fn publish(meta: &Group, expected: u64, map: &ClusterMap) {
-    let body = serde_json::json!({ "expectedVersion": expected, "map": map });
-    let leader = meta.leader(Duration::from_secs(20)).await;
-    let (status, doc) = post_json(&host_port(&meta.url(leader)), "/api/v1/meta/map", &body).await;
-    assert_eq!(status, 200, "publishing epoch {}: {doc}", map.epoch());
-}
-
-async fn set_record(group: &Group, routing: &limedb_cluster::Routing) {
+/// Live keys a shard holds (its key listing's total: exact, unlike the health figure).
+async fn keys_held(group: &Group) -> u64 {
     let leader = group.leader(Duration::from_secs(20)).await;
-    let (status, doc) = put_json(
+    let (_, doc) = get_json(
         &host_port(&group.url(leader)),
-        "/api/v1/admin/ownership",
-        &serde_json::to_value(routing).expect("json"),
+        "/api/v1/keys?page=1&pageSize=1",
     )
     .await;
-    assert_eq!(status, 200, "{doc}");
+    doc["total"].as_u64().expect("a key count")
 }
 
-/// Keys change owner (a shard added, its ranges copied and handed over by hand, as the move
-/// driver will): the shards answer WrongShard, a coordinator follows the cluster map to the new
-/// owner without an error to its clients, over HTTP and RESP, learns the new group, and a new
-/// coordinator routes by the new map at once.
+/// 3 → 4 → 3 shards while a client writes through a coordinator: the driver on the map group
+/// moves the keys (fencing the sources' ranges, which the coordinator rides out by following the
+/// map); no write fails; every acknowledged write is readable afterwards through either
+/// coordinator, over HTTP and RESP, and every key is stored by exactly one shard (the shards' key
+/// counts add up to the keys written: the sources hold none of what they gave away).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coordinators_follow_the_map_when_keys_change_owner() {
+async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
     let _serial = SERIAL.lock().await;
     let dir = temp_dir();
     let meta = Group::start_meta(bin(), dir.path(), 3);
-    let groups: Vec<Group> = (1..=3)
+    let groups: Vec<Group> = (1..=4)
         .map(|s| Group::start(bin(), dir.path(), s, 1, &[]))
         .collect();
     for g in &groups {
         g.leader(Duration::from_secs(20)).await;
     }
     meta.leader(Duration::from_secs(20)).await;
-    let shards = format!("1={},2={}", groups[0].url(1), groups[1].url(1));
+    let shards = format!(
+        "1={},2={},3={}",
+        groups[0].url(1),
+        groups[1].url(1),
+        groups[2].url(1)
+    );
     let c = coordinator(
         dir.path(),
         "c",
@@ -518,138 +519,143 @@ async fn coordinators_follow_the_map_when_keys_change_owner() {
     let mut conn = limedb_testkit::HttpConn::connect(&c.http_addr())
         .await
         .expect("connect");
-    let keys: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();
-    for (i, k) in keys.iter().enumerate() {
-        let r = conn.set(k, &format!("v{i}")).await.expect("set");
+    let total = 3000;
+    for i in 0..total {
+        let r = conn
+            .set(&format!("key-{i}"), &format!("v{i}"))
+            .await
+            .expect("set");
         assert_eq!(r.status, 200, "{}", r.text());
     }
 
-    // Shard 3 joins: the move starts (nothing changes owner yet)...
-    let (_, doc) = get_json(&c.http_addr(), "/api/v1/meta/map").await;
-    let mut map: ClusterMap = serde_json::from_value(doc["map"].clone()).expect("map");
-    let joining = MapGroup {
-        replicas: BTreeMap::from([(1, groups[2].url(1))]),
-    };
-    let move_id = map.add_shard(ShardId(3), joining).expect("add");
-    publish(&meta, 1, &map).await;
-    let begun = map.version();
-    // ... its keys are copied to shard 3 ...
-    let mut moved = Vec::new();
-    for (i, k) in keys.iter().enumerate() {
-        let hash = limedb_cluster::key_hash(k.as_bytes());
-        let target = map.routing().target().expect("target").shard_for_hash(hash);
-        if target == ShardId(3) {
-            let mut direct = limedb_testkit::HttpConn::connect(&host_port(&groups[2].url(1)))
-                .await
-                .expect("connect");
-            assert_eq!(
-                direct.set(k, &format!("v{i}")).await.expect("set").status,
-                200
-            );
-            moved.push(i);
-        }
-    }
-    assert!(!moved.is_empty());
-    // ... and handed over: the shards' records first, the map after.
-    advance_all(&mut map, limedb_cluster::Phase::CleanUp);
-    for g in &groups {
-        set_record(g, map.routing()).await;
-    }
-    let reads = {
+    // A client keeps writing new keys through the moves.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
         let addr = c.http_addr();
-        let keys = keys.clone();
+        let stop = std::sync::Arc::clone(&stop);
         tokio::spawn(async move {
             let mut conn = limedb_testkit::HttpConn::connect(&addr)
                 .await
                 .expect("connect");
-            let mut out = Vec::new();
-            for k in &keys {
-                let r = conn.get(k).await.expect("get");
-                out.push((r.status, r.text()));
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("live-{n}");
+                match conn.set(&key, &format!("l{n}")).await {
+                    Ok(r) if r.status == 200 => acked.push(n),
+                    Ok(r) => failed.push((n, r.status, r.text())),
+                    Err(e) => {
+                        failed.push((n, 0, e));
+                        break;
+                    }
+                }
+                n += 1;
+                if failed.len() >= 20 {
+                    break;
+                }
             }
-            out
+            (acked, failed)
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    publish(&meta, begun, &map).await;
-    let handed = map.version();
-    for (i, (status, text)) in reads.await.expect("reads").into_iter().enumerate() {
-        assert_eq!((status, text), (200, format!("v{i}")), "{}", keys[i]);
-    }
-    let (_, state) = get_json(&c.http_addr(), "/api/v1/cluster/state").await;
-    assert_eq!(state["ringEpoch"], map.epoch(), "{state}");
-    assert!(
-        state["shards"]
-            .as_array()
-            .expect("shards")
-            .iter()
-            .any(|s| s["shardId"] == 3),
-        "the coordinator learned shard 3: {state}"
-    );
 
-    // Over RESP: one MGET across every shard, and single-key writes to moved keys.
+    let add = serde_json::json!({ "shardId": 4, "replicas": { "1": groups[3].url(1) } });
+    let (status, doc) = post_json(&c.http_addr(), "/api/v1/admin/shards", &add).await;
+    assert_eq!(status, 202, "{doc}");
+    wait_move_done(&c).await;
+    let leader = meta.leader(Duration::from_secs(20)).await;
+    let (_, state) = get_json(&host_port(&meta.url(leader)), "/api/v1/meta/map").await;
+    let map: ClusterMap = serde_json::from_value(state["map"].clone()).expect("map");
+    assert_eq!(map.groups().len(), 4);
+    assert_eq!(map.routing().base().shards().len(), 4);
+    // Over RESP, one MGET across every shard, the new one included.
     let resp_addr = c.ready.get("resp").expect("resp address").clone();
     let mut redis = redis::Client::open(format!("redis://{resp_addr}/"))
         .expect("client")
         .get_connection()
         .expect("connect");
+    let keys: Vec<String> = (0..total).map(|i| format!("key-{i}")).collect();
     let values: Vec<Option<String>> = redis::cmd("MGET")
         .arg(&keys)
         .query(&mut redis)
         .expect("mget");
     for (i, v) in values.iter().enumerate() {
-        assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()));
+        assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()), "key-{i}");
     }
-    for &i in moved.iter().take(20) {
-        let _: () = redis::cmd("SET")
-            .arg(&keys[i])
-            .arg("w")
-            .query(&mut redis)
-            .expect("set");
-    }
-    // The moved keys live on shard 3 only now.
-    let mut direct3 = limedb_testkit::HttpConn::connect(&host_port(&groups[2].url(1)))
-        .await
-        .expect("connect");
-    let r = direct3.get(&keys[moved[0]]).await.expect("get");
-    assert_eq!((r.status, r.text()), (200, "w".to_string()));
 
-    // A coordinator started now routes by the newest map straight away.
+    // Removal through the command line, which waits for the move.
+    let coordinator_url = format!("http://{}", c.http_addr());
+    let admin = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(bin())
+                .args(&args)
+                .output()
+                .expect("limedb admin runs")
+        })
+    };
+    let out = admin(vec![
+        "admin".into(),
+        "--coordinator".into(),
+        coordinator_url.clone(),
+        "remove-shard".into(),
+        "2".into(),
+    ])
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("finished"), "{text}");
+    let out = admin(vec![
+        "admin".into(),
+        "--coordinator".into(),
+        coordinator_url,
+        "status".into(),
+    ])
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("no move in progress"), "{text}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, failed) = writer.await.expect("writer");
+    assert!(
+        failed.is_empty(),
+        "writes failed during the moves: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        acked.len() > 50,
+        "the writer wrote during the moves ({})",
+        acked.len()
+    );
+
+    // Every write is readable, through this coordinator and a new one.
     let d = coordinator(dir.path(), "d", &["--meta", &meta.url(2)]).await;
-    let mut conn_d = limedb_testkit::HttpConn::connect(&d.http_addr())
-        .await
-        .expect("connect");
-    for &i in moved.iter().skip(20).take(20) {
-        let r = conn_d.get(&keys[i]).await.expect("get");
-        assert_eq!((r.status, r.text()), (200, format!("v{i}")));
-    }
-
-    // The move ends: the ring of {1, 2, 3} is the ring; the coordinator polls it in.
-    advance_all(&mut map, limedb_cluster::Phase::Done);
-    map.finish_move(move_id).expect("finish");
-    for g in &groups {
-        set_record(g, map.routing()).await;
-    }
-    publish(&meta, handed, &map).await;
-    let want = map.epoch();
-    wait_for(
-        Duration::from_secs(10),
-        "the coordinator to poll the new map",
-        || {
-            let addr = c.http_addr();
-            async move {
-                let (_, state) = get_json(&addr, "/api/v1/cluster/state").await;
-                (state["ringEpoch"] == want).then_some(())
-            }
-        },
-    )
-    .await;
-    for (i, k) in keys.iter().enumerate().step_by(5) {
-        let r = conn.get(k).await.expect("get");
-        assert_eq!(r.status, 200, "{k}");
-        if !moved.iter().take(20).any(|&m| m == i) {
-            assert_eq!(r.text(), format!("v{i}"));
+    for node in [&c, &d] {
+        let mut conn = limedb_testkit::HttpConn::connect(&node.http_addr())
+            .await
+            .expect("connect");
+        for i in (0..total).step_by(3) {
+            let r = conn.get(&format!("key-{i}")).await.expect("get");
+            assert_eq!((r.status, r.text()), (200, format!("v{i}")), "key-{i}");
+        }
+        for &n in acked.iter().step_by(3) {
+            let r = conn.get(&format!("live-{n}")).await.expect("get");
+            assert_eq!((r.status, r.text()), (200, format!("l{n}")), "live-{n}");
         }
     }
+    // Each key is stored once: the remaining shards hold exactly the keys written, shard 2 none.
+    let mut held = 0;
+    for (i, g) in groups.iter().enumerate() {
+        let n = keys_held(g).await;
+        if i == 1 {
+            assert_eq!(n, 0, "the removed shard gave every key away");
+        }
+        held += n;
+    }
+    assert_eq!(held, (total + acked.len()) as u64);
     drop((c, d));
 }

@@ -66,6 +66,26 @@ pub enum MapRequest {
     },
 }
 
+/// A request about moves of keys between shards (`/api/v1/admin/moves`, `/api/v1/admin/shards`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MoveRequest {
+    /// The move in progress and the driver's report.
+    List,
+    /// Add shard group `id` with these replicas (id → HTTP URL); its share of the keys moves
+    /// to it.
+    AddShard {
+        /// The new shard's id.
+        id: limedb_cluster::ShardId,
+        /// Its replicas.
+        replicas: std::collections::BTreeMap<u64, String>,
+    },
+    /// Move shard `id`'s keys to the others, then drop it from the map.
+    RemoveShard {
+        /// The shard to remove.
+        id: limedb_cluster::ShardId,
+    },
+}
+
 /// A node that serves the key-value HTTP API.
 pub trait KvNode: Clone + Send + Sync + 'static {
     /// Reads a key; `None` when absent or expired.
@@ -111,6 +131,11 @@ pub trait KvNode: Clone + Send + Sync + 'static {
     fn ownership(
         &self,
         set: Option<Box<limedb_cluster::Routing>>,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// Lists moves or starts one (coordinators with `--meta`; map-group replicas list).
+    fn moves(
+        &self,
+        request: MoveRequest,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
     /// Size limits of requests.
     fn limits(&self) -> Limits;

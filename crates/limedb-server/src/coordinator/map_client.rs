@@ -34,6 +34,8 @@ pub enum CasOutcome {
 pub struct MapClient {
     /// Known members' URLs, the one believed to lead first.
     members: Mutex<Vec<String>>,
+    /// Whether to learn more members from a member's health document.
+    learn: bool,
 }
 
 impl MapClient {
@@ -41,7 +43,28 @@ impl MapClient {
     pub fn new(urls: Vec<String>) -> MapClient {
         MapClient {
             members: Mutex::new(urls),
+            learn: true,
         }
+    }
+
+    /// A client of any replica group whose members are all listed in `urls` (the move driver
+    /// talking to shard groups named by the map): the same leader-following, no learning.
+    pub fn for_group(urls: Vec<String>) -> MapClient {
+        MapClient {
+            members: Mutex::new(urls),
+            learn: false,
+        }
+    }
+
+    /// Sends one request to the group's leader (see [`MapClient`]), for up to `timeout`.
+    pub async fn call_leader(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), String> {
+        self.call(method, path, body, timeout).await
     }
 
     /// The members this client knows, the believed leader first.
@@ -124,7 +147,9 @@ impl MapClient {
                     }
                     Ok((status, answer)) => {
                         self.prefer(&url);
-                        self.learn_members(&url).await;
+                        if self.learn {
+                            self.learn_members(&url).await;
+                        }
                         return Ok((status, answer));
                     }
                     Err(e) => last = e,

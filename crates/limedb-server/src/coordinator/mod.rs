@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use crate::config::{CoordinatorConfig, Limits};
 use crate::error::{ApiError, ServerError};
 use crate::metrics::Metrics;
-use crate::node::{HealthReport, KeysPage, KvNode, MapRequest, ReplicaChange};
+use crate::node::{HealthReport, KeysPage, KvNode, MapRequest, MoveRequest, ReplicaChange};
 use crate::ring_json::ring_json;
 use crate::shutdown::Shutdown;
 use group::ShardGroup;
@@ -470,6 +470,10 @@ impl KvNode for CoordinatorNode {
         Err(ApiError::NoSuchResource(
             "ownership records are kept by shards; ask a replica of the shard".into(),
         ))
+    }
+
+    async fn moves(&self, request: MoveRequest) -> Result<serde_json::Value, ApiError> {
+        self.inner.routes.moves(request).await
     }
 
     async fn cluster_map(&self, request: MapRequest) -> Result<serde_json::Value, ApiError> {

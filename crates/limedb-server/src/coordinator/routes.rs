@@ -147,16 +147,16 @@ impl Routes {
         Instant::now() < deadline
     }
 
-    /// Reads the map from the map group and adopts it if its epoch is newer than the one in
-    /// force; returns whether it did.
+    /// Reads the map from the map group and adopts it if it is newer (by version) than the one
+    /// in force; returns whether it did.
     pub async fn refresh(&self) -> bool {
         let Some(client) = &self.map_client else {
             return false;
         };
         let _one = self.refreshing.lock().await;
-        let current = self.state().routing.epoch();
+        let current = self.state().map.as_ref().map_or(0, ClusterMap::version);
         let map = match client.get(REFRESH_TIMEOUT).await {
-            Ok(Some(map)) if map.epoch() > current => map,
+            Ok(Some(map)) if map.version() > current => map,
             Ok(_) => return false,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the cluster map");
@@ -165,6 +165,89 @@ impl Routes {
         };
         self.adopt(map);
         true
+    }
+
+    /// Lists the moves (asking the map group) or starts one (a compare-and-set of the map).
+    pub async fn moves(
+        &self,
+        request: crate::node::MoveRequest,
+    ) -> Result<serde_json::Value, crate::error::ApiError> {
+        use crate::error::ApiError;
+        use crate::node::MoveRequest;
+        let Some(client) = &self.map_client else {
+            return Err(ApiError::BadRequest(
+                "this coordinator routes by --shards: shards can be added and removed online only in a cluster with a map group (start coordinators with --meta)".into(),
+            ));
+        };
+        let unavailable =
+            |e: String| ApiError::GroupUnavailable(format!("the cluster-map group: {e}"));
+        if request == MoveRequest::List {
+            let (status, body) = client
+                .call_leader(
+                    hyper::Method::GET,
+                    "/api/v1/admin/moves",
+                    None,
+                    REFRESH_TIMEOUT,
+                )
+                .await
+                .map_err(unavailable)?;
+            if status != hyper::StatusCode::OK {
+                return Err(unavailable(format!("it answered {status}")));
+            }
+            return serde_json::from_slice(&body).map_err(|e| {
+                ApiError::Internal(format!("the map group's answer is not JSON: {e}"))
+            });
+        }
+        // Read, change, compare-and-set; again if another writer got there first.
+        for _ in 0..10 {
+            let map = client
+                .get(REFRESH_TIMEOUT)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| ApiError::BadRequest("the cluster has no map yet".into()))?;
+            let mut next = map.clone();
+            let started = match &request {
+                MoveRequest::AddShard { id, replicas } => next.add_shard(
+                    *id,
+                    limedb_cluster::Group {
+                        replicas: replicas.clone(),
+                    },
+                ),
+                MoveRequest::RemoveShard { id } => next.remove_shard(*id),
+                MoveRequest::List => unreachable!("answered above"),
+            }
+            .map_err(|e| ApiError::Conflict {
+                message: e.to_string(),
+                current: None,
+            })?;
+            match client
+                .compare_and_set(Some(map.version()), &next, REFRESH_TIMEOUT)
+                .await
+                .map_err(unavailable)?
+            {
+                super::map_client::CasOutcome::Stored => {
+                    tracing::info!(move_id = started, ?request, "move started");
+                    self.adopt_if_newer(next.clone());
+                    return Ok(serde_json::json!({
+                        "moveId": started,
+                        "version": next.version(),
+                        "epoch": next.epoch(),
+                        "transfers": next.moving().map(|m| m.transfers.clone()),
+                    }));
+                }
+                super::map_client::CasOutcome::Conflict(_) => continue,
+            }
+        }
+        Err(ApiError::GroupUnavailable(
+            "the cluster map kept changing; try again".into(),
+        ))
+    }
+
+    fn adopt_if_newer(&self, map: ClusterMap) {
+        let current = self.state().map.as_ref().map_or(0, ClusterMap::version);
+        if map.version() > current {
+            self.adopt(map);
+        }
     }
 
     /// Makes `map` the routing in force, adding links to groups it names for the first time.
@@ -203,6 +286,6 @@ impl Routes {
             map: Some(map),
         });
         self.map_changes.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(epoch, "routing by a newer cluster map");
+        tracing::debug!(epoch, "routing by a newer cluster map");
     }
 }

@@ -15,6 +15,9 @@
 //! | `GET`/`POST /api/v1/admin/shards/{shard}/replicas`, `DELETE .../replicas/{id}` | the same for shard `{shard}` (coordinator or replica) |
 //! | `GET /api/v1/meta/map` | the cluster map `{"version","epoch","map"}` (map-group replicas: linearizable; coordinators: the map they route by) |
 //! | `POST /api/v1/meta/map` `{"expectedVersion": N or null, "map": {...}}` | compare-and-set on the map group's leader: 200 `{"version","epoch"}`, 409 with `"current"` |
+//! | `GET /api/v1/admin/moves` | the move in progress and the driver's report (coordinators with `--meta`, map-group replicas) |
+//! | `POST /api/v1/admin/shards` `{"shardId", "replicas": {id: url}}` | (coordinator with `--meta`) starts adding the group: 202 `{"moveId", ...}` |
+//! | `DELETE /api/v1/admin/shards/{id}` | (coordinator with `--meta`) starts removing shard `{id}`: 202 `{"moveId", ...}` |
 //! | `GET`/`PUT /api/v1/admin/ownership` (replicated shards) | the shard's ownership record `{"epoch","routing"}`; `PUT` a routing replaces it (409 if older) |
 //!
 //! Keys in paths are percent-decoded bytes; everything after the route prefix is the key, so an
@@ -36,7 +39,7 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::metrics::{Api, Op};
-use crate::node::{KvNode, MapRequest, ReplicaChange, LISTED_VALUE_PREFIX_BYTES};
+use crate::node::{KvNode, MapRequest, MoveRequest, ReplicaChange, LISTED_VALUE_PREFIX_BYTES};
 
 /// Default page size of `GET /api/v1/keys`.
 pub const DEFAULT_PAGE_SIZE: u64 = 20;
@@ -83,6 +86,12 @@ pub fn router<N: KvNode>(node: N) -> Router {
             axum::routing::delete(remove_shard_replica::<N>),
         )
         .route("/api/v1/meta/map", get(get_map::<N>).post(set_map::<N>))
+        .route("/api/v1/admin/moves", get(list_moves::<N>))
+        .route("/api/v1/admin/shards", post(add_shard::<N>))
+        .route(
+            "/api/v1/admin/shards/{shard}",
+            axum::routing::delete(remove_shard::<N>),
+        )
         .route(
             "/api/v1/admin/ownership",
             get(get_ownership::<N>).put(put_ownership::<N>),
@@ -377,6 +386,73 @@ const MAX_MAP_BODY_BYTES: usize = 4 << 20;
 struct SetMapBody {
     expected_version: Option<u64>,
     map: limedb_cluster::ClusterMap,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AddShardBody {
+    shard_id: u32,
+    replicas: std::collections::BTreeMap<u64, String>,
+}
+
+async fn list_moves<N: KvNode>(State(node): State<N>) -> Response {
+    match node.moves(MoveRequest::List).await {
+        Ok(doc) => axum::Json(doc).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn add_shard<N: KvNode>(State(node): State<N>, request: Request) -> Response {
+    let result = async {
+        let body = read_body(request.into_body(), None, MAX_ADMIN_BODY_BYTES).await?;
+        let add: AddShardBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "expected {{\"shardId\": N, \"replicas\": {{\"1\": \"http://host:port\", ...}}}}: {e}"
+            ))
+        })?;
+        if add.shard_id == 0 || add.replicas.is_empty() || add.replicas.contains_key(&0) {
+            return Err(ApiError::BadRequest(
+                "shard and replica ids start at 1, and a shard needs at least one replica".into(),
+            ));
+        }
+        let replicas = crate::config::parse_peers(
+            &add.replicas
+                .iter()
+                .map(|(id, url)| format!("{id}={url}"))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(ApiError::BadRequest)?;
+        node.moves(MoveRequest::AddShard {
+            id: limedb_cluster::ShardId(add.shard_id),
+            replicas,
+        })
+        .await
+    }
+    .await;
+    match result {
+        Ok(doc) => (StatusCode::ACCEPTED, axum::Json(doc)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn remove_shard<N: KvNode>(
+    State(node): State<N>,
+    axum::extract::Path(shard): axum::extract::Path<String>,
+) -> Response {
+    let result = async {
+        let id: u32 = shard
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("{shard:?} is not a shard id")))?;
+        node.moves(MoveRequest::RemoveShard {
+            id: limedb_cluster::ShardId(id),
+        })
+        .await
+    }
+    .await;
+    match result {
+        Ok(doc) => (StatusCode::ACCEPTED, axum::Json(doc)).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn get_ownership<N: KvNode>(State(node): State<N>) -> Response {

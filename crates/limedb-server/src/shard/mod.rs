@@ -9,6 +9,7 @@
 
 pub mod internal;
 pub mod map_group;
+pub mod mover;
 pub mod ownership;
 pub mod replication;
 mod resp_backend;
@@ -28,7 +29,9 @@ use tokio::net::TcpListener;
 use crate::config::{Limits, ShardConfig, StorageKind};
 use crate::error::{ApiError, ServerError};
 use crate::metrics::{Api, Metrics, Op};
-use crate::node::{HealthReport, KeyEntry, KeysPage, KvNode, MapRequest, ReplicaChange};
+use crate::node::{
+    HealthReport, KeyEntry, KeysPage, KvNode, MapRequest, MoveRequest, ReplicaChange,
+};
 use crate::resp::RespConfig;
 use crate::shutdown::Shutdown;
 use crate::{ring_json, SERVER_NAME};
@@ -61,6 +64,8 @@ struct ShardInner {
     cursors: crate::resp::cursor::Cursors,
     /// Which keys this shard serves (see [`ownership`]).
     ownership: ownership::Ownership,
+    /// On a map-group replica: what the move driver reports.
+    mover: mover::MoverStatus,
 }
 
 impl std::fmt::Debug for ShardNode {
@@ -585,6 +590,18 @@ impl KvNode for ShardNode {
         }))
     }
 
+    async fn moves(&self, request: MoveRequest) -> Result<serde_json::Value, ApiError> {
+        match request {
+            MoveRequest::List if self.is_map_group() => {
+                let map = self.read_map().await?;
+                Ok(mover::moves_json(map.as_ref(), &self.inner.mover))
+            }
+            _ => Err(ApiError::NoSuchResource(
+                "moves are started at a coordinator started with --meta (and listed there or at the map group)".into(),
+            )),
+        }
+    }
+
     async fn cluster_map(&self, request: MapRequest) -> Result<serde_json::Value, ApiError> {
         match request {
             MapRequest::Get => match self.read_map().await? {
@@ -878,6 +895,7 @@ impl ShardServer {
                 started: Instant::now(),
                 cursors: crate::resp::cursor::Cursors::default(),
                 ownership: ownership::Ownership::default(),
+                mover: mover::MoverStatus::default(),
             }),
         };
         let resp_config = RespConfig::for_limits(&config.limits, config.resp_idle_timeout);
@@ -937,6 +955,9 @@ impl ShardServer {
             ))),
             _ => None,
         };
+        let driver = node
+            .is_map_group()
+            .then(|| tokio::spawn(mover::run(node.clone(), shutdown.clone())));
         tracing::info!(
             shard = %node.inner.id,
             storage = %node.inner.storage_kind,
@@ -970,6 +991,9 @@ impl ShardServer {
         tokio::join!(http_task, internal_task, resp_task);
         if let Some(formation) = formation {
             formation.abort();
+        }
+        if let Some(driver) = driver {
+            driver.abort();
         }
         let closed = node
             .inner

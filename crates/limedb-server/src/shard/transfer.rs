@@ -43,6 +43,40 @@ pub struct ExportPage {
     pub next: Option<Bytes>,
 }
 
+/// Encodes an export page: `next_len u32 (u32::MAX: no more) | next | entries`.
+pub fn encode_page(page: &ExportPage) -> Bytes {
+    let mut out = BytesMut::new();
+    match &page.next {
+        Some(next) => {
+            out.put_u32_le(wire_len(next.len()));
+            out.put_slice(next);
+        }
+        None => out.put_u32_le(u32::MAX),
+    }
+    out.extend_from_slice(&encode_entries(&page.entries));
+    out.freeze()
+}
+
+/// Decodes what [`encode_page`] wrote.
+pub fn decode_page(mut body: Bytes) -> Result<ExportPage, String> {
+    if body.remaining() < 4 {
+        return Err("an export page ends before its header".into());
+    }
+    let next = match body.get_u32_le() {
+        u32::MAX => None,
+        len if body.remaining() >= len as usize => Some(body.split_to(len as usize)),
+        len => {
+            return Err(format!(
+                "an export page's next key of {len} bytes is cut short"
+            ))
+        }
+    };
+    Ok(ExportPage {
+        entries: decode_entries(body)?,
+        next,
+    })
+}
+
 /// Encodes `entries`.
 pub fn encode_entries(entries: &[Entry]) -> Bytes {
     let mut out = BytesMut::with_capacity(
@@ -108,7 +142,7 @@ pub const PAGE_BYTES: usize = 4 << 20;
 ///
 /// | request | answer |
 /// |---|---|
-/// | `POST /api/v1/admin/transfer/export?from=S&to=D[&after=HEX][&maxBytes=N]` | entries (binary); header `x-limedb-next` (hex) when more follow |
+/// | `POST /api/v1/admin/transfer/export?from=S&to=D[&after=HEX][&maxBytes=N]` | a page ([`encode_page`]): the key the next page starts after, and entries |
 /// | `POST /api/v1/admin/transfer/import?from=S&to=D`, entries as the body | `{"imported": n}` |
 /// | `POST /api/v1/admin/transfer/delete?from=S&to=D` | `{"deleted": n}`: clear (at D) or clean up (at S) |
 pub fn routes(node: ShardNode) -> axum::Router {
@@ -152,13 +186,7 @@ async fn export_route(
                 None => PAGE_BYTES,
             };
             let page = node.export(from, to, after, max).await?;
-            let mut response = encode_entries(&page.entries).into_response();
-            if let Some(next) = page.next {
-                if let Ok(v) = axum::http::HeaderValue::from_str(&hex_encode(&next)) {
-                    response.headers_mut().insert("x-limedb-next", v);
-                }
-            }
-            Ok(response)
+            Ok(encode_page(&page).into_response())
         }
         .await,
     )
@@ -441,7 +469,11 @@ mod tests {
         #[test]
         fn entries_round_trip(entries in proptest::collection::vec(arb_entry(), 0..20)) {
             let bytes = encode_entries(&entries);
-            prop_assert_eq!(decode_entries(bytes).expect("decodes"), entries);
+            prop_assert_eq!(decode_entries(bytes).expect("decodes"), entries.clone());
+            for next in [None, Some(Bytes::from_static(b"k\x00")), Some(Bytes::new())] {
+                let page = ExportPage { entries: entries.clone(), next };
+                prop_assert_eq!(decode_page(encode_page(&page)).expect("page"), page);
+            }
         }
 
         #[test]
