@@ -659,3 +659,85 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
     assert_eq!(held, (total + acked.len()) as u64);
     drop((c, d));
 }
+
+/// The map group's leader is killed (SIGKILL) while it drives a move, twice: at the start and
+/// once a transfer has finished. The next leader finds each transfer's phase in the map and
+/// carries the move to its end; no key is lost or left on two shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_survives_the_death_of_the_map_group_leader() {
+    let _serial = SERIAL.lock().await;
+    let dir = temp_dir();
+    let mut meta = Group::start_meta(bin(), dir.path(), 3);
+    let groups: Vec<Group> = (1..=4)
+        .map(|s| Group::start(bin(), dir.path(), s, 1, &[]))
+        .collect();
+    for g in &groups {
+        g.leader(Duration::from_secs(20)).await;
+    }
+    meta.leader(Duration::from_secs(20)).await;
+    let shards = format!(
+        "1={},2={},3={}",
+        groups[0].url(1),
+        groups[1].url(1),
+        groups[2].url(1)
+    );
+    // Given every member, so that it reaches the map group whichever replica is down.
+    let c = coordinator(
+        dir.path(),
+        "c",
+        &["--meta", &meta.urls_arg(), "--shards", &shards],
+    )
+    .await;
+    let mut conn = limedb_testkit::HttpConn::connect(&c.http_addr())
+        .await
+        .expect("connect");
+    let total = 5000;
+    for i in 0..total {
+        let r = conn
+            .set(&format!("key-{i}"), &format!("v{i}"))
+            .await
+            .expect("set");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let add = serde_json::json!({ "shardId": 4, "replicas": { "1": groups[3].url(1) } });
+    let (status, doc) = post_json(&c.http_addr(), "/api/v1/admin/shards", &add).await;
+    assert_eq!(status, 202, "{doc}");
+
+    // Kill the driver right away, bring the replica back, and kill the next driver once a
+    // transfer has finished.
+    let first = meta.leader(Duration::from_secs(20)).await;
+    meta.kill(first);
+    meta.spawn(first);
+    let one_done = wait_for(Duration::from_secs(60), "a transfer to finish", || {
+        let addr = c.http_addr();
+        async move {
+            let (_, doc) = get_json(&addr, "/api/v1/admin/moves").await;
+            if doc["moving"].is_null() {
+                return Some(false);
+            }
+            let done = doc["moving"]["transfers"]
+                .as_array()?
+                .iter()
+                .any(|t| t["phase"] == "done");
+            done.then_some(true)
+        }
+    })
+    .await;
+    // Each transfer takes several driver ticks (100 ms each), so the move is still running.
+    assert!(one_done, "the move finished before the second kill");
+    let second = meta.leader(Duration::from_secs(20)).await;
+    meta.kill(second);
+    wait_move_done(&c).await;
+
+    let mut held = 0;
+    for g in &groups {
+        held += keys_held(g).await;
+    }
+    assert_eq!(held, total as u64, "every key stored exactly once");
+    for i in (0..total).step_by(7) {
+        let r = conn.get(&format!("key-{i}")).await.expect("get");
+        assert_eq!((r.status, r.text()), (200, format!("v{i}")), "key-{i}");
+    }
+    let (_, doc) = get_json(&c.http_addr(), "/api/v1/admin/moves").await;
+    assert!(doc["driver"]["lastError"].is_null(), "{doc}");
+}
