@@ -50,8 +50,8 @@ pub enum Command {
     /// started with --meta. Run three (or five) with the same --peers; the map survives the
     /// loss of any minority of them.
     Meta(MetaArgs),
-    /// Run a whole local cluster in one process: a coordinator and 3 shards of 3 replicas each
-    /// by default.
+    /// Run a whole local cluster in one process: a coordinator, 3 shards of 3 replicas each and
+    /// the cluster-map group by default.
     Dev(DevArgs),
     /// Load generator: concurrent HTTP clients with latency percentiles.
     Bench(BenchArgs),
@@ -509,6 +509,13 @@ pub struct DevArgs {
     /// a free port. [default: 6379]
     #[arg(long, env = "LIMEDB_RESP_PORT", value_name = "PORT")]
     pub resp_port: Option<u16>,
+
+    /// HTTP port of the cluster-map group's replica 1 (replica r on this port + r − 1; three
+    /// replicas, run when shards are replicated); 0 picks free ports. The coordinator routes by
+    /// the map they keep, so shards can be added and removed online (`limedb admin add-shard`).
+    /// [default: 7901]
+    #[arg(long, env = "LIMEDB_META_PORT", value_name = "PORT")]
+    pub meta_port: Option<u16>,
 
     #[command(flatten)]
     #[serde(flatten)]

@@ -459,6 +459,7 @@ fn dev_config(args: DevArgs) -> Result<DevConfig, String> {
         shard_timeout: defaults.shard_timeout,
         max_connections: max_connections(&args.limits),
         resp_port: args.resp_port.unwrap_or(defaults.resp_port),
+        meta_port: args.meta_port.unwrap_or(defaults.meta_port),
     })
 }
 
@@ -545,9 +546,16 @@ async fn run_dev(config: DevConfig) -> Result<(), String> {
             "  {name:<18} http://{http}  (internal protocol {internal}, {data})\n"
         ));
     }
+    for (replica, http) in &endpoints.meta {
+        let name = format!("map replica {replica}");
+        banner.push_str(&format!(
+            "  {name:<18} http://{http}  (cluster map, data {})\n",
+            data_dir.join(format!("meta-replica-{replica}")).display()
+        ));
+    }
     if replicated {
         banner.push_str(
-            "\nEach shard is a Raft group: writes are acknowledged once a majority of its replicas has them on disk,\nand a new leader takes over within about a second when one stops. `limedb admin status` shows the roles.\n",
+            "\nEach shard is a Raft group: writes are acknowledged once a majority of its replicas has them on disk,\nand a new leader takes over within about a second when one stops. `limedb admin status` shows the roles.\nThe cluster map lives in its own Raft group: add a shard online with `limedb admin add-shard --id 4 --peers 1=URL`\n(start it first: `limedb shard --id 4 --replica 1 --peers 1=URL --port PORT`), remove one with `limedb admin remove-shard ID`.\n",
         );
     }
     banner.push_str(&format!(

@@ -312,6 +312,7 @@ fn help_explains_every_option() {
                 "--data-dir",
                 "--resp-port",
                 "--replicas",
+                "--meta-port",
             ],
         ),
         (
@@ -350,6 +351,8 @@ async fn dev_runs_a_cluster_and_bench_drives_it() {
             "--shard-ports",
             "0,0,0",
             "--resp-port",
+            "0",
+            "--meta-port",
             "0",
         ],
         &dir.path().join("dev.log"),
@@ -422,6 +425,14 @@ async fn dev_runs_a_cluster_and_bench_drives_it() {
     assert!(report["latency_us"]["p99"]
         .as_f64()
         .is_some_and(|p| p > 0.0));
+    // The coordinator routes by the cluster map the dev cluster's map group keeps.
+    let state = limedb_testkit::http::request(&addr, "GET", "/api/v1/cluster/state", &[], None)
+        .await
+        .expect("state")
+        .json()
+        .expect("json");
+    assert_eq!(state["routing"], "clusterMap", "{state}");
+    assert_eq!(state["ringEpoch"], 1, "{state}");
     // The keys the bench wrote are in the default data directories, one per replica of each
     // shard's group; Ctrl-C stops it cleanly.
     assert!(
@@ -440,6 +451,12 @@ async fn dev_runs_a_cluster_and_bench_drives_it() {
             );
             assert!(data.join("sm").is_dir(), "{} has an engine", data.display());
         }
+        assert!(
+            dir.path()
+                .join(format!("limedb-data/meta-replica-{id}/raft"))
+                .is_dir(),
+            "map-group replica {id} has a raft log"
+        );
     }
 }
 

@@ -1,5 +1,7 @@
 //! `limedb dev`: a whole local cluster — N shards, each a Raft group of R replicas (3 × 3 by
-//! default), and a coordinator — in one process.
+//! default), the cluster-map group (3 replicas, when shards are replicated) and a coordinator
+//! that routes by the map — in one process. Shards can then be added and removed online with
+//! `limedb admin add-shard` / `remove-shard`.
 //!
 //! Replica `r` of shard `s` serves HTTP on shard `s`'s port + 100 × (r − 1) (7001, 7101, 7201
 //! for shard 1 by default) and keeps its data under `<data_dir>/shard-<s>-replica-<r>`; with
@@ -55,11 +57,19 @@ pub struct DevConfig {
     pub max_connections: usize,
     /// The coordinator's RESP (Redis protocol) port; 0 picks a free one (default 6379).
     pub resp_port: u16,
+    /// HTTP port of the map group's replica 1 (replica r on this + r − 1); 0 picks free ports.
+    /// The map group runs only when shards are replicated.
+    pub meta_port: u16,
 }
 
-/// A bound local cluster.
+/// Replicas of the map group in `limedb dev`.
+pub const DEV_META_REPLICAS: usize = 3;
+
+/// A bound local cluster: shards and the map group already serving, the coordinator bound.
 pub struct DevCluster {
-    shards: Vec<ShardServer>,
+    servers: JoinSet<Result<(), ServerError>>,
+    stop_servers: crate::shutdown::ShutdownTrigger,
+    endpoints: DevEndpoints,
     coordinator: CoordinatorServer,
 }
 
@@ -72,6 +82,8 @@ pub struct DevEndpoints {
     pub resp: Option<SocketAddr>,
     /// `(shard, replica, http, internal)` of every replica (replica 1 of a single copy).
     pub shards: Vec<(ShardId, u64, SocketAddr, SocketAddr)>,
+    /// `(replica, http)` of every replica of the map group (none with single-copy shards).
+    pub meta: Vec<(u64, SocketAddr)>,
 }
 
 /// The internal port a shard uses by default: its HTTP port + 10000, or any free port when the
@@ -95,6 +107,16 @@ fn check_port_plan(config: &DevConfig) -> Result<(), ServerError> {
         ),
         (config.resp_port, "the coordinator's RESP port".into()),
     ];
+    if config.replicas > 1 {
+        for r in 1..=DEV_META_REPLICAS {
+            let port = meta_replica_port(config.meta_port, r);
+            planned.push((port, format!("map-group replica {r}'s HTTP port")));
+            planned.push((
+                default_internal_port(port),
+                format!("map-group replica {r}'s internal port (its HTTP port + 10000)"),
+            ));
+        }
+    }
     for (i, &port) in config.shard_ports.iter().enumerate() {
         let id = i + 1;
         for r in 1..=config.replicas.max(1) {
@@ -130,6 +152,14 @@ pub fn replica_port(base: u16, replica: usize) -> u16 {
         return 0;
     }
     u16::try_from(usize::from(base) + 100 * (replica - 1)).unwrap_or(0)
+}
+
+/// HTTP port of map-group replica `replica` (from 1) when replica 1 uses `base` (0: any).
+pub fn meta_replica_port(base: u16, replica: usize) -> u16 {
+    if base == 0 {
+        return 0;
+    }
+    u16::try_from(usize::from(base) + replica - 1).unwrap_or(0)
 }
 
 /// A port nobody listens on right now (for replica URLs that must be known before binding).
@@ -233,6 +263,33 @@ impl DevCluster {
                 shards.push(shard);
             }
         }
+        let meta = if config.replicas > 1 {
+            bind_map_group(&config).await?
+        } else {
+            Vec::new()
+        };
+        let shard_endpoints = shards
+            .iter()
+            .map(|s| {
+                (
+                    s.node().id(),
+                    s.node().replica_id(),
+                    s.http_addr(),
+                    s.internal_addr(),
+                )
+            })
+            .collect();
+        let meta_endpoints: Vec<(u64, SocketAddr)> = meta
+            .iter()
+            .map(|m| (m.node().replica_id(), m.http_addr()))
+            .collect();
+        // Shards and the map group serve before the coordinator binds: it reads (or creates)
+        // the cluster map from them.
+        let (stop_servers, servers_shutdown) = crate::shutdown::channel();
+        let mut servers = JoinSet::new();
+        for server in shards.into_iter().chain(meta) {
+            servers.spawn(server.run(servers_shutdown.clone()));
+        }
         let coordinator = CoordinatorServer::bind(CoordinatorConfig {
             http_addr: SocketAddr::new(config.host, config.coordinator_port),
             shards: specs,
@@ -244,53 +301,114 @@ impl DevCluster {
             max_connections: config.max_connections,
             resp_addr: Some(SocketAddr::new(config.host, config.resp_port)),
             resp_idle_timeout: None,
-            meta: Vec::new(),
+            meta: meta_endpoints
+                .iter()
+                .map(|(_, addr)| format!("http://{addr}"))
+                .collect(),
         })
-        .await?;
+        .await;
+        let coordinator = match coordinator {
+            Ok(c) => c,
+            Err(e) => {
+                stop_servers.trigger();
+                while servers.join_next().await.is_some() {}
+                return Err(e);
+            }
+        };
+        let endpoints = DevEndpoints {
+            coordinator: coordinator.http_addr(),
+            resp: coordinator.resp_addr(),
+            shards: shard_endpoints,
+            meta: meta_endpoints,
+        };
         Ok(DevCluster {
-            shards,
+            servers,
+            stop_servers,
+            endpoints,
             coordinator,
         })
     }
 
     /// Where everything listens.
     pub fn endpoints(&self) -> DevEndpoints {
-        DevEndpoints {
-            coordinator: self.coordinator.http_addr(),
-            resp: self.coordinator.resp_addr(),
-            shards: self
-                .shards
-                .iter()
-                .map(|s| {
-                    (
-                        s.node().id(),
-                        s.node().replica_id(),
-                        s.http_addr(),
-                        s.internal_addr(),
-                    )
-                })
-                .collect(),
-        }
+        self.endpoints.clone()
     }
 
     /// Runs until `shutdown`; the coordinator stops first (answering what it has in flight),
-    /// then every shard drains and syncs.
+    /// then every shard and map-group replica drains and syncs.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ServerError> {
-        let (stop_shards, shards_shutdown) = crate::shutdown::channel();
-        let mut shards = JoinSet::new();
-        for shard in self.shards {
-            shards.spawn(shard.run(shards_shutdown.clone()));
-        }
-        let mut result = self.coordinator.run(shutdown).await;
-        stop_shards.trigger();
-        while let Some(joined) = shards.join_next().await {
-            let shard_result = joined.unwrap_or_else(|e| Err(ServerError::Task(e.to_string())));
+        let DevCluster {
+            mut servers,
+            stop_servers,
+            coordinator,
+            ..
+        } = self;
+        let mut result = coordinator.run(shutdown).await;
+        stop_servers.trigger();
+        while let Some(joined) = servers.join_next().await {
+            let server_result = joined.unwrap_or_else(|e| Err(ServerError::Task(e.to_string())));
             if result.is_ok() {
-                result = shard_result;
+                result = server_result;
             }
         }
         result
     }
+}
+
+/// Binds the replicas of the map group (data under `<data_dir>/meta-replica-<r>`, as `limedb
+/// meta` would keep it).
+async fn bind_map_group(config: &DevConfig) -> Result<Vec<ShardServer>, ServerError> {
+    let mut ports = Vec::with_capacity(DEV_META_REPLICAS);
+    for r in 1..=DEV_META_REPLICAS {
+        ports.push(match meta_replica_port(config.meta_port, r) {
+            0 => free_port(config.host)?,
+            port => port,
+        });
+    }
+    let peers: std::collections::BTreeMap<u64, String> = ports
+        .iter()
+        .enumerate()
+        .map(|(r, &port)| {
+            (
+                r as u64 + 1,
+                format!("http://{}", SocketAddr::new(config.host, port)),
+            )
+        })
+        .collect();
+    let mut servers = Vec::with_capacity(ports.len());
+    for (r, &port) in ports.iter().enumerate() {
+        let replica = r as u64 + 1;
+        servers.push(
+            ShardServer::bind(ShardConfig {
+                id: crate::shard::map_group::MAP_GROUP_ID,
+                http_addr: SocketAddr::new(config.host, port),
+                internal_addr: SocketAddr::new(config.host, default_internal_port(port)),
+                data_dir: config.data_dir.join(format!("meta-replica-{replica}")),
+                storage: StorageKind::Lsm,
+                wal_sync: SyncPolicy::Always,
+                lsm: LsmTuning {
+                    memtable_bytes: 4 << 20,
+                    block_cache_bytes: 8 << 20,
+                    ..LsmTuning::default()
+                },
+                postgres: None,
+                limits: Limits::default(),
+                max_connections: config.max_connections,
+                resp_addr: None,
+                resp_idle_timeout: None,
+                replication: Some(ReplicationConfig {
+                    replica_id: replica,
+                    peers: peers.clone(),
+                    log_sync: SyncPolicy::Always,
+                    timing: limedb_raft::RaftTiming::default(),
+                    snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
+                    keep_logs: DEFAULT_KEEP_LOGS,
+                }),
+            })
+            .await?,
+        );
+    }
+    Ok(servers)
 }
 
 /// Defaults of `limedb dev`: coordinator on 8080, shards on 7001-7003, data under ./limedb-data.
@@ -310,6 +428,7 @@ impl Default for DevConfig {
             shard_timeout: DEFAULT_SHARD_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             resp_port: 6379,
+            meta_port: 7901,
         }
     }
 }
@@ -324,6 +443,7 @@ mod tests {
             resp_port,
             shard_ports: shard_ports.to_vec(),
             replicas: 1,
+            meta_port: 0,
             ..DevConfig::default()
         }
     }
@@ -342,6 +462,13 @@ mod tests {
         let err = check_port_plan(&clash).expect_err("clash").to_string();
         assert!(err.contains("shard 1 replica 2's HTTP port"), "{err}");
         assert!(err.contains("shard 2 replica 1's HTTP port"), "{err}");
+        // The map group's ports are planned too.
+        let clash = DevConfig {
+            meta_port: 7002,
+            ..DevConfig::default()
+        };
+        let err = check_port_plan(&clash).expect_err("clash").to_string();
+        assert!(err.contains("map-group replica 1's HTTP port"), "{err}");
     }
 
     #[test]
