@@ -582,3 +582,94 @@ async fn a_dead_replica_is_replaced_while_writes_run() {
     verify_all(&coord, &ledger).await;
     assert!(ledger.acked.load(Ordering::Relaxed) > 100);
 }
+
+/// Runs `limedb args...`, which must refuse to start; returns its stderr.
+fn refuses_to_start(args: &[String]) -> String {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .output()
+        .expect("limedb runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} started:\n{stderr}");
+    stderr
+}
+
+/// A replica restarted with a `--peers` list that disagrees with the membership its data
+/// directory stores, or pointed at the data directory of another shard or replica, or at a
+/// single-copy shard's data, refuses to start and says why, leaving the data untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refuses_a_wrong_peers_list_or_someone_elses_data() {
+    let _serial = SERIAL.lock().await;
+    let dir = temp_dir();
+    let mut group = Group::start(bin(), dir.path(), 1, 3, &[]);
+    let coordinator = group.coordinator(&[]);
+    group.wait_known_by(&coordinator).await;
+    let mut c = HttpConn::connect(&coordinator.http_addr())
+        .await
+        .expect("connect");
+    assert_eq!(c.set("kept", "yes").await.expect("set").status, 200);
+    let leader = group.leader(Duration::from_secs(20)).await;
+    let stopped = *group
+        .replicas
+        .keys()
+        .find(|r| **r != leader)
+        .expect("a follower");
+    group.kill(stopped);
+    let data = group.data_dir(stopped).display().to_string();
+    let port = group.placements[&stopped].port.to_string();
+    let base = |shard: &str, replica: &str, peers: &str, data: &str| -> Vec<String> {
+        [
+            "shard",
+            "--id",
+            shard,
+            "--replica",
+            replica,
+            "--peers",
+            peers,
+            "--port",
+            &port,
+            "--internal-port",
+            "0",
+            "--data-dir",
+            data,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+
+    // --peers naming another address for a member.
+    let other = (1..=3u64).find(|r| *r != stopped).expect("another member");
+    let wrong_peers = group
+        .peers_arg()
+        .replace(&group.url(other), "http://127.0.0.1:1");
+    let err = refuses_to_start(&base("1", &stopped.to_string(), &wrong_peers, &data));
+    assert!(
+        err.contains("disagrees with the group's membership"),
+        "{err}"
+    );
+    // The data directory of shard 1's replica, started as shard 2 or as another replica.
+    let err = refuses_to_start(&base("2", &stopped.to_string(), &group.peers_arg(), &data));
+    assert!(
+        err.contains(&format!("holds the data of shard 1 replica {stopped}")),
+        "{err}"
+    );
+    // A single-copy shard's data directory.
+    let single = dir.path().join("single");
+    std::fs::create_dir_all(&single).expect("mkdir");
+    let mut s = limedb_testkit::start_shard(bin(), &single, 7, "0", &[]);
+    assert!(s.terminate(Duration::from_secs(10)));
+    let err = refuses_to_start(&base(
+        "7",
+        "1",
+        &format!("1=http://127.0.0.1:{port}"),
+        &single.join("shard-7").display().to_string(),
+    ));
+    assert!(err.contains("a shard started without --peers"), "{err}");
+
+    // Restarted as it was, it rejoins with its data.
+    group.spawn(stopped);
+    make_leader(&mut group, stopped).await;
+    let r = c.get("kept").await.expect("get");
+    assert_eq!((r.status, r.text()), (200, "yes".to_string()));
+}
