@@ -741,3 +741,119 @@ async fn a_move_survives_the_death_of_the_map_group_leader() {
     let (_, doc) = get_json(&c.http_addr(), "/api/v1/admin/moves").await;
     assert!(doc["driver"]["lastError"].is_null(), "{doc}");
 }
+
+/// Reads and writes of unique values on a few keys through two coordinators while a shard is
+/// added (the map group's leader killed during it) and another removed: the history, with every
+/// operation's invoke and completion time and outcome, is linearizable per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn histories_across_moves_are_linearizable() {
+    use limedb_testkit::history::history_client;
+    use limedb_testkit::linearizability::{check, History, Outcome};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let _serial = SERIAL.lock().await;
+    let dir = temp_dir();
+    let mut meta = Group::start_meta(bin(), dir.path(), 3);
+    let groups: Vec<Group> = (1..=4)
+        .map(|s| Group::start(bin(), dir.path(), s, 1, &[]))
+        .collect();
+    for g in &groups {
+        g.leader(Duration::from_secs(20)).await;
+    }
+    meta.leader(Duration::from_secs(20)).await;
+    let shards = format!(
+        "1={},2={},3={}",
+        groups[0].url(1),
+        groups[1].url(1),
+        groups[2].url(1)
+    );
+    let a = coordinator(
+        dir.path(),
+        "a",
+        &["--meta", &meta.urls_arg(), "--shards", &shards],
+    )
+    .await;
+    let b = coordinator(dir.path(), "b", &["--meta", &meta.urls_arg()]).await;
+    // Keys that move in both moves as well as keys that stay.
+    let keys: Vec<String> = (0..24).map(|i| format!("hist-{i}")).collect();
+    let ring = |ids: &[u32]| {
+        limedb_cluster::Ring::new(&ids.iter().map(|&i| ShardId(i)).collect::<Vec<_>>(), 128)
+            .expect("ring")
+    };
+    let (three, four, after) = (ring(&[1, 2, 3]), ring(&[1, 2, 3, 4]), ring(&[2, 3, 4]));
+    let moved = |from: &limedb_cluster::Ring, to: &limedb_cluster::Ring| {
+        keys.iter()
+            .filter(|k| from.shard_for_key(k.as_bytes()) != to.shard_for_key(k.as_bytes()))
+            .count()
+    };
+    let (moved_by_add, moved_by_remove) = (moved(&three, &four), moved(&four, &after));
+    println!("keys moved: {moved_by_add} by the addition, {moved_by_remove} by the removal");
+    assert!(moved_by_add > 0 && moved_by_remove > 0);
+    let history = Arc::new(Mutex::new(History::new()));
+    for k in &keys {
+        history
+            .lock()
+            .expect("history")
+            .set_initial(k.clone(), None);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..6u64 {
+        let coordinator = if client % 2 == 0 {
+            a.http_addr()
+        } else {
+            b.http_addr()
+        };
+        clients.spawn(history_client(
+            coordinator,
+            client,
+            keys.clone(),
+            start,
+            Arc::clone(&history),
+            Arc::clone(&stop),
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let add = serde_json::json!({ "shardId": 4, "replicas": { "1": groups[3].url(1) } });
+    let (status, doc) = post_json(&a.http_addr(), "/api/v1/admin/shards", &add).await;
+    assert_eq!(status, 202, "{doc}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leader = meta.leader(Duration::from_secs(20)).await;
+    meta.kill(leader);
+    meta.spawn(leader);
+    wait_move_done(&a).await;
+    let r = http::request(
+        &b.http_addr(),
+        "DELETE",
+        "/api/v1/admin/shards/1",
+        &[],
+        None,
+    )
+    .await
+    .expect("delete");
+    assert_eq!(r.status, 202, "{}", r.text());
+    wait_move_done(&b).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    while clients.join_next().await.is_some() {}
+
+    let history = history.lock().expect("history").clone();
+    let ops = history.ops();
+    let written = ops.iter().filter(|o| o.outcome == Outcome::Written).count();
+    let reads = ops
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Read(_)))
+        .count();
+    let unknown = ops.iter().filter(|o| o.outcome == Outcome::Unknown).count();
+    println!(
+        "{} operations: {written} acknowledged writes, {reads} reads, {unknown} unknown",
+        ops.len()
+    );
+    assert!(written > 100 && reads > 100, "too little traffic to judge");
+    if let Err(violation) = check(&history) {
+        panic!("not linearizable:\n{violation:?}");
+    }
+    drop((a, b));
+}

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use limedb_raft::RaftTiming;
 use limedb_testkit::group::{Group, Placement};
-use limedb_testkit::linearizability::{check, History, OpKind, Outcome};
+use limedb_testkit::history::history_client;
+use limedb_testkit::linearizability::{check, History, Outcome};
 use limedb_testkit::netns::{self, Host, Lab};
 use limedb_testkit::{http, temp_dir, wait_for, HttpConn};
 
@@ -240,82 +241,6 @@ async fn a_leader_cut_off_from_its_peers_acknowledges_nothing() {
     let mut c = HttpConn::connect(&coord).await.expect("connect");
     let r = c.get("k").await.expect("get");
     assert_eq!((r.status, r.text()), (200, "x".to_string()));
-}
-
-/// Microseconds since `start`.
-fn at(start: Instant) -> u64 {
-    start.elapsed().as_micros() as u64
-}
-
-/// A client doing random reads and writes of unique values on `keys` until `stop`.
-async fn history_client(
-    coordinator: String,
-    client: u64,
-    keys: Vec<String>,
-    start: Instant,
-    history: Arc<Mutex<History>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut seq = 0u64;
-    let mut conn: Option<HttpConn> = None;
-    let mut state = client.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    while !stop.load(Ordering::Relaxed) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let key = keys[(state % keys.len() as u64) as usize].clone();
-        let write = state.is_multiple_of(2);
-        if conn.is_none() {
-            conn = HttpConn::connect(&coordinator).await.ok();
-        }
-        let Some(c) = conn.as_mut() else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        if write {
-            let value = format!("c{client}-{seq}");
-            seq += 1;
-            let id = history.lock().expect("history").invoke(
-                client,
-                key.clone(),
-                OpKind::Write(value.clone()),
-                at(start),
-            );
-            let outcome = match c.set(&key, &value).await {
-                Ok(r) if r.status == 200 => Outcome::Written,
-                Ok(r) if r.json().is_some_and(|j| j["error"] == "not_leader") => Outcome::Failed,
-                Ok(_) => Outcome::Unknown,
-                Err(_) => {
-                    conn = None;
-                    Outcome::Unknown
-                }
-            };
-            history
-                .lock()
-                .expect("history")
-                .complete(id, outcome, at(start));
-        } else {
-            let id = history.lock().expect("history").invoke(
-                client,
-                key.clone(),
-                OpKind::Read,
-                at(start),
-            );
-            let outcome = match c.get(&key).await {
-                Ok(r) if r.status == 200 => Outcome::Read(Some(r.text())),
-                Ok(r) if r.status == 404 => Outcome::Read(None),
-                Ok(_) => Outcome::Unknown,
-                Err(_) => {
-                    conn = None;
-                    Outcome::Unknown
-                }
-            };
-            history
-                .lock()
-                .expect("history")
-                .complete(id, outcome, at(start));
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

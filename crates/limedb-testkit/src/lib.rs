@@ -7,6 +7,7 @@
 //! themselves. Dropping a [`Node`] kills its process.
 
 pub mod group;
+pub mod history;
 pub mod http;
 pub mod linearizability;
 pub mod netns;

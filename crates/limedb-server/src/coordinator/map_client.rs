@@ -36,7 +36,12 @@ pub struct MapClient {
     members: Mutex<Vec<String>>,
     /// Whether to learn more members from a member's health document.
     learn: bool,
+    /// When members were last learned (at most every [`LEARN_EVERY`]).
+    learned_at: Mutex<Option<Instant>>,
 }
+
+/// How often the client asks a member for the group's members.
+const LEARN_EVERY: Duration = Duration::from_secs(30);
 
 impl MapClient {
     /// A client that starts from `urls` (any members of the map group).
@@ -44,6 +49,7 @@ impl MapClient {
         MapClient {
             members: Mutex::new(urls),
             learn: true,
+            learned_at: Mutex::new(None),
         }
     }
 
@@ -53,6 +59,7 @@ impl MapClient {
         MapClient {
             members: Mutex::new(urls),
             learn: false,
+            learned_at: Mutex::new(None),
         }
     }
 
@@ -176,6 +183,13 @@ impl MapClient {
     /// Adds the members `url`'s health document lists (best effort: the group may have grown
     /// since the coordinator was started).
     async fn learn_members(&self, url: &str) {
+        {
+            let mut at = self.learned_at.lock().unwrap_or_else(|p| p.into_inner());
+            if at.is_some_and(|t| t.elapsed() < LEARN_EVERY) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
         let Ok(doc) = super::discover::health(url, ATTEMPT_TIMEOUT).await else {
             return;
         };
