@@ -857,3 +857,67 @@ async fn histories_across_moves_are_linearizable() {
     }
     drop((a, b));
 }
+
+/// Shards that are groups of three: while a shard is added, the leaders of a source and of the
+/// destination are killed (SIGKILL) and restarted; the driver carries on with the new leaders,
+/// and every key is readable and stored once when the move ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_survives_the_death_of_source_and_destination_leaders() {
+    let _serial = SERIAL.lock().await;
+    let dir = temp_dir();
+    let meta = Group::start_meta(bin(), dir.path(), 3);
+    let mut groups: Vec<Group> = (1..=3)
+        .map(|s| Group::start(bin(), dir.path(), s, if s == 1 { 3 } else { 1 }, &[]))
+        .collect();
+    groups.push(Group::start(bin(), dir.path(), 4, 3, &[]));
+    for g in &groups {
+        g.leader(Duration::from_secs(20)).await;
+    }
+    meta.leader(Duration::from_secs(20)).await;
+    let shards = format!(
+        "1={},2={},3={}",
+        groups[0].url(1),
+        groups[1].url(1),
+        groups[2].url(1)
+    );
+    let c = coordinator(
+        dir.path(),
+        "c",
+        &["--meta", &meta.urls_arg(), "--shards", &shards],
+    )
+    .await;
+    let mut conn = limedb_testkit::HttpConn::connect(&c.http_addr())
+        .await
+        .expect("connect");
+    let total = 12_000;
+    for i in 0..total {
+        let r = conn
+            .set(&format!("key-{i}"), &format!("v{i}"))
+            .await
+            .expect("set");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let peers: serde_json::Map<String, serde_json::Value> = (1..=3u64)
+        .map(|r| (r.to_string(), groups[3].url(r).into()))
+        .collect();
+    let add = serde_json::json!({ "shardId": 4, "replicas": peers });
+    let (status, doc) = post_json(&c.http_addr(), "/api/v1/admin/shards", &add).await;
+    assert_eq!(status, 202, "{doc}");
+    // Kill shard 1's leader while its transfer is under way, then shard 4's.
+    for target in [0usize, 3] {
+        let leader = groups[target].leader(Duration::from_secs(20)).await;
+        groups[target].kill(leader);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        groups[target].spawn(leader);
+    }
+    wait_move_done(&c).await;
+    let mut held = 0;
+    for g in &groups {
+        held += keys_held(g).await;
+    }
+    assert_eq!(held, total as u64, "every key stored exactly once");
+    for i in (0..total).step_by(11) {
+        let r = conn.get(&format!("key-{i}")).await.expect("get");
+        assert_eq!((r.status, r.text()), (200, format!("v{i}")), "key-{i}");
+    }
+}
