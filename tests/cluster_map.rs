@@ -527,6 +527,13 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
             .expect("set");
         assert_eq!(r.status, 200, "{}", r.text());
     }
+    // Large values too: pages of a transfer outgrow the admin answers' 4 MiB.
+    let big = |i: usize| format!("{i:08}").repeat(131_072);
+    for i in 0..60 {
+        let r = conn.set(&format!("big-{i}"), &big(i)).await.expect("set");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let total_keys = total + 60;
 
     // A client keeps writing new keys through the moves.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -646,6 +653,10 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
             let r = conn.get(&format!("live-{n}")).await.expect("get");
             assert_eq!((r.status, r.text()), (200, format!("l{n}")), "live-{n}");
         }
+        for i in 0..60 {
+            let r = conn.get(&format!("big-{i}")).await.expect("get");
+            assert!(r.status == 200 && r.text() == big(i), "big-{i}");
+        }
     }
     // Each key is stored once: the remaining shards hold exactly the keys written, shard 2 none.
     let mut held = 0;
@@ -656,7 +667,7 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
         }
         held += n;
     }
-    assert_eq!(held, (total + acked.len()) as u64);
+    assert_eq!(held, (total_keys + acked.len()) as u64);
     drop((c, d));
 }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use limedb_cluster::ClusterMap;
 
-use crate::http::client::request;
+use crate::http::client::request_limited;
 
 /// Pause between rounds over the members while none answers as leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -38,7 +38,18 @@ pub struct MapClient {
     learn: bool,
     /// When members were last learned (at most every [`LEARN_EVERY`]).
     learned_at: Mutex<Option<Instant>>,
+    /// Largest answer accepted.
+    max_answer: usize,
+    /// What the group is, for errors.
+    what: &'static str,
 }
+
+/// Largest answer from the map group (a map).
+const MAX_MAP_ANSWER: usize = 4 << 20;
+
+/// Largest answer from a shard group to the move driver: a page of keys, which may hold one
+/// value of up to the largest value a shard accepts.
+const MAX_GROUP_ANSWER: usize = crate::config::MAX_VALUE_BYTES_CAP + (64 << 20);
 
 /// How often the client asks a member for the group's members.
 const LEARN_EVERY: Duration = Duration::from_secs(30);
@@ -50,6 +61,8 @@ impl MapClient {
             members: Mutex::new(urls),
             learn: true,
             learned_at: Mutex::new(None),
+            max_answer: MAX_MAP_ANSWER,
+            what: "the cluster-map group",
         }
     }
 
@@ -60,6 +73,8 @@ impl MapClient {
             members: Mutex::new(urls),
             learn: false,
             learned_at: Mutex::new(None),
+            max_answer: MAX_GROUP_ANSWER,
+            what: "the shard group",
         }
     }
 
@@ -143,7 +158,16 @@ impl MapClient {
                     break;
                 }
                 let attempt = left.min(ATTEMPT_TIMEOUT);
-                match request(method.clone(), &url, path, body.clone(), attempt).await {
+                match request_limited(
+                    method.clone(),
+                    &url,
+                    path,
+                    body.clone(),
+                    attempt,
+                    self.max_answer,
+                )
+                .await
+                {
                     Ok((StatusCode::SERVICE_UNAVAILABLE, answer)) => {
                         let doc: serde_json::Value =
                             serde_json::from_slice(&answer).unwrap_or_default();
@@ -164,7 +188,8 @@ impl MapClient {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "the cluster-map group did not answer within {} ms (members tried: {}); last problem: {last}",
+                    "{} did not answer within {} ms (members tried: {}); last problem: {last}",
+                    self.what,
                     timeout.as_millis(),
                     self.members().join(", ")
                 ));

@@ -26,7 +26,20 @@ pub async fn request(
     body: Option<Bytes>,
     timeout: Duration,
 ) -> Result<(hyper::StatusCode, Bytes), String> {
-    tokio::time::timeout(timeout, send(method.clone(), url, path, body))
+    request_limited(method, url, path, body, timeout, MAX_ANSWER_BYTES).await
+}
+
+/// [`request`] accepting an answer of up to `max_answer` bytes (pages of keys moving between
+/// shards are larger than admin answers).
+pub async fn request_limited(
+    method: hyper::Method,
+    url: &str,
+    path: &str,
+    body: Option<Bytes>,
+    timeout: Duration,
+    max_answer: usize,
+) -> Result<(hyper::StatusCode, Bytes), String> {
+    tokio::time::timeout(timeout, send(method.clone(), url, path, body, max_answer))
         .await
         .map_err(|_| {
             format!(
@@ -41,6 +54,7 @@ async fn send(
     url: &str,
     path: &str,
     body: Option<Bytes>,
+    max_answer: usize,
 ) -> Result<(hyper::StatusCode, Bytes), String> {
     let authority = authority(url);
     let stream = TcpStream::connect(authority)
@@ -67,7 +81,7 @@ async fn send(
         .await
         .map_err(|e| format!("{method} {url}{path} failed: {e}"))?;
     let status = response.status();
-    let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+    let body = Limited::new(response.into_body(), max_answer)
         .collect()
         .await
         .map_err(|e| format!("cannot read the answer of {url}{path}: {e}"))?

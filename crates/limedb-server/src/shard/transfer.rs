@@ -132,8 +132,9 @@ fn take_bytes(body: &mut Bytes, what: &str) -> Result<Bytes, String> {
     Ok(body.split_to(len))
 }
 
-/// Largest import body (a driver sends pages of about [`PAGE_BYTES`]).
-const MAX_IMPORT_BYTES: usize = 256 << 20;
+/// Largest import body: a driver sends pages of about [`PAGE_BYTES`], which may end with one
+/// value of up to the largest value a shard accepts.
+const MAX_IMPORT_BYTES: usize = crate::config::MAX_VALUE_BYTES_CAP + (64 << 20);
 
 /// What a driver asks of an export page by default.
 pub const PAGE_BYTES: usize = 4 << 20;
