@@ -303,30 +303,15 @@ fn meta_config(args: MetaArgs) -> Result<ShardConfig, String> {
     if port != 0 && port == internal_port {
         return Err(format!("--port and --internal-port are both {port}"));
     }
-    Ok(ShardConfig {
-        id: limedb_server::shard::map_group::MAP_GROUP_ID,
-        http_addr: SocketAddr::new(host, port),
-        internal_addr: SocketAddr::new(host, internal_port),
-        data_dir: args.data_dir.unwrap_or_else(|| {
+    Ok(ShardConfig::map_group_replica(
+        SocketAddr::new(host, port),
+        SocketAddr::new(host, internal_port),
+        args.data_dir.unwrap_or_else(|| {
             PathBuf::from("limedb-data").join(format!("meta-replica-{replica}"))
         }),
-        storage: StorageKind::Lsm,
-        wal_sync: SyncPolicy::Always,
-        lsm: LsmTuning {
-            memtable_bytes: 4 << 20,
-            block_cache_bytes: 8 << 20,
-            ..LsmTuning::default()
-        },
-        postgres: None,
-        limits: Limits::default(),
-        max_connections: DEFAULT_MAX_CONNECTIONS,
-        resp_addr: None,
-        resp_idle_timeout: None,
-        replication: Some(ReplicationConfig {
-            log_sync: SyncPolicy::Always,
-            ..replication
-        }),
-    })
+        replication,
+        DEFAULT_MAX_CONNECTIONS,
+    ))
 }
 
 /// `--replica`, `--peers` and the Raft tuning of a shard; `None` without `--peers`.

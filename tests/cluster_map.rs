@@ -455,6 +455,42 @@ async fn a_shard_serves_only_the_keys_its_ownership_record_gives_it() {
     drop(coordinator);
 }
 
+/// A map group of three and shard groups 1, 2, ... with `replicas[i]` replicas each, every
+/// group with a leader.
+async fn start_cluster(dir: &Path, replicas: &[u64]) -> (Group, Vec<Group>) {
+    let meta = Group::start_meta(bin(), dir, 3);
+    let groups: Vec<Group> = replicas
+        .iter()
+        .zip(1u32..)
+        .map(|(&n, s)| Group::start(bin(), dir, s, n, &[]))
+        .collect();
+    for g in &groups {
+        g.leader(Duration::from_secs(20)).await;
+    }
+    meta.leader(Duration::from_secs(20)).await;
+    (meta, groups)
+}
+
+/// `--shards` naming replica 1 of each of `groups`.
+fn shards_arg(groups: &[Group]) -> String {
+    groups
+        .iter()
+        .map(|g| format!("{}={}", g.shard, g.url(1)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Writes `key-<i>` = `v<i>` for every `i` below `total`.
+async fn load(conn: &mut limedb_testkit::HttpConn, total: usize) {
+    for i in 0..total {
+        let r = conn
+            .set(&format!("key-{i}"), &format!("v{i}"))
+            .await
+            .expect("set");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
 /// Waits for the move in progress to finish, failing with the driver's report after 60 s.
 async fn wait_move_done(coordinator: &Node) {
     let addr = coordinator.http_addr();
@@ -489,20 +525,8 @@ async fn keys_held(group: &Group) -> u64 {
 async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
     let _serial = SERIAL.lock().await;
     let dir = temp_dir();
-    let meta = Group::start_meta(bin(), dir.path(), 3);
-    let groups: Vec<Group> = (1..=4)
-        .map(|s| Group::start(bin(), dir.path(), s, 1, &[]))
-        .collect();
-    for g in &groups {
-        g.leader(Duration::from_secs(20)).await;
-    }
-    meta.leader(Duration::from_secs(20)).await;
-    let shards = format!(
-        "1={},2={},3={}",
-        groups[0].url(1),
-        groups[1].url(1),
-        groups[2].url(1)
-    );
+    let (meta, groups) = start_cluster(dir.path(), &[1, 1, 1, 1]).await;
+    let shards = shards_arg(&groups[..3]);
     let c = coordinator(
         dir.path(),
         "c",
@@ -520,13 +544,7 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
         .await
         .expect("connect");
     let total = 3000;
-    for i in 0..total {
-        let r = conn
-            .set(&format!("key-{i}"), &format!("v{i}"))
-            .await
-            .expect("set");
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
+    load(&mut conn, total).await;
     // Large values too: pages of a transfer outgrow the admin answers' 4 MiB.
     let big = |i: usize| format!("{i:08}").repeat(131_072);
     for i in 0..60 {
@@ -678,20 +696,8 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
 async fn a_move_survives_the_death_of_the_map_group_leader() {
     let _serial = SERIAL.lock().await;
     let dir = temp_dir();
-    let mut meta = Group::start_meta(bin(), dir.path(), 3);
-    let groups: Vec<Group> = (1..=4)
-        .map(|s| Group::start(bin(), dir.path(), s, 1, &[]))
-        .collect();
-    for g in &groups {
-        g.leader(Duration::from_secs(20)).await;
-    }
-    meta.leader(Duration::from_secs(20)).await;
-    let shards = format!(
-        "1={},2={},3={}",
-        groups[0].url(1),
-        groups[1].url(1),
-        groups[2].url(1)
-    );
+    let (mut meta, groups) = start_cluster(dir.path(), &[1, 1, 1, 1]).await;
+    let shards = shards_arg(&groups[..3]);
     // Given every member, so that it reaches the map group whichever replica is down.
     let c = coordinator(
         dir.path(),
@@ -703,13 +709,7 @@ async fn a_move_survives_the_death_of_the_map_group_leader() {
         .await
         .expect("connect");
     let total = 5000;
-    for i in 0..total {
-        let r = conn
-            .set(&format!("key-{i}"), &format!("v{i}"))
-            .await
-            .expect("set");
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
+    load(&mut conn, total).await;
     let add = serde_json::json!({ "shardId": 4, "replicas": { "1": groups[3].url(1) } });
     let (status, doc) = post_json(&c.http_addr(), "/api/v1/admin/shards", &add).await;
     assert_eq!(status, 202, "{doc}");
@@ -765,20 +765,8 @@ async fn histories_across_moves_are_linearizable() {
 
     let _serial = SERIAL.lock().await;
     let dir = temp_dir();
-    let mut meta = Group::start_meta(bin(), dir.path(), 3);
-    let groups: Vec<Group> = (1..=4)
-        .map(|s| Group::start(bin(), dir.path(), s, 1, &[]))
-        .collect();
-    for g in &groups {
-        g.leader(Duration::from_secs(20)).await;
-    }
-    meta.leader(Duration::from_secs(20)).await;
-    let shards = format!(
-        "1={},2={},3={}",
-        groups[0].url(1),
-        groups[1].url(1),
-        groups[2].url(1)
-    );
+    let (mut meta, groups) = start_cluster(dir.path(), &[1, 1, 1, 1]).await;
+    let shards = shards_arg(&groups[..3]);
     let a = coordinator(
         dir.path(),
         "a",
@@ -876,21 +864,8 @@ async fn histories_across_moves_are_linearizable() {
 async fn a_move_survives_the_death_of_source_and_destination_leaders() {
     let _serial = SERIAL.lock().await;
     let dir = temp_dir();
-    let meta = Group::start_meta(bin(), dir.path(), 3);
-    let mut groups: Vec<Group> = (1..=3)
-        .map(|s| Group::start(bin(), dir.path(), s, if s == 1 { 3 } else { 1 }, &[]))
-        .collect();
-    groups.push(Group::start(bin(), dir.path(), 4, 3, &[]));
-    for g in &groups {
-        g.leader(Duration::from_secs(20)).await;
-    }
-    meta.leader(Duration::from_secs(20)).await;
-    let shards = format!(
-        "1={},2={},3={}",
-        groups[0].url(1),
-        groups[1].url(1),
-        groups[2].url(1)
-    );
+    let (meta, mut groups) = start_cluster(dir.path(), &[3, 1, 1, 3]).await;
+    let shards = shards_arg(&groups[..3]);
     let c = coordinator(
         dir.path(),
         "c",
@@ -901,13 +876,7 @@ async fn a_move_survives_the_death_of_source_and_destination_leaders() {
         .await
         .expect("connect");
     let total = 12_000;
-    for i in 0..total {
-        let r = conn
-            .set(&format!("key-{i}"), &format!("v{i}"))
-            .await
-            .expect("set");
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
+    load(&mut conn, total).await;
     let peers: serde_json::Map<String, serde_json::Value> = (1..=3u64)
         .map(|r| (r.to_string(), groups[3].url(r).into()))
         .collect();

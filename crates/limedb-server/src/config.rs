@@ -266,6 +266,42 @@ pub struct ShardConfig {
     pub replication: Option<ReplicationConfig>,
 }
 
+impl ShardConfig {
+    /// A replica of the cluster-map group (`limedb meta`, and `limedb dev`'s map group): a
+    /// replicated shard with the reserved id 0, on the LSM engine with small memory budgets (it
+    /// holds one key), fsync on every write, no RESP listener.
+    pub fn map_group_replica(
+        http_addr: SocketAddr,
+        internal_addr: SocketAddr,
+        data_dir: PathBuf,
+        replication: ReplicationConfig,
+        max_connections: usize,
+    ) -> ShardConfig {
+        ShardConfig {
+            id: crate::shard::map_group::MAP_GROUP_ID,
+            http_addr,
+            internal_addr,
+            data_dir,
+            storage: StorageKind::Lsm,
+            wal_sync: SyncPolicy::Always,
+            lsm: LsmTuning {
+                memtable_bytes: 4 << 20,
+                block_cache_bytes: 8 << 20,
+                ..LsmTuning::default()
+            },
+            postgres: None,
+            limits: Limits::default(),
+            max_connections,
+            resp_addr: None,
+            resp_idle_timeout: None,
+            replication: Some(ReplicationConfig {
+                log_sync: SyncPolicy::Always,
+                ..replication
+            }),
+        }
+    }
+}
+
 /// A shard that is one replica of its shard's Raft group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicationConfig {

@@ -379,32 +379,20 @@ async fn bind_map_group(config: &DevConfig) -> Result<Vec<ShardServer>, ServerEr
     for (r, &port) in ports.iter().enumerate() {
         let replica = r as u64 + 1;
         servers.push(
-            ShardServer::bind(ShardConfig {
-                id: crate::shard::map_group::MAP_GROUP_ID,
-                http_addr: SocketAddr::new(config.host, port),
-                internal_addr: SocketAddr::new(config.host, default_internal_port(port)),
-                data_dir: config.data_dir.join(format!("meta-replica-{replica}")),
-                storage: StorageKind::Lsm,
-                wal_sync: SyncPolicy::Always,
-                lsm: LsmTuning {
-                    memtable_bytes: 4 << 20,
-                    block_cache_bytes: 8 << 20,
-                    ..LsmTuning::default()
-                },
-                postgres: None,
-                limits: Limits::default(),
-                max_connections: config.max_connections,
-                resp_addr: None,
-                resp_idle_timeout: None,
-                replication: Some(ReplicationConfig {
+            ShardServer::bind(ShardConfig::map_group_replica(
+                SocketAddr::new(config.host, port),
+                SocketAddr::new(config.host, default_internal_port(port)),
+                config.data_dir.join(format!("meta-replica-{replica}")),
+                ReplicationConfig {
                     replica_id: replica,
                     peers: peers.clone(),
                     log_sync: SyncPolicy::Always,
                     timing: limedb_raft::RaftTiming::default(),
                     snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
                     keep_logs: DEFAULT_KEEP_LOGS,
-                }),
-            })
+                },
+                config.max_connections,
+            ))
             .await?,
         );
     }

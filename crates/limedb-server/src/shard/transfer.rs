@@ -287,33 +287,22 @@ impl ShardNode {
             )));
         }
         let routing = self.transfer_routing(from, to).await?;
-        let storage = &self.inner.storage;
         let mut entries = Vec::new();
         let mut bytes = 0usize;
         let mut cursor = after;
         loop {
-            // `scan` starts at its key inclusive: skip the one a page ended on.
-            let skip = cursor.clone();
-            let batch = storage.scan(cursor.clone(), SCAN_STEP).await?;
-            let exhausted = batch.len() < SCAN_STEP;
-            for (key, value) in batch {
-                if skip.as_ref() == Some(&key) {
-                    continue;
-                }
-                cursor = Some(key.clone());
-                if routing.in_transfer(from, to, key_hash(&key)) {
-                    bytes += key.len() + value.data.len() + 16;
-                    entries.push(Entry {
-                        key,
-                        value: value.data,
-                        expires_at_ms: value.expires_at_ms,
-                    });
-                    if bytes >= max_bytes {
-                        return Ok(ExportPage {
-                            entries,
-                            next: cursor,
-                        });
-                    }
+            let (found, next, exhausted) = self.transfer_step(&routing, from, to, cursor).await?;
+            for (key, value) in found {
+                bytes += key.len() + value.data.len() + 16;
+                entries.push(Entry {
+                    key,
+                    value: value.data,
+                    expires_at_ms: value.expires_at_ms,
+                });
+                if bytes >= max_bytes {
+                    // The rest of this step is scanned again by the next page.
+                    let next = entries.last().map(|e| e.key.clone());
+                    return Ok(ExportPage { entries, next });
                 }
             }
             if exhausted {
@@ -322,7 +311,34 @@ impl ShardNode {
                     next: None,
                 });
             }
+            cursor = next;
         }
+    }
+
+    /// One engine scan step after `cursor` (exclusive): the entries of transfer `from` → `to`
+    /// among them, the last key scanned, and whether the shard has no keys after it.
+    async fn transfer_step(
+        &self,
+        routing: &Routing,
+        from: ShardId,
+        to: ShardId,
+        cursor: Option<Bytes>,
+    ) -> Result<(Vec<(Bytes, limedb_storage::Value)>, Option<Bytes>, bool), ApiError> {
+        // `scan` starts at its key inclusive: skip the one the last step ended on.
+        let batch = self.inner.storage.scan(cursor.clone(), SCAN_STEP).await?;
+        let exhausted = batch.len() < SCAN_STEP;
+        let mut last = cursor.clone();
+        let mut found = Vec::new();
+        for (key, value) in batch {
+            if cursor.as_ref() == Some(&key) {
+                continue;
+            }
+            last = Some(key.clone());
+            if routing.in_transfer(from, to, key_hash(&key)) {
+                found.push((key, value));
+            }
+        }
+        Ok((found, last, exhausted))
     }
 
     /// Stores `entries` of transfer `from` → `to` (this shard being `to`), while the ranges
@@ -409,19 +425,8 @@ impl ShardNode {
         let mut deleted = 0u64;
         let mut cursor: Option<Bytes> = None;
         loop {
-            let skip = cursor.clone();
-            let batch = storage.scan(cursor.clone(), SCAN_STEP).await?;
-            let exhausted = batch.len() < SCAN_STEP;
-            let mut doomed = Vec::new();
-            for (key, _) in batch {
-                if skip.as_ref() == Some(&key) {
-                    continue;
-                }
-                cursor = Some(key.clone());
-                if routing.in_transfer(from, to, key_hash(&key)) {
-                    doomed.push(key);
-                }
-            }
+            let (found, next, exhausted) = self.transfer_step(&routing, from, to, cursor).await?;
+            let doomed: Vec<Bytes> = found.into_iter().map(|(key, _)| key).collect();
             for chunk in doomed.chunks(DELETE_BATCH) {
                 let locks = storage.lock(chunk).await;
                 let writes = chunk
@@ -434,6 +439,7 @@ impl ShardNode {
             if exhausted {
                 return Ok(deleted);
             }
+            cursor = next;
         }
     }
 }
