@@ -207,7 +207,7 @@ async fn coordinators_share_one_map_and_a_disagreeing_one_refuses_to_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_map_changes_only_by_compare_and_set_on_its_epoch() {
+async fn the_map_changes_only_by_compare_and_set_on_its_version() {
     let _serial = SERIAL.lock().await;
     let dir = temp_dir();
     let meta = Group::start_meta(bin(), dir.path(), 3);
