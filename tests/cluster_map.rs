@@ -708,8 +708,15 @@ async fn a_move_survives_the_death_of_the_map_group_leader() {
     let mut conn = limedb_testkit::HttpConn::connect(&c.http_addr())
         .await
         .expect("connect");
+    // 5000 small keys and 400 values of 256 KiB: each transfer copies megabytes, long enough
+    // for the move to be caught between two transfers below.
     let total = 5000;
     load(&mut conn, total).await;
+    let big = "x".repeat(256 << 10);
+    for i in 0..400 {
+        let r = conn.set(&format!("big-{i}"), &big).await.expect("set");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
     let add = serde_json::json!({ "shardId": 4, "replicas": { "1": groups[3].url(1) } });
     let (status, doc) = post_json(&c.http_addr(), "/api/v1/admin/shards", &add).await;
     assert_eq!(status, 202, "{doc}");
@@ -734,7 +741,6 @@ async fn a_move_survives_the_death_of_the_map_group_leader() {
         }
     })
     .await;
-    // Each transfer takes several driver ticks (100 ms each), so the move is still running.
     assert!(one_done, "the move finished before the second kill");
     let second = meta.leader(Duration::from_secs(20)).await;
     meta.kill(second);
@@ -744,7 +750,7 @@ async fn a_move_survives_the_death_of_the_map_group_leader() {
     for g in &groups {
         held += keys_held(g).await;
     }
-    assert_eq!(held, total as u64, "every key stored exactly once");
+    assert_eq!(held, total as u64 + 400, "every key stored exactly once");
     for i in (0..total).step_by(7) {
         let r = conn.get(&format!("key-{i}")).await.expect("get");
         assert_eq!((r.status, r.text()), (200, format!("v{i}")), "key-{i}");

@@ -2,7 +2,8 @@
 //! transfers' phases (see ARCHITECTURE.md, *Elasticity*), one step per tick, recording each
 //! finished phase in the map (a compare-and-set) before starting the next. Every step can run
 //! again without harm, so a new leader of the map group, or this one after an error, resumes
-//! from the phase the map records.
+//! from the phase the map records. Phases follow each other without pause; the driver waits a
+//! tick only when there is nothing to do or a step failed.
 //!
 //! This version hands a transfer's ranges over **before** copying them: the source is fenced
 //! (its ownership record gives the ranges away), then the keys are copied, then the
@@ -73,11 +74,13 @@ impl MoverStatus {
 
 /// Runs the driver until `shutdown` (on every map-group replica; it acts only while leading).
 pub async fn run(node: ShardNode, mut shutdown: Shutdown) {
+    let mut pause = TICK;
     loop {
         tokio::select! {
             () = shutdown.wait() => return,
-            () = tokio::time::sleep(TICK) => {}
+            () = tokio::time::sleep(pause) => {}
         }
+        pause = TICK;
         let leads = node
             .inner
             .storage
@@ -87,7 +90,14 @@ pub async fn run(node: ShardNode, mut shutdown: Shutdown) {
             continue;
         }
         match step(&node).await {
-            Ok(()) => node.inner.mover.set_error(None),
+            Ok(advanced) => {
+                node.inner.mover.set_error(None);
+                // A phase just ended: start the next one at once (a transfer's ranges are
+                // fenced from its copy to its cut-over).
+                if advanced {
+                    pause = Duration::ZERO;
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "the move driver's step failed; it will try again");
                 node.inner.mover.set_error(Some(e));
@@ -96,16 +106,16 @@ pub async fn run(node: ShardNode, mut shutdown: Shutdown) {
     }
 }
 
-/// One step of the move in progress, if any.
-async fn step(node: &ShardNode) -> Result<(), String> {
+/// One step of the move in progress, if any; whether a phase ended.
+async fn step(node: &ShardNode) -> Result<bool, String> {
     let Some(map) = node.read_map().await.map_err(|e| e.to_string())? else {
-        return Ok(());
+        return Ok(false);
     };
     let Some(current) = map.moving().cloned() else {
-        return Ok(());
+        return Ok(false);
     };
     let Some(transfer) = current.transfers.iter().find(|t| t.phase != Phase::Done) else {
-        return finish(node, &map, current.id).await;
+        return finish(node, &map, current.id).await.map(|()| true);
     };
     let mut next = map.clone();
     let groups = map.groups();
@@ -141,13 +151,14 @@ async fn step(node: &ShardNode) -> Result<(), String> {
             let deleted = delete_keys(group(from)?, from, to).await?;
             tracing::info!(%from, %to, deleted, "transfer cleaned up");
         }
-        Phase::Done => return Ok(()),
+        Phase::Done => return Ok(false),
     }
     next.advance(current.id, from, to, transfer.phase)
         .map_err(|e| e.to_string())?;
     node.compare_and_set_map(Some(map.version()), &next)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(true)
 }
 
 /// Ends move `id`: the target ring becomes the ring; every group remaining gets the final record.
