@@ -21,33 +21,37 @@ fn three_shards() -> ClusterMap {
     let groups = (1..=3u32)
         .map(|s| (ShardId(s), group(7000 + s as u16)))
         .collect();
-    ClusterMap::bootstrap(groups, 64).unwrap()
+    ClusterMap::bootstrap(groups, 64).expect("valid in this test")
 }
 
 /// Runs every transfer of the move in progress through all its phases, in order.
 fn run_to_done(map: &mut ClusterMap) {
-    let m = map.moving().unwrap().clone();
+    let m = map.moving().expect("valid in this test").clone();
     for t in &m.transfers {
         let mut phase = t.phase;
         while phase != Phase::Done {
-            phase = map.advance(m.id, t.from, t.to, phase).unwrap();
+            phase = map
+                .advance(m.id, t.from, t.to, phase)
+                .expect("valid in this test");
         }
     }
-    map.finish_move(m.id).unwrap();
+    map.finish_move(m.id).expect("valid in this test");
 }
 
 #[test]
 fn adding_a_shard_ends_with_the_ring_of_the_new_shard_set() {
     let mut map = three_shards();
     assert_eq!(map.epoch(), 1);
-    let id = map.add_shard(ShardId(4), group(7004)).unwrap();
+    let id = map
+        .add_shard(ShardId(4), group(7004))
+        .expect("valid in this test");
     assert_eq!(map.epoch(), 2, "starting a move bumps the epoch");
-    let m = map.moving().unwrap();
+    let m = map.moving().expect("valid in this test");
     assert_eq!(m.id, id);
     assert_eq!(m.transfers.len(), 3);
     assert!(m.transfers.iter().all(|t| t.to == ShardId(4)));
     // Nothing changes owner before a cut-over.
-    let before = Ring::new(&[ShardId(1), ShardId(2), ShardId(3)], 64).unwrap();
+    let before = Ring::new(&[ShardId(1), ShardId(2), ShardId(3)], 64).expect("valid in this test");
     for i in 0..2000u32 {
         let key = format!("k{i}");
         assert_eq!(
@@ -61,7 +65,8 @@ fn adding_a_shard_ends_with_the_ring_of_the_new_shard_set() {
     assert_eq!(map.epoch(), 6);
     // Every change grows the version: 3 transfers × 5 phases, and the finish.
     assert_eq!(map.version(), version + 16);
-    let after = Ring::new(&[ShardId(1), ShardId(2), ShardId(3), ShardId(4)], 64).unwrap();
+    let after = Ring::new(&[ShardId(1), ShardId(2), ShardId(3), ShardId(4)], 64)
+        .expect("valid in this test");
     assert_eq!(map.routing().base(), &after);
     assert!(map.routing().target().is_none());
     assert!(map.moving().is_none());
@@ -71,10 +76,10 @@ fn adding_a_shard_ends_with_the_ring_of_the_new_shard_set() {
 #[test]
 fn removing_a_shard_drops_its_group_once_its_ranges_are_given_away() {
     let mut map = three_shards();
-    let id = map.remove_shard(ShardId(2)).unwrap();
+    let id = map.remove_shard(ShardId(2)).expect("valid in this test");
     assert!(map
         .moving()
-        .unwrap()
+        .expect("valid in this test")
         .transfers
         .iter()
         .all(|t| t.from == ShardId(2)));
@@ -124,7 +129,9 @@ fn refused_changes_leave_the_map_as_it_was() {
     );
     assert_eq!(map, original);
 
-    let id = map.add_shard(ShardId(4), group(7004)).unwrap();
+    let id = map
+        .add_shard(ShardId(4), group(7004))
+        .expect("valid in this test");
     let during = map.clone();
     assert!(matches!(
         map.add_shard(ShardId(5), group(7005)),
@@ -159,7 +166,7 @@ fn refused_changes_leave_the_map_as_it_was() {
 #[test]
 fn the_last_shard_cannot_be_removed() {
     let groups = [(ShardId(1), group(7001))].into_iter().collect();
-    let mut map = ClusterMap::bootstrap(groups, 16).unwrap();
+    let mut map = ClusterMap::bootstrap(groups, 16).expect("valid in this test");
     assert_eq!(
         map.remove_shard(ShardId(1)),
         Err(ClusterError::LastShard(ShardId(1)))
@@ -169,11 +176,15 @@ fn the_last_shard_cannot_be_removed() {
 #[test]
 fn a_cut_over_gives_exactly_that_transfers_ranges_and_bumps_the_epoch() {
     let mut map = three_shards();
-    let id = map.add_shard(ShardId(4), group(7004)).unwrap();
+    let id = map
+        .add_shard(ShardId(4), group(7004))
+        .expect("valid in this test");
     let (from, to) = (ShardId(2), ShardId(4));
     let mut phase = Phase::Prepare;
     while phase != Phase::CutOver {
-        phase = map.advance(id, from, to, phase).unwrap();
+        phase = map
+            .advance(id, from, to, phase)
+            .expect("valid in this test");
     }
     let epoch = map.epoch();
     assert_eq!(
@@ -182,7 +193,7 @@ fn a_cut_over_gives_exactly_that_transfers_ranges_and_bumps_the_epoch() {
     );
     assert_eq!(map.epoch(), epoch + 1);
     let base = map.routing().base().clone();
-    let target = map.routing().target().unwrap().clone();
+    let target = map.routing().target().expect("valid in this test").clone();
     for i in 0..5000u32 {
         let hash = key_hash(format!("key-{i}").as_bytes());
         let (b, t) = (base.shard_for_hash(hash), target.shard_for_hash(hash));
@@ -193,10 +204,10 @@ fn a_cut_over_gives_exactly_that_transfers_ranges_and_bumps_the_epoch() {
 
 #[test]
 fn handing_over_twice_is_one_hand_over() {
-    let mut routing = Routing::new(&[ShardId(1), ShardId(2)], 32).unwrap();
+    let mut routing = Routing::new(&[ShardId(1), ShardId(2)], 32).expect("valid in this test");
     let transfers = routing
         .begin(&[ShardId(1), ShardId(2), ShardId(3)])
-        .unwrap();
+        .expect("valid in this test");
     let t = &transfers[0];
     assert_eq!(routing.hand_over(t.from, t.to), Ok(true));
     let epoch = routing.epoch();
@@ -220,22 +231,27 @@ fn handing_over_twice_is_one_hand_over() {
 #[test]
 fn the_map_survives_json_and_bad_json_is_refused() {
     let mut map = three_shards();
-    let id = map.add_shard(ShardId(4), group(7004)).unwrap();
+    let id = map
+        .add_shard(ShardId(4), group(7004))
+        .expect("valid in this test");
     map.advance(id, ShardId(1), ShardId(4), Phase::Prepare)
-        .unwrap();
+        .expect("valid in this test");
     map.record_progress(id, ShardId(1), ShardId(4), 10, 1000)
-        .unwrap();
-    let json = serde_json::to_string(&map).unwrap();
-    let back: ClusterMap = serde_json::from_str(&json).unwrap();
+        .expect("valid in this test");
+    let json = serde_json::to_string(&map).expect("valid in this test");
+    let back: ClusterMap = serde_json::from_str(&json).expect("valid in this test");
     assert_eq!(back, map);
-    assert_eq!(back.moving().unwrap().transfers[0].keys_copied, 10);
+    assert_eq!(
+        back.moving().expect("valid in this test").transfers[0].keys_copied,
+        10
+    );
 
     // A hand-over naming a transfer the rings do not have is refused, as is a ring with no
     // shards.
-    let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&json).expect("valid in this test");
     value["routing"]["handedOver"] = serde_json::json!([[4, 1]]);
     assert!(serde_json::from_value::<ClusterMap>(value).is_err());
-    let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&json).expect("valid in this test");
     value["routing"]["base"] = serde_json::json!([]);
     assert!(serde_json::from_value::<ClusterMap>(value).is_err());
 }
@@ -283,26 +299,26 @@ proptest! {
         let before: Vec<ShardId> = before.into_iter().map(ShardId).collect();
         let after: Vec<ShardId> = after.into_iter().map(ShardId).collect();
         prop_assume!(before != after);
-        let mut routing = Routing::new(&before, 16).unwrap();
-        let mut transfers = routing.begin(&after).unwrap();
+        let mut routing = Routing::new(&before, 16).expect("valid in this test");
+        let mut transfers = routing.begin(&after).expect("valid in this test");
         // A deterministic shuffle from `order`.
         let n = transfers.len();
         for i in (1..n).rev() {
             transfers.swap(i, (order.rotate_left(i as u32) % (i as u64 + 1)) as usize);
         }
         let base = routing.base().clone();
-        let target = routing.target().unwrap().clone();
+        let target = routing.target().expect("valid in this test").clone();
         for t in &transfers {
-            routing.hand_over(t.from, t.to).unwrap();
+            routing.hand_over(t.from, t.to).expect("valid in this test");
             let json_round_trip: Routing =
-                serde_json::from_str(&serde_json::to_string(&routing).unwrap()).unwrap();
+                serde_json::from_str(&serde_json::to_string(&routing).expect("valid in this test")).expect("valid in this test");
             prop_assert_eq!(&json_round_trip, &routing);
             for &h in &hashes {
                 let owner = routing.owner(h);
                 prop_assert!(owner == base.shard_for_hash(h) || owner == target.shard_for_hash(h));
             }
         }
-        routing.finish().unwrap();
+        routing.finish().expect("valid in this test");
         for &h in &hashes {
             prop_assert_eq!(routing.owner(h), target.shard_for_hash(h));
         }

@@ -148,12 +148,12 @@ mod tests {
             "type": "shard", "shardId": 2, "replicaId": 3,
             "raft": { "peers": { "1": "http://a:1", "2": "http://b:2", "3": "http://c:3" } }
         });
-        let g = group_of(&spec(2, "http://c:3"), &replicated).unwrap();
+        let g = group_of(&spec(2, "http://c:3"), &replicated).expect("a group");
         assert_eq!(g.replicas.len(), 3);
         assert_eq!(g.replicas[&2], "http://b:2");
 
         let single = serde_json::json!({ "type": "shard", "shardId": 1, "replicaId": 1 });
-        let g = group_of(&spec(1, "http://x:7001"), &single).unwrap();
+        let g = group_of(&spec(1, "http://x:7001"), &single).expect("a group");
         assert_eq!(
             g.replicas,
             BTreeMap::from([(1, "http://x:7001".to_string())])
@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn a_url_that_is_another_shard_or_a_map_replica_is_refused() {
         let other = serde_json::json!({ "type": "shard", "shardId": 5 });
-        let err = group_of(&spec(1, "http://x:7005"), &other).unwrap_err();
+        let err = group_of(&spec(1, "http://x:7005"), &other).expect_err("refused");
         assert!(
             err.to_string().contains("shard 1 at http://x:7005"),
             "{err}"
