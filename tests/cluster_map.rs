@@ -764,8 +764,8 @@ async fn a_move_survives_the_death_of_the_map_group_leader() {
 /// operation's invoke and completion time and outcome, is linearizable per key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn histories_across_moves_are_linearizable() {
-    use limedb_testkit::history::history_client;
-    use limedb_testkit::linearizability::{check, History, Outcome};
+    use limedb_testkit::history::{history_client, judge};
+    use limedb_testkit::linearizability::History;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
@@ -845,19 +845,7 @@ async fn histories_across_moves_are_linearizable() {
     while clients.join_next().await.is_some() {}
 
     let history = history.lock().expect("history").clone();
-    let ops = history.ops();
-    let written = ops.iter().filter(|o| o.outcome == Outcome::Written).count();
-    let reads = ops
-        .iter()
-        .filter(|o| matches!(o.outcome, Outcome::Read(_)))
-        .count();
-    let unknown = ops.iter().filter(|o| o.outcome == Outcome::Unknown).count();
-    println!(
-        "{} operations: {written} acknowledged writes, {reads} reads, {unknown} unknown",
-        ops.len()
-    );
-    assert!(written > 100 && reads > 100, "too little traffic to judge");
-    if let Err(violation) = check(&history) {
+    if let Err(violation) = judge(&history, "across an addition and a removal") {
         panic!("not linearizable:\n{violation:?}");
     }
     drop((a, b));

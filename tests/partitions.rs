@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use limedb_raft::RaftTiming;
 use limedb_testkit::group::{Group, Placement};
-use limedb_testkit::history::history_client;
-use limedb_testkit::linearizability::{check, History, Outcome};
+use limedb_testkit::history::{history_client, judge};
+use limedb_testkit::linearizability::History;
 use limedb_testkit::netns::{self, Host, Lab};
 use limedb_testkit::{http, temp_dir, wait_for, HttpConn};
 
@@ -329,20 +329,7 @@ async fn histories_under_kills_pauses_and_partitions_are_linearizable() {
     stop.store(true, Ordering::Relaxed);
     while clients.join_next().await.is_some() {}
     let history = history.lock().expect("history").clone();
-    let ops = history.ops();
-    let written = ops.iter().filter(|o| o.outcome == Outcome::Written).count();
-    let reads = ops
-        .iter()
-        .filter(|o| matches!(o.outcome, Outcome::Read(_)))
-        .count();
-    let unknown = ops.iter().filter(|o| o.outcome == Outcome::Unknown).count();
-    println!(
-        "{} operations: {written} acknowledged writes, {reads} reads, {unknown} unknown; faults: {}",
-        ops.len(),
-        faults.join(", ")
-    );
-    assert!(written > 100 && reads > 100, "too little traffic to judge");
-    if let Err(violation) = check(&history) {
+    if let Err(violation) = judge(&history, &format!("faults: {}", faults.join(", "))) {
         panic!("not linearizable:\n{violation:?}\n{}", group.logs());
     }
 }

@@ -77,3 +77,23 @@ pub async fn history_client(
         }
     }
 }
+
+/// Checks a finished history: prints how many operations ended how (with `context`), asserts
+/// there was enough traffic to judge (over 100 acknowledged writes and 100 reads), and
+/// returns the checker's verdict.
+pub fn judge(
+    history: &History,
+    context: &str,
+) -> Result<(), Box<crate::linearizability::Violation>> {
+    let ops = history.ops();
+    let count = |f: &dyn Fn(&Outcome) -> bool| ops.iter().filter(|o| f(&o.outcome)).count();
+    let written = count(&|o| *o == Outcome::Written);
+    let reads = count(&|o| matches!(o, Outcome::Read(_)));
+    let unknown = count(&|o| *o == Outcome::Unknown);
+    println!(
+        "{} operations: {written} acknowledged writes, {reads} reads, {unknown} unknown; {context}",
+        ops.len()
+    );
+    assert!(written > 100 && reads > 100, "too little traffic to judge");
+    crate::linearizability::check(history)
+}

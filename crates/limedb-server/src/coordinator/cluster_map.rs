@@ -53,7 +53,7 @@ pub async fn establish(
                         return Ok(map);
                     }
                     // Another coordinator created it first: compare with that one.
-                    CasOutcome::Conflict(_) => continue,
+                    CasOutcome::Conflict => continue,
                 }
             }
         };

@@ -25,8 +25,8 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum CasOutcome {
     /// The map is stored.
     Stored,
-    /// The stored map was not at the expected version; here it is (`None`: still no map).
-    Conflict(Option<Box<ClusterMap>>),
+    /// The stored map was not at the expected version (read it again).
+    Conflict,
 }
 
 /// A client of the map group. Cheap to share.
@@ -78,17 +78,6 @@ impl MapClient {
         }
     }
 
-    /// Sends one request to the group's leader (see [`MapClient`]), for up to `timeout`.
-    pub async fn call_leader(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Bytes>,
-        timeout: Duration,
-    ) -> Result<(StatusCode, Bytes), String> {
-        self.call(method, path, body, timeout).await
-    }
-
     /// The members this client knows, the believed leader first.
     pub fn members(&self) -> Vec<String> {
         self.members
@@ -124,25 +113,14 @@ impl MapClient {
             .await?;
         match status {
             StatusCode::OK => Ok(CasOutcome::Stored),
-            StatusCode::CONFLICT => {
-                let doc: serde_json::Value = serde_json::from_slice(&answer)
-                    .map_err(|e| format!("the map group's 409 answer is not JSON: {e}"))?;
-                let current = match doc.get("current") {
-                    Some(v) if !v.is_null() => Some(Box::new(
-                        serde_json::from_value(v.clone())
-                            .map_err(|e| format!("the map group sent a map we cannot read: {e}"))?,
-                    )),
-                    _ => None,
-                };
-                Ok(CasOutcome::Conflict(current))
-            }
+            StatusCode::CONFLICT => Ok(CasOutcome::Conflict),
             other => Err(answer_error("POST /api/v1/meta/map", other, &answer)),
         }
     }
 
-    /// Sends one request to the map group's leader: tries the members in turn, follows
+    /// Sends one request to the group's leader: tries the members in turn, follows
     /// `not_leader` answers, and keeps going while nobody leads, until `timeout`.
-    async fn call(
+    pub async fn call(
         &self,
         method: Method,
         path: &str,
@@ -242,7 +220,9 @@ fn parse_map(body: &[u8], field: &str) -> Result<ClusterMap, String> {
         .map_err(|e| format!("the map group sent a map we cannot read: {e}"))
 }
 
-fn answer_error(what: &str, status: StatusCode, body: &[u8]) -> String {
+/// The error for an answer other than the one expected: its status and the JSON `message`
+/// (or the body as text).
+pub fn answer_error(what: &str, status: StatusCode, body: &[u8]) -> String {
     let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     format!(
         "{what} answered {status}: {}",

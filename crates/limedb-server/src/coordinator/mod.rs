@@ -56,13 +56,9 @@ struct CoordinatorInner {
 
 impl CoordinatorNode {
     fn shard_group(&self, shard: ShardId) -> Result<Arc<ShardGroup>, ApiError> {
-        self.inner
-            .routes
-            .index_of(shard)
-            .and_then(|i| self.inner.routes.group(i))
-            .ok_or_else(|| {
-                ApiError::Internal(format!("the ring names shard {shard}, which has no link"))
-            })
+        self.inner.routes.group_of(shard).ok_or_else(|| {
+            ApiError::Internal(format!("the ring names shard {shard}, which has no link"))
+        })
     }
 
     fn group_for_key(&self, key: &[u8]) -> Result<Arc<ShardGroup>, ApiError> {

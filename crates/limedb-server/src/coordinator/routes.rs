@@ -97,6 +97,16 @@ impl Routes {
             .cloned()
     }
 
+    /// Shard `id`'s group.
+    pub fn group_of(&self, id: ShardId) -> Option<Arc<ShardGroup>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|g| g.id() == id)
+            .cloned()
+    }
+
     /// The index of shard `id`'s group.
     pub fn index_of(&self, id: ShardId) -> Option<usize> {
         self.groups
@@ -183,7 +193,7 @@ impl Routes {
             |e: String| ApiError::GroupUnavailable(format!("the cluster-map group: {e}"));
         if request == MoveRequest::List {
             let (status, body) = client
-                .call_leader(
+                .call(
                     hyper::Method::GET,
                     "/api/v1/admin/moves",
                     None,
@@ -235,7 +245,7 @@ impl Routes {
                         "transfers": next.moving().map(|m| m.transfers.clone()),
                     }));
                 }
-                super::map_client::CasOutcome::Conflict(_) => continue,
+                super::map_client::CasOutcome::Conflict => continue,
             }
         }
         Err(ApiError::GroupUnavailable(

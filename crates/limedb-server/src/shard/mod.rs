@@ -386,14 +386,19 @@ impl ShardNode {
         Ok(Some(guard))
     }
 
-    /// The ownership record (`None`: this shard has none and serves every key), read at the
-    /// leader after a read barrier.
-    pub async fn routing(&self) -> Result<Option<limedb_cluster::Routing>, ApiError> {
-        let replica = self.inner.storage.replica().ok_or_else(|| {
+    /// This shard's replica, which keeps its ownership record; a shard on its own has none.
+    fn record_keeper(&self) -> Result<&limedb_raft::Replica, ApiError> {
+        self.inner.storage.replica().ok_or_else(|| {
             ApiError::BadRequest(
                 "ownership records are kept by replicated shards (started with --peers)".into(),
             )
-        })?;
+        })
+    }
+
+    /// The ownership record (`None`: this shard has none and serves every key), read at the
+    /// leader after a read barrier.
+    pub async fn routing(&self) -> Result<Option<limedb_cluster::Routing>, ApiError> {
+        let replica = self.record_keeper()?;
         replica.read_barrier().await?;
         Ok(self
             .inner
@@ -406,11 +411,7 @@ impl ShardNode {
     /// current one has been answered (see [`ownership`]). Idempotent; a record older than the
     /// current one (a stale driver) is refused with 409.
     pub async fn set_routing(&self, routing: &limedb_cluster::Routing) -> Result<(), ApiError> {
-        let replica = self.inner.storage.replica().ok_or_else(|| {
-            ApiError::BadRequest(
-                "ownership records are kept by replicated shards (started with --peers)".into(),
-            )
-        })?;
+        let replica = self.record_keeper()?;
         replica.check_leader()?;
         let _exclusive = self.inner.ownership.exclusive().await;
         replica.read_barrier().await?;
@@ -439,27 +440,22 @@ impl ShardNode {
 
 /// The keys a data request touches (none for a listing).
 fn request_keys(request: &Request) -> Vec<Bytes> {
-    use resp_backend::command_keys;
-    let mut keys = Vec::new();
+    use resp_backend::{command_keys, commands_keys, transaction_keys};
     match request {
         Request::Get { key } | Request::Set { key, .. } | Request::Delete { key } => {
-            keys.push(key.clone())
+            vec![key.clone()]
         }
-        Request::Command { args } => command_keys(args, &mut keys),
-        Request::Transaction { commands, watched } => {
-            keys.extend(watched.iter().map(|(k, _)| k.clone()));
-            for args in commands {
-                command_keys(args, &mut keys);
-            }
+        Request::Command { args } => {
+            let mut keys = Vec::new();
+            command_keys(args, &mut keys);
+            keys
         }
-        Request::Pipeline { commands } => {
-            for args in commands {
-                command_keys(args, &mut keys);
-            }
+        Request::Transaction { commands, watched } => transaction_keys(commands, watched),
+        Request::Pipeline { commands } => commands_keys(commands),
+        Request::Hello | Request::Ping | Request::KeysPage { .. } | Request::Raft { .. } => {
+            Vec::new()
         }
-        Request::Hello | Request::Ping | Request::KeysPage { .. } | Request::Raft { .. } => {}
     }
-    keys
 }
 
 /// The metrics label of a data request.

@@ -20,7 +20,7 @@ use limedb_cluster::{ClusterMap, Group, Phase, Routing, ShardId, TransferState};
 
 use super::transfer::{decode_page, encode_entries, hex_encode, PAGE_BYTES};
 use super::ShardNode;
-use crate::coordinator::map_client::MapClient;
+use crate::coordinator::map_client::{answer_error, MapClient};
 use crate::shutdown::Shutdown;
 
 /// Pause between steps.
@@ -118,37 +118,36 @@ async fn step(node: &ShardNode) -> Result<bool, String> {
         return finish(node, &map, current.id).await.map(|()| true);
     };
     let mut next = map.clone();
-    let groups = map.groups();
+    let (from, to) = (transfer.from, transfer.to);
     let group = |id: ShardId| {
-        groups
+        map.groups()
             .get(&id)
+            .map(client)
             .ok_or_else(|| format!("shard {id} of the transfer is not in the map"))
     };
-    let (from, to) = (transfer.from, transfer.to);
+    let (source, destination) = (group(from)?, group(to)?);
     match transfer.phase {
         Phase::Prepare => {
-            set_record(group(from)?, map.routing()).await?;
-            set_record(group(to)?, map.routing()).await?;
+            set_record(&source, map.routing()).await?;
+            set_record(&destination, map.routing()).await?;
             // Leftovers of an abandoned attempt must not come back.
-            let cleared = delete_keys(group(to)?, from, to).await?;
+            let cleared = delete_keys(&destination, from, to).await?;
             tracing::info!(%from, %to, cleared, "transfer prepared");
         }
         Phase::Copy => {
-            let fenced = handed_over(map.routing(), transfer)?;
-            set_record(group(from)?, &fenced).await?;
+            set_record(&source, &handed_over(map.routing(), transfer)?).await?;
             let fenced_at = Instant::now();
-            let (keys, bytes) = copy(node, group(from)?, group(to)?, from, to).await?;
+            let (keys, bytes) = copy(node, &source, &destination, from, to).await?;
             next.record_progress(current.id, from, to, keys, bytes)
                 .map_err(|e| e.to_string())?;
             tracing::info!(%from, %to, keys, bytes, ms = fenced_at.elapsed().as_millis() as u64, "transfer copied");
         }
         Phase::CatchUp => {}
         Phase::CutOver => {
-            let fenced = handed_over(map.routing(), transfer)?;
-            set_record(group(to)?, &fenced).await?;
+            set_record(&destination, &handed_over(map.routing(), transfer)?).await?;
         }
         Phase::CleanUp => {
-            let deleted = delete_keys(group(from)?, from, to).await?;
+            let deleted = delete_keys(&source, from, to).await?;
             tracing::info!(%from, %to, deleted, "transfer cleaned up");
         }
         Phase::Done => return Ok(false),
@@ -166,7 +165,7 @@ async fn finish(node: &ShardNode, map: &ClusterMap, id: u64) -> Result<(), Strin
     let mut next = map.clone();
     next.finish_move(id).map_err(|e| e.to_string())?;
     for group in next.groups().values() {
-        set_record(group, next.routing()).await?;
+        set_record(&client(group), next.routing()).await?;
     }
     node.compare_and_set_map(Some(map.version()), &next)
         .await
@@ -184,34 +183,28 @@ fn handed_over(routing: &Routing, transfer: &TransferState) -> Result<Routing, S
     Ok(fenced)
 }
 
+/// A client of `group`'s leader (one per step, so that it remembers who leads).
 fn client(group: &Group) -> MapClient {
     MapClient::for_group(group.replicas.values().cloned().collect())
 }
 
+/// Sends one request to the group's leader; anything but 200 is an error.
 async fn call(
-    group: &Group,
+    group: &MapClient,
     method: Method,
     path: &str,
     body: Option<Bytes>,
 ) -> Result<Bytes, String> {
-    let (status, answer) = client(group)
-        .call_leader(method.clone(), path, body, CALL_TIMEOUT)
-        .await?;
+    let what = format!("{method} {path}");
+    let (status, answer) = group.call(method, path, body, CALL_TIMEOUT).await?;
     if status != StatusCode::OK {
-        let doc: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
-        return Err(format!(
-            "{method} {path} answered {status}: {}",
-            doc["message"].as_str().map_or_else(
-                || String::from_utf8_lossy(&answer).into_owned(),
-                str::to_string
-            )
-        ));
+        return Err(answer_error(&what, status, &answer));
     }
     Ok(answer)
 }
 
 /// Gives `group` the ownership record `routing` (a newer one it holds is an error).
-async fn set_record(group: &Group, routing: &Routing) -> Result<(), String> {
+async fn set_record(group: &MapClient, routing: &Routing) -> Result<(), String> {
     let body = serde_json::to_vec(routing).map_err(|e| e.to_string())?;
     call(
         group,
@@ -223,7 +216,7 @@ async fn set_record(group: &Group, routing: &Routing) -> Result<(), String> {
     .map(drop)
 }
 
-async fn delete_keys(group: &Group, from: ShardId, to: ShardId) -> Result<u64, String> {
+async fn delete_keys(group: &MapClient, from: ShardId, to: ShardId) -> Result<u64, String> {
     let answer = call(
         group,
         Method::POST,
@@ -238,13 +231,12 @@ async fn delete_keys(group: &Group, from: ShardId, to: ShardId) -> Result<u64, S
 /// Copies every key of the transfer, page by page; returns keys and bytes copied.
 async fn copy(
     node: &ShardNode,
-    source: &Group,
-    destination: &Group,
+    source: &MapClient,
+    destination: &MapClient,
     from: ShardId,
     to: ShardId,
 ) -> Result<(u64, u64), String> {
     let started = Instant::now();
-    let (src, dst) = (client(source), client(destination));
     let (mut keys, mut bytes) = (0u64, 0u64);
     let mut after: Option<Bytes> = None;
     loop {
@@ -255,11 +247,7 @@ async fn copy(
                 .map(|a| format!("&after={}", hex_encode(a)))
                 .unwrap_or_default()
         );
-        let page = checked(
-            src.call_leader(Method::POST, &path, None, CALL_TIMEOUT)
-                .await,
-        )?;
-        let page = decode_page(page)?;
+        let page = decode_page(call(source, Method::POST, &path, None).await?)?;
         if !page.entries.is_empty() {
             keys += page.entries.len() as u64;
             bytes += page
@@ -268,15 +256,13 @@ async fn copy(
                 .map(|e| (e.key.len() + e.value.len()) as u64)
                 .sum::<u64>();
             let body = encode_entries(&page.entries);
-            checked(
-                dst.call_leader(
-                    Method::POST,
-                    &format!("/api/v1/admin/transfer/import?from={from}&to={to}"),
-                    Some(body),
-                    CALL_TIMEOUT,
-                )
-                .await,
-            )?;
+            call(
+                destination,
+                Method::POST,
+                &format!("/api/v1/admin/transfer/import?from={from}&to={to}"),
+                Some(body),
+            )
+            .await?;
             node.inner.mover.lock().copying = Some((from, to, keys, bytes, started));
         }
         match page.next {
@@ -289,18 +275,6 @@ async fn copy(
     let ms = started.elapsed().as_millis() as u64;
     status.longest_pause_ms = status.longest_pause_ms.max(ms);
     Ok((keys, bytes))
-}
-
-fn checked(answer: Result<(StatusCode, Bytes), String>) -> Result<Bytes, String> {
-    let (status, body) = answer?;
-    if status != StatusCode::OK {
-        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        return Err(format!(
-            "a shard answered {status}: {}",
-            doc["message"].as_str().unwrap_or("")
-        ));
-    }
-    Ok(body)
 }
 
 /// The move in progress with the driver's report, for `GET /api/v1/admin/moves`.

@@ -109,11 +109,7 @@ impl ShardNode {
         commands: Vec<Vec<Bytes>>,
         watched: Vec<(Bytes, u64)>,
     ) -> Value {
-        let mut keys: Vec<Bytes> = watched.iter().map(|(k, _)| k.clone()).collect();
-        for args in &commands {
-            command_keys(args, &mut keys);
-        }
-        match self.admit(&keys).await {
+        match self.admit(&transaction_keys(&commands, &watched)).await {
             Ok(_admitted) => self.run_transaction(commands, watched).await,
             Err(e) => refused(&e),
         }
@@ -126,17 +122,7 @@ impl ShardNode {
         watched: Vec<(Bytes, u64)>,
     ) -> Value {
         let storage = &self.inner.storage;
-        let mut keys: Vec<Bytes> = watched.iter().map(|(k, _)| k.clone()).collect();
-        for args in &commands {
-            if let Some(spec) = args.first().and_then(|n| lookup(n)) {
-                keys.extend(
-                    spec.key_positions(args.len())
-                        .into_iter()
-                        .filter_map(|i| args.get(i).cloned()),
-                );
-            }
-        }
-        let locks = storage.lock(&keys).await;
+        let locks = storage.lock(&transaction_keys(&commands, &watched)).await;
         if watched
             .iter()
             .any(|(key, version)| storage.stripe_version(key) != *version)
@@ -168,11 +154,7 @@ impl Backend for ShardNode {
     }
 
     async fn execute_many(&self, commands: Vec<Vec<Bytes>>) -> Vec<Value> {
-        let mut keys = Vec::new();
-        for args in &commands {
-            command_keys(args, &mut keys);
-        }
-        match self.admit(&keys).await {
+        match self.admit(&commands_keys(&commands)).await {
             Ok(_admitted) => self.run_commands(&commands, None).await,
             Err(e) => vec![refused(&e); commands.len()],
         }
@@ -270,6 +252,22 @@ pub(crate) fn command_keys(args: &[Bytes], out: &mut Vec<Bytes>) {
                 .filter_map(|i| args.get(i).cloned()),
         );
     }
+}
+
+/// The keys every command of `commands` names.
+pub(crate) fn commands_keys(commands: &[Vec<Bytes>]) -> Vec<Bytes> {
+    let mut keys = Vec::new();
+    for args in commands {
+        command_keys(args, &mut keys);
+    }
+    keys
+}
+
+/// The keys a `MULTI`/`EXEC` block names, watched ones included.
+pub(crate) fn transaction_keys(commands: &[Vec<Bytes>], watched: &[(Bytes, u64)]) -> Vec<Bytes> {
+    let mut keys: Vec<Bytes> = watched.iter().map(|(k, _)| k.clone()).collect();
+    keys.extend(commands_keys(commands));
+    keys
 }
 
 /// A refused command as a RESP error (`WRONGSHARD` for a key this shard does not own).

@@ -155,6 +155,11 @@ pub fn routes(node: ShardNode) -> axum::Router {
         .with_state(node)
 }
 
+/// The transfer a route is about: its `from` and `to` query parameters.
+fn transfer_ends(uri: &axum::http::Uri) -> Result<(ShardId, ShardId), ApiError> {
+    Ok((shard_param(uri, "from")?, shard_param(uri, "to")?))
+}
+
 fn shard_param(uri: &axum::http::Uri, name: &str) -> Result<ShardId, ApiError> {
     let raw = crate::http::api::query_param(uri, name)?
         .ok_or_else(|| ApiError::BadRequest(format!("missing query parameter {name}")))?;
@@ -175,8 +180,7 @@ async fn export_route(
     use axum::response::IntoResponse;
     respond(
         async {
-            let from = shard_param(&uri, "from")?;
-            let to = shard_param(&uri, "to")?;
+            let (from, to) = transfer_ends(&uri)?;
             let after = crate::http::api::query_param(&uri, "after")?
                 .map(|h| hex_decode(&h))
                 .transpose()?;
@@ -201,8 +205,7 @@ async fn import_route(
     let uri = request.uri().clone();
     respond(
         async {
-            let from = shard_param(&uri, "from")?;
-            let to = shard_param(&uri, "to")?;
+            let (from, to) = transfer_ends(&uri)?;
             let body =
                 crate::http::api::read_body(request.into_body(), None, MAX_IMPORT_BYTES).await?;
             let entries = decode_entries(body).map_err(ApiError::BadRequest)?;
@@ -220,8 +223,7 @@ async fn delete_route(
     use axum::response::IntoResponse;
     respond(
         async {
-            let from = shard_param(&uri, "from")?;
-            let to = shard_param(&uri, "to")?;
+            let (from, to) = transfer_ends(&uri)?;
             let n = node.delete_transfer_keys(from, to).await?;
             Ok(axum::Json(serde_json::json!({ "deleted": n })).into_response())
         }
