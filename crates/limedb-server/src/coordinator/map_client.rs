@@ -79,7 +79,7 @@ impl MapClient {
     }
 
     /// The members this client knows, the believed leader first.
-    pub fn members(&self) -> Vec<String> {
+    fn members(&self) -> Vec<String> {
         self.members
             .lock()
             .unwrap_or_else(|p| p.into_inner())

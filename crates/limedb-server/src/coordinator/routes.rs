@@ -7,7 +7,7 @@
 //! shard answers `WrongShard` (and every [`MAP_POLL`] in the background): a newer map replaces
 //! the routing, and groups it names that the coordinator did not know get links of their own.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -48,10 +48,8 @@ pub struct Routes {
     metrics: Arc<Metrics>,
     /// Where links made after start-up learn that the coordinator stops.
     links_shutdown: Mutex<Option<Shutdown>>,
-    /// One refresh at a time.
-    refreshing: tokio::sync::Mutex<()>,
-    /// Refreshes that found a newer map.
-    pub map_changes: AtomicU64,
+    /// One refresh at a time, and when the last read of the map ended.
+    refreshing: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl Routes {
@@ -70,8 +68,7 @@ impl Routes {
             options,
             metrics,
             links_shutdown: Mutex::new(None),
-            refreshing: tokio::sync::Mutex::new(()),
-            map_changes: AtomicU64::new(0),
+            refreshing: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -163,9 +160,20 @@ impl Routes {
         let Some(client) = &self.map_client else {
             return false;
         };
-        let _one = self.refreshing.lock().await;
+        let before = self.state().map.as_ref().map_or(0, ClusterMap::version);
+        let mut last_read = self.refreshing.lock().await;
         let current = self.state().map.as_ref().map_or(0, ClusterMap::version);
-        let map = match client.get(REFRESH_TIMEOUT).await {
+        // Requests that met WrongShard together wait here together: one read of the map serves
+        // them all.
+        if current > before {
+            return true;
+        }
+        if last_read.is_some_and(|at| at.elapsed() < UNCHANGED_PAUSE / 2) {
+            return false;
+        }
+        let read = client.get(REFRESH_TIMEOUT).await;
+        *last_read = Some(Instant::now());
+        let map = match read {
             Ok(Some(map)) if map.version() > current => map,
             Ok(_) => return false,
             Err(e) => {
@@ -295,7 +303,6 @@ impl Routes {
             routing: map.routing().clone(),
             map: Some(map),
         });
-        self.map_changes.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(epoch, "routing by a newer cluster map");
     }
 }

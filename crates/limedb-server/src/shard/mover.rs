@@ -40,7 +40,7 @@ struct StatusInner {
     last_error: Option<String>,
     /// Keys and bytes copied so far by the transfer being copied, and since when.
     copying: Option<(ShardId, ShardId, u64, u64, Instant)>,
-    /// The longest time a transfer's ranges were unavailable (fence to hand-over), in ms.
+    /// The longest copy of a transfer, in ms (its ranges are fenced during the copy).
     longest_pause_ms: u64,
 }
 
