@@ -189,6 +189,8 @@ thread_local! {
     /// Inserts on this thread whose search started from a plan's spot (tests check that plans
     /// are used, not only that they do no harm).
     static SEARCHES_FROM_SPOTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Nodes stepped over by searches from spots on this thread (tests).
+    static SPOT_STEPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Where the inserts of a batch of keys go, found for all of them at once by
@@ -1058,8 +1060,11 @@ impl SkipList {
     }
 
     /// [`SkipList::search`] for the last entries below `probe`, starting at each level from
-    /// `spot`'s node there instead of from where the level above stopped: a spot found a moment
-    /// ago is at most a few inserts behind. Returns the level-0 successor (null at the end).
+    /// `spot`'s node there or from where the level above stopped, whichever is further along:
+    /// a spot found a moment ago is usually a few inserts behind, but a batch of many sorted
+    /// keys planned together between the same two nodes shares one spot, and walking level 0
+    /// from it past the batch's earlier inserts would make the batch quadratic. Returns the
+    /// level-0 successor (null at the end).
     ///
     /// # Safety
     /// Each `spot[level]` must be the head or a published node of this list reached at `level`
@@ -1070,9 +1075,24 @@ impl SkipList {
         probe: &Probe<'_>,
         prev: &mut [*const Node; MAX_HEIGHT],
     ) -> *const Node {
+        let head = self.head.as_ptr().cast_const();
         let mut next = ptr::null();
+        let top = self.levels() - 1;
         for level in (0..self.levels()).rev() {
             let mut at = spot[level];
+            if level < top {
+                let above = prev[level + 1];
+                // SAFETY: `above` is the head or a published node below `probe` whose tower
+                // is taller than `level + 1` (the level above stopped there), and `at` is the
+                // head or a published node (see above).
+                if above != at
+                    && above != head
+                    && (at == head
+                        || unsafe { cmp_node(above, &probe_of(at)) } == Ordering::Greater)
+                {
+                    at = above;
+                }
+            }
             loop {
                 // SAFETY: `at` is the spot's node at `level` (see above) or a node reached
                 // from it at `level`; a non-null link leads to a published node.
@@ -1081,6 +1101,8 @@ impl SkipList {
                     break;
                 }
                 at = next;
+                #[cfg(test)]
+                SPOT_STEPS.with(|n| n.set(n.get() + 1));
             }
             prev[level] = at;
         }
@@ -1548,6 +1570,40 @@ mod tests {
             let distinct: BTreeSet<&Vec<u8>> = keys.iter().map(|(k, _)| k).collect();
             prop_assert_eq!(list.keys(), distinct.len());
         }
+    }
+
+    /// A batch of many sorted keys planned together between the same two nodes (a move's page
+    /// of keys arriving at a shard) shares one spot; each search starts from where the level
+    /// above stopped when that is further, so the batch costs a few steps per key, not a walk
+    /// past all the keys inserted before it.
+    #[test]
+    fn a_large_sorted_batch_planned_at_once_is_not_quadratic() {
+        let list = SkipList::new();
+        list.insert(b"a", &trailer(1), b"low");
+        list.insert(b"z", &trailer(2), b"high");
+        let keys: Vec<Vec<u8>> = (0..20_000u32)
+            .map(|i| format!("m{i:08}").into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let plan = list.plan_inserts(&refs);
+        SPOT_STEPS.with(|n| n.set(0));
+        SEARCHES_FROM_SPOTS.with(|n| n.set(0));
+        for (i, key) in keys.iter().enumerate() {
+            list.insert_planned(&plan, i, key, &trailer(3 + i as u64), b"v");
+        }
+        assert_eq!(
+            SEARCHES_FROM_SPOTS.with(|n| n.get()),
+            keys.len(),
+            "every insert used its spot"
+        );
+        let steps = SPOT_STEPS.with(|n| n.get());
+        assert!(
+            steps < 40 * keys.len(),
+            "{steps} steps for {} keys: the searches walked past the batch's earlier inserts",
+            keys.len()
+        );
+        assert_eq!(list.len(), keys.len() + 2);
+        assert_eq!(forward(&list).len(), keys.len() + 2);
     }
 
     proptest! {
