@@ -99,9 +99,13 @@ async fn follow_move(
         return Ok(());
     }
     let mut last = String::new();
+    let terminal = !json && std::io::IsTerminal::is_terminal(&std::io::stdout());
     loop {
         let doc = call(base, Method::GET, "/api/v1/admin/moves", None).await?;
         if doc["moving"].is_null() {
+            if terminal && !last.is_empty() {
+                println!();
+            }
             if json {
                 println!("{doc}");
             } else {
@@ -115,7 +119,13 @@ async fn follow_move(
         if !json {
             let line = move_line(&doc);
             if line != last {
-                println!("{line}");
+                if terminal {
+                    // One line, redrawn in place.
+                    print!("\r\x1b[2K{line}");
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                } else {
+                    println!("{line}");
+                }
                 last = line;
             }
         }
@@ -132,29 +142,61 @@ fn move_line(doc: &serde_json::Value) -> String {
     let mut parts: Vec<String> = transfers
         .iter()
         .map(|t| {
-            format!(
+            let mut line = format!(
                 "{}→{} {}",
                 t["from"],
                 t["to"],
                 t["phase"].as_str().unwrap_or("?")
-            )
+            );
+            if let Some(keys) = t["keysCopied"].as_u64().filter(|&k| k > 0) {
+                line.push_str(&format!(" ({keys} keys)"));
+            }
+            line
         })
         .collect();
     let copying = &doc["driver"]["copying"];
     if !copying.is_null() {
-        parts.push(format!(
-            "copying {}→{}: {} keys, {:.1} MiB, {:.0} keys/s",
-            copying["from"],
-            copying["to"],
-            copying["keys"],
-            copying["bytes"].as_f64().unwrap_or(0.0) / 1_048_576.0,
-            copying["keysPerSec"].as_f64().unwrap_or(0.0)
-        ));
+        parts.push(copy_progress(copying));
     }
     if let Some(e) = doc["driver"]["lastError"].as_str() {
         parts.push(format!("last error: {e}"));
     }
     parts.join("  ")
+}
+
+/// The copy in progress: keys and bytes copied, a bar against the source's estimate, the rate
+/// and the time left.
+fn copy_progress(copying: &serde_json::Value) -> String {
+    let keys = copying["keys"].as_u64().unwrap_or(0);
+    let estimated = copying["estimatedKeys"].as_u64().unwrap_or(0);
+    let mut line = format!(
+        "copying {}→{}: {keys} keys, {:.1} MiB",
+        copying["from"],
+        copying["to"],
+        copying["bytes"].as_f64().unwrap_or(0.0) / 1_048_576.0,
+    );
+    if estimated > 0 {
+        let fraction = (keys as f64 / estimated as f64).min(1.0);
+        line.push_str(&format!(
+            " of ~{estimated} keys {} {:.0}%",
+            progress_bar(fraction, 20),
+            fraction * 100.0
+        ));
+    }
+    line.push_str(&format!(
+        ", {:.0} keys/s",
+        copying["keysPerSec"].as_f64().unwrap_or(0.0)
+    ));
+    if let Some(eta) = copying["etaSecs"].as_f64() {
+        line.push_str(&format!(", ~{eta:.0} s left"));
+    }
+    line
+}
+
+/// `[#####.....]`: `fraction` of `width` cells filled.
+fn progress_bar(fraction: f64, width: usize) -> String {
+    let filled = ((fraction.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
 }
 
 fn print_moves(doc: &serde_json::Value) {
@@ -265,5 +307,33 @@ fn print_group(doc: &serde_json::Value) {
             r["status"].as_str().unwrap_or("-"),
             r["lag"].as_u64().map_or("-".into(), |l| l.to_string()),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_shows_a_bar_its_rate_and_the_time_left() {
+        assert_eq!(progress_bar(0.0, 4), "[....]");
+        assert_eq!(progress_bar(0.5, 4), "[##..]");
+        assert_eq!(progress_bar(7.0, 4), "[####]", "clamped");
+        let copying = serde_json::json!({
+            "from": 1, "to": 4, "keys": 250, "bytes": 1_048_576, "estimatedKeys": 1000,
+            "keysPerSec": 50.0, "etaSecs": 15.0,
+        });
+        assert_eq!(
+            copy_progress(&copying),
+            "copying 1→4: 250 keys, 1.0 MiB of ~1000 keys [#####...............] 25%, 50 keys/s, ~15 s left"
+        );
+        let doc = serde_json::json!({
+            "moving": {"transfers": [
+                {"from": 1, "to": 4, "phase": "done", "keysCopied": 9},
+                {"from": 2, "to": 4, "phase": "copy", "keysCopied": 0},
+            ]},
+            "driver": {"copying": null, "lastError": null},
+        });
+        assert_eq!(move_line(&doc), "1→4 done (9 keys)  2→4 copy");
     }
 }

@@ -542,7 +542,8 @@ pub struct BenchArgs {
     #[arg(short = 'c', long, default_value_t = 64, value_name = "C")]
     pub connections: usize,
 
-    /// Measured requests in total.
+    /// Measured requests in total. SIGINT or SIGTERM during the measured phase ends it early,
+    /// and the report covers the requests made until then.
     #[arg(short = 'n', long, default_value_t = 100_000, value_name = "N")]
     pub requests: u64,
 

@@ -425,6 +425,79 @@ async fn dev_runs_a_cluster_and_bench_drives_it() {
     assert!(report["latency_us"]["p99"]
         .as_f64()
         .is_some_and(|p| p > 0.0));
+    // SIGTERM ends a long run early, with the report of what ran (how bench/rebalance.sh
+    // measures the load during a move).
+    let endless = std::process::Command::new(bin())
+        .args([
+            "bench",
+            "--url",
+            &url,
+            "-c",
+            "4",
+            "-n",
+            "1000000000",
+            "-w",
+            "mixed",
+            "--keyspace",
+            "500",
+            "--no-prefill",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bench starts");
+    let metrics_addr = addr.clone();
+    wait_for(
+        Duration::from_secs(20),
+        "the endless bench to make requests",
+        || {
+            let addr = metrics_addr.clone();
+            async move {
+                let text = limedb_testkit::http::request(&addr, "GET", "/metrics", &[], None)
+                    .await
+                    .ok()?
+                    .text();
+                let gets: f64 = text
+                    .lines()
+                    .find(|l| l.starts_with(r#"limedb_requests_total{api="http",op="get"}"#))?
+                    .rsplit(' ')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                (gets > 3000.0).then_some(())
+            }
+        },
+    )
+    .await;
+    let term = Command::new("kill")
+        .args(["-TERM", &endless.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || endless.wait_with_output()),
+    )
+    .await
+    .expect("the bench ends soon after SIGTERM")
+    .expect("join")
+    .expect("bench output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line");
+    let requests = report["requests"].as_u64().expect("requests");
+    assert!(
+        requests > 1000 && requests < 1_000_000_000,
+        "stopped early: {report}"
+    );
+    assert_eq!(report["errors"], 0, "{report}");
+
     // The coordinator routes by the cluster map the dev cluster's map group keeps.
     let state = limedb_testkit::http::request(&addr, "GET", "/api/v1/cluster/state", &[], None)
         .await

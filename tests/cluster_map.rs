@@ -516,11 +516,13 @@ async fn keys_held(group: &Group) -> u64 {
     doc["total"].as_u64().expect("a key count")
 }
 
-/// 3 → 4 → 3 shards while a client writes through a coordinator: the driver on the map group
-/// moves the keys (fencing the sources' ranges, which the coordinator rides out by following the
-/// map); no write fails; every acknowledged write is readable afterwards through either
-/// coordinator, over HTTP and RESP, and every key is stored by exactly one shard (the shards' key
-/// counts add up to the keys written: the sources hold none of what they gave away).
+/// 3 → 4 → 3 shards while one client writes new keys and another overwrites and deletes
+/// existing ones through a coordinator: the driver on the map group copies the ranges while
+/// they are served, forwards the changes made meanwhile, and cuts each transfer over (a short
+/// fence the coordinator rides out by following the map); no request fails; every acknowledged
+/// write (and delete) is what reads find afterwards through either coordinator, over HTTP and
+/// RESP, and every key is stored by exactly one shard (the shards' key counts add up to the live
+/// keys: the sources hold none of what they gave away).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
     let _serial = SERIAL.lock().await;
@@ -551,10 +553,64 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
         let r = conn.set(&format!("big-{i}"), &big(i)).await.expect("set");
         assert_eq!(r.status, 200, "{}", r.text());
     }
+    // Keys that a second client overwrites and deletes during the moves: their ranges are
+    // copied while they change, so only the catch-up brings the last state across.
+    let updated = 400;
+    for j in 0..updated {
+        let r = conn
+            .set(&format!("upd-{j}"), &format!("u{j}-0"))
+            .await
+            .expect("set");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
     let total_keys = total + 60;
 
-    // A client keeps writing new keys through the moves.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let passes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let updater = {
+        let addr = c.http_addr();
+        let stop = std::sync::Arc::clone(&stop);
+        let passes = std::sync::Arc::clone(&passes);
+        tokio::spawn(async move {
+            let mut conn = limedb_testkit::HttpConn::connect(&addr)
+                .await
+                .expect("connect");
+            // The last acknowledged state of each key (`None`: deleted); a key whose last
+            // request failed is left out of the check.
+            let mut expected: Vec<Option<Option<String>>> = (0..updated)
+                .map(|j| Some(Some(format!("u{j}-0"))))
+                .collect();
+            let mut failures = Vec::new();
+            let mut round = 1;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && failures.len() < 20 {
+                for (j, slot) in expected.iter_mut().enumerate() {
+                    let key = format!("upd-{j}");
+                    let answer = if (round * 7 + j) % 5 == 0 {
+                        conn.del(&key).await.map(|r| (r, None))
+                    } else {
+                        let value = format!("u{j}-{round}");
+                        conn.set(&key, &value).await.map(|r| (r, Some(value)))
+                    };
+                    *slot = match answer {
+                        Ok((r, state)) if r.status == 200 || r.status == 404 => Some(state),
+                        Ok((r, _)) => {
+                            failures.push((key, r.status, r.text()));
+                            None
+                        }
+                        Err(e) => {
+                            failures.push((key, 0, e));
+                            None
+                        }
+                    };
+                }
+                round += 1;
+                passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            (expected, failures)
+        })
+    };
+
+    // A client keeps writing new keys through the moves.
     let writer = {
         let addr = c.http_addr();
         let stop = std::sync::Arc::clone(&stop);
@@ -592,6 +648,50 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
     let map: ClusterMap = serde_json::from_value(state["map"].clone()).expect("map");
     assert_eq!(map.groups().len(), 4);
     assert_eq!(map.routing().base().shards().len(), 4);
+    // The move's figures: the driver's report, and /metrics on the coordinator and the driver.
+    let (_, moves) = get_json(&c.http_addr(), "/api/v1/admin/moves").await;
+    let cut_over = moves["driver"]["longestCutOverMs"]
+        .as_u64()
+        .expect("the longest cut-over is reported");
+    assert!(cut_over < 10_000, "{moves}");
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} is not in /metrics"))
+    };
+    // The coordinator learns the final map within its refresh period.
+    let text = limedb_testkit::wait_for(
+        Duration::from_secs(10),
+        "the coordinator's metrics to show the final ring epoch",
+        || {
+            let addr = c.http_addr();
+            let epoch = map.epoch();
+            async move {
+                let text = limedb_testkit::http::request(&addr, "GET", "/metrics", &[], None)
+                    .await
+                    .ok()?
+                    .text();
+                (metric(&text, "limedb_cluster_ring_epoch") as u64 == epoch).then_some(text)
+            }
+        },
+    )
+    .await;
+    assert_eq!(metric(&text, "limedb_move_in_progress"), 0.0);
+    let text =
+        limedb_testkit::http::request(&host_port(&meta.url(leader)), "GET", "/metrics", &[], None)
+            .await
+            .expect("metrics")
+            .text();
+    assert_eq!(
+        metric(&text, "limedb_move_longest_cut_over_ms") as u64,
+        cut_over
+    );
+    assert!(
+        metric(&text, "limedb_move_catch_up_keys") > 0.0,
+        "the updates during the copies were caught up: {moves}"
+    );
     // Over RESP, one MGET across every shard, the new one included.
     let resp_addr = c.ready.get("resp").expect("resp address").clone();
     let mut redis = redis::Client::open(format!("redis://{resp_addr}/"))
@@ -643,9 +743,22 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
     .expect("join");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("no move in progress"), "{text}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The updater has gone over its keys at least twice by now (most passes ran during the
+    // moves; the catch-up figures above show that some changes were forwarded).
+    let passes_seen = std::sync::Arc::clone(&passes);
+    limedb_testkit::wait_for(Duration::from_secs(30), "two passes of the updater", || {
+        let passes = std::sync::Arc::clone(&passes_seen);
+        async move { (passes.load(std::sync::atomic::Ordering::Relaxed) >= 2).then_some(()) }
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (acked, failed) = writer.await.expect("writer");
+    let (expected, update_failures) = updater.await.expect("updater");
+    assert!(
+        update_failures.is_empty(),
+        "updates failed during the moves: {:?}",
+        &update_failures[..update_failures.len().min(5)]
+    );
     assert!(
         failed.is_empty(),
         "writes failed during the moves: {:?}",
@@ -675,7 +788,16 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
             let r = conn.get(&format!("big-{i}")).await.expect("get");
             assert!(r.status == 200 && r.text() == big(i), "big-{i}");
         }
+        for (j, state) in expected.iter().enumerate() {
+            let Some(state) = state else { continue };
+            let r = conn.get(&format!("upd-{j}")).await.expect("get");
+            match state {
+                Some(value) => assert_eq!((r.status, r.text()), (200, value.clone()), "upd-{j}"),
+                None => assert_eq!(r.status, 404, "upd-{j} was deleted: {}", r.text()),
+            }
+        }
     }
+    let live_updated = expected.iter().filter(|s| !matches!(s, Some(None))).count();
     // Each key is stored once: the remaining shards hold exactly the keys written, shard 2 none.
     let mut held = 0;
     for (i, g) in groups.iter().enumerate() {
@@ -685,7 +807,7 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
         }
         held += n;
     }
-    assert_eq!(held, (total_keys + acked.len()) as u64);
+    assert_eq!(held, (total_keys + acked.len() + live_updated) as u64);
     drop((c, d));
 }
 

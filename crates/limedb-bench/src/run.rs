@@ -82,7 +82,13 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         keys: Keys::Pattern(options.key_pattern),
         keep_latency: true,
     };
-    let (recorder, elapsed) = run_phase(&spec, options, addr, &parts).await?;
+    // SIGINT or SIGTERM ends the measured phase early; the report covers what ran until then
+    // (how a script measures a window it does not know in advance).
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn(stop_on_signal(Arc::clone(&stop)));
+    let measured = run_phase_until(&spec, options, addr, &parts, Some(stop)).await;
+    watcher.abort();
+    let (recorder, elapsed) = measured?;
     let mut report = BenchReport::from_recorder(
         options.workload.to_string(),
         options.url.clone(),
@@ -151,6 +157,8 @@ struct Shared {
     last_error: Mutex<String>,
     requests: u64,
     error_limit: u64,
+    /// Set by a signal: claim nothing more (not an error).
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Shared {
@@ -162,12 +170,18 @@ impl Shared {
             last_error: Mutex::new(String::new()),
             requests,
             error_limit: error_limit(requests),
+            stop: None,
         }
     }
 
     /// Next request number, or `None` when the phase is done or aborted.
     fn claim(&self) -> Option<u64> {
-        if self.abort.load(Ordering::Relaxed) {
+        if self.abort.load(Ordering::Relaxed)
+            || self
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
             return None;
         }
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
@@ -202,13 +216,43 @@ pub fn error_limit(requests: u64) -> u64 {
     (requests / 100).max(MIN_ERROR_LIMIT)
 }
 
+/// Sets `stop` on SIGINT or SIGTERM.
+async fn stop_on_signal(stop: Arc<AtomicBool>) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    stop.store(true, Ordering::Relaxed);
+}
+
 async fn run_phase(
     spec: &PhaseSpec,
     options: &BenchOptions,
     addr: SocketAddr,
     parts: &Arc<RequestParts>,
 ) -> Result<(Recorder, Duration), BenchError> {
-    let shared = Arc::new(Shared::new(spec.requests));
+    run_phase_until(spec, options, addr, parts, None).await
+}
+
+/// Runs a phase; once `stop` is set, no new request starts.
+async fn run_phase_until(
+    spec: &PhaseSpec,
+    options: &BenchOptions,
+    addr: SocketAddr,
+    parts: &Arc<RequestParts>,
+    stop: Option<Arc<AtomicBool>>,
+) -> Result<(Recorder, Duration), BenchError> {
+    let mut shared = Shared::new(spec.requests);
+    shared.stop = stop;
+    let shared = Arc::new(shared);
     // Never more workers than requests (a tiny run needs no 64 sockets).
     let workers = options
         .connections

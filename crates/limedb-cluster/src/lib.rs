@@ -45,7 +45,7 @@ pub mod plan;
 pub mod ring;
 
 pub use error::ClusterError;
-pub use map::{ClusterMap, Group, Move, MoveKind, Phase, Routing, TransferState};
+pub use map::{CaptureRef, ClusterMap, Group, Move, MoveKind, Phase, Routing, TransferState};
 pub use plan::Transfer;
 pub use ring::{
     key_hash, HashRange, Ring, ShardId, SpreadStats, VNode, DEFAULT_VNODES_PER_SHARD,

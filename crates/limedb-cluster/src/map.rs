@@ -335,6 +335,21 @@ pub struct TransferState {
     pub keys_copied: u64,
     /// Key and value bytes copied so far.
     pub bytes_copied: u64,
+    /// The source replica following the changes to the ranges since the copy began (set when
+    /// the copy ends; the catch-up drains it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureRef>,
+}
+
+/// Where the changes to a transfer's ranges are followed: a capture on one replica of the
+/// source group, known by an id that replica chose (a restarted process knows none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaptureRef {
+    /// The source replica that follows the changes.
+    pub replica: u64,
+    /// The capture's id on that replica.
+    pub id: u64,
 }
 
 /// The move in progress.
@@ -484,6 +499,7 @@ impl ClusterMap {
                     phase: Phase::Prepare,
                     keys_copied: 0,
                     bytes_copied: 0,
+                    capture: None,
                 })
                 .collect(),
         });
@@ -522,6 +538,62 @@ impl ClusterMap {
         self.transfer_mut(move_id, from, to)?.phase = next;
         self.version += 1;
         Ok(next)
+    }
+
+    /// Records the copy of transfer `from` → `to`, which is in [`Phase::Copy`]: what it copied
+    /// (a copy starts over, so the counters are replaced) and the capture its catch-up drains.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::NoSuchMove`], [`ClusterError::NoSuchTransfer`],
+    /// [`ClusterError::WrongPhase`].
+    pub fn record_copy(
+        &mut self,
+        move_id: u64,
+        (from, to): (ShardId, ShardId),
+        capture: CaptureRef,
+        keys: u64,
+        bytes: u64,
+    ) -> Result<(), ClusterError> {
+        let t = self.transfer_mut(move_id, from, to)?;
+        if t.phase != Phase::Copy {
+            return Err(ClusterError::WrongPhase {
+                expected: Phase::Copy,
+                actual: t.phase,
+            });
+        }
+        t.keys_copied = keys;
+        t.bytes_copied = bytes;
+        t.capture = Some(capture);
+        self.version += 1;
+        Ok(())
+    }
+
+    /// Sends transfer `from` → `to` from [`Phase::CatchUp`] back to [`Phase::Copy`]: its
+    /// capture was lost (the source replica restarted, or fell behind and took a snapshot), so
+    /// the changes since the copy are unknown and the copy starts over.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::NoSuchMove`], [`ClusterError::NoSuchTransfer`],
+    /// [`ClusterError::WrongPhase`].
+    pub fn restart_copy(
+        &mut self,
+        move_id: u64,
+        from: ShardId,
+        to: ShardId,
+    ) -> Result<(), ClusterError> {
+        let t = self.transfer_mut(move_id, from, to)?;
+        if t.phase != Phase::CatchUp {
+            return Err(ClusterError::WrongPhase {
+                expected: Phase::CatchUp,
+                actual: t.phase,
+            });
+        }
+        t.phase = Phase::Copy;
+        t.capture = None;
+        self.version += 1;
+        Ok(())
     }
 
     /// Adds copied keys and bytes to transfer `from` → `to`'s counters.

@@ -41,4 +41,5 @@ pub mod types;
 pub use error::ReplicaError;
 pub use network::{RaftTransport, RpcKind, TransportError};
 pub use replica::{RaftTiming, Replica, ReplicaConfig, ReplicaStatus, Role};
+pub use state_machine::ApplyObserver;
 pub use types::{Applied, Command, ReplicaId, ReplicaNode, ReplicatedWrite, TypeConfig};

@@ -615,6 +615,15 @@ impl Replica {
         self.propose(writes, Some(record)).await
     }
 
+    /// Sets (or, with `None`, removes) the observer told about every write this replica
+    /// applies (see [`crate::state_machine::ApplyObserver`]).
+    pub fn set_apply_observer(
+        &self,
+        observer: Option<Arc<dyn crate::state_machine::ApplyObserver>>,
+    ) {
+        self.inner.sm.set_observer(observer);
+    }
+
     /// The group record as of the last entry this replica applied (`None`: never set). On the
     /// leader, after [`Replica::read_barrier`], it is the committed one.
     pub fn record(&self) -> Option<Bytes> {

@@ -63,6 +63,17 @@ const RECORD_MAGIC: &[u8; 8] = b"LMRGREC1";
 pub type EngineFactory =
     Arc<dyn Fn(&Path) -> std::result::Result<Arc<dyn Engine>, EngineError> + Send + Sync>;
 
+/// Told, on this replica, about every write it applies, in log order, once the engine holds it
+/// (and before the entry's group record shows as applied), and when an installed snapshot
+/// replaces the whole state. How a shard follows the changes to the ranges it is giving away
+/// (see `limedb-server`'s `shard::capture`).
+pub trait ApplyObserver: Send + Sync + 'static {
+    /// `writes` were applied, in this order.
+    fn applied(&self, writes: &[ReplicatedWrite]);
+    /// A snapshot replaced the state: what was observed so far no longer describes it.
+    fn replaced(&self);
+}
+
 /// A snapshot directory on disk, deleted once it is obsolete and no transfer holds it.
 #[derive(Debug)]
 pub struct SnapshotDir {
@@ -182,6 +193,7 @@ struct Shared {
     /// Serializes marker writes, snapshot builds and engine switches.
     io: Mutex<()>,
     current_snapshot: Mutex<Option<(SnapshotMeta, Arc<SnapshotDir>)>>,
+    observer: RwLock<Option<Arc<dyn ApplyObserver>>>,
 }
 
 /// The state machine of one replica; clones share everything (openraft takes one as the state
@@ -280,8 +292,26 @@ impl StateMachineStore {
                 applied: Mutex::new(applied),
                 io: Mutex::new(()),
                 current_snapshot: Mutex::new(current_snapshot),
+                observer: RwLock::new(None),
             }),
         })
+    }
+
+    /// Sets (or, with `None`, removes) the observer of applied writes.
+    pub fn set_observer(&self, observer: Option<Arc<dyn ApplyObserver>>) {
+        *self
+            .shared
+            .observer
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = observer;
+    }
+
+    fn observer(&self) -> Option<Arc<dyn ApplyObserver>> {
+        self.shared
+            .observer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The engine in use (it changes when a snapshot is installed).
@@ -469,6 +499,9 @@ impl StateMachineStore {
         self.shared.generation.store(generation, Ordering::Release);
         *lock(&self.shared.applied) = state;
         *lock(&self.shared.durable) = meta.last_log_id;
+        if let Some(observer) = self.observer() {
+            observer.replaced();
+        }
         remove_other_engines(&self.shared.sm_dir, generation)?;
         self.set_current_snapshot(
             meta.clone(),
@@ -606,15 +639,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             } else {
                 None
             };
-            match inline {
+            let removed = match inline {
                 Some(answer) => answer.map_err(sm_error)?,
-                None => blocking(move || {
-                    let ops: Vec<_> = writes.iter().map(ReplicatedWrite::as_op).collect();
-                    Ok(engine.write_many(&ops)?)
-                })
-                .await
-                .map_err(sm_error)?,
+                None => {
+                    let (removed, back) = blocking(move || {
+                        let ops: Vec<_> = writes.iter().map(ReplicatedWrite::as_op).collect();
+                        let removed = engine.write_many(&ops)?;
+                        drop(ops);
+                        Ok((removed, writes))
+                    })
+                    .await
+                    .map_err(sm_error)?;
+                    writes = back;
+                    removed
+                }
+            };
+            if let Some(observer) = self.observer() {
+                observer.applied(&writes);
             }
+            removed
         };
         {
             let mut applied = lock(&self.shared.applied);

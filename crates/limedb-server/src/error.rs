@@ -103,6 +103,10 @@ pub enum ApiError {
     /// The node has no such thing to offer (404 with its own message, unlike a missing key).
     #[error("{0}")]
     NoSuchResource(String),
+    /// What the request names is gone for good (410): a move's capture that this replica lost
+    /// or never had; the copy starts over.
+    #[error("{0}")]
+    Gone(String),
     /// This shard does not own the key at its ring epoch; nothing was done (421). A coordinator
     /// refreshes its cluster map and routes again.
     #[error("shard {shard} does not own this key at ring epoch {epoch}; shard {owner} does")]
@@ -126,6 +130,7 @@ impl ApiError {
             }
             ApiError::NotFound | ApiError::NoSuchResource(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::WrongShard { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::ShardUnavailable { .. }
@@ -154,6 +159,7 @@ impl ApiError {
             ApiError::ValueTooLarge { .. } => "value_too_large",
             ApiError::NotFound | ApiError::NoSuchResource(_) => "not_found",
             ApiError::Conflict { .. } => "conflict",
+            ApiError::Gone(_) => "gone",
             ApiError::WrongShard { .. } => "wrong_shard",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::ShardUnavailable { .. } => "shard_unavailable",

@@ -114,6 +114,34 @@ pub struct Metrics {
     storage_engine: EngineGauges,
     /// Replication figures (replicated shards; zero elsewhere).
     pub raft: RaftGauges,
+    /// The move in progress (coordinators with `--meta` and map-group replicas; zero elsewhere).
+    pub moves: MoveGauges,
+}
+
+/// A move's progress, set at each scrape: on a coordinator from the cluster map it routes by,
+/// on the map group's leader from its move driver.
+#[derive(Default)]
+pub struct MoveGauges {
+    /// 1 while a move is in progress.
+    pub in_progress: Gauge,
+    /// Transfers of the move in progress.
+    pub transfers: Gauge,
+    /// Of those, the ones finished.
+    pub transfers_done: Gauge,
+    /// Keys the map records as copied by the move's transfers (coordinator).
+    pub keys_copied: Gauge,
+    /// Keys copied so far by the copy in progress (driver).
+    pub copy_keys: Gauge,
+    /// The source's estimate of the keys that copy moves (driver).
+    pub copy_keys_estimated: Gauge,
+    /// The longest cut-over since the replica started, in ms (driver).
+    pub longest_cut_over_ms: Gauge,
+    /// Keys forwarded by catch-ups since the replica started (driver).
+    pub catch_up_keys: Gauge,
+    /// Copies started over because their capture was lost (driver).
+    pub copies_restarted: Gauge,
+    /// The ring epoch (coordinator).
+    pub ring_epoch: Gauge,
 }
 
 /// A replica's figures, set at each scrape, plus the commit latency its writes see.
@@ -434,7 +462,23 @@ impl Metrics {
             "Replica (leader): time from handing a write to the group to its commit and apply",
             raft.commit_latency.clone(),
         );
+        let moves = MoveGauges::default();
+        for (name, help, gauge) in [
+            ("limedb_move_in_progress", "1 while a move of ranges between shards is in progress", &moves.in_progress),
+            ("limedb_move_transfers", "Transfers (source, destination) of the move in progress", &moves.transfers),
+            ("limedb_move_transfers_done", "Transfers of the move in progress that are finished", &moves.transfers_done),
+            ("limedb_move_keys_copied", "Coordinator: keys the cluster map records as copied by the move in progress", &moves.keys_copied),
+            ("limedb_move_copy_keys", "Move driver: keys copied so far by the transfer being copied", &moves.copy_keys),
+            ("limedb_move_copy_keys_estimated", "Move driver: the source's estimate of the keys that transfer moves", &moves.copy_keys_estimated),
+            ("limedb_move_longest_cut_over_ms", "Move driver: the longest cut-over (a transfer's ranges fenced) since start, in ms", &moves.longest_cut_over_ms),
+            ("limedb_move_catch_up_keys", "Move driver: keys forwarded by catch-ups since start", &moves.catch_up_keys),
+            ("limedb_move_copies_restarted", "Move driver: copies started over since start because their change capture was lost", &moves.copies_restarted),
+            ("limedb_cluster_ring_epoch", "Coordinator: the ring epoch it routes by", &moves.ring_epoch),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
         Metrics {
+            moves,
             raft,
             storage_engine,
             registry,

@@ -324,3 +324,43 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_lost_capture_sends_its_transfer_back_to_copy_and_only_from_catch_up() {
+    let mut map = three_shards();
+    let id = map
+        .add_shard(ShardId(4), group(7004))
+        .expect("valid in this test");
+    let ends = (ShardId(1), ShardId(4));
+    let capture = CaptureRef { replica: 2, id: 9 };
+    // Recording a copy belongs to the copy phase.
+    assert!(matches!(
+        map.record_copy(id, ends, capture, 5, 50),
+        Err(ClusterError::WrongPhase { .. })
+    ));
+    map.advance(id, ends.0, ends.1, Phase::Prepare)
+        .expect("valid in this test");
+    assert!(matches!(
+        map.restart_copy(id, ends.0, ends.1),
+        Err(ClusterError::WrongPhase { .. })
+    ));
+    map.record_copy(id, ends, capture, 5, 50)
+        .expect("valid in this test");
+    map.advance(id, ends.0, ends.1, Phase::Copy)
+        .expect("valid in this test");
+    let version = map.version();
+    map.restart_copy(id, ends.0, ends.1)
+        .expect("valid in this test");
+    assert!(map.version() > version, "a restart is a change of the map");
+    let t = &map.moving().expect("valid in this test").transfers[0];
+    assert_eq!((t.phase, t.capture), (Phase::Copy, None));
+    // A second copy replaces the counters: it copies everything again.
+    map.record_copy(id, ends, CaptureRef { replica: 1, id: 3 }, 7, 70)
+        .expect("valid in this test");
+    let t = &map.moving().expect("valid in this test").transfers[0];
+    assert_eq!((t.keys_copied, t.bytes_copied), (7, 70));
+    // The capture survives JSON (a new leader of the map group drains the same one).
+    let back: ClusterMap =
+        serde_json::from_str(&serde_json::to_string(&map).expect("json")).expect("back");
+    assert_eq!(back, map);
+}

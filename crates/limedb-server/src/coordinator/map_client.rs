@@ -40,6 +40,8 @@ pub struct MapClient {
     learned_at: Mutex<Option<Instant>>,
     /// Largest answer accepted.
     max_answer: usize,
+    /// Bound on one exchange with one member before the next is tried.
+    attempt_timeout: Duration,
     /// What the group is, for errors.
     what: &'static str,
 }
@@ -50,6 +52,11 @@ const MAX_MAP_ANSWER: usize = 4 << 20;
 /// Largest answer from a shard group to the move driver: a page of keys, which may hold one
 /// value of up to the largest value a shard accepts.
 const MAX_GROUP_ANSWER: usize = crate::config::MAX_VALUE_BYTES_CAP + (64 << 20);
+
+/// Bound on one exchange with a shard group's replica: the move driver's requests (a page of
+/// keys stored through Raft, a round of clean-up) take longer than a map read, and one cut short
+/// is sent again from the start.
+const GROUP_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How often the client asks a member for the group's members.
 const LEARN_EVERY: Duration = Duration::from_secs(30);
@@ -62,6 +69,7 @@ impl MapClient {
             learn: true,
             learned_at: Mutex::new(None),
             max_answer: MAX_MAP_ANSWER,
+            attempt_timeout: ATTEMPT_TIMEOUT,
             what: "the cluster-map group",
         }
     }
@@ -74,6 +82,7 @@ impl MapClient {
             learn: false,
             learned_at: Mutex::new(None),
             max_answer: MAX_GROUP_ANSWER,
+            attempt_timeout: GROUP_ATTEMPT_TIMEOUT,
             what: "the shard group",
         }
     }
@@ -135,7 +144,7 @@ impl MapClient {
                 if left.is_zero() {
                     break;
                 }
-                let attempt = left.min(ATTEMPT_TIMEOUT);
+                let attempt = left.min(self.attempt_timeout);
                 match request_limited(
                     method.clone(),
                     &url,

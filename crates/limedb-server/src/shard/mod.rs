@@ -7,6 +7,7 @@
 //! listeners, runs them until shutdown, drains in-flight requests and then syncs and closes the
 //! engine, so a clean stop never loses an acknowledged write.
 
+pub mod capture;
 pub mod internal;
 pub mod map_group;
 pub mod mover;
@@ -66,6 +67,8 @@ struct ShardInner {
     ownership: ownership::Ownership,
     /// On a map-group replica: what the move driver reports.
     mover: mover::MoverStatus,
+    /// The changes this replica follows for a transfer being copied (see [`capture`]).
+    captures: Arc<capture::Captures>,
 }
 
 impl std::fmt::Debug for ShardNode {
@@ -325,6 +328,7 @@ pub fn error_response(e: &ApiError) -> Response {
         | ApiError::NotFound
         | ApiError::RequestTimeout(_)
         | ApiError::Conflict { .. }
+        | ApiError::Gone(_)
         | ApiError::NoSuchResource(_) => ErrorCode::BadRequest,
         ApiError::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
         ApiError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
@@ -678,6 +682,19 @@ impl KvNode for ShardNode {
             let committed = replica.committed_index().await;
             self.inner.metrics.set_raft(replica, committed);
         }
+        if self.is_map_group() {
+            let f = self.inner.mover.figures();
+            let m = &self.inner.metrics.moves;
+            let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            m.in_progress.set(g(f.moving));
+            m.transfers.set(g(f.transfers));
+            m.transfers_done.set(g(f.transfers_done));
+            m.copy_keys.set(g(f.copy_keys));
+            m.copy_keys_estimated.set(g(f.copy_estimated_keys));
+            m.longest_cut_over_ms.set(g(f.longest_cut_over_ms));
+            m.catch_up_keys.set(g(f.catch_up_keys));
+            m.copies_restarted.set(g(f.copies_restarted));
+        }
     }
 }
 
@@ -878,6 +895,10 @@ impl ShardServer {
                 (storage, Some(stop))
             }
         };
+        let captures = Arc::new(capture::Captures::default());
+        if let Some(replica) = storage.replica() {
+            replica.set_apply_observer(Some(Arc::clone(&captures) as _));
+        }
         let node = ShardNode {
             inner: Arc::new(ShardInner {
                 id: config.id,
@@ -892,6 +913,7 @@ impl ShardServer {
                 cursors: crate::resp::cursor::Cursors::default(),
                 ownership: ownership::Ownership::default(),
                 mover: mover::MoverStatus::default(),
+                captures,
             }),
         };
         let resp_config = RespConfig::for_limits(&config.limits, config.resp_idle_timeout);

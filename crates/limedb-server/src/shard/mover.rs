@@ -1,24 +1,28 @@
 //! The move driver: on the leader of the map group, carries the move in progress through its
-//! transfers' phases (see ARCHITECTURE.md, *Elasticity*), one step per tick, recording each
-//! finished phase in the map (a compare-and-set) before starting the next. Every step can run
-//! again without harm, so a new leader of the map group, or this one after an error, resumes
-//! from the phase the map records. Phases follow each other without pause; the driver waits a
-//! tick only when there is nothing to do or a step failed.
+//! transfers' phases (see ARCHITECTURE.md, *Elasticity*), recording each finished phase in the
+//! map (a compare-and-set) before starting the next. Every step can run again without harm, so
+//! a new leader of the map group, or this one after an error, resumes from the phase the map
+//! records. Phases follow each other without pause; the driver waits a tick only when there is
+//! nothing to do or a step failed. Transfers are copied and cut over one at a time; a
+//! transfer's clean-up at its source runs beside the next one's copy.
 //!
-//! This version hands a transfer's ranges over **before** copying them: the source is fenced
-//! (its ownership record gives the ranges away), then the keys are copied, then the
-//! destination takes them. Clients of the moving ranges wait (coordinators retry until
-//! `--shard-timeout-ms`) while one transfer is copied; the planned copy-then-catch-up keeps that
-//! pause to the cut-over itself.
+//! A transfer's ranges stay served by the source while they are copied: the copy reads a source
+//! replica that follows the changes to them ([`super::capture`]), the catch-up forwards those
+//! changes round after round, and only when few are left does the source's record fence the
+//! ranges; the last changes are forwarded and the destination's record takes them. Clients of
+//! the ranges wait (coordinators retry on `WrongShard`) only from that fence to the map that
+//! records the hand-over: the **cut-over**, whose longest pause the driver reports.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use limedb_cluster::{ClusterMap, Group, Phase, Routing, ShardId, TransferState};
+use limedb_cluster::{CaptureRef, ClusterMap, Group, Phase, Routing, ShardId, TransferState};
 
-use super::transfer::{decode_page, encode_entries, hex_encode, PAGE_BYTES};
+use super::transfer::{
+    decode_drained, decode_page, encode_changes, hex_encode, Changes, PAGE_BYTES,
+};
 use super::ShardNode;
 use crate::coordinator::map_client::{answer_error, MapClient};
 use crate::shutdown::Shutdown;
@@ -38,13 +42,88 @@ pub struct MoverStatus {
 #[derive(Debug, Default)]
 struct StatusInner {
     last_error: Option<String>,
-    /// Keys and bytes copied so far by the transfer being copied, and since when.
-    copying: Option<(ShardId, ShardId, u64, u64, Instant)>,
-    /// The longest copy of a transfer, in ms (its ranges are fenced during the copy).
-    longest_pause_ms: u64,
+    /// The copy in progress.
+    copying: Option<CopyProgress>,
+    /// The move being driven: its id, transfers done and in all.
+    moving: Option<(u64, usize, usize)>,
+    /// The longest cut-over (fence to the map recording the hand-over), in ms.
+    longest_cut_over_ms: u64,
+    /// The last cut-over's length, in ms.
+    last_cut_over_ms: Option<u64>,
+    /// Catch-up rounds and keys forwarded by them, since this replica started.
+    catch_up_rounds: u64,
+    catch_up_keys: u64,
+    /// Copies started over because their capture was lost.
+    copies_restarted: u64,
+    /// When this driver fenced the transfer being caught up.
+    fenced_at: Option<Instant>,
+}
+
+/// How far the copy of one transfer got.
+#[derive(Clone, Copy, Debug)]
+struct CopyProgress {
+    from: ShardId,
+    to: ShardId,
+    keys: u64,
+    bytes: u64,
+    /// The source's estimate of the keys to copy.
+    estimated_keys: u64,
+    since: Instant,
+}
+
+impl CopyProgress {
+    fn json(&self) -> serde_json::Value {
+        let secs = self.since.elapsed().as_secs_f64().max(1e-3);
+        let rate = self.keys as f64 / secs;
+        let left = self.estimated_keys.saturating_sub(self.keys) as f64;
+        serde_json::json!({
+            "from": self.from.0, "to": self.to.0, "keys": self.keys, "bytes": self.bytes,
+            "estimatedKeys": self.estimated_keys,
+            "keysPerSec": rate,
+            "mibPerSec": self.bytes as f64 / secs / 1_048_576.0,
+            "etaSecs": (rate > 0.0).then(|| left / rate),
+        })
+    }
+}
+
+/// The driver's figures, as `/metrics` shows them on a map-group replica.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MoverFigures {
+    /// 1 while this replica drives a move.
+    pub moving: u64,
+    /// Transfers of that move finished.
+    pub transfers_done: u64,
+    /// Transfers of that move in all.
+    pub transfers: u64,
+    /// Keys copied by the copy in progress.
+    pub copy_keys: u64,
+    /// The source's estimate of the keys the copy in progress moves.
+    pub copy_estimated_keys: u64,
+    /// The longest cut-over, in ms.
+    pub longest_cut_over_ms: u64,
+    /// Keys forwarded by catch-ups.
+    pub catch_up_keys: u64,
+    /// Copies started over.
+    pub copies_restarted: u64,
 }
 
 impl MoverStatus {
+    /// The figures `/metrics` shows.
+    pub fn figures(&self) -> MoverFigures {
+        let s = self.lock();
+        let (moving, done, all) = s.moving.map_or((0, 0, 0), |(_, d, a)| (1, d, a));
+        MoverFigures {
+            moving,
+            transfers_done: done as u64,
+            transfers: all as u64,
+            copy_keys: s.copying.map_or(0, |c| c.keys),
+            copy_estimated_keys: s.copying.map_or(0, |c| c.estimated_keys),
+            longest_cut_over_ms: s.longest_cut_over_ms,
+            catch_up_keys: s.catch_up_keys,
+            copies_restarted: s.copies_restarted,
+        }
+    }
+
     fn set_error(&self, e: Option<String>) {
         self.lock().last_error = e;
     }
@@ -56,18 +135,17 @@ impl MoverStatus {
     /// The driver's report as JSON.
     pub fn json(&self) -> serde_json::Value {
         let s = self.lock();
-        let copying = s.copying.map(|(from, to, keys, bytes, since)| {
-            let secs = since.elapsed().as_secs_f64().max(1e-3);
-            serde_json::json!({
-                "from": from.0, "to": to.0, "keys": keys, "bytes": bytes,
-                "keysPerSec": keys as f64 / secs,
-                "mibPerSec": bytes as f64 / secs / 1_048_576.0,
-            })
-        });
+        let copying = s.copying.map(|c| c.json());
         serde_json::json!({
             "lastError": s.last_error,
             "copying": copying,
-            "longestPauseMs": s.longest_pause_ms,
+            "transfersDone": s.moving.map(|(_, done, _)| done),
+            "transfers": s.moving.map(|(_, _, all)| all),
+            "longestCutOverMs": s.longest_cut_over_ms,
+            "lastCutOverMs": s.last_cut_over_ms,
+            "catchUpRounds": s.catch_up_rounds,
+            "catchUpKeys": s.catch_up_keys,
+            "copiesRestarted": s.copies_restarted,
         })
     }
 }
@@ -106,18 +184,89 @@ pub async fn run(node: ShardNode, mut shutdown: Shutdown) {
     }
 }
 
-/// One step of the move in progress, if any; whether a phase ended.
+/// One step of the move in progress, if any: every unfinished transfer is driven to its end
+/// (see [`drive`]), or the move is finished once they all are; whether anything changed.
 async fn step(node: &ShardNode) -> Result<bool, String> {
     let Some(map) = node.read_map().await.map_err(|e| e.to_string())? else {
         return Ok(false);
     };
     let Some(current) = map.moving().cloned() else {
+        node.inner.mover.lock().moving = None;
         return Ok(false);
     };
-    let Some(transfer) = current.transfers.iter().find(|t| t.phase != Phase::Done) else {
+    let pending: Vec<(ShardId, ShardId)> = current
+        .transfers
+        .iter()
+        .filter(|t| t.phase != Phase::Done)
+        .map(|t| (t.from, t.to))
+        .collect();
+    node.inner.mover.lock().moving = Some((
+        current.id,
+        current.transfers.len() - pending.len(),
+        current.transfers.len(),
+    ));
+    if pending.is_empty() {
         return finish(node, &map, current.id).await.map(|()| true);
-    };
-    let mut next = map.clone();
+    }
+    let copying = Arc::new(tokio::sync::Mutex::new(()));
+    let mut drives = tokio::task::JoinSet::new();
+    for ends in pending {
+        drives.spawn(drive(node.clone(), current.id, ends, Arc::clone(&copying)));
+    }
+    let mut first_error = None;
+    while let Some(done) = drives.join_next().await {
+        let outcome = done.unwrap_or_else(|e| Err(format!("a transfer's driver failed: {e}")));
+        if let Err(e) = outcome {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(true), Err)
+}
+
+/// Carries transfer `from` → `to` of move `move_id` through its phases until it is done. The
+/// phases up to the cut-over hold `copying`, so one transfer is copied and cut over at a time
+/// (one capture per source replica, and each fence computed from a map that records every
+/// earlier hand-over); a clean-up runs beside the next transfer's copy.
+async fn drive(
+    node: ShardNode,
+    move_id: u64,
+    (from, to): (ShardId, ShardId),
+    copying: Arc<tokio::sync::Mutex<()>>,
+) -> Result<(), String> {
+    let mut exclusive = None;
+    loop {
+        let Some(map) = node.read_map().await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        let Some(transfer) = map
+            .moving()
+            .filter(|m| m.id == move_id)
+            .and_then(|m| m.transfers.iter().find(|t| t.from == from && t.to == to))
+            .cloned()
+        else {
+            return Ok(());
+        };
+        match transfer.phase {
+            Phase::Done => return Ok(()),
+            Phase::CleanUp => exclusive = None,
+            _ if exclusive.is_none() => {
+                exclusive = Some(Arc::clone(&copying).lock_owned().await);
+                // Read the map again: it may have changed while this transfer waited.
+                continue;
+            }
+            _ => {}
+        }
+        run_phase(&node, &map, move_id, &transfer).await?;
+    }
+}
+
+/// Carries out `transfer`'s current phase and records the next one in the map.
+async fn run_phase(
+    node: &ShardNode,
+    map: &ClusterMap,
+    move_id: u64,
+    transfer: &TransferState,
+) -> Result<(), String> {
     let (from, to) = (transfer.from, transfer.to);
     let group = |id: ShardId| {
         map.groups()
@@ -126,38 +275,86 @@ async fn step(node: &ShardNode) -> Result<bool, String> {
             .ok_or_else(|| format!("shard {id} of the transfer is not in the map"))
     };
     let (source, destination) = (group(from)?, group(to)?);
-    match transfer.phase {
+    let phase = transfer.phase;
+    match phase {
         Phase::Prepare => {
             set_record(&source, map.routing()).await?;
             set_record(&destination, map.routing()).await?;
-            // Leftovers of an abandoned attempt must not come back.
-            let cleared = delete_keys(&destination, from, to).await?;
-            tracing::info!(%from, %to, cleared, "transfer prepared");
+            tracing::info!(%from, %to, "transfer prepared");
         }
         Phase::Copy => {
-            set_record(&source, &handed_over(map.routing(), transfer)?).await?;
-            let fenced_at = Instant::now();
-            let (keys, bytes) = copy(node, &source, &destination, from, to).await?;
-            next.record_progress(current.id, from, to, keys, bytes)
-                .map_err(|e| e.to_string())?;
-            tracing::info!(%from, %to, keys, bytes, ms = fenced_at.elapsed().as_millis() as u64, "transfer copied");
+            let (capture, keys, bytes) = copy(node, map, &source, &destination, (from, to)).await?;
+            return update(node, |m| {
+                m.record_copy(move_id, (from, to), capture, keys, bytes)?;
+                m.advance(move_id, from, to, Phase::Copy).map(drop)
+            })
+            .await;
         }
-        Phase::CatchUp => {}
+        Phase::CatchUp => {
+            let (keys, bytes) = match catch_up(node, map, &source, &destination, transfer).await? {
+                CatchUp::Restart(why) => {
+                    tracing::warn!(%from, %to, why = %why, "the copy starts over: its capture is lost");
+                    node.inner.mover.lock().copies_restarted += 1;
+                    return update(node, |m| m.restart_copy(move_id, from, to)).await;
+                }
+                CatchUp::Forwarded { keys, bytes } => (keys, bytes),
+            };
+            // The destination took the ranges: record both phases at once, so that routing
+            // changes with this compare-and-set.
+            update(node, |m| {
+                m.record_progress(move_id, from, to, keys, bytes)?;
+                m.advance(move_id, from, to, Phase::CatchUp)?;
+                m.advance(move_id, from, to, Phase::CutOver).map(drop)
+            })
+            .await?;
+            let fenced_at = node.inner.mover.lock().fenced_at.take();
+            if let Some(at) = fenced_at {
+                let ms = at.elapsed().as_millis() as u64;
+                let mut status = node.inner.mover.lock();
+                status.longest_cut_over_ms = status.longest_cut_over_ms.max(ms);
+                status.last_cut_over_ms = Some(ms);
+                tracing::info!(%from, %to, ms, "transfer cut over");
+            }
+            return Ok(());
+        }
         Phase::CutOver => {
             set_record(&destination, &handed_over(map.routing(), transfer)?).await?;
         }
         Phase::CleanUp => {
+            let started = Instant::now();
             let deleted = delete_keys(&source, from, to).await?;
-            tracing::info!(%from, %to, deleted, "transfer cleaned up");
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::info!(%from, %to, deleted, ms, "transfer cleaned up");
         }
-        Phase::Done => return Ok(false),
+        Phase::Done => return Ok(()),
     }
-    next.advance(current.id, from, to, transfer.phase)
-        .map_err(|e| e.to_string())?;
-    node.compare_and_set_map(Some(map.version()), &next)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(true)
+    update(node, |m| m.advance(move_id, from, to, phase).map(drop)).await
+}
+
+/// Applies `change` to the stored map by compare-and-set, reading it again and reapplying the
+/// change when another transfer's driver stored a newer version meanwhile.
+async fn update(
+    node: &ShardNode,
+    change: impl Fn(&mut ClusterMap) -> Result<(), limedb_cluster::ClusterError>,
+) -> Result<(), String> {
+    const ATTEMPTS: usize = 20;
+    for _ in 0..ATTEMPTS {
+        let map = node
+            .read_map()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the cluster map is gone")?;
+        let mut next = map.clone();
+        change(&mut next).map_err(|e| e.to_string())?;
+        match node.compare_and_set_map(Some(map.version()), &next).await {
+            Ok(()) => return Ok(()),
+            Err(crate::error::ApiError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(format!(
+        "the cluster map kept changing: {ATTEMPTS} compare-and-sets in a row found a newer version"
+    ))
 }
 
 /// Ends move `id`: the target ring becomes the ring; every group remaining gets the final record.
@@ -216,65 +413,255 @@ async fn set_record(group: &MapClient, routing: &Routing) -> Result<(), String> 
     .map(drop)
 }
 
+/// Deletes what `group` holds of transfer `from` → `to`'s ranges (clear at the destination,
+/// clean-up at the source), one bounded stretch of keys per request; how many it deleted.
 async fn delete_keys(group: &MapClient, from: ShardId, to: ShardId) -> Result<u64, String> {
+    let mut deleted = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let path = format!(
+            "/api/v1/admin/transfer/delete?from={from}&to={to}{}",
+            after
+                .as_ref()
+                .map(|a| format!("&after={a}"))
+                .unwrap_or_default()
+        );
+        let answer = call(group, Method::POST, &path, None).await?;
+        let doc: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
+        deleted += doc["deleted"].as_u64().unwrap_or(0);
+        match doc["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => return Ok(deleted),
+        }
+    }
+}
+
+/// A client of replica `replica` of group `shard` alone (the one that follows a transfer's
+/// changes), if the map still lists it.
+fn replica_client(map: &ClusterMap, shard: ShardId, replica: u64) -> Option<MapClient> {
+    let url = map.groups().get(&shard)?.replicas.get(&replica)?;
+    Some(MapClient::for_group(vec![url.clone()]))
+}
+
+/// Bound on one exchange with the replica that follows a transfer's changes: one that does not
+/// answer in this long is taken as gone, and the copy starts over elsewhere.
+const CAPTURE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The catch-up fences the source once a round leaves at most this many changed keys (or after
+/// [`MAX_ROUNDS_BEFORE_FENCE`] rounds, if writes keep up with it).
+const FENCE_BELOW: u64 = 1000;
+const MAX_ROUNDS_BEFORE_FENCE: u32 = 50;
+
+/// How long the replica following the changes may take to apply the fence.
+const FENCE_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts following the changes to transfer `from` → `to` at the source's leader, clears what
+/// the destination holds of the ranges (leftovers of an abandoned attempt, which must not come
+/// back), then copies every key from the replica that follows the changes, page by page (the
+/// next page is read while the last one is stored). Returns the capture, keys and bytes copied.
+async fn copy(
+    node: &ShardNode,
+    map: &ClusterMap,
+    source: &MapClient,
+    destination: &MapClient,
+    (from, to): (ShardId, ShardId),
+) -> Result<(CaptureRef, u64, u64), String> {
     let answer = call(
-        group,
+        source,
         Method::POST,
-        &format!("/api/v1/admin/transfer/delete?from={from}&to={to}"),
+        &format!("/api/v1/admin/transfer/capture?from={from}&to={to}"),
         None,
     )
     .await?;
     let doc: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
-    Ok(doc["deleted"].as_u64().unwrap_or(0))
-}
-
-/// Copies every key of the transfer, page by page; returns keys and bytes copied.
-async fn copy(
-    node: &ShardNode,
-    source: &MapClient,
-    destination: &MapClient,
-    from: ShardId,
-    to: ShardId,
-) -> Result<(u64, u64), String> {
+    let (Some(replica), Some(id)) = (doc["replica"].as_u64(), doc["capture"].as_u64()) else {
+        return Err(format!(
+            "shard {from} answered a capture without its ids: {doc}"
+        ));
+    };
+    let estimated_keys = doc["estimatedKeys"].as_u64().unwrap_or(0);
+    let capture = CaptureRef { replica, id };
+    let follower = replica_client(map, from, replica)
+        .ok_or_else(|| format!("replica {replica} of shard {from} is not in the map"))?;
+    let cleared = delete_keys(destination, from, to).await?;
     let started = Instant::now();
     let (mut keys, mut bytes) = (0u64, 0u64);
-    let mut after: Option<Bytes> = None;
-    loop {
+    let export = |after: Option<Bytes>| {
         let path = format!(
-            "/api/v1/admin/transfer/export?from={from}&to={to}&maxBytes={PAGE_BYTES}{}",
+            "/api/v1/admin/transfer/export?from={from}&to={to}&capture={id}&maxBytes={PAGE_BYTES}{}",
             after
                 .as_ref()
                 .map(|a| format!("&after={}", hex_encode(a)))
                 .unwrap_or_default()
         );
-        let page = decode_page(call(source, Method::POST, &path, None).await?)?;
-        if !page.entries.is_empty() {
-            keys += page.entries.len() as u64;
-            bytes += page
-                .entries
-                .iter()
-                .map(|e| (e.key.len() + e.value.len()) as u64)
-                .sum::<u64>();
-            let body = encode_entries(&page.entries);
-            call(
-                destination,
-                Method::POST,
-                &format!("/api/v1/admin/transfer/import?from={from}&to={to}"),
-                Some(body),
-            )
-            .await?;
-            node.inner.mover.lock().copying = Some((from, to, keys, bytes, started));
+        let follower = &follower;
+        async move { decode_page(call(follower, Method::POST, &path, None).await?) }
+    };
+    // Time spent reading pages and storing them (they overlap).
+    let mut times = (Duration::ZERO, Duration::ZERO);
+    let mut page = export(None).await?;
+    loop {
+        let changes = Changes {
+            deletes: Vec::new(),
+            puts: std::mem::take(&mut page.entries),
+        };
+        keys += changes.puts.len() as u64;
+        bytes += changes.bytes();
+        let next = page.next.take();
+        let stored = timed(import(destination, (from, to), &changes));
+        match next {
+            Some(after) => {
+                let ((fetched, export_time), (stored, import_time)) =
+                    tokio::join!(timed(export(Some(after))), stored);
+                stored?;
+                page = fetched?;
+                times.0 += export_time;
+                times.1 += import_time;
+            }
+            None => {
+                let (stored, import_time) = stored.await;
+                stored?;
+                times.1 += import_time;
+                break;
+            }
         }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
+        node.inner.mover.lock().copying = Some(CopyProgress {
+            from,
+            to,
+            keys,
+            bytes,
+            estimated_keys,
+            since: started,
+        });
+    }
+    node.inner.mover.lock().copying = None;
+    tracing::info!(
+        %from, %to, keys, bytes, cleared, capture = id, replica,
+        ms = started.elapsed().as_millis() as u64,
+        export_ms = times.0.as_millis() as u64,
+        import_ms = times.1.as_millis() as u64,
+        "transfer copied"
+    );
+    Ok((capture, keys, bytes))
+}
+
+/// `future`'s output and how long it took.
+async fn timed<T>(future: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let out = future.await;
+    (out, started.elapsed())
+}
+
+/// Stores `changes` at the destination (nothing to do when empty).
+async fn import(
+    destination: &MapClient,
+    (from, to): (ShardId, ShardId),
+    changes: &Changes,
+) -> Result<(), String> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    call(
+        destination,
+        Method::POST,
+        &format!("/api/v1/admin/transfer/import?from={from}&to={to}"),
+        Some(encode_changes(changes)),
+    )
+    .await
+    .map(drop)
+}
+
+/// What a catch-up came to.
+enum CatchUp {
+    /// The destination owns the ranges; the catch-up forwarded this much.
+    Forwarded { keys: u64, bytes: u64 },
+    /// The capture is lost: the copy must start over.
+    Restart(String),
+}
+
+/// Forwards the changes since the copy, round after round; fences the source once few are
+/// left, forwards the last ones, and gives the destination the ranges.
+async fn catch_up(
+    node: &ShardNode,
+    map: &ClusterMap,
+    source: &MapClient,
+    destination: &MapClient,
+    transfer: &TransferState,
+) -> Result<CatchUp, String> {
+    let (from, to) = (transfer.from, transfer.to);
+    let Some(capture) = transfer.capture else {
+        return Ok(CatchUp::Restart("the map records no capture".into()));
+    };
+    let Some(follower) = replica_client(map, from, capture.replica) else {
+        return Ok(CatchUp::Restart(format!(
+            "replica {} of shard {from} left the map",
+            capture.replica
+        )));
+    };
+    let fenced = handed_over(map.routing(), transfer)?;
+    let (mut keys, mut bytes) = (0u64, 0u64);
+    let mut ack: Option<u64> = None;
+    let mut rounds = 0u32;
+    let mut fence_sent: Option<Instant> = None;
+    loop {
+        let path = format!(
+            "/api/v1/admin/transfer/drain?from={from}&to={to}&capture={}{}",
+            capture.id,
+            ack.map(|g| format!("&ack={g}")).unwrap_or_default()
+        );
+        let drained = match follower
+            .call(Method::POST, &path, None, CAPTURE_TIMEOUT)
+            .await
+        {
+            Ok((StatusCode::OK, body)) => decode_drained(body)?,
+            Ok((StatusCode::GONE, body)) => {
+                return Ok(CatchUp::Restart(answer_error(
+                    "drain",
+                    StatusCode::GONE,
+                    &body,
+                )))
+            }
+            Ok((status, body)) => return Err(answer_error("drain", status, &body)),
+            Err(e) => return Ok(CatchUp::Restart(e)),
+        };
+        let n = drained.changes.len() as u64;
+        import(destination, (from, to), &drained.changes).await?;
+        keys += n;
+        bytes += drained.changes.bytes();
+        ack = Some(drained.generation);
+        {
+            let mut status = node.inner.mover.lock();
+            status.catch_up_rounds += 1;
+            status.catch_up_keys += n;
+        }
+        if drained.fenced {
+            if n == 0 && drained.remaining == 0 {
+                break;
+            }
+            continue;
+        }
+        rounds += 1;
+        match fence_sent {
+            None if n + drained.remaining <= FENCE_BELOW || rounds >= MAX_ROUNDS_BEFORE_FENCE => {
+                set_record(source, &fenced).await?;
+                let now = Instant::now();
+                node.inner.mover.lock().fenced_at = Some(now);
+                fence_sent = Some(now);
+            }
+            Some(at) if at.elapsed() > FENCE_APPLY_TIMEOUT => {
+                return Ok(CatchUp::Restart(format!(
+                    "replica {} of shard {from} did not apply the fence within {} s",
+                    capture.replica,
+                    FENCE_APPLY_TIMEOUT.as_secs()
+                )));
+            }
+            // The fence is written; the replica has not applied it yet.
+            Some(_) if n == 0 => tokio::time::sleep(Duration::from_millis(1)).await,
+            _ => {}
         }
     }
-    let mut status = node.inner.mover.lock();
-    status.copying = None;
-    let ms = started.elapsed().as_millis() as u64;
-    status.longest_pause_ms = status.longest_pause_ms.max(ms);
-    Ok((keys, bytes))
+    set_record(destination, &fenced).await?;
+    Ok(CatchUp::Forwarded { keys, bytes })
 }
 
 /// The move in progress with the driver's report, for `GET /api/v1/admin/moves`.

@@ -427,6 +427,24 @@ impl Storage {
         blocking(&self.engine(), move |e| e.scan(start.as_deref(), limit)).await
     }
 
+    /// Like [`Storage::scan`], of this replica's own engine without a read barrier (a move's
+    /// copy reads the replica that follows the changes, leader or not).
+    pub async fn scan_local(
+        &self,
+        start: Option<Bytes>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Value)>, ApiError> {
+        blocking(&self.engine(), move |e| e.scan(start.as_deref(), limit)).await
+    }
+
+    /// `keys` as this replica's own engine holds them, without a read barrier.
+    pub async fn get_local_many(&self, keys: Vec<Bytes>) -> Result<Vec<Option<Value>>, ApiError> {
+        blocking(&self.engine(), move |e| {
+            keys.iter().map(|k| e.get(k)).collect::<Result<Vec<_>, _>>()
+        })
+        .await
+    }
+
     /// The number of live keys.
     pub async fn key_count(&self) -> Result<u64, ApiError> {
         self.read_fence().await?;
