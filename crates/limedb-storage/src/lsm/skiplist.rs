@@ -93,7 +93,7 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU16, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Mutex, PoisonError};
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::key::{compare_encoded, order_prefix, trailer, user_key, TRAILER_LEN};
 
@@ -191,6 +191,8 @@ thread_local! {
     static SEARCHES_FROM_SPOTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// Nodes stepped over by searches from spots on this thread (tests).
     static SPOT_STEPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Index slots stepped past by probes on this thread (tests).
+    static PROBE_STEPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Where the inserts of a batch of keys go, found for all of them at once by
@@ -262,6 +264,17 @@ impl Walk<'_> {
             }
         }
     }
+}
+
+/// Seed of the hash index's hash: the cluster places keys on shards by the unseeded `xxh3_64`
+/// of the key, so a shard's keys all hash into the arcs of the ring it owns; the index must
+/// not use that hash, or its probes would start only in the matching stretches of the table
+/// and run long (a shard owning a quarter of the ring would fill a quarter of the slots).
+const INDEX_SEED: u64 = 0x4c69_6d65_4442_4958;
+
+/// The hash the index places `user_key` by.
+fn index_hash(user_key: &[u8]) -> u64 {
+    xxh3_64_with_seed(user_key, INDEX_SEED)
 }
 
 /// One table of the hash index: user key → its owner node (see the [module docs](self)).
@@ -343,6 +356,8 @@ impl IndexTable {
                 }
             }
             i += 1;
+            #[cfg(test)]
+            PROBE_STEPS.with(|n| n.set(n.get() + 1));
         }
     }
 
@@ -734,7 +749,7 @@ impl SkipList {
         value: &[u8],
     ) -> usize {
         let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let hash = xxh3_64(user_key);
+        let hash = index_hash(user_key);
         let owner = writer.owner(user_key, hash);
         let version = u64::from_le_bytes(*trailer);
         // SAFETY: the index holds published nodes of this list.
@@ -894,7 +909,7 @@ impl SkipList {
                     let owner = old.decode(value);
                     // SAFETY: a slot holds a published node of this list.
                     let key = unsafe { user_key_of(owner) };
-                    let hash = xxh3_64(key);
+                    let hash = index_hash(key);
                     let (free, _) = table.probe(key, hash);
                     free.store(table.encode(owner, hash), AtomicOrdering::Relaxed);
                 }
@@ -914,7 +929,7 @@ impl SkipList {
     /// The first entry of `user_key`, its newest version in the list; `None` if the list holds
     /// no version of it. Found through the hash index, without a search.
     pub fn first_of_user_key(&self, user_key: &[u8]) -> Option<Cursor<'_>> {
-        self.group_of(self.published_index()?, user_key, xxh3_64(user_key))
+        self.group_of(self.published_index()?, user_key, index_hash(user_key))
     }
 
     /// The index table readers use now; `None` while the list is empty.
@@ -949,7 +964,7 @@ impl SkipList {
         let Some(table) = self.published_index() else {
             return plan;
         };
-        let hashes: Vec<u64> = user_keys.iter().map(|key| xxh3_64(key)).collect();
+        let hashes: Vec<u64> = user_keys.iter().map(|key| index_hash(key)).collect();
         table.prefetch_probes(&hashes);
         let head = self.head.as_ptr().cast_const();
         let top = self.levels() - 1;
@@ -996,7 +1011,7 @@ impl SkipList {
         let Some(table) = self.published_index() else {
             return vec![None; user_keys.len()];
         };
-        let hashes: Vec<u64> = user_keys.iter().map(|key| xxh3_64(key)).collect();
+        let hashes: Vec<u64> = user_keys.iter().map(|key| index_hash(key)).collect();
         table.prefetch_probes(&hashes);
         let firsts: Vec<Option<Cursor<'_>>> = user_keys
             .iter()
@@ -1456,6 +1471,7 @@ mod tests {
     use std::sync::Arc;
 
     use proptest::prelude::*;
+    use xxhash_rust::xxh3::xxh3_64;
 
     use super::*;
     use crate::lsm::key::{encode, pack_trailer, ValueKind};
@@ -1570,6 +1586,29 @@ mod tests {
             let distinct: BTreeSet<&Vec<u8>> = keys.iter().map(|(k, _)| k).collect();
             prop_assert_eq!(list.keys(), distinct.len());
         }
+    }
+
+    /// A shard holds only keys whose placement hash (the unseeded `xxh3_64`) falls in the arcs
+    /// it owns; the index hashes them differently, so its probes stay short.
+    #[test]
+    fn keys_of_one_hash_arc_do_not_cluster_in_the_index() {
+        let list = SkipList::new();
+        let keys: Vec<Vec<u8>> = (0u32..)
+            .map(|i| format!("key:{i:012}").into_bytes())
+            .filter(|k| xxh3_64(k) >> 62 == 0)
+            .take(50_000)
+            .collect();
+        PROBE_STEPS.with(|n| n.set(0));
+        for (i, key) in keys.iter().enumerate() {
+            list.insert(key, &trailer(1 + i as u64), b"v");
+        }
+        let steps = PROBE_STEPS.with(|n| n.get());
+        assert!(
+            steps < 10 * keys.len(),
+            "{steps} probe steps for {} keys of one quarter of the hash space",
+            keys.len()
+        );
+        assert_eq!(list.len(), keys.len());
     }
 
     /// A batch of many sorted keys planned together between the same two nodes (a move's page
