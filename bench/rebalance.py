@@ -116,6 +116,9 @@ def bench_args(url, n, a, json_out=True):
 
 def limedb_run(work, a, commands_path, run):
     log(f"run {run}: limedb: map group of 3, 4 shard groups of {a.replicas}, a coordinator")
+    # Fresh data directories for every run.
+    work = os.path.join(work, f"limedb-run{run}")
+    os.makedirs(work)
     meta = MetaGroup(work, 0, 3)
     groups = [common.Group(work, s, a.replicas) for s in (1, 2, 3, 4)]
     for g in groups:

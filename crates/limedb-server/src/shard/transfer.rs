@@ -24,7 +24,7 @@ use crate::error::ApiError;
 const SCAN_STEP: usize = 4096;
 
 /// Entries per replicated batch when deleting (clear, clean-up).
-const DELETE_BATCH: usize = 4096;
+const DELETE_BATCH: usize = 1024;
 
 /// Keys one clear or clean-up request scans at most (so that each is short).
 pub const DELETE_SCAN_KEYS: usize = 64 * SCAN_STEP;
@@ -244,7 +244,7 @@ fn take_bytes(body: &mut Bytes, what: &str) -> Result<Bytes, String> {
 const MAX_IMPORT_BYTES: usize = crate::config::MAX_VALUE_BYTES_CAP + (64 << 20);
 
 /// What a driver asks of an export page by default.
-pub const PAGE_BYTES: usize = 4 << 20;
+pub const PAGE_BYTES: usize = 1 << 20;
 
 /// Keys a drain hands out at most.
 pub const DRAIN_KEYS: usize = 8192;
