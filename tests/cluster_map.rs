@@ -811,8 +811,9 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
     drop((c, d));
 }
 
-/// The map group's leader is killed (SIGKILL) while it drives a move, twice: at the start and
-/// once a transfer has finished. The next leader finds each transfer's phase in the map and
+/// The coordinator that started a move is killed (SIGKILL) and another takes its place; the map
+/// group's leader is killed while it drives the move, twice: at the start and once a transfer
+/// has finished. The next leader finds each transfer's phase in the map and
 /// carries the move to its end; no key is lost or left on two shards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_survives_the_death_of_the_map_group_leader() {
@@ -842,6 +843,14 @@ async fn a_move_survives_the_death_of_the_map_group_leader() {
     let add = serde_json::json!({ "shardId": 4, "replicas": { "1": groups[3].url(1) } });
     let (status, doc) = post_json(&c.http_addr(), "/api/v1/admin/shards", &add).await;
     assert_eq!(status, 202, "{doc}");
+    // The coordinator that started the move dies (SIGKILL) at once; another one, given only
+    // the map group, follows the move and serves the keys.
+    drop(conn);
+    drop(c);
+    let c = coordinator(dir.path(), "d", &["--meta", &meta.urls_arg()]).await;
+    let mut conn = limedb_testkit::HttpConn::connect(&c.http_addr())
+        .await
+        .expect("connect");
 
     // Kill the driver right away, bring the replica back, and kill the next driver once a
     // transfer has finished.
