@@ -197,3 +197,62 @@ async fn a_snapshot_never_claims_more_than_the_durable_position() {
     .expect("reopen");
     assert!(reopened.applied().0 >= newest);
 }
+
+/// What an observer was told, in order: the keys of each applied batch, and installs.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl ApplyObserver for Recorder {
+    fn applied(&self, writes: &[ReplicatedWrite]) {
+        let keys: Vec<String> = writes
+            .iter()
+            .map(|w| String::from_utf8_lossy(w.key()).into_owned())
+            .collect();
+        lock(&self.0).push(keys.join(","));
+    }
+
+    fn replaced(&self) {
+        lock(&self.0).push("replaced".into());
+    }
+}
+
+#[tokio::test]
+async fn an_observer_sees_every_applied_write_in_order_and_every_install() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = tempfile::tempdir().expect("tempdir");
+    let open = |d: &tempfile::TempDir| {
+        StateMachineStore::open(&d.path().join("sm"), &d.path().join("snap"), test_factory())
+            .expect("open")
+    };
+    let mut sm = open(&dir);
+    let seen = std::sync::Arc::new(Recorder::default());
+    sm.set_observer(Some(std::sync::Arc::clone(&seen) as _));
+    sm.apply(vec![put(1, "a", "1"), record(2, "r"), put(3, "b", "2")])
+        .await
+        .expect("apply");
+    // A batch too large to apply inline goes to the blocking pool; the observer still sees it.
+    let many: Vec<Entry> = (4..=700).map(|i| put(i, &format!("k{i}"), "v")).collect();
+    sm.apply(many).await.expect("apply");
+    {
+        let seen = lock(&seen.0);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0], "a,b");
+        assert!(seen[1].starts_with("k4,k5,") && seen[1].ends_with(",k700"));
+    }
+    // After its writes were observed, the record is the applied one.
+    assert_eq!(sm.record().as_deref(), Some(&b"r"[..]));
+
+    let snapshot = sm.build_snapshot().await.expect("build");
+    let mut elsewhere = open(&other);
+    let theirs = std::sync::Arc::new(Recorder::default());
+    elsewhere.set_observer(Some(std::sync::Arc::clone(&theirs) as _));
+    elsewhere
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .expect("install");
+    assert_eq!(*lock(&theirs.0), vec!["replaced".to_string()]);
+    // Removed, it is told nothing more.
+    sm.set_observer(None);
+    sm.apply(vec![put(701, "c", "3")]).await.expect("apply");
+    assert_eq!(lock(&seen.0).len(), 2);
+}
