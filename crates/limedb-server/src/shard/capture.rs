@@ -15,11 +15,13 @@
 //! died between a take and its import (or a new driver) gets them again. A capture is **lost**
 //! when its replica installs a snapshot (its state was replaced without writes to observe) or
 //! its set outgrows [`MAX_DIRTY_BYTES`]; a restarted process knows no capture at all. Either
-//! way the driver starts the copy over.
+//! way the driver starts the copy over. A capture no driver used for [`IDLE_LIMIT`] (an orphan
+//! of a copy started over elsewhere) is forgotten.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use limedb_cluster::{key_hash, Routing, ShardId};
@@ -42,7 +44,14 @@ pub struct Captures {
     next_id: AtomicU64,
     /// Bound on a capture's key bytes ([`MAX_DIRTY_BYTES`]).
     max_bytes: usize,
+    /// A capture nobody drained for this long is dropped ([`IDLE_LIMIT`]).
+    idle_limit: Duration,
 }
+
+/// A capture that no driver started, checked or drained for this long is forgotten (its driver
+/// started the copy over elsewhere, or the move ended without cleaning up here), so that an
+/// orphan does not keep collecting keys.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(120);
 
 #[derive(Debug)]
 struct Capture {
@@ -59,6 +68,8 @@ struct Capture {
     /// A take saw the fence applied: no write to the ranges is applied any more (but the
     /// source's clean-up), so nothing more is kept.
     sealed: bool,
+    /// When a driver last started, checked or drained it.
+    used: Instant,
 }
 
 /// Why a capture cannot be used.
@@ -102,6 +113,7 @@ impl Default for Captures {
             state: Mutex::new(None),
             next_id: AtomicU64::new(seed),
             max_bytes: MAX_DIRTY_BYTES,
+            idle_limit: IDLE_LIMIT,
         }
     }
 }
@@ -125,6 +137,7 @@ impl Captures {
             bytes: 0,
             lost: None,
             sealed: false,
+            used: Instant::now(),
         });
         self.active.store(true, Ordering::Release);
         id
@@ -132,8 +145,12 @@ impl Captures {
 
     /// `Ok` if capture `id` of transfer `from` → `to` is here and whole.
     pub fn check(&self, id: u64, from: ShardId, to: ShardId) -> Result<(), CaptureError> {
-        let state = self.lock();
-        Self::find(&state, id, from, to).map(drop)
+        let mut state = self.lock();
+        Self::find(&state, id, from, to)?;
+        if let Some(c) = state.as_mut() {
+            c.used = Instant::now();
+        }
+        Ok(())
     }
 
     fn find(
@@ -171,6 +188,7 @@ impl Captures {
             return Err(CaptureError::Unknown("no capture".into()));
         };
         c.sealed |= fenced;
+        c.used = Instant::now();
         if ack == Some(c.generation) {
             for key in c.given.drain(..) {
                 c.bytes = c.bytes.saturating_sub(key.len() + KEY_OVERHEAD);
@@ -220,6 +238,15 @@ impl ApplyObserver for Captures {
             return;
         }
         let mut state = self.lock();
+        if state
+            .as_ref()
+            .is_some_and(|c| c.used.elapsed() > self.idle_limit)
+        {
+            // An orphan: its driver went elsewhere.
+            *state = None;
+            self.active.store(false, Ordering::Release);
+            return;
+        }
         let Some(c) = state.as_mut().filter(|c| c.lost.is_none() && !c.sealed) else {
             return;
         };
@@ -350,6 +377,23 @@ mod tests {
             captures.check(newer, T.0, T.1),
             Err(CaptureError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn an_orphaned_capture_is_forgotten_once_idle() {
+        let routing = routing();
+        let captures = Captures {
+            idle_limit: Duration::ZERO,
+            ..Captures::default()
+        };
+        let id = captures.start(T.0, T.1, Arc::clone(&routing));
+        // Nobody drained it within the limit: the next applied write drops it.
+        captures.applied(&[put(&keys_of(&routing, true, 1)[0])]);
+        assert!(matches!(
+            captures.check(id, T.0, T.1),
+            Err(CaptureError::Unknown(_))
+        ));
+        assert!(captures.lock().is_none());
     }
 
     #[test]
