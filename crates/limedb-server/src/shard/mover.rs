@@ -283,7 +283,12 @@ async fn run_phase(
             tracing::info!(%from, %to, "transfer prepared");
         }
         Phase::Copy => {
-            let (capture, keys, bytes) = copy(node, map, &source, &destination, (from, to)).await?;
+            let copied = copy(node, map, &source, &destination, (from, to)).await;
+            if copied.is_err() {
+                // The report shows no copy until the retry starts one.
+                node.inner.mover.lock().copying = None;
+            }
+            let (capture, keys, bytes) = copied?;
             return update(node, |m| {
                 m.record_copy(move_id, (from, to), capture, keys, bytes)?;
                 m.advance(move_id, from, to, Phase::Copy).map(drop)
