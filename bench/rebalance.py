@@ -9,8 +9,10 @@ a table and, as its very last line, one line of JSON.
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -135,10 +137,10 @@ def keys_moved(groups, a):
     return held[-1]
 
 
-def bench_args(url, n, a, json_out=True):
+def bench_args(url, n, a):
     return [LIMEDB, "bench", "--url", url, "-c", str(a.connections), "-n", str(n),
             "-w", "mixed:50", "--keyspace", str(a.keys), "--value-size", str(a.value_size),
-            "--no-prefill", "--timeout-ms", "10000"] + (["--json"] if json_out else [])
+            "--no-prefill", "--timeout-ms", "10000", "--json"]
 
 
 def limedb_run(work, a, commands_path, run):
@@ -256,8 +258,6 @@ def redis_cli(*args, timeout=600):
 
 def cluster_port():
     """A free port whose cluster bus port (+10000) is free too (so below 55536)."""
-    import random
-    import socket
     while True:
         port = random.randrange(20000, 50000)
         try:

@@ -339,6 +339,17 @@ fn help_explains_every_option() {
     }
 }
 
+/// The report of a `limedb bench --json` run that exited 0: its last line of stdout.
+fn bench_report(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_runs_a_cluster_and_bench_drives_it() {
     let dir = temp_dir();
@@ -411,14 +422,7 @@ async fn dev_runs_a_cluster_and_bench_drives_it() {
         .await
         .expect("join")
         .expect("bench runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line");
+    let report = bench_report(&out);
     assert_eq!(report["requests"], 2000);
     assert_eq!(report["errors"], 0);
     assert!(report["throughput_ops"].as_f64().is_some_and(|t| t > 0.0));
@@ -483,14 +487,7 @@ async fn dev_runs_a_cluster_and_bench_drives_it() {
     .expect("the bench ends soon after SIGTERM")
     .expect("join")
     .expect("bench output");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line");
+    let report = bench_report(&out);
     let requests = report["requests"].as_u64().expect("requests");
     assert!(
         requests > 1000 && requests < 1_000_000_000,

@@ -344,11 +344,13 @@ async fn a_shard_serves_only_the_keys_its_ownership_record_gives_it() {
 
     // Writers keep writing keys the record is about to give away while it is set.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut writers = Vec::new();
     for w in 0..4 {
         let keys: Vec<String> = theirs.iter().skip(w).step_by(4).cloned().collect();
         let target = addr(leader);
         let stop = std::sync::Arc::clone(&stop);
+        let written = std::sync::Arc::clone(&written);
         writers.push(tokio::spawn(async move {
             let mut conn = limedb_testkit::HttpConn::connect(&target)
                 .await
@@ -364,11 +366,19 @@ async fn a_shard_serves_only_the_keys_its_ownership_record_gives_it() {
                     Ok(r) => outcomes.push((sent, r.status)),
                     Err(_) => break,
                 }
+                written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             outcomes
         }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let writes_past = |n: usize, what: &'static str| {
+        let written = std::sync::Arc::clone(&written);
+        wait_for(Duration::from_secs(30), what, move || {
+            let m = written.load(std::sync::atomic::Ordering::Relaxed);
+            async move { (m > n).then_some(m) }
+        })
+    };
+    writes_past(40, "writes before the record").await;
     let (status, doc) = put_json(
         &addr(leader),
         "/api/v1/admin/ownership",
@@ -378,7 +388,8 @@ async fn a_shard_serves_only_the_keys_its_ownership_record_gives_it() {
     let committed = Instant::now();
     assert_eq!(status, 200, "{doc}");
     assert_eq!(doc["epoch"], 1);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let at_commit = written.load(std::sync::atomic::Ordering::Relaxed);
+    writes_past(at_commit + 40, "writes after the record").await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut before = 0;
     for writer in writers {
@@ -471,6 +482,18 @@ async fn start_cluster(dir: &Path, replicas: &[u64]) -> (Group, Vec<Group>) {
     (meta, groups)
 }
 
+/// A coordinator given every member of the map group and `--shards` naming `groups` (which
+/// creates the map on a new cluster).
+async fn first_coordinator(dir: &Path, name: &str, meta: &Group, groups: &[Group]) -> Node {
+    let shards = shards_arg(groups);
+    coordinator(
+        dir,
+        name,
+        &["--meta", &meta.urls_arg(), "--shards", &shards],
+    )
+    .await
+}
+
 /// `--shards` naming replica 1 of each of `groups`.
 fn shards_arg(groups: &[Group]) -> String {
     groups
@@ -547,7 +570,7 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
         .expect("connect");
     let total = 3000;
     load(&mut conn, total).await;
-    // Large values too: pages of a transfer outgrow the admin answers' 4 MiB.
+    // Large values too: a page of a transfer holds whole values, so these outgrow its 1 MiB.
     let big = |i: usize| format!("{i:08}").repeat(131_072);
     for i in 0..60 {
         let r = conn.set(&format!("big-{i}"), &big(i)).await.expect("set");
@@ -820,14 +843,8 @@ async fn a_move_survives_the_death_of_the_map_group_leader() {
     let _serial = SERIAL.lock().await;
     let dir = temp_dir();
     let (mut meta, groups) = start_cluster(dir.path(), &[1, 1, 1, 1]).await;
-    let shards = shards_arg(&groups[..3]);
     // Given every member, so that it reaches the map group whichever replica is down.
-    let c = coordinator(
-        dir.path(),
-        "c",
-        &["--meta", &meta.urls_arg(), "--shards", &shards],
-    )
-    .await;
+    let c = first_coordinator(dir.path(), "c", &meta, &groups[..3]).await;
     let mut conn = limedb_testkit::HttpConn::connect(&c.http_addr())
         .await
         .expect("connect");
@@ -890,6 +907,19 @@ async fn a_move_survives_the_death_of_the_map_group_leader() {
     assert!(doc["driver"]["lastError"].is_null(), "{doc}");
 }
 
+/// Waits until `history` records more than `n` completed operations.
+async fn more_ops_than(
+    history: &std::sync::Mutex<limedb_testkit::linearizability::History>,
+    n: usize,
+    what: &str,
+) {
+    wait_for(Duration::from_secs(30), what, || {
+        let len = history.lock().unwrap_or_else(|p| p.into_inner()).len();
+        async move { (len > n).then_some(()) }
+    })
+    .await;
+}
+
 /// Reads and writes of unique values on a few keys through two coordinators while a shard is
 /// added (the map group's leader killed during it) and another removed: the history, with every
 /// operation's invoke and completion time and outcome, is linearizable per key.
@@ -903,13 +933,7 @@ async fn histories_across_moves_are_linearizable() {
     let _serial = SERIAL.lock().await;
     let dir = temp_dir();
     let (mut meta, groups) = start_cluster(dir.path(), &[1, 1, 1, 1]).await;
-    let shards = shards_arg(&groups[..3]);
-    let a = coordinator(
-        dir.path(),
-        "a",
-        &["--meta", &meta.urls_arg(), "--shards", &shards],
-    )
-    .await;
+    let a = first_coordinator(dir.path(), "a", &meta, &groups[..3]).await;
     let b = coordinator(dir.path(), "b", &["--meta", &meta.urls_arg()]).await;
     // Keys that move in both moves as well as keys that stay.
     let keys: Vec<String> = (0..24).map(|i| format!("hist-{i}")).collect();
@@ -951,11 +975,28 @@ async fn histories_across_moves_are_linearizable() {
             Arc::clone(&stop),
         ));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    more_ops_than(&history, 50, "operations before the first move").await;
     let add = serde_json::json!({ "shardId": 4, "replicas": { "1": groups[3].url(1) } });
     let (status, doc) = post_json(&a.http_addr(), "/api/v1/admin/shards", &add).await;
     assert_eq!(status, 202, "{doc}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The move's driver is killed once the move has moved on from its first phase.
+    wait_for(
+        Duration::from_secs(30),
+        "the move to get past preparing",
+        || {
+            let addr = a.http_addr();
+            async move {
+                let (_, doc) = get_json(&addr, "/api/v1/admin/moves").await;
+                let started = doc["moving"].is_null()
+                    || doc["moving"]["transfers"]
+                        .as_array()?
+                        .iter()
+                        .any(|t| t["phase"] != "prepare");
+                started.then_some(())
+            }
+        },
+    )
+    .await;
     let leader = meta.leader(Duration::from_secs(20)).await;
     meta.kill(leader);
     meta.spawn(leader);
@@ -971,7 +1012,8 @@ async fn histories_across_moves_are_linearizable() {
     .expect("delete");
     assert_eq!(r.status, 202, "{}", r.text());
     wait_move_done(&b).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let done = history.lock().unwrap_or_else(|p| p.into_inner()).len();
+    more_ops_than(&history, done + 50, "operations after the moves").await;
     stop.store(true, Ordering::Relaxed);
     while clients.join_next().await.is_some() {}
 
@@ -990,13 +1032,7 @@ async fn a_move_survives_the_death_of_source_and_destination_leaders() {
     let _serial = SERIAL.lock().await;
     let dir = temp_dir();
     let (meta, mut groups) = start_cluster(dir.path(), &[3, 1, 1, 3]).await;
-    let shards = shards_arg(&groups[..3]);
-    let c = coordinator(
-        dir.path(),
-        "c",
-        &["--meta", &meta.urls_arg(), "--shards", &shards],
-    )
-    .await;
+    let c = first_coordinator(dir.path(), "c", &meta, &groups[..3]).await;
     let mut conn = limedb_testkit::HttpConn::connect(&c.http_addr())
         .await
         .expect("connect");

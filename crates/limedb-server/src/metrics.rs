@@ -115,7 +115,33 @@ pub struct Metrics {
     /// Replication figures (replicated shards; zero elsewhere).
     pub raft: RaftGauges,
     /// The move in progress (coordinators with `--meta` and map-group replicas; zero elsewhere).
-    pub moves: MoveGauges,
+    moves: MoveGauges,
+}
+
+/// A move's figures as `/metrics` shows them (see [`MoveGauges`]); a node leaves at 0 what it
+/// does not know.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MoveFigures {
+    /// 1 while a move is in progress.
+    pub in_progress: u64,
+    /// Transfers of that move.
+    pub transfers: u64,
+    /// Of those, the ones finished.
+    pub transfers_done: u64,
+    /// Keys the map records as copied (coordinator).
+    pub keys_copied: u64,
+    /// Keys copied so far by the copy in progress (driver).
+    pub copy_keys: u64,
+    /// The source's estimate of the keys that copy moves (driver).
+    pub copy_keys_estimated: u64,
+    /// The longest cut-over, in ms (driver).
+    pub longest_cut_over_ms: u64,
+    /// Keys forwarded by catch-ups (driver).
+    pub catch_up_keys: u64,
+    /// Copies started over (driver).
+    pub copies_restarted: u64,
+    /// The ring epoch routed by (coordinator).
+    pub ring_epoch: u64,
 }
 
 /// A move's progress, set at each scrape: on a coordinator from the cluster map it routes by,
@@ -568,6 +594,22 @@ impl Metrics {
                     .set(g(lag));
             }
         }
+    }
+
+    /// Copies a move's figures into the gauges (before each scrape).
+    pub fn set_moves(&self, f: &MoveFigures) {
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let m = &self.moves;
+        m.in_progress.set(g(f.in_progress));
+        m.transfers.set(g(f.transfers));
+        m.transfers_done.set(g(f.transfers_done));
+        m.keys_copied.set(g(f.keys_copied));
+        m.copy_keys.set(g(f.copy_keys));
+        m.copy_keys_estimated.set(g(f.copy_keys_estimated));
+        m.longest_cut_over_ms.set(g(f.longest_cut_over_ms));
+        m.catch_up_keys.set(g(f.catch_up_keys));
+        m.copies_restarted.set(g(f.copies_restarted));
+        m.ring_epoch.set(g(f.ring_epoch));
     }
 
     /// Copies a storage engine's figures into the gauges (shards, before each scrape).

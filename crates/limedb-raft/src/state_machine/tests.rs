@@ -22,6 +22,12 @@ fn put(index: u64, key: &str, value: &str) -> Entry {
     }
 }
 
+/// The state machine kept under `d` (`sm/`, snapshots in `snap/`).
+fn open(d: &tempfile::TempDir) -> StateMachineStore {
+    StateMachineStore::open(&d.path().join("sm"), &d.path().join("snap"), test_factory())
+        .expect("open")
+}
+
 /// An entry that sets the group record (and writes nothing).
 fn record(index: u64, text: &str) -> Entry {
     Entry {
@@ -37,10 +43,6 @@ fn record(index: u64, text: &str) -> Entry {
 async fn the_group_record_survives_a_reopen_and_travels_with_snapshots() {
     let dir = tempfile::tempdir().expect("tempdir");
     let other = tempfile::tempdir().expect("tempdir");
-    let open = |d: &tempfile::TempDir| {
-        StateMachineStore::open(&d.path().join("sm"), &d.path().join("snap"), test_factory())
-            .expect("open")
-    };
     let mut sm = open(&dir);
     assert_eq!(sm.record(), None);
     sm.apply(vec![
@@ -102,10 +104,6 @@ fn a_marker_from_before_group_records_still_opens() {
 async fn a_snapshot_installed_elsewhere_replaces_the_engine_and_survives_reopen() {
     let leader_dir = tempfile::tempdir().expect("tempdir");
     let follower_dir = tempfile::tempdir().expect("tempdir");
-    let open = |d: &tempfile::TempDir| {
-        StateMachineStore::open(&d.path().join("sm"), &d.path().join("snap"), test_factory())
-            .expect("open")
-    };
     let mut leader = open(&leader_dir);
     let entries: Vec<Entry> = (1..=200).map(|i| put(i, &format!("k{i}"), "v")).collect();
     leader.apply(entries).await.expect("apply");
@@ -220,10 +218,6 @@ impl ApplyObserver for Recorder {
 async fn an_observer_sees_every_applied_write_in_order_and_every_install() {
     let dir = tempfile::tempdir().expect("tempdir");
     let other = tempfile::tempdir().expect("tempdir");
-    let open = |d: &tempfile::TempDir| {
-        StateMachineStore::open(&d.path().join("sm"), &d.path().join("snap"), test_factory())
-            .expect("open")
-    };
     let mut sm = open(&dir);
     let seen = std::sync::Arc::new(Recorder::default());
     sm.set_observer(Some(std::sync::Arc::clone(&seen) as _));

@@ -502,22 +502,22 @@ impl KvNode for CoordinatorNode {
             group.refresh_metrics();
         }
         let state = self.inner.routes.state();
-        let m = &self.inner.metrics.moves;
-        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        m.ring_epoch.set(g(state.routing.epoch()));
         let moving = state
             .map
             .as_ref()
             .and_then(limedb_cluster::ClusterMap::moving);
         let transfers = moving.map_or(&[][..], |mv| &mv.transfers[..]);
-        m.in_progress.set(i64::from(moving.is_some()));
-        m.transfers.set(g(transfers.len() as u64));
-        m.transfers_done.set(g(transfers
-            .iter()
-            .filter(|t| t.phase == limedb_cluster::Phase::Done)
-            .count() as u64));
-        m.keys_copied
-            .set(g(transfers.iter().map(|t| t.keys_copied).sum()));
+        self.inner.metrics.set_moves(&crate::metrics::MoveFigures {
+            in_progress: u64::from(moving.is_some()),
+            transfers: transfers.len() as u64,
+            transfers_done: transfers
+                .iter()
+                .filter(|t| t.phase == limedb_cluster::Phase::Done)
+                .count() as u64,
+            keys_copied: transfers.iter().map(|t| t.keys_copied).sum(),
+            ring_epoch: state.routing.epoch(),
+            ..crate::metrics::MoveFigures::default()
+        });
     }
 }
 

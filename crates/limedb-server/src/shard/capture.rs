@@ -61,7 +61,7 @@ struct Capture {
     routing: Arc<Routing>,
     dirty: HashSet<Bytes>,
     /// Keys handed out by the last take and not yet acknowledged.
-    given: Vec<Bytes>,
+    given: HashSet<Bytes>,
     generation: u64,
     bytes: usize,
     lost: Option<String>,
@@ -132,7 +132,7 @@ impl Captures {
             to,
             routing,
             dirty: HashSet::new(),
-            given: Vec::new(),
+            given: HashSet::new(),
             generation: 0,
             bytes: 0,
             lost: None,
@@ -145,25 +145,24 @@ impl Captures {
 
     /// `Ok` if capture `id` of transfer `from` → `to` is here and whole.
     pub fn check(&self, id: u64, from: ShardId, to: ShardId) -> Result<(), CaptureError> {
-        let mut state = self.lock();
-        Self::find(&state, id, from, to)?;
-        if let Some(c) = state.as_mut() {
-            c.used = Instant::now();
-        }
-        Ok(())
+        Self::used(&mut self.lock(), id, from, to).map(drop)
     }
 
-    fn find(
-        state: &Option<Capture>,
+    /// Capture `id` of transfer `from` → `to`, if it is here and whole, marked as used now.
+    fn used(
+        state: &mut Option<Capture>,
         id: u64,
         from: ShardId,
         to: ShardId,
-    ) -> Result<&Capture, CaptureError> {
+    ) -> Result<&mut Capture, CaptureError> {
         match state {
-            Some(c) if c.id == id && c.from == from && c.to == to => match &c.lost {
-                Some(why) => Err(CaptureError::Lost(format!("capture {id} was lost: {why}"))),
-                None => Ok(c),
-            },
+            Some(c) if c.id == id && c.from == from && c.to == to => {
+                if let Some(why) = &c.lost {
+                    return Err(CaptureError::Lost(format!("capture {id} was lost: {why}")));
+                }
+                c.used = Instant::now();
+                Ok(c)
+            }
             _ => Err(CaptureError::Unknown(format!(
                 "this replica has no capture {id} of the transfer from shard {from} to shard {to} (it restarted, or a newer copy replaced it)"
             ))),
@@ -183,33 +182,27 @@ impl Captures {
         fenced: bool,
     ) -> Result<Taken, CaptureError> {
         let mut state = self.lock();
-        Self::find(&state, id, from, to)?;
-        let Some(c) = state.as_mut() else {
-            return Err(CaptureError::Unknown("no capture".into()));
-        };
+        let c = Self::used(&mut state, id, from, to)?;
         c.sealed |= fenced;
-        c.used = Instant::now();
         if ack == Some(c.generation) {
-            for key in c.given.drain(..) {
+            for key in c.given.drain() {
                 c.bytes = c.bytes.saturating_sub(key.len() + KEY_OVERHEAD);
             }
         }
-        let given: HashSet<Bytes> = c.given.iter().cloned().collect();
         let room = max_keys.saturating_sub(c.given.len());
         let moved: Vec<Bytes> = c.dirty.iter().take(room).cloned().collect();
         for key in moved {
             c.dirty.remove(&key);
-            if given.contains(&key) {
-                // Counted once already.
-                c.bytes = c.bytes.saturating_sub(key.len() + KEY_OVERHEAD);
-            } else {
-                c.given.push(key);
+            let len = key.len();
+            if !c.given.insert(key) {
+                // Given and written again: counted once already.
+                c.bytes = c.bytes.saturating_sub(len + KEY_OVERHEAD);
             }
         }
         c.generation += 1;
         Ok(Taken {
             generation: c.generation,
-            keys: c.given.clone(),
+            keys: c.given.iter().cloned().collect(),
             remaining: c.dirty.len(),
         })
     }
@@ -226,7 +219,7 @@ impl Captures {
 
     fn lose(c: &mut Capture, why: String) {
         c.dirty = HashSet::new();
-        c.given = Vec::new();
+        c.given = HashSet::new();
         c.bytes = 0;
         c.lost = Some(why);
     }

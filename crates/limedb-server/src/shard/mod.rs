@@ -683,17 +683,7 @@ impl KvNode for ShardNode {
             self.inner.metrics.set_raft(replica, committed);
         }
         if self.is_map_group() {
-            let f = self.inner.mover.figures();
-            let m = &self.inner.metrics.moves;
-            let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-            m.in_progress.set(g(f.moving));
-            m.transfers.set(g(f.transfers));
-            m.transfers_done.set(g(f.transfers_done));
-            m.copy_keys.set(g(f.copy_keys));
-            m.copy_keys_estimated.set(g(f.copy_estimated_keys));
-            m.longest_cut_over_ms.set(g(f.longest_cut_over_ms));
-            m.catch_up_keys.set(g(f.catch_up_keys));
-            m.copies_restarted.set(g(f.copies_restarted));
+            self.inner.metrics.set_moves(&self.inner.mover.figures());
         }
     }
 }

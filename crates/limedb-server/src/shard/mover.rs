@@ -25,6 +25,7 @@ use super::transfer::{
 };
 use super::ShardNode;
 use crate::coordinator::map_client::{answer_error, MapClient};
+use crate::metrics::MoveFigures;
 use crate::shutdown::Shutdown;
 
 /// Pause between steps.
@@ -55,8 +56,6 @@ struct StatusInner {
     catch_up_keys: u64,
     /// Copies started over because their capture was lost.
     copies_restarted: u64,
-    /// When this driver fenced the transfer being caught up.
-    fenced_at: Option<Instant>,
 }
 
 /// How far the copy of one transfer got.
@@ -86,41 +85,21 @@ impl CopyProgress {
     }
 }
 
-/// The driver's figures, as `/metrics` shows them on a map-group replica.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MoverFigures {
-    /// 1 while this replica drives a move.
-    pub moving: u64,
-    /// Transfers of that move finished.
-    pub transfers_done: u64,
-    /// Transfers of that move in all.
-    pub transfers: u64,
-    /// Keys copied by the copy in progress.
-    pub copy_keys: u64,
-    /// The source's estimate of the keys the copy in progress moves.
-    pub copy_estimated_keys: u64,
-    /// The longest cut-over, in ms.
-    pub longest_cut_over_ms: u64,
-    /// Keys forwarded by catch-ups.
-    pub catch_up_keys: u64,
-    /// Copies started over.
-    pub copies_restarted: u64,
-}
-
 impl MoverStatus {
     /// The figures `/metrics` shows.
-    pub fn figures(&self) -> MoverFigures {
+    pub fn figures(&self) -> MoveFigures {
         let s = self.lock();
         let (moving, done, all) = s.moving.map_or((0, 0, 0), |(_, d, a)| (1, d, a));
-        MoverFigures {
-            moving,
+        MoveFigures {
+            in_progress: moving,
             transfers_done: done as u64,
             transfers: all as u64,
             copy_keys: s.copying.map_or(0, |c| c.keys),
-            copy_estimated_keys: s.copying.map_or(0, |c| c.estimated_keys),
+            copy_keys_estimated: s.copying.map_or(0, |c| c.estimated_keys),
             longest_cut_over_ms: s.longest_cut_over_ms,
             catch_up_keys: s.catch_up_keys,
             copies_restarted: s.copies_restarted,
+            ..MoveFigures::default()
         }
     }
 
@@ -296,13 +275,25 @@ async fn run_phase(
             .await;
         }
         Phase::CatchUp => {
-            let (keys, bytes) = match catch_up(node, map, &source, &destination, transfer).await? {
+            let (keys, bytes, fenced_at) = match catch_up(
+                node,
+                map,
+                &source,
+                &destination,
+                transfer,
+            )
+            .await?
+            {
                 CatchUp::Restart(why) => {
                     tracing::warn!(%from, %to, why = %why, "the copy starts over: its capture is lost");
                     node.inner.mover.lock().copies_restarted += 1;
                     return update(node, |m| m.restart_copy(move_id, from, to)).await;
                 }
-                CatchUp::Forwarded { keys, bytes } => (keys, bytes),
+                CatchUp::Forwarded {
+                    keys,
+                    bytes,
+                    fenced_at,
+                } => (keys, bytes, fenced_at),
             };
             // The destination took the ranges: record both phases at once, so that routing
             // changes with this compare-and-set.
@@ -312,7 +303,6 @@ async fn run_phase(
                 m.advance(move_id, from, to, Phase::CutOver).map(drop)
             })
             .await?;
-            let fenced_at = node.inner.mover.lock().fenced_at.take();
             if let Some(at) = fenced_at {
                 let ms = at.elapsed().as_millis() as u64;
                 let mut status = node.inner.mover.lock();
@@ -579,7 +569,12 @@ async fn import(
 /// What a catch-up came to.
 enum CatchUp {
     /// The destination owns the ranges; the catch-up forwarded this much.
-    Forwarded { keys: u64, bytes: u64 },
+    Forwarded {
+        keys: u64,
+        bytes: u64,
+        /// When this catch-up fenced the source (`None`: an earlier driver did).
+        fenced_at: Option<Instant>,
+    },
     /// The capture is lost: the copy must start over.
     Restart(String),
 }
@@ -649,9 +644,7 @@ async fn catch_up(
         match fence_sent {
             None if n + drained.remaining <= FENCE_BELOW || rounds >= MAX_ROUNDS_BEFORE_FENCE => {
                 set_record(source, &fenced).await?;
-                let now = Instant::now();
-                node.inner.mover.lock().fenced_at = Some(now);
-                fence_sent = Some(now);
+                fence_sent = Some(Instant::now());
             }
             Some(at) if at.elapsed() > FENCE_APPLY_TIMEOUT => {
                 return Ok(CatchUp::Restart(format!(
@@ -666,7 +659,11 @@ async fn catch_up(
         }
     }
     set_record(destination, &fenced).await?;
-    Ok(CatchUp::Forwarded { keys, bytes })
+    Ok(CatchUp::Forwarded {
+        keys,
+        bytes,
+        fenced_at: fence_sent,
+    })
 }
 
 /// The move in progress with the driver's report, for `GET /api/v1/admin/moves`.

@@ -446,47 +446,39 @@ pub fn hex_decode(hex: &str) -> Result<Bytes, ApiError> {
 }
 
 impl ShardNode {
-    /// The ownership record, which must have a move in progress with transfer `from` → `to`.
+    /// The ownership record, read at the leader after a read barrier, which must list
+    /// transfer `from` → `to`.
     async fn transfer_routing(&self, from: ShardId, to: ShardId) -> Result<Routing, ApiError> {
-        let routing = self.routing().await?.ok_or_else(|| ApiError::Conflict {
-            message: format!("shard {} has no ownership record, so no move", self.id()),
-            current: None,
-        })?;
-        if !routing
-            .transfers()
-            .iter()
-            .any(|t| t.from == from && t.to == to)
-        {
-            return Err(ApiError::Conflict {
-                message: format!(
-                    "shard {}'s ownership record (epoch {}) has no transfer from shard {from} to shard {to}",
-                    self.id(),
-                    routing.epoch()
-                ),
-                current: serde_json::to_value(&routing).ok(),
-            });
-        }
-        Ok(routing)
+        let routing = self.routing().await?;
+        self.listing_transfer(routing, from, to)
     }
 
-    /// The transfer's routing as this replica last applied its record (no read barrier: a
-    /// capture's replica need not lead), which must list transfer `from` → `to`.
+    /// The ownership record as this replica last applied it (no read barrier: a capture's
+    /// replica need not lead), which must list transfer `from` → `to`.
     fn applied_transfer_routing(&self, from: ShardId, to: ShardId) -> Result<Routing, ApiError> {
         let replica = self.record_keeper()?;
-        let routing = self
-            .inner
-            .ownership
-            .routing(replica.record())?
-            .filter(|r| r.transfers().iter().any(|t| t.from == from && t.to == to))
-            .ok_or_else(|| ApiError::Conflict {
+        let routing = self.inner.ownership.routing(replica.record())?;
+        self.listing_transfer(routing.map(|r| (*r).clone()), from, to)
+    }
+
+    /// `routing` if it is a record with transfer `from` → `to`; 409 otherwise.
+    fn listing_transfer(
+        &self,
+        routing: Option<Routing>,
+        from: ShardId,
+        to: ShardId,
+    ) -> Result<Routing, ApiError> {
+        match routing {
+            Some(r) if r.transfers().iter().any(|t| t.from == from && t.to == to) => Ok(r),
+            other => Err(ApiError::Conflict {
                 message: format!(
-                    "shard {} replica {} has applied no record with a transfer from shard {from} to shard {to}",
+                    "shard {} replica {} has no ownership record with a transfer from shard {from} to shard {to}",
                     self.id(),
                     self.replica_id()
                 ),
-                current: None,
-            })?;
-        Ok((*routing).clone())
+                current: other.and_then(|r| serde_json::to_value(&r).ok()),
+            }),
+        }
     }
 
     fn check_source(&self, from: ShardId) -> Result<(), ApiError> {
