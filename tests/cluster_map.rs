@@ -907,25 +907,12 @@ async fn a_move_survives_the_death_of_the_map_group_leader() {
     assert!(doc["driver"]["lastError"].is_null(), "{doc}");
 }
 
-/// Waits until `history` records more than `n` completed operations.
-async fn more_ops_than(
-    history: &std::sync::Mutex<limedb_testkit::linearizability::History>,
-    n: usize,
-    what: &str,
-) {
-    wait_for(Duration::from_secs(30), what, || {
-        let len = history.lock().unwrap_or_else(|p| p.into_inner()).len();
-        async move { (len > n).then_some(()) }
-    })
-    .await;
-}
-
 /// Reads and writes of unique values on a few keys through two coordinators while a shard is
 /// added (the map group's leader killed during it) and another removed: the history, with every
 /// operation's invoke and completion time and outcome, is linearizable per key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn histories_across_moves_are_linearizable() {
-    use limedb_testkit::history::{history_client, judge};
+    use limedb_testkit::history::{history_client, judge, more_ops_than, ops_recorded};
     use limedb_testkit::linearizability::History;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
@@ -1012,7 +999,7 @@ async fn histories_across_moves_are_linearizable() {
     .expect("delete");
     assert_eq!(r.status, 202, "{}", r.text());
     wait_move_done(&b).await;
-    let done = history.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let done = ops_recorded(&history);
     more_ops_than(&history, done + 50, "operations after the moves").await;
     stop.store(true, Ordering::Relaxed);
     while clients.join_next().await.is_some() {}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use limedb_raft::RaftTiming;
 use limedb_testkit::group::{Group, Placement};
-use limedb_testkit::history::{history_client, judge};
+use limedb_testkit::history::{history_client, judge, more_ops_than, ops_recorded};
 use limedb_testkit::linearizability::History;
 use limedb_testkit::netns::{self, Host, Lab};
 use limedb_testkit::{http, temp_dir, wait_for, HttpConn};
@@ -325,7 +325,9 @@ async fn histories_under_kills_pauses_and_partitions_are_linearizable() {
             }
         }
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The clients go on after the last fault healed.
+    let healed = ops_recorded(&history);
+    more_ops_than(&history, healed + 50, "operations after the last fault").await;
     stop.store(true, Ordering::Relaxed);
     while clients.join_next().await.is_some() {}
     let history = history.lock().expect("history").clone();

@@ -18,6 +18,21 @@ fn lock(history: &Mutex<History>) -> MutexGuard<'_, History> {
     history.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Waits (up to 30 s, failing with `what`) until `history` records more than `n` operations;
+/// returns how many it records then.
+pub async fn more_ops_than(history: &Mutex<History>, n: usize, what: &str) -> usize {
+    crate::wait_for(Duration::from_secs(30), what, || {
+        let len = lock(history).len();
+        async move { (len > n).then_some(len) }
+    })
+    .await
+}
+
+/// Operations `history` records now.
+pub fn ops_recorded(history: &Mutex<History>) -> usize {
+    lock(history).len()
+}
+
 /// Client `client`: random reads and writes of unique values (`c<client>-<seq>`) on `keys`
 /// through `coordinator` until `stop`, recorded in `history`. A write answered `not_leader` did
 /// nothing (failed); any other error leaves its outcome unknown.
