@@ -1049,3 +1049,184 @@ async fn a_move_survives_the_death_of_source_and_destination_leaders() {
         assert_eq!((r.status, r.text()), (200, format!("v{i}")), "key-{i}");
     }
 }
+
+/// What a client scanning the keyspace again and again saw.
+#[derive(Debug, Default)]
+struct ScanRecord {
+    /// Full `SCAN`s completed, and `KEYS` calls answered.
+    scans: u64,
+    keys_calls: u64,
+    /// What went wrong: a key missing from a scan, a key listed twice by `KEYS`, an error.
+    problems: Vec<String>,
+}
+
+/// Scans `key-0` .. `key-{total}` through `resp_addr` until `stop`: every full `SCAN` (COUNT
+/// 20) must return all of them, every `KEYS key-*` each of them exactly once.
+fn scan_until(
+    resp_addr: &str,
+    total: usize,
+    stop: &std::sync::atomic::AtomicBool,
+    done: &std::sync::atomic::AtomicU64,
+) -> ScanRecord {
+    let mut redis = redis::Client::open(format!("redis://{resp_addr}/"))
+        .expect("client")
+        .get_connection()
+        .expect("connect");
+    let mut record = ScanRecord::default();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && record.problems.len() < 10 {
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = 0u64;
+        loop {
+            let answer: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("key-*")
+                .arg("COUNT")
+                .arg(20)
+                .query(&mut redis);
+            match answer {
+                Ok((next, keys)) => {
+                    seen.extend(keys);
+                    cursor = next;
+                }
+                Err(e) => {
+                    record.problems.push(format!("SCAN: {e}"));
+                    break;
+                }
+            }
+            if cursor == 0 {
+                let missing: Vec<usize> = (0..total)
+                    .filter(|i| !seen.contains(&format!("key-{i}")))
+                    .collect();
+                if !missing.is_empty() {
+                    record.problems.push(format!(
+                        "a scan missed {} keys, e.g. key-{}",
+                        missing.len(),
+                        missing[0]
+                    ));
+                }
+                record.scans += 1;
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                break;
+            }
+        }
+        match redis::cmd("KEYS")
+            .arg("key-*")
+            .query::<Vec<String>>(&mut redis)
+        {
+            Ok(keys) => {
+                let unique: std::collections::HashSet<&String> = keys.iter().collect();
+                if keys.len() != total || unique.len() != total {
+                    record.problems.push(format!(
+                        "KEYS listed {} keys ({} distinct), not {total}",
+                        keys.len(),
+                        unique.len()
+                    ));
+                }
+                record.keys_calls += 1;
+            }
+            Err(e) => record.problems.push(format!("KEYS: {e}")),
+        }
+    }
+    record
+}
+
+/// SCAN and KEYS through a coordinator while a shard is added and another removed, with a
+/// client writing meanwhile: the keys of a moving range sit in two engines between their copy
+/// and the source's clean-up, and in neither shard's served set for a moment at the cut-over,
+/// yet every full SCAN returns every key that existed throughout (Redis's promise) and KEYS
+/// lists each key exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_return_every_key_while_ranges_move() {
+    let _serial = SERIAL.lock().await;
+    let dir = temp_dir();
+    let (meta, groups) = start_cluster(dir.path(), &[1, 1, 1, 1]).await;
+    let shards = shards_arg(&groups[..3]);
+    let c = coordinator(
+        dir.path(),
+        "c",
+        &[
+            "--meta",
+            &meta.url(1),
+            "--shards",
+            &shards,
+            "--resp-port",
+            "0",
+        ],
+    )
+    .await;
+    let mut conn = limedb_testkit::HttpConn::connect(&c.http_addr())
+        .await
+        .expect("connect");
+    let total = 4000;
+    load(&mut conn, total).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scans_done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let scanner = {
+        let resp_addr = c.ready.get("resp").expect("resp address").clone();
+        let stop = std::sync::Arc::clone(&stop);
+        let done = std::sync::Arc::clone(&scans_done);
+        tokio::task::spawn_blocking(move || scan_until(&resp_addr, total, &stop, &done))
+    };
+    // Writes keep the moves' catch-ups busy (other keys than the scanned ones).
+    let writer = {
+        let addr = c.http_addr();
+        let stop = std::sync::Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut conn = limedb_testkit::HttpConn::connect(&addr)
+                .await
+                .expect("connect");
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = conn.set(&format!("w-{n}"), "x").await.expect("set");
+                assert_eq!(r.status, 200, "{}", r.text());
+                n += 1;
+            }
+            n
+        })
+    };
+    let before = scans_done.load(std::sync::atomic::Ordering::Relaxed);
+    let add = serde_json::json!({ "shardId": 4, "replicas": { "1": groups[3].url(1) } });
+    let (status, doc) = post_json(&c.http_addr(), "/api/v1/admin/shards", &add).await;
+    assert_eq!(status, 202, "{doc}");
+    wait_move_done(&c).await;
+    let r = http::request(
+        &c.http_addr(),
+        "DELETE",
+        "/api/v1/admin/shards/2",
+        &[],
+        None,
+    )
+    .await
+    .expect("remove shard 2");
+    assert_eq!(r.status, 202, "{}", r.text());
+    wait_move_done(&c).await;
+    let during = scans_done.load(std::sync::atomic::Ordering::Relaxed) - before;
+    // One more full scan after the moves, on the final ring.
+    let after = scans_done.load(std::sync::atomic::Ordering::Relaxed);
+    let counted = std::sync::Arc::clone(&scans_done);
+    wait_for(Duration::from_secs(30), "a scan after the moves", || {
+        let counted = std::sync::Arc::clone(&counted);
+        async move { (counted.load(std::sync::atomic::Ordering::Relaxed) > after).then_some(()) }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let record = scanner.await.expect("scanner");
+    let written = writer.await.expect("writer");
+    assert!(record.problems.is_empty(), "{record:?}");
+    assert!(
+        during >= 1,
+        "at least one full scan ran while the ranges moved ({record:?})"
+    );
+    assert!(record.keys_calls >= 2, "{record:?}");
+    assert!(written > 0);
+    // The removed shard's group is no longer asked: DBSIZE counts the remaining shards.
+    let resp_addr = c.ready.get("resp").expect("resp address").clone();
+    let mut redis = redis::Client::open(format!("redis://{resp_addr}/"))
+        .expect("client")
+        .get_connection()
+        .expect("connect");
+    let size: u64 = redis::cmd("DBSIZE").query(&mut redis).expect("dbsize");
+    assert_eq!(size, total as u64 + written);
+}

@@ -111,6 +111,17 @@ impl Routing {
         self.target.as_ref()
     }
 
+    /// Every shard that owns part of the hash space now or will when the move in progress
+    /// ends (the base ring's and the target ring's shards), sorted.
+    #[must_use]
+    pub fn shards(&self) -> Vec<ShardId> {
+        let mut shards: BTreeSet<ShardId> = self.base.shards().iter().copied().collect();
+        if let Some(target) = &self.target {
+            shards.extend(target.shards().iter().copied());
+        }
+        shards.into_iter().collect()
+    }
+
     /// The shard that owns `hash` now.
     ///
     /// ```

@@ -50,6 +50,11 @@ fn adding_a_shard_ends_with_the_ring_of_the_new_shard_set() {
     assert_eq!(m.id, id);
     assert_eq!(m.transfers.len(), 3);
     assert!(m.transfers.iter().all(|t| t.to == ShardId(4)));
+    assert_eq!(
+        map.routing().shards(),
+        vec![ShardId(1), ShardId(2), ShardId(3), ShardId(4)],
+        "the shard being added is a member while it receives"
+    );
     // Nothing changes owner before a cut-over.
     let before = Ring::new(&[ShardId(1), ShardId(2), ShardId(3)], 64).expect("valid in this test");
     for i in 0..2000u32 {
@@ -93,11 +98,17 @@ fn removing_a_shard_drops_its_group_once_its_ranges_are_given_away() {
         3,
         "the group stays while it still owns ranges"
     );
+    assert_eq!(
+        map.routing().shards(),
+        vec![ShardId(1), ShardId(2), ShardId(3)],
+        "the shard being removed is a member until the move ends"
+    );
     run_to_done(&mut map);
     assert_eq!(
         map.groups().keys().copied().collect::<Vec<_>>(),
         vec![ShardId(1), ShardId(3)]
     );
+    assert_eq!(map.routing().shards(), vec![ShardId(1), ShardId(3)]);
     for i in 0..2000u32 {
         assert_ne!(
             map.routing().owner_of_key(format!("k{i}").as_bytes()),

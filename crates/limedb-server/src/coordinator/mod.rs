@@ -11,6 +11,7 @@ pub mod cluster_map;
 pub mod discover;
 pub mod group;
 pub mod link;
+mod listing;
 pub mod map_client;
 mod resp_backend;
 pub mod routes;
@@ -107,7 +108,7 @@ impl CoordinatorNode {
         let ownership = self.inner.routes.state().routing.base().ownership();
         self.inner
             .routes
-            .groups()
+            .members()
             .iter()
             .map(|group| {
                 let view = group.view();
@@ -137,7 +138,7 @@ impl CoordinatorNode {
     fn shards_json(&self) -> Vec<serde_json::Value> {
         self.inner
             .routes
-            .groups()
+            .members()
             .iter()
             .map(|group| {
                 let view = group.view();
@@ -191,7 +192,7 @@ impl CoordinatorNode {
     fn up_count(&self) -> usize {
         self.inner
             .routes
-            .groups()
+            .members()
             .iter()
             .filter(|g| g.healthy())
             .count()
@@ -199,7 +200,7 @@ impl CoordinatorNode {
 
     fn status_word(&self) -> &'static str {
         let up = self.up_count();
-        if up == self.inner.routes.groups().len() {
+        if up == self.inner.routes.members().len() {
             "healthy"
         } else if up == 0 {
             "unhealthy"
@@ -211,7 +212,7 @@ impl CoordinatorNode {
     /// Live key count of every shard, in shard-id order (concurrently).
     async fn shard_totals(&self) -> Vec<(Arc<ShardGroup>, Result<u64, ApiError>)> {
         let mut tasks = JoinSet::new();
-        let groups = self.inner.routes.groups();
+        let groups = self.inner.routes.members();
         for (i, link) in groups.iter().enumerate() {
             let link = Arc::clone(link);
             tasks.spawn(async move {
@@ -365,7 +366,7 @@ impl KvNode for CoordinatorNode {
             body: serde_json::json!({
                 "status": self.status_word(),
                 "type": "coordinator",
-                "shardCount": self.inner.routes.groups().len(),
+                "shardCount": self.inner.routes.members().len(),
                 "healthyShards": up,
                 "shards": self.links_json(),
                 "virtualNodesPerShard": self.inner.routes.state().routing.base().vnodes_per_shard(),
@@ -376,7 +377,7 @@ impl KvNode for CoordinatorNode {
     }
 
     async fn cluster_state(&self) -> serde_json::Value {
-        let groups = self.inner.routes.groups();
+        let groups = self.inner.routes.members();
         let state = self.inner.routes.state();
         let peers: Vec<&str> = groups.iter().map(|l| l.url()).collect();
         serde_json::json!({
@@ -432,7 +433,7 @@ impl KvNode for CoordinatorNode {
             let ids: Vec<String> = self
                 .inner
                 .routes
-                .groups()
+                .members()
                 .iter()
                 .map(|g| g.id().to_string())
                 .collect();
@@ -498,7 +499,7 @@ impl KvNode for CoordinatorNode {
     }
 
     async fn refresh_metrics(&self) {
-        for group in self.inner.routes.groups() {
+        for group in self.inner.routes.members() {
             group.refresh_metrics();
         }
         let state = self.inner.routes.state();

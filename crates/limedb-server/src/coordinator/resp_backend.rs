@@ -10,9 +10,10 @@
 //! - `RENAME`, `RENAMENX` and `COPY` across two shards read the source with its expiry and write
 //!   version (`LIMEDB.DUMP`), write the destination, then (RENAME) delete the source only if its
 //!   version did not move meanwhile;
-//! - `DBSIZE`, `KEYS`, `FLUSHDB`, `FLUSHALL` and `RANDOMKEY` ask every shard; `SCAN` walks the
-//!   shards one after another with one cursor (kept in a [`Cursors`] table: shard index and next
-//!   key);
+//! - `DBSIZE`, `FLUSHDB`, `FLUSHALL` and `RANDOMKEY` ask every shard; `SCAN` and `KEYS` ask
+//!   every shard at once and keep each key from the shard that owns it, so that they stay
+//!   correct while ranges move (see [`super::listing`]); a `SCAN` cursor (kept in a
+//!   [`Cursors`] table) is a position in key order across the cluster;
 //! - `WATCH` takes versions from the owning shards; `EXEC` sends the whole block to the one shard
 //!   that owns every key it names, where it runs atomically, and refuses with a clear error
 //!   (executing nothing) when the keys span shards.
@@ -33,9 +34,6 @@ use crate::resp::keys::random_below;
 use crate::resp::table::{lookup, Route};
 use crate::resp::{arity_error, unknown_command, Backend, Fail};
 
-/// Keys asked of a shard per `SCAN` step at least, so that sparse shards are crossed quickly.
-const MIN_SCAN_STEP: usize = 10;
-
 fn int(v: &Value) -> Option<i64> {
     match v {
         Value::Integer(n) => Some(*n),
@@ -44,7 +42,7 @@ fn int(v: &Value) -> Option<i64> {
 }
 
 /// A shard's RESP reply, decoded.
-fn decode_reply(link: &ShardGroup, bytes: &[u8]) -> Value {
+pub(super) fn decode_reply(link: &ShardGroup, bytes: &[u8]) -> Value {
     let mut buf = BytesMut::from(bytes);
     match decode_value(&mut buf, &ValueLimits::default()) {
         Ok(Some(v)) if buf.is_empty() => v,
@@ -158,11 +156,21 @@ impl CoordinatorNode {
             .collect()
     }
 
-    /// Every shard, the same command.
-    async fn all_shards(&self, args: &[Bytes]) -> Result<Vec<Value>, Value> {
-        let calls = (0..self.inner.routes.groups().len())
-            .map(|i| (i, args.to_vec()))
-            .collect();
+    /// The indices of the shards of the routing (not of a group retired by a removal).
+    fn ring_indices(&self) -> Vec<usize> {
+        let routes = &self.inner.routes;
+        routes
+            .state()
+            .routing
+            .shards()
+            .into_iter()
+            .filter_map(|shard| routes.index_of(shard))
+            .collect()
+    }
+
+    /// Every shard of the routing, the same command; answers in [`Self::ring_indices`] order.
+    async fn all_shards(&self, indices: &[usize], args: &[Bytes]) -> Result<Vec<Value>, Value> {
+        let calls = indices.iter().map(|&i| (i, args.to_vec())).collect();
         let replies = self.fan_out(calls).await;
         if let Some(e) = replies.iter().find(|v| v.is_error()) {
             return Err(e.clone());
@@ -404,8 +412,17 @@ impl CoordinatorNode {
                 .scan(&args)
                 .await
                 .unwrap_or_else(|Fail(t)| Value::error(t)),
+            "keys" => match args.get(1) {
+                Some(pattern) => match self.keys_everywhere(pattern.clone()).await {
+                    Ok(keys) => Value::Array(keys.into_iter().map(Value::Bulk).collect()),
+                    Err(Fail(e)) => Value::error(e),
+                },
+                None => Value::error(arity_error("keys").0),
+            },
             "randomkey" => {
-                let sizes = match self.all_shards(&[Bytes::from_static(b"DBSIZE")]).await {
+                let indices = self.ring_indices();
+                let dbsize = [Bytes::from_static(b"DBSIZE")];
+                let sizes = match self.all_shards(&indices, &dbsize).await {
                     Ok(s) => s,
                     Err(e) => return e,
                 };
@@ -418,7 +435,7 @@ impl CoordinatorNode {
                     return Value::Null;
                 }
                 let mut pick = random_below(total);
-                for (i, size) in sizes.iter().enumerate() {
+                for (&i, size) in indices.iter().zip(&sizes) {
                     if pick < *size {
                         return self.command_on(i, args).await;
                     }
@@ -427,21 +444,12 @@ impl CoordinatorNode {
                 Value::Null
             }
             _ => {
-                let replies = match self.all_shards(&args).await {
+                let replies = match self.all_shards(&self.ring_indices(), &args).await {
                     Ok(r) => r,
                     Err(e) => return e,
                 };
                 match name {
                     "dbsize" => Value::Integer(replies.iter().filter_map(int).sum()),
-                    "keys" => Value::Array(
-                        replies
-                            .into_iter()
-                            .flat_map(|r| match r {
-                                Value::Array(keys) => keys,
-                                _ => Vec::new(),
-                            })
-                            .collect(),
-                    ),
                     _ => Value::ok(),
                 }
             }
@@ -450,54 +458,19 @@ impl CoordinatorNode {
 
     async fn scan(&self, args: &[Bytes]) -> Result<Value, Fail> {
         let scan = parse_scan(args)?;
-        let (mut shard, mut start) = match self.inner.cursors.find(scan.cursor) {
+        let start = match self.inner.cursors.find(scan.cursor) {
             None => return Err(Fail::new("ERR invalid cursor")),
-            Some(None) => (0, None),
-            Some(Some(p)) => (p.shard, Some(p.key)),
+            Some(position) => position.map(|p| p.key),
         };
-        let mut keys = Vec::new();
-        let shards = self.inner.routes.groups().len();
-        while shard < shards && keys.len() < scan.count {
-            let mut call = vec![
-                Bytes::from_static(b"LIMEDB.SCAN"),
-                start.clone().unwrap_or_default(),
-                Bytes::from((scan.count - keys.len()).max(MIN_SCAN_STEP).to_string()),
-            ];
-            if let Some(p) = &scan.pattern {
-                call.push(p.clone());
-            }
-            match self.command_on(shard, call).await {
-                Value::Array(items) => match <[Value; 2]>::try_from(items) {
-                    Ok([next, Value::Array(found)]) => {
-                        keys.extend(found);
-                        match next {
-                            Value::Bulk(k) => start = Some(k),
-                            _ => {
-                                shard += 1;
-                                start = None;
-                            }
-                        }
-                    }
-                    _ => return Err(Fail::new("ERR unexpected reply from a shard to SCAN")),
-                },
-                Value::Error(e) => return Err(Fail(e)),
-                _ => return Err(Fail::new("ERR unexpected reply from a shard to SCAN")),
-            }
-        }
-        let cursor = if shard >= shards {
-            0
-        } else {
-            self.inner.cursors.save(Position {
-                shard,
-                key: start.unwrap_or_default(),
-            })
+        let (keys, next) = self.scan_step(start, scan.count, scan.pattern).await?;
+        let cursor = match next {
+            None => 0,
+            Some(key) => self.inner.cursors.save(Position { shard: 0, key }),
         };
-        if !scan.type_matches {
-            keys.clear();
-        }
+        let keys = if scan.type_matches { keys } else { Vec::new() };
         Ok(Value::Array(vec![
             Value::bulk(cursor.to_string()),
-            Value::Array(keys),
+            Value::Array(keys.into_iter().map(Value::Bulk).collect()),
         ]))
     }
 }
@@ -619,7 +592,7 @@ impl Backend for CoordinatorNode {
             let Some(spec) = args.first().and_then(|n| lookup(n)) else {
                 continue;
             };
-            if spec.route == Route::Keyspace && self.inner.routes.groups().len() > 1 {
+            if spec.route == Route::Keyspace && self.inner.routes.members().len() > 1 {
                 return Value::error(format!(
                     "ERR {} inside MULTI needs every shard; LimeDB runs a transaction on one shard only, so nothing was executed",
                     spec.name.to_uppercase()
@@ -664,7 +637,7 @@ impl Backend for CoordinatorNode {
         // A coordinator holds no data: it is a master with no replicas of its own; each shard's
         // group follows, as `limedb_shardN` fields.
         let mut out = String::from("role:master\r\nconnected_slaves:0\r\n");
-        for group in self.inner.routes.groups() {
+        for group in self.inner.routes.members() {
             let view = group.view();
             let leader = view
                 .members

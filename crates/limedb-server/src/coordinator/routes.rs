@@ -85,6 +85,16 @@ impl Routes {
             .clone()
     }
 
+    /// The groups of the shards in the routing in force: every group but those retired by a
+    /// removal, in the order they were added.
+    pub fn members(&self) -> Vec<Arc<ShardGroup>> {
+        let shards = self.state().routing.shards();
+        self.groups()
+            .into_iter()
+            .filter(|g| shards.contains(&g.id()))
+            .collect()
+    }
+
     /// The group at `index` (stable: groups are only appended).
     pub fn group(&self, index: usize) -> Option<Arc<ShardGroup>> {
         self.groups

@@ -82,12 +82,12 @@ async fn serve_connection(
             frame = frames.next() => frame,
             () = shutdown.wait() => break,
         };
-        let (request_id, request) = match frame {
+        let (request_id, request, ring_epoch) = match frame {
             Ok(Some(Frame {
                 request_id,
                 message: Message::Request(request),
-                ..
-            })) => (request_id, request),
+                ring_epoch,
+            })) => (request_id, request, ring_epoch),
             Ok(Some(Frame { request_id, .. })) => {
                 let why = "a shard accepts only requests on this connection";
                 refuse(request_id, why.into()).await;
@@ -118,7 +118,7 @@ async fn serve_connection(
         let node = node.clone();
         let answers = answers.clone();
         tokio::spawn(async move {
-            let response = node.handle(request).await;
+            let response = node.handle(request, ring_epoch).await;
             // The writer is gone only if the connection broke; nothing to answer.
             let _ = answers.send(Frame::response(request_id, response)).await;
             drop(permit);

@@ -90,8 +90,9 @@ impl ShardNode {
         self.inner.replication.as_ref().map_or(1, |r| r.replica_id)
     }
 
-    /// Answers one internal-protocol request.
-    pub async fn handle(&self, request: Request) -> Response {
+    /// Answers one internal-protocol request, routed by a coordinator at `ring_epoch` (`None`:
+    /// sent without one, as by a seed-style coordinator or a tool).
+    pub async fn handle(&self, request: Request, ring_epoch: Option<u64>) -> Response {
         let started = Instant::now();
         let limits = self.inner.limits;
         match request {
@@ -118,8 +119,38 @@ impl ShardNode {
                         return error_response(&ApiError::from(e));
                     }
                 }
-                self.handle_data(data, started, limits).await
+                let listing = ring_epoch.filter(|_| is_listing(&data));
+                let response = self.handle_data(data, started, limits).await;
+                match listing {
+                    Some(sent) if !matches!(response, Response::Error { .. }) => {
+                        match self.listed_at(sent) {
+                            Ok(()) => response,
+                            Err(e) => error_response(&e),
+                        }
+                    }
+                    _ => response,
+                }
             }
+        }
+    }
+
+    /// After a listing routed at ring epoch `sent`: `WrongShard` if this shard's ownership
+    /// record is newer. A listing is not refused for the keys it names (it names none) but
+    /// for when it ran: a coordinator keeps the keys each shard owns at `sent`, which is
+    /// complete only if no range of this shard was fenced (and so perhaps cleaned up) before
+    /// the listing read the engine. The record is read after the listing, so a record no
+    /// newer than `sent` means the engine was read before any newer fence.
+    fn listed_at(&self, sent: u64) -> Result<(), ApiError> {
+        let Some(replica) = self.inner.storage.replica() else {
+            return Ok(());
+        };
+        match self.inner.ownership.routing(replica.record())? {
+            Some(routing) if routing.epoch() > sent => Err(ApiError::WrongShard {
+                epoch: routing.epoch(),
+                shard: self.inner.id,
+                owner: self.inner.id,
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -459,6 +490,17 @@ fn request_keys(request: &Request) -> Vec<Bytes> {
         Request::Hello | Request::Ping | Request::KeysPage { .. } | Request::Raft { .. } => {
             Vec::new()
         }
+    }
+}
+
+/// Whether `request` lists keys (`KEYS`, or the coordinator's `LIMEDB.SCAN` step): answered
+/// `WrongShard` when the shard's ownership changed after the epoch it was routed at.
+fn is_listing(request: &Request) -> bool {
+    match request {
+        Request::Command { args } => args.first().is_some_and(|name| {
+            name.eq_ignore_ascii_case(b"LIMEDB.SCAN") || name.eq_ignore_ascii_case(b"KEYS")
+        }),
+        _ => false,
     }
 }
 
