@@ -171,6 +171,24 @@ impl Group {
         self.replicas.insert(r, node);
     }
 
+    /// Starts replica `r` again like [`Group::spawn`], on a thread of its own, so the caller
+    /// goes on while it starts; hand the [`Node`] back with [`Group::adopt`].
+    pub fn spawn_in_background(&self, r: u64) -> std::thread::JoinHandle<Node> {
+        let args = self.args(r);
+        let wrapper = self.placements[&r].wrapper.clone();
+        let (bin, log) = (self.bin.clone(), self.log(r));
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Node::spawn_wrapped(&wrapper, &bin, &args, &log, None, &[])
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+    }
+
+    /// Takes replica `r`'s process, started by [`Group::spawn_in_background`].
+    pub fn adopt(&mut self, r: u64, node: Node) {
+        self.replicas.insert(r, node);
+    }
+
     /// Adds member `r` at `placement` to the group's placements (its process is started with
     /// [`Group::spawn`]).
     pub fn place(&mut self, r: u64, placement: Placement) {
@@ -190,6 +208,25 @@ impl Group {
         if let Some(mut node) = self.replicas.remove(&r) {
             node.kill9();
         }
+    }
+
+    /// SIGSTOPs replica `r` and waits until it has stopped.
+    pub fn freeze(&self, r: u64) {
+        if let Some(node) = self.replicas.get(&r) {
+            node.freeze();
+        }
+    }
+
+    /// SIGCONTs replica `r`.
+    pub fn thaw(&self, r: u64) {
+        if let Some(node) = self.replicas.get(&r) {
+            node.signal("CONT");
+        }
+    }
+
+    /// The ids of the replicas running now.
+    pub fn running(&self) -> Vec<u64> {
+        self.replicas.keys().copied().collect()
     }
 
     /// The URL of replica `r`.

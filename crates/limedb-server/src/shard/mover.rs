@@ -173,12 +173,15 @@ async fn step(node: &ShardNode) -> Result<bool, String> {
         node.inner.mover.lock().moving = None;
         return Ok(false);
     };
-    let pending: Vec<(ShardId, ShardId)> = current
+    // Furthest along first: a driver that takes over resumes the transfer it interrupted
+    // before starting another one's copy.
+    let mut unfinished: Vec<&TransferState> = current
         .transfers
         .iter()
         .filter(|t| t.phase != Phase::Done)
-        .map(|t| (t.from, t.to))
         .collect();
+    unfinished.sort_by_key(|t| std::cmp::Reverse(t.phase));
+    let pending: Vec<(ShardId, ShardId)> = unfinished.iter().map(|t| (t.from, t.to)).collect();
     node.inner.mover.lock().moving = Some((
         current.id,
         current.transfers.len() - pending.len(),
@@ -189,8 +192,20 @@ async fn step(node: &ShardNode) -> Result<bool, String> {
     }
     let copying = Arc::new(tokio::sync::Mutex::new(()));
     let mut drives = tokio::task::JoinSet::new();
-    for ends in pending {
-        drives.spawn(drive(node.clone(), current.id, ends, Arc::clone(&copying)));
+    for (i, ends) in pending.into_iter().enumerate() {
+        // The first one starts holding the copy lock, so none of the others overtakes it.
+        let held = if i == 0 {
+            Some(Arc::clone(&copying).lock_owned().await)
+        } else {
+            None
+        };
+        drives.spawn(drive(
+            node.clone(),
+            current.id,
+            ends,
+            Arc::clone(&copying),
+            held,
+        ));
     }
     let mut first_error = None;
     while let Some(done) = drives.join_next().await {
@@ -211,8 +226,9 @@ async fn drive(
     move_id: u64,
     (from, to): (ShardId, ShardId),
     copying: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
 ) -> Result<(), String> {
-    let mut exclusive = None;
+    let mut exclusive = held;
     loop {
         let Some(map) = node.read_map().await.map_err(|e| e.to_string())? else {
             return Ok(());
