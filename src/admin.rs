@@ -46,7 +46,7 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
                 Some(Bytes::from(body)),
             )
             .await?;
-            follow_move(&base, &doc, no_wait, args.json).await
+            follow_move(&base, &doc, no_wait, args.json, Ending::Finish).await
         }
         AdminCommand::RemoveShard { id, no_wait } => {
             let doc = call(
@@ -56,7 +56,26 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
                 None,
             )
             .await?;
-            follow_move(&base, &doc, no_wait, args.json).await
+            follow_move(&base, &doc, no_wait, args.json, Ending::Finish).await
+        }
+        AdminCommand::CancelMove { id, no_wait } => {
+            let id = match id {
+                Some(id) => id,
+                None => {
+                    let doc = call(&base, Method::GET, "/api/v1/admin/moves", None).await?;
+                    doc["moving"]["id"]
+                        .as_u64()
+                        .ok_or("no move is in progress; nothing to cancel")?
+                }
+            };
+            let doc = call(
+                &base,
+                Method::DELETE,
+                &format!("/api/v1/admin/moves/{id}"),
+                None,
+            )
+            .await?;
+            follow_move(&base, &doc, no_wait, args.json, Ending::Cancel).await
         }
         AdminCommand::Replicas { shard } => {
             let doc = call(&base, Method::GET, &replicas_path(shard), None).await?;
@@ -83,17 +102,32 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
     }
 }
 
-/// Prints the started move, then (unless `no_wait`) its progress until it finishes.
+/// How a followed move ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// It runs to its end.
+    Finish,
+    /// Its cancellation was asked.
+    Cancel,
+}
+
+/// Prints the started (or cancelled) move, then (unless `no_wait`) its progress until it
+/// leaves the map.
 async fn follow_move(
     base: &str,
     started: &serde_json::Value,
     no_wait: bool,
     json: bool,
+    ending: Ending,
 ) -> Result<(), String> {
+    let (asked, ended) = match ending {
+        Ending::Finish => ("started", "finished"),
+        Ending::Cancel => ("is being cancelled", "cancelled"),
+    };
     if json {
         println!("{started}");
     } else {
-        println!("move {} started", started["moveId"]);
+        println!("move {} {asked}", started["moveId"]);
     }
     if no_wait {
         return Ok(());
@@ -110,7 +144,7 @@ async fn follow_move(
                 println!("{doc}");
             } else {
                 println!(
-                    "move {} finished (ring epoch {})",
+                    "move {} {ended} (ring epoch {})",
                     started["moveId"], doc["epoch"]
                 );
             }
@@ -155,7 +189,9 @@ fn move_line(doc: &serde_json::Value) -> String {
         })
         .collect();
     let copying = &doc["driver"]["copying"];
-    if !copying.is_null() {
+    if doc["moving"]["cancelling"] == true {
+        parts.insert(0, "cancelling:".into());
+    } else if !copying.is_null() {
         parts.push(copy_progress(copying));
     }
     if let Some(e) = doc["driver"]["lastError"].as_str() {

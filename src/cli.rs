@@ -143,6 +143,19 @@ pub enum AdminCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Cancel the move in progress (or move ID), if it has handed no range over yet (a
+    /// shard being added died for good, say): the sources keep their ranges and serve any they
+    /// had fenced for a cut-over again, a shard being added leaves the map, and partial copies
+    /// are dropped. A move that handed ranges over can only be finished. Waits for the
+    /// cancellation unless --no-wait.
+    CancelMove {
+        /// The move (default: the one in progress).
+        #[arg(value_name = "ID")]
+        id: Option<u64>,
+        /// Return once the cancellation is asked.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Replace a replica (typically a dead one) by a new one: add the new one (as add-replica
     /// does), then remove the old one.
     ReplaceReplica {

@@ -1557,3 +1557,163 @@ async fn a_removal_survives_a_fault_in_every_phase() {
     assert_eq!(held, listed.len() as u64, "no key is stored by two groups");
     drop(meta);
 }
+
+/// An addition whose new shard dies for good during its copy is cancelled with `limedb admin
+/// cancel-move`: a source that had fenced its ranges for a cut-over (here fenced by hand, with
+/// the record the driver writes) serves them again, the new group leaves the map, and every
+/// key stays readable and writable where it was. Cancelling is refused once a range was handed
+/// over (the map's unit tests) and for a move that is not in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_new_shard_dies_is_cancelled_and_the_keys_stay() {
+    use limedb_cluster::Phase;
+    let _serial = SERIAL.lock().await;
+    let dir = temp_dir();
+    let (meta, mut groups) = start_cluster(dir.path(), &[1, 1, 1, 1]).await;
+    let c = coordinator(
+        dir.path(),
+        "c",
+        &[
+            "--meta",
+            &meta.urls_arg(),
+            "--shards",
+            &shards_arg(&groups[..3]),
+            "--resp-port",
+            "0",
+        ],
+    )
+    .await;
+    let resp_addr = c.ready.get("resp").expect("resp address").clone();
+    let mut redis = redis::Client::open(format!("redis://{resp_addr}/"))
+        .expect("client")
+        .get_connection()
+        .expect("connect");
+    let total = 40_000;
+    for chunk in (0..total).collect::<Vec<_>>().chunks(500) {
+        let mut mset = redis::cmd("MSET");
+        for i in chunk {
+            mset.arg(format!("key-{i}")).arg(format!("v{i}"));
+        }
+        let () = mset.query(&mut redis).expect("mset");
+    }
+    let add = serde_json::json!({ "shardId": 4, "replicas": { "1": groups[3].url(1) } });
+    let (status, doc) = post_json(&c.http_addr(), "/api/v1/admin/shards", &add).await;
+    assert_eq!(status, 202, "{doc}");
+    let move_id = doc["moveId"].as_u64().expect("a move id");
+    // The new shard dies for good while a transfer copies.
+    let mut reader = MapReader { leader: None };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (from, to, _) = loop {
+        if let Some(found) = reader
+            .transfers(&meta)
+            .await
+            .and_then(|t| transfer_in(&t, Phase::Copy))
+        {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no transfer started copying");
+    };
+    groups[3].kill(1);
+    assert_eq!(to, ShardId(4));
+    // Fence the source as a cut-over would: its record hands the transfer's ranges over.
+    let leader = meta.leader(Duration::from_secs(20)).await;
+    let (_, state) = get_json(&host_port(&meta.url(leader)), "/api/v1/meta/map").await;
+    let map: ClusterMap = serde_json::from_value(state["map"].clone()).expect("map");
+    let mut fenced = map.routing().clone();
+    fenced.hand_over(from, to).expect("a transfer of the move");
+    let source = &groups[from.0 as usize - 1];
+    let (status, doc) = put_json(
+        &host_port(&source.url(1)),
+        "/api/v1/admin/ownership",
+        &serde_json::to_value(&fenced).expect("json"),
+    )
+    .await;
+    assert_eq!(status, 200, "{doc}");
+    let moving_key = (0..total)
+        .map(|i| format!("key-{i}"))
+        .find(|k| fenced.owner_of_key(k.as_bytes()) == to)
+        .expect("a key of the fenced ranges");
+    let r = http::request(
+        &host_port(&source.url(1)),
+        "GET",
+        &format!("/api/v1/get/{moving_key}"),
+        &[],
+        None,
+    )
+    .await
+    .expect("get");
+    assert_eq!(r.status, 421, "the fenced source refuses: {}", r.text());
+
+    // A move that is not the one in progress cannot be cancelled.
+    let r = http::request(
+        &c.http_addr(),
+        "DELETE",
+        &format!("/api/v1/admin/moves/{}", move_id + 1),
+        &[],
+        None,
+    )
+    .await
+    .expect("delete");
+    assert_eq!(r.status, 404, "{}", r.text());
+    let out = tokio::task::spawn_blocking({
+        let coordinator = format!("http://{}", c.http_addr());
+        move || {
+            Command::new(bin())
+                .args(["admin", "--coordinator", &coordinator, "cancel-move"])
+                .output()
+                .expect("limedb admin runs")
+        }
+    })
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("move {move_id} cancelled")),
+        "{text}"
+    );
+
+    let (_, state) = get_json(
+        &host_port(&meta.url(meta.leader(Duration::from_secs(20)).await)),
+        "/api/v1/meta/map",
+    )
+    .await;
+    let after: ClusterMap = serde_json::from_value(state["map"].clone()).expect("map");
+    assert!(after.moving().is_none());
+    assert_eq!(
+        after.groups().keys().copied().collect::<Vec<_>>(),
+        vec![ShardId(1), ShardId(2), ShardId(3)]
+    );
+    assert_eq!(after.epoch(), map.epoch() + 2);
+    assert_eq!(after.routing().base(), map.routing().base());
+    // Every key where it was, readable and writable through the coordinator.
+    let keys: Vec<String> = (0..total).map(|i| format!("key-{i}")).collect();
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&keys)
+        .query(&mut redis)
+        .expect("mget");
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()), "key-{i}");
+    }
+    let () = redis::cmd("SET")
+        .arg(&moving_key)
+        .arg("after")
+        .query(&mut redis)
+        .expect("the source serves the fenced ranges again");
+    let listed: Vec<String> = redis::cmd("KEYS")
+        .arg("key-*")
+        .query(&mut redis)
+        .expect("keys");
+    assert_eq!(listed.len(), total);
+    let held: u64 = {
+        let mut n = 0;
+        for g in &groups[..3] {
+            n += keys_held(g).await;
+        }
+        n
+    };
+    assert_eq!(held, total as u64, "each key on its one shard");
+}

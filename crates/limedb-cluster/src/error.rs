@@ -65,6 +65,17 @@ pub enum ClusterError {
     /// The map has no such shard.
     #[error("shard {0} is not in the cluster map")]
     UnknownShard(ShardId),
+    /// A move that handed ranges over can only go forward.
+    #[error("move {move_id} has handed over the ranges of {transfers} already; it cannot be cancelled, only finished")]
+    HandedOver {
+        /// The move.
+        move_id: u64,
+        /// The transfers handed over, as `from → to` pairs.
+        transfers: String,
+    },
+    /// The move is being cancelled: its transfers change no more.
+    #[error("move {0} is being cancelled")]
+    Cancelling(u64),
     /// The last shard cannot be removed.
     #[error("shard {0} is the only shard; a cluster needs at least one")]
     LastShard(ShardId),

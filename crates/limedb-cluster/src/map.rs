@@ -237,6 +237,39 @@ impl Routing {
         Ok(true)
     }
 
+    /// Abandons the move in progress, none of whose transfers was handed over: the base ring
+    /// stays the ring. Bumps the epoch by two: past the epoch of any fence a source may hold
+    /// (a fence is this routing with one more hand-over, one epoch up), so the record that
+    /// lifts it is newer.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::NoMove`] without a move in progress, [`ClusterError::HandedOver`] (move
+    /// id 0: the routing does not know it) when a transfer was handed over.
+    pub fn cancel(&mut self) -> Result<(), ClusterError> {
+        if self.target.is_none() {
+            return Err(ClusterError::NoMove);
+        }
+        if !self.handed_over.is_empty() {
+            return Err(ClusterError::HandedOver {
+                move_id: 0,
+                transfers: self.handed_over_list(),
+            });
+        }
+        self.target = None;
+        self.epoch += 2;
+        Ok(())
+    }
+
+    /// The transfers handed over, as `from → to, ...`.
+    fn handed_over_list(&self) -> String {
+        self.handed_over
+            .iter()
+            .map(|(from, to)| format!("{from} → {to}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Ends the move: the target ring becomes the base. Bumps the epoch; ownership is what it
     /// already was.
     ///
@@ -373,6 +406,10 @@ pub struct Move {
     pub kind: MoveKind,
     /// One per (source, destination) pair, sorted.
     pub transfers: Vec<TransferState>,
+    /// An operator asked to cancel it: its transfers change no more, and the driver gives the
+    /// sources their ranges back and drops the move.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelling: bool,
 }
 
 /// The cluster map (see the module docs).
@@ -513,6 +550,7 @@ impl ClusterMap {
                     capture: None,
                 })
                 .collect(),
+            cancelling: false,
         });
         Ok(id)
     }
@@ -653,6 +691,53 @@ impl ClusterMap {
         Ok(())
     }
 
+    /// Asks to cancel move `move_id`, which has handed nothing over: from now on its transfers
+    /// change no more (see [`ClusterMap::cancel_move`]). Asking twice is asking once.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::NoSuchMove`], [`ClusterError::HandedOver`].
+    pub fn request_cancel(&mut self, move_id: u64) -> Result<(), ClusterError> {
+        self.move_mut(move_id)?;
+        if let Err(ClusterError::HandedOver { transfers, .. }) = self.routing.clone().cancel() {
+            return Err(ClusterError::HandedOver { move_id, transfers });
+        }
+        if let Some(m) = self.moving.as_mut() {
+            if !m.cancelling {
+                m.cancelling = true;
+                self.version += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops move `move_id`, whose cancellation was asked: the base ring stays the ring (the
+    /// epoch grows by two, see [`Routing::cancel`]) and a group being added leaves the map.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::NoSuchMove`] (also for a move whose cancellation was not asked),
+    /// [`ClusterError::HandedOver`].
+    pub fn cancel_move(&mut self, move_id: u64) -> Result<(), ClusterError> {
+        let m = self.move_mut(move_id)?;
+        if !m.cancelling {
+            return Err(ClusterError::NoSuchMove(move_id));
+        }
+        let kind = m.kind;
+        self.routing.cancel().map_err(|e| match e {
+            ClusterError::HandedOver { transfers, .. } => {
+                ClusterError::HandedOver { move_id, transfers }
+            }
+            e => e,
+        })?;
+        self.moving = None;
+        if let MoveKind::AddShard(id) = kind {
+            self.groups.remove(&id);
+        }
+        self.version += 1;
+        Ok(())
+    }
+
     /// What differs between this map and a coordinator's `--shards` list (shard id → URL):
     /// shards missing on either side, and shards whose URL is not one of the group's replicas.
     /// Empty when they agree. A joining group counts as part of the map.
@@ -690,8 +775,11 @@ impl ClusterMap {
         from: ShardId,
         to: ShardId,
     ) -> Result<&mut TransferState, ClusterError> {
-        self.move_mut(move_id)?
-            .transfers
+        let m = self.move_mut(move_id)?;
+        if m.cancelling {
+            return Err(ClusterError::Cancelling(move_id));
+        }
+        m.transfers
             .iter_mut()
             .find(|t| t.from == from && t.to == to)
             .ok_or(ClusterError::NoSuchTransfer { from, to })

@@ -84,6 +84,12 @@ pub enum MoveRequest {
         /// The shard to remove.
         id: limedb_cluster::ShardId,
     },
+    /// Cancel move `id`, which has handed no range over yet: the sources keep their ranges
+    /// (and serve any they had fenced again), and a shard being added leaves the map.
+    Cancel {
+        /// The move.
+        id: u64,
+    },
 }
 
 /// A node that serves the key-value HTTP API.

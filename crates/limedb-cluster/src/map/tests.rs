@@ -375,3 +375,66 @@ fn a_lost_capture_sends_its_transfer_back_to_copy_and_only_from_catch_up() {
         serde_json::from_str(&serde_json::to_string(&map).expect("json")).expect("back");
     assert_eq!(back, map);
 }
+
+#[test]
+fn a_move_is_cancelled_only_before_a_hand_over_and_then_changes_no_more() {
+    let mut map = three_shards();
+    let before = map.routing().clone();
+    let id = map
+        .add_shard(ShardId(4), group(7004))
+        .expect("valid in this test");
+    let t = map.moving().expect("a move").transfers[0].clone();
+    map.advance(id, t.from, t.to, Phase::Prepare)
+        .expect("valid in this test");
+    assert_eq!(
+        map.cancel_move(id),
+        Err(ClusterError::NoSuchMove(id)),
+        "a move is dropped only once its cancellation was asked"
+    );
+    let epoch = map.epoch();
+    map.request_cancel(id).expect("nothing handed over yet");
+    let version = map.version();
+    map.request_cancel(id).expect("asking twice is asking once");
+    assert_eq!(map.version(), version);
+    assert!(map.moving().expect("still there").cancelling);
+    assert_eq!(
+        map.advance(id, t.from, t.to, Phase::Copy),
+        Err(ClusterError::Cancelling(id)),
+        "a cancelled move's transfers change no more"
+    );
+    map.cancel_move(id).expect("valid in this test");
+    assert!(map.moving().is_none());
+    assert!(
+        !map.groups().contains_key(&ShardId(4)),
+        "the new group left"
+    );
+    assert_eq!(
+        map.epoch(),
+        epoch + 2,
+        "past any fence (one epoch above the move's)"
+    );
+    assert_eq!(map.routing().base(), before.base());
+    assert!(map.routing().target().is_none());
+    for i in 0..2000u32 {
+        let key = format!("k{i}");
+        assert_eq!(
+            map.routing().owner_of_key(key.as_bytes()),
+            before.owner_of_key(key.as_bytes())
+        );
+    }
+
+    // Once a transfer is handed over, the move can only go forward.
+    let id = map.remove_shard(ShardId(2)).expect("valid in this test");
+    let t = map.moving().expect("a move").transfers[0].clone();
+    let mut phase = t.phase;
+    while phase != Phase::CleanUp {
+        phase = map
+            .advance(id, t.from, t.to, phase)
+            .expect("valid in this test");
+    }
+    assert!(matches!(
+        map.request_cancel(id),
+        Err(ClusterError::HandedOver { move_id, .. }) if move_id == id
+    ));
+    assert!(!map.moving().expect("still there").cancelling);
+}

@@ -158,7 +158,16 @@ impl CoordinatorNode {
         loop {
             let state = routes.state();
             let epoch = state.routing.epoch();
-            let round = self.ask_every_shard(&state.routing, &args, parse).await?;
+            let round = match self.ask_every_shard(&state.routing, &args, parse).await {
+                Ok(round) => round,
+                // A shard that fails may have left the cluster (a removal finished, an
+                // addition was cancelled) since this round read the routing.
+                Err(e) if !Arc::ptr_eq(&routes.state(), &state) || routes.refresh().await => {
+                    tracing::debug!(error = %e.0, "a listing failed under an older map; listing again");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let seen = match round {
                 Round::Listed(listings) if routes.state().routing.epoch() == epoch => {
                     return Ok((state, listings));

@@ -242,11 +242,16 @@ impl Routes {
                     },
                 ),
                 MoveRequest::RemoveShard { id } => next.remove_shard(*id),
+                MoveRequest::Cancel { id } => next.request_cancel(*id).map(|()| *id),
                 MoveRequest::List => unreachable!("answered above"),
             }
-            .map_err(|e| ApiError::Conflict {
-                message: e.to_string(),
-                current: None,
+            .map_err(|e| match e {
+                limedb_cluster::ClusterError::NoSuchMove(_)
+                | limedb_cluster::ClusterError::NoMove => ApiError::NoSuchResource(e.to_string()),
+                e => ApiError::Conflict {
+                    message: e.to_string(),
+                    current: None,
+                },
             })?;
             match client
                 .compare_and_set(Some(map.version()), &next, REFRESH_TIMEOUT)
@@ -254,7 +259,11 @@ impl Routes {
                 .map_err(unavailable)?
             {
                 super::map_client::CasOutcome::Stored => {
-                    tracing::info!(move_id = started, ?request, "move started");
+                    tracing::info!(
+                        move_id = started,
+                        ?request,
+                        "move started (or its cancellation asked)"
+                    );
                     self.adopt_if_newer(next.clone());
                     return Ok(serde_json::json!({
                         "moveId": started,

@@ -18,6 +18,7 @@
 //! | `GET /api/v1/admin/moves` | the move in progress and the driver's report (coordinators with `--meta`, map-group replicas) |
 //! | `POST /api/v1/admin/shards` `{"shardId", "replicas": {id: url}}` | (coordinator with `--meta`) starts adding the group: 202 `{"moveId", ...}` |
 //! | `DELETE /api/v1/admin/shards/{id}` | (coordinator with `--meta`) starts removing shard `{id}`: 202 `{"moveId", ...}` |
+//! | `DELETE /api/v1/admin/moves/{id}` | (coordinator with `--meta`) cancels move `{id}` if it has handed no range over: 202; 409 once one was; 404 for another move |
 //! | `GET`/`PUT /api/v1/admin/ownership` (replicated shards) | the shard's ownership record `{"epoch","routing"}`; `PUT` a routing replaces it (409 if older) |
 //!
 //! Keys in paths are percent-decoded bytes; everything after the route prefix is the key, so an
@@ -87,6 +88,10 @@ pub fn router<N: KvNode>(node: N) -> Router {
         )
         .route("/api/v1/meta/map", get(get_map::<N>).post(set_map::<N>))
         .route("/api/v1/admin/moves", get(list_moves::<N>))
+        .route(
+            "/api/v1/admin/moves/{id}",
+            axum::routing::delete(cancel_move::<N>),
+        )
         .route("/api/v1/admin/shards", post(add_shard::<N>))
         .route(
             "/api/v1/admin/shards/{shard}",
@@ -447,6 +452,23 @@ async fn remove_shard<N: KvNode>(
             id: limedb_cluster::ShardId(id),
         })
         .await
+    }
+    .await;
+    match result {
+        Ok(doc) => (StatusCode::ACCEPTED, axum::Json(doc)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn cancel_move<N: KvNode>(
+    State(node): State<N>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let result = async {
+        let id: u64 = id
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a move id")))?;
+        node.moves(MoveRequest::Cancel { id }).await
     }
     .await;
     match result {

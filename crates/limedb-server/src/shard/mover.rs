@@ -173,6 +173,9 @@ async fn step(node: &ShardNode) -> Result<bool, String> {
         node.inner.mover.lock().moving = None;
         return Ok(false);
     };
+    if current.cancelling {
+        return cancel(node, &map, current.id).await.map(|()| true);
+    }
     // Furthest along first: a driver that takes over resumes the transfer it interrupted
     // before starting another one's copy.
     let mut unfinished: Vec<&TransferState> = current
@@ -208,13 +211,75 @@ async fn step(node: &ShardNode) -> Result<bool, String> {
         ));
     }
     let mut first_error = None;
-    while let Some(done) = drives.join_next().await {
-        let outcome = done.unwrap_or_else(|e| Err(format!("a transfer's driver failed: {e}")));
-        if let Err(e) = outcome {
-            first_error.get_or_insert(e);
+    let mut watch = tokio::time::interval(CANCEL_CHECK);
+    loop {
+        tokio::select! {
+            done = drives.join_next() => {
+                let Some(done) = done else { break };
+                let outcome =
+                    done.unwrap_or_else(|e| Err(format!("a transfer's driver failed: {e}")));
+                if let Err(e) = outcome {
+                    first_error.get_or_insert(e);
+                }
+            }
+            _ = watch.tick() => {
+                // A cancellation stops the transfers where they are (every phase can be run
+                // again, so stopping one half-way is like a driver dying); the next step
+                // cancels.
+                let cancelling = node.read_map().await.ok().flatten().is_some_and(|m| {
+                    m.moving().is_some_and(|m| m.id == current.id && m.cancelling)
+                });
+                if cancelling {
+                    drives.abort_all();
+                    return Ok(true);
+                }
+            }
         }
     }
     first_error.map_or(Ok(true), Err)
+}
+
+/// How often a running move's driver checks whether the move is being cancelled.
+const CANCEL_CHECK: Duration = Duration::from_millis(500);
+
+/// Cancels move `move_id` (its cancellation asked): every shard of the base ring gets the
+/// map's routing without the move as its ownership record, so a source that had fenced its
+/// ranges for a cut-over serves them again; then the move leaves the map (and a group being
+/// added with it). A group being added is not told: no coordinator routes to it any more, and
+/// a later attempt to add it clears what it holds first.
+async fn cancel(node: &ShardNode, map: &ClusterMap, move_id: u64) -> Result<(), String> {
+    let mut cancelled = map.clone();
+    cancelled
+        .cancel_move(move_id)
+        .map_err(|e| format!("cannot cancel move {move_id}: {e}"))?;
+    // A destination that stays in the cluster (a removal's) drops its partial copies while
+    // its record still lists them as received (best effort: a later move clears them anyway).
+    let copied = map
+        .moving()
+        .into_iter()
+        .flat_map(|m| m.transfers.iter())
+        .filter(|t| t.phase >= Phase::Copy && cancelled.groups().contains_key(&t.to));
+    for t in copied {
+        let destination = cancelled.groups().get(&t.to).map(client);
+        if let Some(destination) = destination {
+            if let Err(e) = delete_keys(&destination, t.from, t.to).await {
+                tracing::warn!(from = %t.from, to = %t.to, error = %e, "a cancelled transfer's copy stays at its destination");
+            }
+        }
+    }
+    for shard in cancelled.routing().shards() {
+        let group = cancelled
+            .groups()
+            .get(&shard)
+            .ok_or_else(|| format!("shard {shard} of the ring is not in the map"))?;
+        set_record(&client(group), cancelled.routing()).await?;
+    }
+    update(node, |m| m.cancel_move(move_id)).await?;
+    tracing::info!(move_id, "move cancelled");
+    let mut status = node.inner.mover.lock();
+    status.copying = None;
+    status.moving = None;
+    Ok(())
 }
 
 /// Carries transfer `from` → `to` of move `move_id` through its phases until it is done. The
