@@ -6,7 +6,8 @@
 //! - `MGET`, `MSET`, `DEL`, `UNLINK`, `EXISTS` and `MSETNX` are split by shard, sent to the
 //!   shards concurrently and their answers merged (MGET in the client's key order); there is no
 //!   CROSSSLOT error. When every key is on one shard the whole command goes there unchanged and
-//!   is atomic like on a shard;
+//!   is atomic like on a shard. A part whose keys moved (the shard answered `WrongShard` and did
+//!   nothing) is grouped again by the newer map and sent again, so a move shows as a pause;
 //! - `RENAME`, `RENAMENX` and `COPY` across two shards read the source with its expiry and write
 //!   version (`LIMEDB.DUMP`), write the destination, then (RENAME) delete the source only if its
 //!   version did not move meanwhile;
@@ -50,10 +51,18 @@ pub(super) fn decode_reply(link: &ShardGroup, bytes: &[u8]) -> Value {
     }
 }
 
+/// Whether `reply` is [`try_again`]'s: the shard did nothing because the keys moved.
+fn is_moved(reply: &Value) -> bool {
+    matches!(reply, Value::Error(e) if e.starts_with(TRY_AGAIN))
+}
+
+/// How [`try_again`]'s answer starts (Redis Cluster's error for keys being moved).
+const TRY_AGAIN: &str = "TRYAGAIN ";
+
 /// The answer to a request whose keys moved while it was routed (nothing was done).
 fn try_again(link: &ShardGroup, ring_epoch: u64) -> Value {
     Value::error(format!(
-        "TRYAGAIN shard {} no longer owns these keys (ring epoch {ring_epoch}); the cluster is moving them, retry",
+        "{TRY_AGAIN}shard {} no longer owns these keys (ring epoch {ring_epoch}); the cluster is moving them, retry",
         link.id()
     ))
 }
@@ -201,15 +210,14 @@ impl CoordinatorNode {
         }
     }
 
-    /// Groups the keys at `positions` (each with its `width` arguments) by shard.
+    /// Groups the keys at `positions` of `args` by shard.
     fn group(
         &self,
         args: &[Bytes],
-        first: usize,
-        width: usize,
+        positions: impl IntoIterator<Item = usize>,
     ) -> Result<BTreeMap<usize, Vec<usize>>, Value> {
         let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for pos in (first..args.len()).step_by(width) {
+        for pos in positions {
             let shard = self
                 .shard_index(&args[pos])
                 .ok_or_else(|| Value::error("ERR internal error: no shard owns the key"))?;
@@ -230,41 +238,29 @@ impl CoordinatorNode {
         if matches!(name, "rename" | "renamenx" | "copy") {
             return self.two_keys(name, args).await;
         }
-        let groups = match self.group(&args, 1, width) {
-            Ok(g) => g,
+        let positions = (1..args.len()).step_by(width);
+        if name == "msetnx" {
+            return match self.group(&args, positions) {
+                // One shard: the command as is (atomic there).
+                Ok(groups) if groups.len() == 1 => {
+                    self.one_key_command(args, self.deadline()).await
+                }
+                Ok(groups) => self.msetnx(&args, &groups).await,
+                Err(e) => e,
+            };
+        }
+        let answers = match self.per_shard(&args, positions.collect(), width).await {
+            Ok(answers) => answers,
             Err(e) => return e,
         };
-        // One shard: the command as is (atomic there).
-        if groups.len() == 1 {
-            if let Some(&shard) = groups.keys().next() {
-                return self.command_on(shard, args).await;
-            }
-        }
-        if name == "msetnx" {
-            return self.msetnx(&args, &groups).await;
-        }
-        let calls: Vec<(usize, Vec<Bytes>)> = groups
-            .iter()
-            .map(|(&shard, positions)| {
-                let mut sub = vec![args[0].clone()];
-                for &p in positions {
-                    sub.extend(args[p..p + width].iter().cloned());
-                }
-                (shard, sub)
-            })
-            .collect();
-        let replies = self.fan_out(calls).await;
-        if let Some(e) = replies.iter().find(|v| v.is_error()) {
-            return e.clone();
-        }
         match name {
             "mget" => {
                 let mut out = vec![Value::Null; args.len() - 1];
-                for ((_, positions), reply) in groups.iter().zip(replies) {
+                for (positions, reply) in answers {
                     let Value::Array(values) = reply else {
                         return bad_reply("MGET");
                     };
-                    for (&p, v) in positions.iter().zip(values) {
+                    for (p, v) in positions.into_iter().zip(values) {
                         out[p - 1] = v;
                     }
                 }
@@ -273,7 +269,7 @@ impl CoordinatorNode {
             "mset" => Value::ok(),
             _ => {
                 let mut total = 0;
-                for reply in &replies {
+                for (_, reply) in &answers {
                     match int(reply) {
                         Some(n) => total += n,
                         None => return bad_reply(name),
@@ -282,6 +278,52 @@ impl CoordinatorNode {
                 Value::Integer(total)
             }
         }
+    }
+
+    /// Runs command `args[0]` on the keys at `positions` (each with its `width` arguments),
+    /// one sub-command per shard, concurrently: keys on one shard are one command there (the
+    /// whole command, atomic, when every key is). A shard that answers `WrongShard` did
+    /// nothing, so its keys are grouped again by the map it made the coordinator follow and
+    /// sent again, until the shard timeout: clients see a pause during a move's cut-over, not
+    /// an error. Returns each sub-command's positions with its reply, or the first error.
+    async fn per_shard(
+        &self,
+        args: &[Bytes],
+        mut pending: Vec<usize>,
+        width: usize,
+    ) -> Result<Vec<(Vec<usize>, Value)>, Value> {
+        let deadline = self.deadline();
+        let mut answers = Vec::new();
+        while !pending.is_empty() {
+            let groups = self.group(args, pending.drain(..))?;
+            let calls: Vec<(usize, Vec<Bytes>)> = groups
+                .iter()
+                .map(|(&shard, positions)| {
+                    let mut sub = vec![args[0].clone()];
+                    for &p in positions {
+                        sub.extend(args[p..p + width].iter().cloned());
+                    }
+                    (shard, sub)
+                })
+                .collect();
+            let replies = self.fan_out(calls).await;
+            for ((_, positions), reply) in groups.into_iter().zip(replies) {
+                if is_moved(&reply) && Instant::now() < deadline {
+                    pending.extend(positions);
+                } else if reply.is_error() {
+                    return Err(reply);
+                } else {
+                    answers.push((positions, reply));
+                }
+            }
+            pending.sort_unstable();
+        }
+        Ok(answers)
+    }
+
+    /// When a request routed now must be answered by.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.inner.shard_timeout
     }
 
     /// MSETNX over several shards: refuse if any key exists, otherwise set every group. Not
