@@ -1050,6 +1050,41 @@ async fn a_move_survives_the_death_of_source_and_destination_leaders() {
     }
 }
 
+/// Full scans started and finished by [`scan_until`].
+#[derive(Debug, Default)]
+struct ScanProgress {
+    started: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl ScanProgress {
+    /// Waits until a full scan is under way; returns its number.
+    async fn scanning(self: &std::sync::Arc<Self>) -> u64 {
+        let progress = std::sync::Arc::clone(self);
+        wait_for(Duration::from_secs(60), "a scan under way", move || {
+            let progress = std::sync::Arc::clone(&progress);
+            async move {
+                let started = progress.started.load(std::sync::atomic::Ordering::SeqCst);
+                let done = progress.done.load(std::sync::atomic::Ordering::SeqCst);
+                (started > done).then_some(started)
+            }
+        })
+        .await
+    }
+
+    /// Waits until scan number `n` (and every one before) has finished.
+    async fn finished(self: &std::sync::Arc<Self>, n: u64) {
+        let progress = std::sync::Arc::clone(self);
+        wait_for(Duration::from_secs(60), "a scan to finish", move || {
+            let progress = std::sync::Arc::clone(&progress);
+            async move {
+                (progress.done.load(std::sync::atomic::Ordering::SeqCst) >= n).then_some(())
+            }
+        })
+        .await;
+    }
+}
+
 /// What a client scanning the keyspace again and again saw.
 #[derive(Debug, Default)]
 struct ScanRecord {
@@ -1069,7 +1104,7 @@ fn scan_until(
     resp_addr: &str,
     total: usize,
     stop: &std::sync::atomic::AtomicBool,
-    done: &std::sync::atomic::AtomicU64,
+    progress: &ScanProgress,
 ) -> ScanRecord {
     let mut redis = redis::Client::open(format!("redis://{resp_addr}/"))
         .expect("client")
@@ -1079,6 +1114,9 @@ fn scan_until(
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && record.problems.len() < 10 {
         let mut seen = std::collections::HashSet::new();
         let mut cursor = 0u64;
+        progress
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         loop {
             let answer: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
                 .arg(cursor)
@@ -1109,7 +1147,9 @@ fn scan_until(
                     ));
                 }
                 record.scans += 1;
-                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                progress
+                    .done
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 break;
             }
         }
@@ -1200,12 +1240,12 @@ async fn scans_and_multi_key_commands_stay_correct_while_ranges_move() {
     load(&mut conn, total).await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let scans_done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let progress = std::sync::Arc::new(ScanProgress::default());
     let scanner = {
         let resp_addr = c.ready.get("resp").expect("resp address").clone();
         let stop = std::sync::Arc::clone(&stop);
-        let done = std::sync::Arc::clone(&scans_done);
-        tokio::task::spawn_blocking(move || scan_until(&resp_addr, total, &stop, &done))
+        let progress = std::sync::Arc::clone(&progress);
+        tokio::task::spawn_blocking(move || scan_until(&resp_addr, total, &stop, &progress))
     };
     // Writes keep the moves' catch-ups busy (other keys than the scanned ones).
     let writer = {
@@ -1224,11 +1264,14 @@ async fn scans_and_multi_key_commands_stay_correct_while_ranges_move() {
             n
         })
     };
-    let before = scans_done.load(std::sync::atomic::Ordering::Relaxed);
+    // Each move starts while a full scan is under way, which must still find every key.
+    let overlapping = progress.scanning().await;
     let add = serde_json::json!({ "shardId": 4, "replicas": { "1": groups[3].url(1) } });
     let (status, doc) = post_json(&c.http_addr(), "/api/v1/admin/shards", &add).await;
     assert_eq!(status, 202, "{doc}");
     wait_move_done(&c).await;
+    progress.finished(overlapping).await;
+    let overlapping = progress.scanning().await;
     let r = http::request(
         &c.http_addr(),
         "DELETE",
@@ -1240,23 +1283,14 @@ async fn scans_and_multi_key_commands_stay_correct_while_ranges_move() {
     .expect("remove shard 2");
     assert_eq!(r.status, 202, "{}", r.text());
     wait_move_done(&c).await;
-    let during = scans_done.load(std::sync::atomic::Ordering::Relaxed) - before;
-    // One more full scan after the moves, on the final ring.
-    let after = scans_done.load(std::sync::atomic::Ordering::Relaxed);
-    let counted = std::sync::Arc::clone(&scans_done);
-    wait_for(Duration::from_secs(30), "a scan after the moves", || {
-        let counted = std::sync::Arc::clone(&counted);
-        async move { (counted.load(std::sync::atomic::Ordering::Relaxed) > after).then_some(()) }
-    })
-    .await;
+    progress.finished(overlapping).await;
+    // And one full scan on the final ring.
+    let last = progress.scanning().await;
+    progress.finished(last + 1).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let record = scanner.await.expect("scanner");
     let written = writer.await.expect("writer");
     assert!(record.problems.is_empty(), "{record:?}");
-    assert!(
-        during >= 1,
-        "at least one full scan ran while the ranges moved ({record:?})"
-    );
     assert!(record.keys_calls >= 2, "{record:?}");
     assert!(written > 0);
     // The removed shard's group is no longer asked: DBSIZE counts the remaining shards.

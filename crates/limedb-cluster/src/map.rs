@@ -122,6 +122,15 @@ impl Routing {
         shards.into_iter().collect()
     }
 
+    /// The shards that own part of the hash space now: the base ring's, and the destinations
+    /// of transfers handed over. Sorted.
+    #[must_use]
+    pub fn owners(&self) -> Vec<ShardId> {
+        let mut shards: BTreeSet<ShardId> = self.base.shards().iter().copied().collect();
+        shards.extend(self.handed_over.iter().map(|(_, to)| *to));
+        shards.into_iter().collect()
+    }
+
     /// The shard that owns `hash` now.
     ///
     /// ```

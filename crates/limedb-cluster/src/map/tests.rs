@@ -55,6 +55,11 @@ fn adding_a_shard_ends_with_the_ring_of_the_new_shard_set() {
         vec![ShardId(1), ShardId(2), ShardId(3), ShardId(4)],
         "the shard being added is a member while it receives"
     );
+    assert_eq!(
+        map.routing().owners(),
+        vec![ShardId(1), ShardId(2), ShardId(3)],
+        "but owns nothing before a hand-over"
+    );
     // Nothing changes owner before a cut-over.
     let before = Ring::new(&[ShardId(1), ShardId(2), ShardId(3)], 64).expect("valid in this test");
     for i in 0..2000u32 {

@@ -6,8 +6,8 @@
 //! listed is missed) nor "each shard lists what it serves" (the cut-over hides keys) keeps
 //! Redis's promise that a key present for the whole `SCAN` is returned at least once. Instead:
 //!
-//! - a **round** asks every shard of the routing at epoch E (the base ring's and the target
-//!   ring's) at once, each listing its engine's keys in key order from the same position;
+//! - a **round** asks every shard that owns part of the hash space at epoch E at once, each
+//!   listing its engine's keys in key order from the same position;
 //! - a shard answers a listing routed at E with `WrongShard` if its ownership record is newer
 //!   than E once it has listed (`ShardNode::listed_at`): no range of it was fenced, and so none
 //!   cleaned up, before it read its engine;
@@ -128,7 +128,7 @@ impl CoordinatorNode {
         count: usize,
         pattern: Option<Bytes>,
     ) -> Result<(Vec<Bytes>, Option<Bytes>), Fail> {
-        let shards = self.inner.routes.state().routing.shards().len().max(1);
+        let shards = self.inner.routes.state().routing.owners().len().max(1);
         let mut args = vec![
             Bytes::from_static(b"LIMEDB.SCAN"),
             start.unwrap_or_default(),
@@ -162,7 +162,10 @@ impl CoordinatorNode {
                 Ok(round) => round,
                 // A shard that fails may have left the cluster (a removal finished, an
                 // addition was cancelled) since this round read the routing.
-                Err(e) if !Arc::ptr_eq(&routes.state(), &state) || routes.refresh().await => {
+                Err(e)
+                    if Instant::now() < deadline
+                        && (!Arc::ptr_eq(&routes.state(), &state) || routes.refresh().await) =>
+                {
                     tracing::debug!(error = %e.0, "a listing failed under an older map; listing again");
                     continue;
                 }
@@ -172,7 +175,12 @@ impl CoordinatorNode {
                 Round::Listed(listings) if routes.state().routing.epoch() == epoch => {
                     return Ok((state, listings));
                 }
-                Round::Listed(_) => continue,
+                Round::Listed(_) if Instant::now() < deadline => continue,
+                Round::Listed(_) => {
+                    return Err(Fail::new(
+                        "TRYAGAIN the cluster map kept changing during this listing; retry",
+                    ))
+                }
                 Round::Stale(seen) => seen,
             };
             if !routes.follow(seen, deadline).await {
@@ -190,7 +198,7 @@ impl CoordinatorNode {
         parse: fn(ShardId, Value) -> Result<ShardListing, Fail>,
     ) -> Result<Round, Fail> {
         let mut tasks = JoinSet::new();
-        for shard in routing.shards() {
+        for shard in routing.owners() {
             let group = self.inner.routes.group_of(shard).ok_or_else(|| {
                 Fail::new(format!(
                     "ERR internal error: the ring names shard {shard}, which has no link"

@@ -317,11 +317,23 @@ impl Routes {
             }
         }
         let epoch = map.epoch();
-        self.options.ring_epoch.store(epoch, Ordering::Relaxed);
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(RouteState {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        // Two adoptions may race (a refresh and a move's own map): the newer one stays.
+        if state
+            .map
+            .as_ref()
+            .is_some_and(|current| current.version() >= map.version())
+        {
+            return;
+        }
+        *state = Arc::new(RouteState {
             routing: map.routing().clone(),
             map: Some(map),
         });
+        // The epoch requests carry follows the routing, never leads it: a listing filters by
+        // the routing it read, so shards must not be asked at a newer epoch than that.
+        self.options.ring_epoch.store(epoch, Ordering::Relaxed);
+        drop(state);
         tracing::debug!(epoch, "routing by a newer cluster map");
     }
 }

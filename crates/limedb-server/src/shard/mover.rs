@@ -184,6 +184,8 @@ async fn step(node: &ShardNode) -> Result<bool, String> {
         .filter(|t| t.phase != Phase::Done)
         .collect();
     unfinished.sort_by_key(|t| std::cmp::Reverse(t.phase));
+    // The copy lock goes to the first transfer that needs it (a clean-up does not).
+    let first_to_copy = unfinished.iter().position(|t| t.phase < Phase::CleanUp);
     let pending: Vec<(ShardId, ShardId)> = unfinished.iter().map(|t| (t.from, t.to)).collect();
     node.inner.mover.lock().moving = Some((
         current.id,
@@ -196,8 +198,8 @@ async fn step(node: &ShardNode) -> Result<bool, String> {
     let copying = Arc::new(tokio::sync::Mutex::new(()));
     let mut drives = tokio::task::JoinSet::new();
     for (i, ends) in pending.into_iter().enumerate() {
-        // The first one starts holding the copy lock, so none of the others overtakes it.
-        let held = if i == 0 {
+        // That one starts holding the copy lock, so none of the others overtakes it.
+        let held = if Some(i) == first_to_copy {
             Some(Arc::clone(&copying).lock_owned().await)
         } else {
             None
@@ -267,12 +269,23 @@ async fn cancel(node: &ShardNode, map: &ClusterMap, move_id: u64) -> Result<(), 
             }
         }
     }
+    // Every shard is tried even when one fails, so a fenced source that answers serves again
+    // as soon as it can; the move leaves the map only once they all have the record.
+    let mut failed = Vec::new();
     for shard in cancelled.routing().shards() {
-        let group = cancelled
-            .groups()
-            .get(&shard)
-            .ok_or_else(|| format!("shard {shard} of the ring is not in the map"))?;
-        set_record(&client(group), cancelled.routing()).await?;
+        let Some(group) = cancelled.groups().get(&shard) else {
+            failed.push(format!("shard {shard} of the ring is not in the map"));
+            continue;
+        };
+        if let Err(e) = set_record(&client(group), cancelled.routing()).await {
+            failed.push(format!("shard {shard}: {e}"));
+        }
+    }
+    if !failed.is_empty() {
+        return Err(format!(
+            "cancelling move {move_id}: {}; trying again",
+            failed.join("; ")
+        ));
     }
     update(node, |m| m.cancel_move(move_id)).await?;
     tracing::info!(move_id, "move cancelled");
