@@ -1634,7 +1634,8 @@ async fn a_removal_survives_a_fault_in_every_phase() {
 /// cancel-move`: a source that had fenced its ranges for a cut-over (here fenced by hand, with
 /// the record the driver writes) serves them again, the new group leaves the map, and every
 /// key stays readable and writable where it was. Cancelling is refused once a range was handed
-/// over (the map's unit tests) and for a move that is not in progress.
+/// over (the map's unit tests) and for a move that is not in progress. Then the shard is added
+/// again as a new group at another address, and its share of the keys moves to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_whose_new_shard_dies_is_cancelled_and_the_keys_stay() {
     use limedb_cluster::Phase;
@@ -1788,4 +1789,28 @@ async fn a_move_whose_new_shard_dies_is_cancelled_and_the_keys_stay() {
         n
     };
     assert_eq!(held, total as u64, "each key on its one shard");
+
+    // The shard is added again, as a new group at another address: coordinators link to it
+    // and its share of the keys moves.
+    let again_dir = dir.path().join("again");
+    std::fs::create_dir_all(&again_dir).expect("a directory for the new group");
+    let again = Group::start(bin(), &again_dir, 4, 1, &[]);
+    again.leader(Duration::from_secs(20)).await;
+    let add = serde_json::json!({ "shardId": 4, "replicas": { "1": again.url(1) } });
+    let (status, doc) = post_json(&c.http_addr(), "/api/v1/admin/shards", &add).await;
+    assert_eq!(status, 202, "{doc}");
+    wait_move_done(&c).await;
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&keys)
+        .query(&mut redis)
+        .expect("mget");
+    for (i, v) in values.iter().enumerate() {
+        let expected = if keys[i] == moving_key {
+            "after".to_string()
+        } else {
+            format!("v{i}")
+        };
+        assert_eq!(v.as_deref(), Some(expected.as_str()), "key-{i}");
+    }
+    assert!(keys_held(&again).await > 0, "the new group took its share");
 }

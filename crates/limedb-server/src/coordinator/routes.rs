@@ -287,12 +287,20 @@ impl Routes {
         }
     }
 
-    /// Makes `map` the routing in force, adding links to groups it names for the first time.
+    /// Makes `map` the routing in force, adding links to groups it names for the first time
+    /// (or under replicas other than the ones the coordinator knows).
     fn adopt(&self, map: ClusterMap) {
         {
             let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
             for (&id, group) in map.groups() {
-                if groups.iter().any(|g| g.id() == id) {
+                let known = groups.iter().position(|g| g.id() == id);
+                let same_group = |g: &ShardGroup| {
+                    group
+                        .replicas
+                        .values()
+                        .any(|u| u.trim_end_matches('/') == g.url().trim_end_matches('/'))
+                };
+                if known.is_some_and(|i| same_group(&groups[i])) {
                     continue;
                 }
                 let Some(url) = group.replicas.values().next() else {
@@ -313,7 +321,14 @@ impl Routes {
                     tokio::spawn(Arc::clone(&link).supervise(shutdown));
                 }
                 tracing::info!(shard = %id, url, "learned a new shard group from the cluster map");
-                groups.push(link);
+                match known {
+                    // The id names other replicas now (a shard added again after a cancelled
+                    // move): the new link takes the old one's place, so indices stay valid.
+                    // The old link's supervisor goes on probing its replicas until the
+                    // coordinator stops.
+                    Some(i) => groups[i] = link,
+                    None => groups.push(link),
+                }
             }
         }
         let epoch = map.epoch();
