@@ -97,6 +97,25 @@ fn host_port(url: &str) -> String {
     url.trim_start_matches("http://").to_string()
 }
 
+/// A Redis connection to `resp_addr` (a coordinator's RESP address).
+fn redis_conn(resp_addr: &str) -> redis::Connection {
+    redis::Client::open(format!("redis://{resp_addr}/"))
+        .expect("client")
+        .get_connection()
+        .expect("connect")
+}
+
+/// Writes `key-<i>` = `v<i>` for every `i` below `total` over RESP, 500 keys per MSET.
+fn mset_keys(redis: &mut redis::Connection, total: usize) {
+    for chunk in (0..total).collect::<Vec<_>>().chunks(500) {
+        let mut mset = redis::cmd("MSET");
+        for i in chunk {
+            mset.arg(format!("key-{i}")).arg(format!("v{i}"));
+        }
+        let () = mset.query(redis).expect("mset");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinators_share_one_map_and_a_disagreeing_one_refuses_to_start() {
     let _serial = SERIAL.lock().await;
@@ -494,6 +513,16 @@ async fn first_coordinator(dir: &Path, name: &str, meta: &Group, groups: &[Group
     .await
 }
 
+/// Coordinator "c" with `--meta meta`, `--shards shards` and a RESP listener.
+async fn resp_coordinator(dir: &Path, meta: &str, shards: &str) -> Node {
+    coordinator(
+        dir,
+        "c",
+        &["--meta", meta, "--shards", shards, "--resp-port", "0"],
+    )
+    .await
+}
+
 /// `--shards` naming replica 1 of each of `groups`.
 fn shards_arg(groups: &[Group]) -> String {
     groups
@@ -552,19 +581,7 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
     let dir = temp_dir();
     let (meta, groups) = start_cluster(dir.path(), &[1, 1, 1, 1]).await;
     let shards = shards_arg(&groups[..3]);
-    let c = coordinator(
-        dir.path(),
-        "c",
-        &[
-            "--meta",
-            &meta.url(1),
-            "--shards",
-            &shards,
-            "--resp-port",
-            "0",
-        ],
-    )
-    .await;
+    let c = resp_coordinator(dir.path(), &meta.url(1), &shards).await;
     let mut conn = limedb_testkit::HttpConn::connect(&c.http_addr())
         .await
         .expect("connect");
@@ -717,10 +734,7 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
     );
     // Over RESP, one MGET across every shard, the new one included.
     let resp_addr = c.ready.get("resp").expect("resp address").clone();
-    let mut redis = redis::Client::open(format!("redis://{resp_addr}/"))
-        .expect("client")
-        .get_connection()
-        .expect("connect");
+    let mut redis = redis_conn(&resp_addr);
     let keys: Vec<String> = (0..total).map(|i| format!("key-{i}")).collect();
     let values: Vec<Option<String>> = redis::cmd("MGET")
         .arg(&keys)
@@ -1106,10 +1120,7 @@ fn scan_until(
     stop: &std::sync::atomic::AtomicBool,
     progress: &ScanProgress,
 ) -> ScanRecord {
-    let mut redis = redis::Client::open(format!("redis://{resp_addr}/"))
-        .expect("client")
-        .get_connection()
-        .expect("connect");
+    let mut redis = redis_conn(resp_addr);
     let mut record = ScanRecord::default();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && record.problems.len() < 10 {
         let mut seen = std::collections::HashSet::new();
@@ -1220,19 +1231,7 @@ async fn scans_and_multi_key_commands_stay_correct_while_ranges_move() {
     let dir = temp_dir();
     let (meta, groups) = start_cluster(dir.path(), &[1, 1, 1, 1]).await;
     let shards = shards_arg(&groups[..3]);
-    let c = coordinator(
-        dir.path(),
-        "c",
-        &[
-            "--meta",
-            &meta.url(1),
-            "--shards",
-            &shards,
-            "--resp-port",
-            "0",
-        ],
-    )
-    .await;
+    let c = resp_coordinator(dir.path(), &meta.url(1), &shards).await;
     let mut conn = limedb_testkit::HttpConn::connect(&c.http_addr())
         .await
         .expect("connect");
@@ -1295,10 +1294,7 @@ async fn scans_and_multi_key_commands_stay_correct_while_ranges_move() {
     assert!(written > 0);
     // The removed shard's group is no longer asked: DBSIZE counts the remaining shards.
     let resp_addr = c.ready.get("resp").expect("resp address").clone();
-    let mut redis = redis::Client::open(format!("redis://{resp_addr}/"))
-        .expect("client")
-        .get_connection()
-        .expect("connect");
+    let mut redis = redis_conn(&resp_addr);
     let size: u64 = redis::cmd("DBSIZE").query(&mut redis).expect("dbsize");
     assert_eq!(size, total as u64 + written);
 }
@@ -1382,34 +1378,10 @@ async fn a_removal_survives_a_fault_in_every_phase() {
     let dir = temp_dir();
     let (mut meta, mut groups) = start_cluster(dir.path(), &[3, 3, 3]).await;
     let shards = shards_arg(&groups);
-    let c = coordinator(
-        dir.path(),
-        "c",
-        &[
-            "--meta",
-            &meta.urls_arg(),
-            "--shards",
-            &shards,
-            "--resp-port",
-            "0",
-        ],
-    )
-    .await;
+    let c = resp_coordinator(dir.path(), &meta.urls_arg(), &shards).await;
     let resp_addr = c.ready.get("resp").expect("resp address").clone();
     let total = 60_000;
-    {
-        let mut redis = redis::Client::open(format!("redis://{resp_addr}/"))
-            .expect("client")
-            .get_connection()
-            .expect("connect");
-        for chunk in (0..total).collect::<Vec<_>>().chunks(500) {
-            let mut mset = redis::cmd("MSET");
-            for i in chunk {
-                mset.arg(format!("key-{i}")).arg(format!("v{i}"));
-            }
-            let () = mset.query(&mut redis).expect("mset");
-        }
-    }
+    mset_keys(&mut redis_conn(&resp_addr), total);
     let updated = 300;
     let mut conn = limedb_testkit::HttpConn::connect(&c.http_addr())
         .await
@@ -1621,10 +1593,7 @@ async fn a_removal_survives_a_fault_in_every_phase() {
     // them. Writes whose outcome was unknown may or may not have happened: count the keys.
     assert_eq!(keys_held(&groups[1]).await, 0, "shard 2 holds no key");
     let held = keys_held(&groups[0]).await + keys_held(&groups[2]).await;
-    let mut redis = redis::Client::open(format!("redis://{resp_addr}/"))
-        .expect("client")
-        .get_connection()
-        .expect("connect");
+    let mut redis = redis_conn(&resp_addr);
     let listed: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut redis).expect("keys");
     assert_eq!(held, listed.len() as u64, "no key is stored by two groups");
     drop(meta);
@@ -1642,32 +1611,11 @@ async fn a_move_whose_new_shard_dies_is_cancelled_and_the_keys_stay() {
     let _serial = SERIAL.lock().await;
     let dir = temp_dir();
     let (meta, mut groups) = start_cluster(dir.path(), &[1, 1, 1, 1]).await;
-    let c = coordinator(
-        dir.path(),
-        "c",
-        &[
-            "--meta",
-            &meta.urls_arg(),
-            "--shards",
-            &shards_arg(&groups[..3]),
-            "--resp-port",
-            "0",
-        ],
-    )
-    .await;
+    let c = resp_coordinator(dir.path(), &meta.urls_arg(), &shards_arg(&groups[..3])).await;
     let resp_addr = c.ready.get("resp").expect("resp address").clone();
-    let mut redis = redis::Client::open(format!("redis://{resp_addr}/"))
-        .expect("client")
-        .get_connection()
-        .expect("connect");
+    let mut redis = redis_conn(&resp_addr);
     let total = 40_000;
-    for chunk in (0..total).collect::<Vec<_>>().chunks(500) {
-        let mut mset = redis::cmd("MSET");
-        for i in chunk {
-            mset.arg(format!("key-{i}")).arg(format!("v{i}"));
-        }
-        let () = mset.query(&mut redis).expect("mset");
-    }
+    mset_keys(&mut redis, total);
     let add = serde_json::json!({ "shardId": 4, "replicas": { "1": groups[3].url(1) } });
     let (status, doc) = post_json(&c.http_addr(), "/api/v1/admin/shards", &add).await;
     assert_eq!(status, 202, "{doc}");

@@ -26,9 +26,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use limedb_cluster::{Routing, ShardId};
-use limedb_proto::{Request, Response};
 use limedb_resp::Value;
-use tokio::task::JoinSet;
 
 use super::routes::RouteState;
 use super::CoordinatorNode;
@@ -61,8 +59,8 @@ pub fn merge(routing: &Routing, listings: Vec<ShardListing>) -> (Vec<Bytes>, Opt
         })
         .filter(|k| bound.as_ref().is_none_or(|b| k < b))
         .collect();
+    // Each key has one owner, so no key comes twice.
     keys.sort_unstable();
-    keys.dedup();
     (keys, bound)
 }
 
@@ -115,8 +113,9 @@ fn bulk_strings(values: Vec<Value>) -> Option<Vec<Bytes>> {
 /// How a round turned out.
 enum Round {
     Listed(Vec<ShardListing>),
-    /// A shard's record is at this newer epoch: follow the map and run the round again.
-    Stale(u64),
+    /// A shard's ownership changed since the round's epoch (it answered `WrongShard`, and the
+    /// coordinator followed the map): run the round again.
+    Moved,
 }
 
 impl CoordinatorNode {
@@ -171,74 +170,53 @@ impl CoordinatorNode {
                 }
                 Err(e) => return Err(e),
             };
-            let seen = match round {
+            match round {
                 Round::Listed(listings) if routes.state().routing.epoch() == epoch => {
                     return Ok((state, listings));
                 }
-                Round::Listed(_) if Instant::now() < deadline => continue,
-                Round::Listed(_) => {
+                _ if Instant::now() < deadline => {}
+                _ => {
                     return Err(Fail::new(
-                        "TRYAGAIN the cluster map kept changing during this listing; retry",
+                        "TRYAGAIN the cluster is moving keys and the map kept changing during this listing; retry",
                     ))
                 }
-                Round::Stale(seen) => seen,
-            };
-            if !routes.follow(seen, deadline).await {
-                return Err(Fail::new(format!(
-                    "TRYAGAIN the cluster is moving keys (ring epoch {seen}) and the map did not catch up in time; retry"
-                )));
             }
         }
     }
 
+    /// One round: `args` to every shard that owns part of `routing`, at once.
     async fn ask_every_shard(
         &self,
         routing: &Routing,
         args: &[Bytes],
         parse: fn(ShardId, Value) -> Result<ShardListing, Fail>,
     ) -> Result<Round, Fail> {
-        let mut tasks = JoinSet::new();
-        for shard in routing.owners() {
-            let group = self.inner.routes.group_of(shard).ok_or_else(|| {
-                Fail::new(format!(
-                    "ERR internal error: the ring names shard {shard}, which has no link"
-                ))
-            })?;
-            let request = Request::Command {
-                args: args.to_vec(),
-            };
-            tasks.spawn(async move {
-                let answer = Self::forward(&group, request).await;
-                (group, answer)
-            });
+        let routes = &self.inner.routes;
+        let owners = routing
+            .owners()
+            .into_iter()
+            .map(|shard| {
+                routes.index_of(shard).map(|i| (i, shard)).ok_or_else(|| {
+                    Fail::new(format!(
+                        "ERR internal error: the ring names shard {shard}, which has no link"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, Fail>>()?;
+        let calls = owners.iter().map(|&(i, _)| (i, args.to_vec())).collect();
+        let replies = self.fan_out(calls).await;
+        if replies.iter().any(super::resp_backend::is_moved) {
+            return Ok(Round::Moved);
         }
-        let mut listings = Vec::new();
-        let mut stale = None;
-        while let Some(joined) = tasks.join_next().await {
-            let (group, answer) =
-                joined.map_err(|e| Fail::new(format!("ERR internal error: {e}")))?;
-            match answer {
-                Ok(Response::Reply(bytes)) => {
-                    let reply = super::resp_backend::decode_reply(&group, &bytes);
-                    if let Value::Error(e) = reply {
-                        return Err(Fail(e));
-                    }
-                    listings.push(parse(group.id(), reply)?);
-                }
-                Ok(Response::WrongShard { ring_epoch }) => stale = stale.max(Some(ring_epoch)),
-                Ok(_) => {
-                    return Err(Fail::new(format!(
-                        "ERR shard {} sent an unexpected answer",
-                        group.id()
-                    )))
-                }
-                Err(e) => return Err(Fail::new(format!("ERR {e}"))),
-            }
-        }
-        Ok(match stale {
-            Some(seen) => Round::Stale(seen),
-            None => Round::Listed(listings),
-        })
+        owners
+            .into_iter()
+            .zip(replies)
+            .map(|((_, shard), reply)| match reply {
+                Value::Error(e) => Err(Fail(e)),
+                reply => parse(shard, reply),
+            })
+            .collect::<Result<Vec<_>, Fail>>()
+            .map(Round::Listed)
     }
 }
 
@@ -246,10 +224,10 @@ impl CoordinatorNode {
 mod tests {
     use super::*;
 
-    fn keys(names: &[&str]) -> Vec<Bytes> {
+    fn keys<S: AsRef<str>>(names: &[S]) -> Vec<Bytes> {
         names
             .iter()
-            .map(|n| Bytes::copy_from_slice(n.as_bytes()))
+            .map(|n| Bytes::copy_from_slice(n.as_ref().as_bytes()))
             .collect()
     }
 
@@ -275,7 +253,7 @@ mod tests {
         let listings = vec![
             ShardListing {
                 shard: ShardId(1),
-                keys: keys(&one.iter().map(String::as_str).collect::<Vec<_>>()),
+                keys: keys(&one),
                 next: None,
             },
             ShardListing {
@@ -293,10 +271,7 @@ mod tests {
             .cloned()
             .collect();
         expected.sort();
-        assert_eq!(
-            found,
-            keys(&expected.iter().map(String::as_str).collect::<Vec<_>>())
-        );
+        assert_eq!(found, keys(&expected));
         assert_eq!(next, Some(Bytes::from(bound)));
     }
 
@@ -331,12 +306,12 @@ mod tests {
             let listings = vec![
                 ShardListing {
                     shard: ShardId(1),
-                    keys: keys(&moving.iter().map(String::as_str).collect::<Vec<_>>()),
+                    keys: keys(&moving),
                     next: None,
                 },
                 ShardListing {
                     shard: ShardId(3),
-                    keys: keys(&moving.iter().map(String::as_str).collect::<Vec<_>>()),
+                    keys: keys(&moving),
                     next: None,
                 },
             ];

@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use super::group::ShardGroup;
 use super::CoordinatorNode;
-use crate::resp::cursor::{parse_scan, Position};
+use crate::resp::cursor::parse_scan;
 use crate::resp::keys::random_below;
 use crate::resp::table::{lookup, Route};
 use crate::resp::{arity_error, unknown_command, Backend, Fail};
@@ -43,7 +43,7 @@ fn int(v: &Value) -> Option<i64> {
 }
 
 /// A shard's RESP reply, decoded.
-pub(super) fn decode_reply(link: &ShardGroup, bytes: &[u8]) -> Value {
+fn decode_reply(link: &ShardGroup, bytes: &[u8]) -> Value {
     let mut buf = BytesMut::from(bytes);
     match decode_value(&mut buf, &ValueLimits::default()) {
         Ok(Some(v)) if buf.is_empty() => v,
@@ -52,7 +52,7 @@ pub(super) fn decode_reply(link: &ShardGroup, bytes: &[u8]) -> Value {
 }
 
 /// Whether `reply` is [`try_again`]'s: the shard did nothing because the keys moved.
-fn is_moved(reply: &Value) -> bool {
+pub(super) fn is_moved(reply: &Value) -> bool {
     matches!(reply, Value::Error(e) if e.starts_with(TRY_AGAIN))
 }
 
@@ -145,7 +145,7 @@ impl CoordinatorNode {
     }
 
     /// Runs one command per shard concurrently; answers in the order given.
-    async fn fan_out(&self, calls: Vec<(usize, Vec<Bytes>)>) -> Vec<Value> {
+    pub(super) async fn fan_out(&self, calls: Vec<(usize, Vec<Bytes>)>) -> Vec<Value> {
         let mut tasks = JoinSet::new();
         for (i, (shard, args)) in calls.into_iter().enumerate() {
             let node = self.clone();
@@ -500,20 +500,11 @@ impl CoordinatorNode {
 
     async fn scan(&self, args: &[Bytes]) -> Result<Value, Fail> {
         let scan = parse_scan(args)?;
-        let start = match self.inner.cursors.find(scan.cursor) {
-            None => return Err(Fail::new("ERR invalid cursor")),
-            Some(position) => position.map(|p| p.key),
-        };
-        let (keys, next) = self.scan_step(start, scan.count, scan.pattern).await?;
-        let cursor = match next {
-            None => 0,
-            Some(key) => self.inner.cursors.save(Position { shard: 0, key }),
-        };
-        let keys = if scan.type_matches { keys } else { Vec::new() };
-        Ok(Value::Array(vec![
-            Value::bulk(cursor.to_string()),
-            Value::Array(keys.into_iter().map(Value::Bulk).collect()),
-        ]))
+        let start = self.inner.cursors.start(&scan)?;
+        let (keys, next) = self
+            .scan_step(start, scan.count, scan.pattern.clone())
+            .await?;
+        Ok(self.inner.cursors.reply(&scan, keys, next))
     }
 }
 

@@ -1,5 +1,6 @@
 //! `SCAN` cursors. A cursor is a number the client hands back; LimeDB keeps what it stands for
-//! (which shard, and the key to continue from) in a bounded table, so that a scan walks keys in
+//! (the key to continue from: on a shard, in its keys; on a coordinator, in key order across
+//! the cluster) in a bounded table, so that a scan walks keys in
 //! order and returns every key that exists for the whole scan, even if others are added or
 //! removed meanwhile. The table holds at most [`MAX_CURSORS`] cursors; the oldest are
 //! forgotten first, and a forgotten or made-up cursor is answered `ERR invalid cursor`.
@@ -8,19 +9,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use limedb_resp::Value;
 
 /// Cursors remembered at once.
 pub const MAX_CURSORS: usize = 65_536;
-
-/// Where a scan continues: the index of the shard (0 on a shard itself) and the first key not
-/// yet returned.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Position {
-    /// Index of the shard in the node's shard order.
-    pub shard: usize,
-    /// The key to continue from.
-    pub key: Bytes,
-}
 
 /// The table of live cursors.
 #[derive(Debug, Default)]
@@ -31,13 +23,13 @@ pub struct Cursors {
 #[derive(Debug, Default)]
 struct Inner {
     next: u64,
-    live: HashMap<u64, Position>,
+    live: HashMap<u64, Bytes>,
     order: VecDeque<u64>,
 }
 
 impl Cursors {
-    /// Remembers `position` and returns its cursor (never 0).
-    pub fn save(&self, position: Position) -> u64 {
+    /// Remembers `position` (the first key not yet returned) and returns its cursor (never 0).
+    pub fn save(&self, position: Bytes) -> u64 {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         // Cursor numbers start high and random-looking so that a client's made-up small number
         // is unlikely to hit a live cursor.
@@ -54,12 +46,29 @@ impl Cursors {
     }
 
     /// The position of `cursor` (`Some(None)` for 0, the start); `None` if unknown.
-    pub fn find(&self, cursor: u64) -> Option<Option<Position>> {
+    pub fn find(&self, cursor: u64) -> Option<Option<Bytes>> {
         if cursor == 0 {
             return Some(None);
         }
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.live.get(&cursor).cloned().map(Some)
+    }
+
+    /// Where the scan of `scan.cursor` starts; `ERR invalid cursor` for one not known.
+    pub fn start(&self, scan: &ScanArgs) -> Result<Option<Bytes>, super::Fail> {
+        self.find(scan.cursor)
+            .ok_or_else(|| super::Fail::new("ERR invalid cursor"))
+    }
+
+    /// `SCAN`'s reply to `scan`: the cursor to continue from `next` (0 at the end) and `keys`
+    /// (none when `TYPE` names another type than string).
+    pub fn reply(&self, scan: &ScanArgs, keys: Vec<Bytes>, next: Option<Bytes>) -> Value {
+        let cursor = next.map_or(0, |key| self.save(key));
+        let keys = if scan.type_matches { keys } else { Vec::new() };
+        Value::Array(vec![
+            Value::bulk(cursor.to_string()),
+            Value::Array(keys.into_iter().map(Value::Bulk).collect()),
+        ])
     }
 }
 
@@ -70,19 +79,16 @@ mod tests {
     #[test]
     fn cursors_are_remembered_and_the_oldest_forgotten() {
         let cursors = Cursors::default();
-        let first = cursors.save(Position {
-            shard: 1,
-            key: Bytes::from_static(b"k"),
-        });
+        let first = cursors.save(Bytes::from_static(b"k"));
         assert_ne!(first, 0);
-        assert_eq!(cursors.find(first).flatten().map(|p| p.shard), Some(1));
+        assert_eq!(
+            cursors.find(first).flatten(),
+            Some(Bytes::from_static(b"k"))
+        );
         assert_eq!(cursors.find(0), Some(None));
         assert_eq!(cursors.find(12345), None);
         for _ in 0..MAX_CURSORS {
-            cursors.save(Position {
-                shard: 0,
-                key: Bytes::new(),
-            });
+            cursors.save(Bytes::new());
         }
         assert_eq!(cursors.find(first), None);
     }

@@ -260,13 +260,11 @@ async fn cancel(node: &ShardNode, map: &ClusterMap, move_id: u64) -> Result<(), 
         .moving()
         .into_iter()
         .flat_map(|m| m.transfers.iter())
-        .filter(|t| t.phase >= Phase::Copy && cancelled.groups().contains_key(&t.to));
-    for t in copied {
-        let destination = cancelled.groups().get(&t.to).map(client);
-        if let Some(destination) = destination {
-            if let Err(e) = delete_keys(&destination, t.from, t.to).await {
-                tracing::warn!(from = %t.from, to = %t.to, error = %e, "a cancelled transfer's copy stays at its destination");
-            }
+        .filter(|t| t.phase >= Phase::Copy)
+        .filter_map(|t| Some((t, client(cancelled.groups().get(&t.to)?))));
+    for (t, destination) in copied {
+        if let Err(e) = delete_keys(&destination, t.from, t.to).await {
+            tracing::warn!(from = %t.from, to = %t.to, error = %e, "a cancelled transfer's copy stays at its destination");
         }
     }
     // Every shard is tried even when one fails, so a fenced source that answers serves again

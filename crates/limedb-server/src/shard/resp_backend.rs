@@ -7,7 +7,7 @@ use bytes::Bytes;
 use limedb_resp::Value;
 
 use super::ShardNode;
-use crate::resp::cursor::{parse_scan, Position};
+use crate::resp::cursor::parse_scan;
 use crate::resp::keys::Keyspace;
 use crate::resp::table::lookup;
 use crate::resp::{Backend, Fail};
@@ -48,25 +48,12 @@ impl ShardNode {
 
     async fn scan(&self, args: &[Bytes]) -> Result<Value, Fail> {
         let scan = parse_scan(args)?;
-        let start = self
-            .inner
-            .cursors
-            .find(scan.cursor)
-            .ok_or_else(|| Fail::new("ERR invalid cursor"))?
-            .map(|p| p.key);
+        let start = self.inner.cursors.start(&scan)?;
         let (keys, next) = self
             .keyspace()
             .scan_from(start, scan.count, scan.pattern.as_deref())
             .await?;
-        let cursor = match next {
-            Some(key) => self.inner.cursors.save(Position { shard: 0, key }),
-            None => 0,
-        };
-        let keys = if scan.type_matches { keys } else { Vec::new() };
-        Ok(Value::Array(vec![
-            Value::bulk(cursor.to_string()),
-            Value::Array(keys.into_iter().map(Value::Bulk).collect()),
-        ]))
+        Ok(self.inner.cursors.reply(&scan, keys, next))
     }
 
     /// Executes `commands` in order (a pipeline or a transaction's block), batching stretches of
