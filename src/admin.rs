@@ -188,11 +188,10 @@ fn move_line(doc: &serde_json::Value) -> String {
             line
         })
         .collect();
-    let copying = &doc["driver"]["copying"];
     if doc["moving"]["cancelling"] == true {
         parts.insert(0, "cancelling:".into());
-    } else if !copying.is_null() {
-        parts.push(copy_progress(copying));
+    } else if let Some(copies) = doc["driver"]["copying"].as_array() {
+        parts.extend(copies.iter().map(copy_progress));
     }
     if let Some(e) = doc["driver"]["lastError"].as_str() {
         parts.push(format!("last error: {e}"));
@@ -200,7 +199,7 @@ fn move_line(doc: &serde_json::Value) -> String {
     parts.join("  ")
 }
 
-/// The copy in progress: keys and bytes copied, a bar against the source's estimate, the rate
+/// A copy in progress: keys and bytes copied, a bar against the source's estimate, the rate
 /// and the time left.
 fn copy_progress(copying: &serde_json::Value) -> String {
     let keys = copying["keys"].as_u64().unwrap_or(0);
@@ -368,7 +367,7 @@ mod tests {
                 {"from": 1, "to": 4, "phase": "done", "keysCopied": 9},
                 {"from": 2, "to": 4, "phase": "copy", "keysCopied": 0},
             ]},
-            "driver": {"copying": null, "lastError": null},
+            "driver": {"copying": [], "lastError": null},
         });
         assert_eq!(move_line(&doc), "1→4 done (9 keys)  2→4 copy");
     }

@@ -33,6 +33,10 @@ use cli::{
 /// The process's allocator. A shard allocates per request (arguments, replies, buffers);
 /// with mimalloc instead of glibc's allocator, `redis-benchmark -P 16` against one shard ran
 /// SETs 20% and GETs 6% faster (medians of three alternating rounds, docs/benchmarks.md).
+/// Built without transparent huge pages (`no_thp`): mimalloc gives freed memory back to the
+/// kernel and takes it again, and with huge pages every refault zeroed 2 MiB; while a shard was
+/// added, that zeroing took 28% of the busy CPU and the move ran 1.4x slower
+/// (`bench/rebalance.sh --no-load`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use limedb_cluster::{ClusterMap, Group as MapGroup, ShardId};
@@ -568,8 +570,86 @@ async fn keys_held(group: &Group) -> u64 {
     doc["total"].as_u64().expect("a key count")
 }
 
-/// 3 → 4 → 3 shards while one client writes new keys and another overwrites and deletes
-/// existing ones through a coordinator: the driver on the map group copies the ranges while
+/// Clients of the 3 → 4 → 3 test that write new keys, and that overwrite and delete keys.
+const WRITERS: usize = 8;
+const UPDATERS: usize = 8;
+/// Keys each updater overwrites and deletes.
+const UPDATED_PER_CLIENT: usize = 50;
+
+/// A client writing keys `<prefix><n>` = `l<n>` through coordinator `addr` until `stop`: the
+/// `n` acknowledged, and the failures (it gives up after 20).
+async fn write_new_keys(
+    addr: String,
+    prefix: String,
+    stop: Arc<AtomicBool>,
+) -> (Vec<usize>, Vec<(usize, u16, String)>) {
+    let mut conn = limedb_testkit::HttpConn::connect(&addr)
+        .await
+        .expect("connect");
+    let (mut acked, mut failed) = (Vec::new(), Vec::new());
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) && failed.len() < 20 {
+        match conn.set(&format!("{prefix}{n}"), &format!("l{n}")).await {
+            Ok(r) if r.status == 200 => acked.push(n),
+            Ok(r) => failed.push((n, r.status, r.text())),
+            Err(e) => {
+                failed.push((n, 0, e));
+                break;
+            }
+        }
+        n += 1;
+    }
+    (acked, failed)
+}
+
+/// A client going over keys `<prefix><j>` (j below [`UPDATED_PER_CLIENT`]) through coordinator
+/// `addr` until `stop`, setting each to `u<j>-<pass>` or deleting it, counting its passes: the
+/// last acknowledged state of each key (`Some(None)`: deleted; `None`: its last request
+/// failed, so it is left out of the check), and the failures (it gives up after 20).
+#[allow(clippy::type_complexity)]
+async fn update_keys(
+    addr: String,
+    prefix: String,
+    stop: Arc<AtomicBool>,
+    passes: Arc<AtomicU64>,
+) -> (Vec<Option<Option<String>>>, Vec<(String, u16, String)>) {
+    let mut conn = limedb_testkit::HttpConn::connect(&addr)
+        .await
+        .expect("connect");
+    let mut expected: Vec<Option<Option<String>>> = (0..UPDATED_PER_CLIENT)
+        .map(|j| Some(Some(format!("u{j}-0"))))
+        .collect();
+    let mut failures = Vec::new();
+    let mut round = 1;
+    while !stop.load(Ordering::Relaxed) && failures.len() < 20 {
+        for (j, slot) in expected.iter_mut().enumerate() {
+            let key = format!("{prefix}{j}");
+            let answer = if (round * 7 + j) % 5 == 0 {
+                conn.del(&key).await.map(|r| (r, None))
+            } else {
+                let value = format!("u{j}-{round}");
+                conn.set(&key, &value).await.map(|r| (r, Some(value)))
+            };
+            *slot = match answer {
+                Ok((r, state)) if r.status == 200 || r.status == 404 => Some(state),
+                Ok((r, _)) => {
+                    failures.push((key, r.status, r.text()));
+                    None
+                }
+                Err(e) => {
+                    failures.push((key, 0, e));
+                    None
+                }
+            };
+        }
+        round += 1;
+        passes.fetch_add(1, Ordering::Relaxed);
+    }
+    (expected, failures)
+}
+
+/// 3 → 4 → 3 shards while sixteen clients write through two coordinators (eight write new
+/// keys, eight overwrite and delete existing ones): the driver on the map group copies the ranges while
 /// they are served, forwards the changes made meanwhile, and cuts each transfer over (a short
 /// fence the coordinator rides out by following the map); no request fails; every acknowledged
 /// write (and delete) is what reads find afterwards through either coordinator, over HTTP and
@@ -593,91 +673,49 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
         let r = conn.set(&format!("big-{i}"), &big(i)).await.expect("set");
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    // Keys that a second client overwrites and deletes during the moves: their ranges are
+    // Keys that half of the clients overwrite and delete during the moves: their ranges are
     // copied while they change, so only the catch-up brings the last state across.
-    let updated = 400;
-    for j in 0..updated {
-        let r = conn
-            .set(&format!("upd-{j}"), &format!("u{j}-0"))
-            .await
-            .expect("set");
-        assert_eq!(r.status, 200, "{}", r.text());
+    for u in 0..UPDATERS {
+        for j in 0..UPDATED_PER_CLIENT {
+            let r = conn
+                .set(&format!("upd{u}-{j}"), &format!("u{j}-0"))
+                .await
+                .expect("set");
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
     }
     let total_keys = total + 60;
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let passes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let updater = {
-        let addr = c.http_addr();
-        let stop = std::sync::Arc::clone(&stop);
-        let passes = std::sync::Arc::clone(&passes);
-        tokio::spawn(async move {
-            let mut conn = limedb_testkit::HttpConn::connect(&addr)
-                .await
-                .expect("connect");
-            // The last acknowledged state of each key (`None`: deleted); a key whose last
-            // request failed is left out of the check.
-            let mut expected: Vec<Option<Option<String>>> = (0..updated)
-                .map(|j| Some(Some(format!("u{j}-0"))))
-                .collect();
-            let mut failures = Vec::new();
-            let mut round = 1;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && failures.len() < 20 {
-                for (j, slot) in expected.iter_mut().enumerate() {
-                    let key = format!("upd-{j}");
-                    let answer = if (round * 7 + j) % 5 == 0 {
-                        conn.del(&key).await.map(|r| (r, None))
-                    } else {
-                        let value = format!("u{j}-{round}");
-                        conn.set(&key, &value).await.map(|r| (r, Some(value)))
-                    };
-                    *slot = match answer {
-                        Ok((r, state)) if r.status == 200 || r.status == 404 => Some(state),
-                        Ok((r, _)) => {
-                            failures.push((key, r.status, r.text()));
-                            None
-                        }
-                        Err(e) => {
-                            failures.push((key, 0, e));
-                            None
-                        }
-                    };
-                }
-                round += 1;
-                passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            (expected, failures)
+    // Sixteen clients through two coordinators: half write new keys, half overwrite and
+    // delete the keys above.
+    let d = coordinator(
+        dir.path(),
+        "d",
+        &["--meta", &meta.url(2), "--resp-port", "0"],
+    )
+    .await;
+    let through = |i: usize| [&c, &d][i % 2].http_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let passes: Vec<Arc<AtomicU64>> = (0..UPDATERS).map(|_| Arc::default()).collect();
+    let updaters: Vec<_> = (0..UPDATERS)
+        .map(|u| {
+            tokio::spawn(update_keys(
+                through(u),
+                format!("upd{u}-"),
+                Arc::clone(&stop),
+                Arc::clone(&passes[u]),
+            ))
         })
-    };
-
-    // A client keeps writing new keys through the moves.
-    let writer = {
-        let addr = c.http_addr();
-        let stop = std::sync::Arc::clone(&stop);
-        tokio::spawn(async move {
-            let mut conn = limedb_testkit::HttpConn::connect(&addr)
-                .await
-                .expect("connect");
-            let (mut acked, mut failed) = (Vec::new(), Vec::new());
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let key = format!("live-{n}");
-                match conn.set(&key, &format!("l{n}")).await {
-                    Ok(r) if r.status == 200 => acked.push(n),
-                    Ok(r) => failed.push((n, r.status, r.text())),
-                    Err(e) => {
-                        failed.push((n, 0, e));
-                        break;
-                    }
-                }
-                n += 1;
-                if failed.len() >= 20 {
-                    break;
-                }
-            }
-            (acked, failed)
+        .collect();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            tokio::spawn(write_new_keys(
+                through(w + 1),
+                format!("live{w}-"),
+                Arc::clone(&stop),
+            ))
         })
-    };
+        .collect();
 
     let add = serde_json::json!({ "shardId": 4, "replicas": { "1": groups[3].url(1) } });
     let (status, doc) = post_json(&c.http_addr(), "/api/v1/admin/shards", &add).await;
@@ -780,61 +818,79 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
     .expect("join");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("no move in progress"), "{text}");
-    // The updater has gone over its keys at least twice by now (most passes ran during the
+    // Each updater has gone over its keys at least twice by now (most passes ran during the
     // moves; the catch-up figures above show that some changes were forwarded).
-    let passes_seen = std::sync::Arc::clone(&passes);
-    limedb_testkit::wait_for(Duration::from_secs(30), "two passes of the updater", || {
-        let passes = std::sync::Arc::clone(&passes_seen);
-        async move { (passes.load(std::sync::atomic::Ordering::Relaxed) >= 2).then_some(()) }
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "two passes of every updater",
+        || {
+            let done = passes.iter().all(|p| p.load(Ordering::Relaxed) >= 2);
+            async move { done.then_some(()) }
+        },
+    )
     .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (acked, failed) = writer.await.expect("writer");
-    let (expected, update_failures) = updater.await.expect("updater");
-    assert!(
-        update_failures.is_empty(),
-        "updates failed during the moves: {:?}",
-        &update_failures[..update_failures.len().min(5)]
-    );
-    assert!(
-        failed.is_empty(),
-        "writes failed during the moves: {:?}",
-        &failed[..failed.len().min(5)]
-    );
-    assert!(
-        acked.len() > 50,
-        "the writer wrote during the moves ({})",
-        acked.len()
-    );
+    stop.store(true, Ordering::Relaxed);
+    let mut written = Vec::new();
+    for (w, writer) in writers.into_iter().enumerate() {
+        let (acked, failed) = writer.await.expect("writer");
+        assert!(
+            failed.is_empty(),
+            "writes of client {w} failed during the moves: {:?}",
+            &failed[..failed.len().min(5)]
+        );
+        assert!(
+            acked.len() > 10,
+            "writer {w} wrote during the moves ({})",
+            acked.len()
+        );
+        written.extend(
+            acked
+                .into_iter()
+                .map(|n| (format!("live{w}-{n}"), format!("l{n}"))),
+        );
+    }
+    let mut updated = Vec::new();
+    for (u, updater) in updaters.into_iter().enumerate() {
+        let (expected, failures) = updater.await.expect("updater");
+        assert!(
+            failures.is_empty(),
+            "updates of client {u} failed during the moves: {:?}",
+            &failures[..failures.len().min(5)]
+        );
+        updated.extend(
+            expected
+                .into_iter()
+                .enumerate()
+                .filter_map(|(j, state)| Some((format!("upd{u}-{j}"), state?))),
+        );
+    }
 
-    // Every write is readable, through this coordinator and a new one.
-    let d = coordinator(dir.path(), "d", &["--meta", &meta.url(2)]).await;
+    // Every acknowledged write and delete is what reads find, through either coordinator.
+    let (keys, wanted): (Vec<String>, Vec<Option<String>>) = (0..total)
+        .map(|i| (format!("key-{i}"), Some(format!("v{i}"))))
+        .chain(written.iter().map(|(k, v)| (k.clone(), Some(v.clone()))))
+        .chain(updated.iter().cloned())
+        .unzip();
     for node in [&c, &d] {
+        let mut redis = redis_conn(node.ready.get("resp").expect("resp address"));
+        for (keys, wanted) in keys.chunks(500).zip(wanted.chunks(500)) {
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(keys)
+                .query(&mut redis)
+                .expect("mget");
+            for ((key, want), got) in keys.iter().zip(wanted).zip(&values) {
+                assert_eq!(got, want, "{key} through {}", node.http_addr());
+            }
+        }
         let mut conn = limedb_testkit::HttpConn::connect(&node.http_addr())
             .await
             .expect("connect");
-        for i in (0..total).step_by(3) {
-            let r = conn.get(&format!("key-{i}")).await.expect("get");
-            assert_eq!((r.status, r.text()), (200, format!("v{i}")), "key-{i}");
-        }
-        for &n in acked.iter().step_by(3) {
-            let r = conn.get(&format!("live-{n}")).await.expect("get");
-            assert_eq!((r.status, r.text()), (200, format!("l{n}")), "live-{n}");
-        }
         for i in 0..60 {
             let r = conn.get(&format!("big-{i}")).await.expect("get");
             assert!(r.status == 200 && r.text() == big(i), "big-{i}");
         }
-        for (j, state) in expected.iter().enumerate() {
-            let Some(state) = state else { continue };
-            let r = conn.get(&format!("upd-{j}")).await.expect("get");
-            match state {
-                Some(value) => assert_eq!((r.status, r.text()), (200, value.clone()), "upd-{j}"),
-                None => assert_eq!(r.status, 404, "upd-{j} was deleted: {}", r.text()),
-            }
-        }
     }
-    let live_updated = expected.iter().filter(|s| !matches!(s, Some(None))).count();
+    let live_updated = updated.iter().filter(|(_, state)| state.is_some()).count();
     // Each key is stored once: the remaining shards hold exactly the keys written, shard 2 none.
     let mut held = 0;
     for (i, g) in groups.iter().enumerate() {
@@ -844,7 +900,7 @@ async fn a_shard_is_added_and_removed_online_and_the_keys_follow() {
         }
         held += n;
     }
-    assert_eq!(held, (total_keys + acked.len() + live_updated) as u64);
+    assert_eq!(held, (total_keys + written.len() + live_updated) as u64);
     drop((c, d));
 }
 

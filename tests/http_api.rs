@@ -83,6 +83,7 @@ on_every_backend!(
     health_cluster_ring_and_metrics,
     shard_limits_below_the_coordinators_give_413_and_keep_the_link,
     sixty_four_concurrent_clients_never_lose_or_mix_values,
+    requests_ending_in_a_half_close_are_answered,
 );
 
 fn assert_error(r: &HttpResponse, status: u16, code: &str) {
@@ -199,6 +200,63 @@ async fn declared_oversized_body_is_refused_before_it_is_sent(storage: &str) {
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert!(head.contains("value_too_large"), "{head}");
+}
+
+/// Sends `request` on a new connection to `addr`, shuts down the sending side (as
+/// `printf ... | nc -N` does), and returns everything the server answers before it closes.
+async fn half_closed_exchange(addr: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("{addr} neither answered nor closed within 10 s"))
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A client that sends a whole request and then shuts down its side of the socket gets the
+/// answer, and its write is applied: on the coordinator and on a shard, over HTTP/1.1 and
+/// HTTP/1.0. A malformed or cut-short request is answered 400 the same way.
+async fn requests_ending_in_a_half_close_are_answered(storage: &str) {
+    let cluster = cluster(storage).await;
+    let addrs = [cluster.addr(), cluster.shards[0].http_addr()];
+    for (n, addr) in addrs.iter().enumerate() {
+        for version in ["1.1", "1.0"] {
+            let key = format!("half-closed-{n}-{version}");
+            let body = format!(r#"{{"key": "{key}", "value": "v{n}"}}"#);
+            let request = format!(
+                "POST /api/v1/set HTTP/{version}\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let ok = format!("HTTP/{version} 200");
+            let answer = half_closed_exchange(addr, request.as_bytes()).await;
+            assert!(answer.starts_with(&ok), "{addr}: {answer:?}");
+            let mut conn = HttpConn::connect(addr).await.expect("connect");
+            let r = conn.get(&key).await.expect("get");
+            assert_eq!((r.status, r.text()), (200, format!("v{n}")), "{addr} {key}");
+            let answer = half_closed_exchange(
+                addr,
+                format!("GET /api/v1/get/{key} HTTP/{version}\r\nHost: x\r\n\r\n").as_bytes(),
+            )
+            .await;
+            assert!(answer.starts_with(&ok), "{addr}: {answer:?}");
+            assert!(answer.ends_with(&format!("v{n}")), "{addr}: {answer:?}");
+        }
+        let garbage = half_closed_exchange(addr, b"NOT HTTP AT ALL\r\n\r\n").await;
+        assert!(garbage.starts_with("HTTP/1.1 400"), "{addr}: {garbage:?}");
+        let cut_short = half_closed_exchange(
+            addr,
+            b"POST /api/v1/set HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"key\"",
+        )
+        .await;
+        assert!(
+            cut_short.starts_with("HTTP/1.1 400"),
+            "{addr}: {cut_short:?}"
+        );
+    }
 }
 
 async fn awkward_keys_and_binary_values_round_trip(storage: &str) {

@@ -130,9 +130,9 @@ pub struct MoveFigures {
     pub transfers_done: u64,
     /// Keys the map records as copied (coordinator).
     pub keys_copied: u64,
-    /// Keys copied so far by the copy in progress (driver).
+    /// Keys copied so far by the copies in progress (driver).
     pub copy_keys: u64,
-    /// The source's estimate of the keys that copy moves (driver).
+    /// The sources' estimate of the keys those copies move (driver).
     pub copy_keys_estimated: u64,
     /// The longest cut-over, in ms (driver).
     pub longest_cut_over_ms: u64,
@@ -156,9 +156,9 @@ pub struct MoveGauges {
     pub transfers_done: Gauge,
     /// Keys the map records as copied by the move's transfers (coordinator).
     pub keys_copied: Gauge,
-    /// Keys copied so far by the copy in progress (driver).
+    /// Keys copied so far by the copies in progress (driver).
     pub copy_keys: Gauge,
-    /// The source's estimate of the keys that copy moves (driver).
+    /// The sources' estimate of the keys those copies move (driver).
     pub copy_keys_estimated: Gauge,
     /// The longest cut-over since the replica started, in ms (driver).
     pub longest_cut_over_ms: Gauge,
@@ -494,8 +494,8 @@ impl Metrics {
             ("limedb_move_transfers", "Transfers (source, destination) of the move in progress", &moves.transfers),
             ("limedb_move_transfers_done", "Transfers of the move in progress that are finished", &moves.transfers_done),
             ("limedb_move_keys_copied", "Coordinator: keys the cluster map records as copied by the move in progress", &moves.keys_copied),
-            ("limedb_move_copy_keys", "Move driver: keys copied so far by the transfer being copied", &moves.copy_keys),
-            ("limedb_move_copy_keys_estimated", "Move driver: the source's estimate of the keys that transfer moves", &moves.copy_keys_estimated),
+            ("limedb_move_copy_keys", "Move driver: keys copied so far by the transfers being copied", &moves.copy_keys),
+            ("limedb_move_copy_keys_estimated", "Move driver: the sources' estimate of the keys those transfers move", &moves.copy_keys_estimated),
             ("limedb_move_longest_cut_over_ms", "Move driver: the longest cut-over (a transfer's ranges fenced) since start, in ms", &moves.longest_cut_over_ms),
             ("limedb_move_catch_up_keys", "Move driver: keys forwarded by catch-ups since start", &moves.catch_up_keys),
             ("limedb_move_copies_restarted", "Move driver: copies started over since start because their change capture was lost", &moves.copies_restarted),

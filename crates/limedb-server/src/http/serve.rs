@@ -1,7 +1,8 @@
 //! The HTTP accept loop: a bound listener, a connection cap, graceful shutdown.
 //!
-//! Each accepted connection is served by hyper's HTTP/1.1 implementation with keep-alive and a
-//! [`HEADER_READ_TIMEOUT`] for slow clients. At
+//! Each accepted connection is served by hyper's HTTP/1.1 implementation with keep-alive, a
+//! [`HEADER_READ_TIMEOUT`] for slow clients, and half-closes allowed (a request followed by
+//! the end of the client's input is answered). At
 //! shutdown the loop stops accepting, lets every open connection finish the request it is
 //! answering, and gives up on stragglers after [`DRAIN_TIMEOUT`].
 
@@ -36,6 +37,10 @@ pub async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
+            // A client may send its request and shut down its side before reading the answer
+            // (`printf ... | nc -N`, some HTTP/1.0 clients and proxies): answer it in full
+            // rather than drop the request at the end of its input.
+            .half_close(true)
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(TokioIo::new(stream), service);

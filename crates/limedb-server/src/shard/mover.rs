@@ -3,8 +3,9 @@
 //! map (a compare-and-set) before starting the next. Every step can run again without harm, so
 //! a new leader of the map group, or this one after an error, resumes from the phase the map
 //! records. Phases follow each other without pause; the driver waits a tick only when there is
-//! nothing to do or a step failed. Transfers are copied and cut over one at a time; a
-//! transfer's clean-up at its source runs beside the next one's copy.
+//! nothing to do or a step failed. Transfers from different sources are copied at the same
+//! time, those from one source one after the other; ownership records change (a transfer's
+//! preparation, catch-up and cut-over) one transfer at a time; clean-ups run beside the rest.
 //!
 //! A transfer's ranges stay served by the source while they are copied: the copy reads a source
 //! replica that follows the changes to them ([`super::capture`]), the catch-up forwards those
@@ -13,10 +14,12 @@
 //! the ranges wait (coordinators retry on `WrongShard`) only from that fence to the map that
 //! records the hand-over: the **cut-over**, whose longest pause the driver reports.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hyper::{Method, StatusCode};
 use limedb_cluster::{CaptureRef, ClusterMap, Group, Phase, Routing, ShardId, TransferState};
 
@@ -43,8 +46,8 @@ pub struct MoverStatus {
 #[derive(Debug, Default)]
 struct StatusInner {
     last_error: Option<String>,
-    /// The copy in progress.
-    copying: Option<CopyProgress>,
+    /// The copies in progress, by transfer.
+    copying: BTreeMap<(ShardId, ShardId), CopyProgress>,
     /// The move being driven: its id, transfers done and in all.
     moving: Option<(u64, usize, usize)>,
     /// The longest cut-over (fence to the map recording the hand-over), in ms.
@@ -94,8 +97,8 @@ impl MoverStatus {
             in_progress: moving,
             transfers_done: done as u64,
             transfers: all as u64,
-            copy_keys: s.copying.map_or(0, |c| c.keys),
-            copy_keys_estimated: s.copying.map_or(0, |c| c.estimated_keys),
+            copy_keys: s.copying.values().map(|c| c.keys).sum(),
+            copy_keys_estimated: s.copying.values().map(|c| c.estimated_keys).sum(),
             longest_cut_over_ms: s.longest_cut_over_ms,
             catch_up_keys: s.catch_up_keys,
             copies_restarted: s.copies_restarted,
@@ -114,7 +117,7 @@ impl MoverStatus {
     /// The driver's report as JSON.
     pub fn json(&self) -> serde_json::Value {
         let s = self.lock();
-        let copying = s.copying.map(|c| c.json());
+        let copying: Vec<_> = s.copying.values().map(CopyProgress::json).collect();
         serde_json::json!({
             "lastError": s.last_error,
             "copying": copying,
@@ -177,15 +180,13 @@ async fn step(node: &ShardNode) -> Result<bool, String> {
         return cancel(node, &map, current.id).await.map(|()| true);
     }
     // Furthest along first: a driver that takes over resumes the transfer it interrupted
-    // before starting another one's copy.
+    // before starting another one's copy from the same source.
     let mut unfinished: Vec<&TransferState> = current
         .transfers
         .iter()
         .filter(|t| t.phase != Phase::Done)
         .collect();
     unfinished.sort_by_key(|t| std::cmp::Reverse(t.phase));
-    // The copy lock goes to the first transfer that needs it (a clean-up does not).
-    let first_to_copy = unfinished.iter().position(|t| t.phase < Phase::CleanUp);
     let pending: Vec<(ShardId, ShardId)> = unfinished.iter().map(|t| (t.from, t.to)).collect();
     node.inner.mover.lock().moving = Some((
         current.id,
@@ -195,20 +196,24 @@ async fn step(node: &ShardNode) -> Result<bool, String> {
     if pending.is_empty() {
         return finish(node, &map, current.id).await.map(|()| true);
     }
-    let copying = Arc::new(tokio::sync::Mutex::new(()));
+    let locks = TransferLocks::default();
     let mut drives = tokio::task::JoinSet::new();
-    for (i, ends) in pending.into_iter().enumerate() {
-        // That one starts holding the copy lock, so none of the others overtakes it.
-        let held = if Some(i) == first_to_copy {
-            Some(Arc::clone(&copying).lock_owned().await)
-        } else {
-            None
+    for t in unfinished {
+        // The furthest along of a source's transfers between copy and cut-over starts holding
+        // the source's lock, so that no other one overtakes it.
+        let source = locks.source(t.from);
+        let held = Held {
+            source: (Phase::Copy..=Phase::CutOver)
+                .contains(&t.phase)
+                .then(|| source.try_lock_owned().ok())
+                .flatten(),
+            records: None,
         };
         drives.spawn(drive(
             node.clone(),
             current.id,
-            ends,
-            Arc::clone(&copying),
+            (t.from, t.to),
+            locks.clone(),
             held,
         ));
     }
@@ -288,23 +293,58 @@ async fn cancel(node: &ShardNode, map: &ClusterMap, move_id: u64) -> Result<(), 
     update(node, |m| m.cancel_move(move_id)).await?;
     tracing::info!(move_id, "move cancelled");
     let mut status = node.inner.mover.lock();
-    status.copying = None;
+    status.copying.clear();
     status.moving = None;
     Ok(())
 }
 
-/// Carries transfer `from` → `to` of move `move_id` through its phases until it is done. The
-/// phases up to the cut-over hold `copying`, so one transfer is copied and cut over at a time
-/// (one capture per source replica, and each fence computed from a map that records every
-/// earlier hand-over); a clean-up runs beside the next transfer's copy.
+/// The locks that order a move's transfers (see [`drive`]).
+#[derive(Clone, Default)]
+struct TransferLocks {
+    /// Per source: held from a transfer's copy to its cut-over, as a source replica follows
+    /// the changes of one transfer at a time (one capture per replica).
+    sources: Arc<Mutex<BTreeMap<ShardId, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Held while ownership records change (a transfer's preparation, catch-up and cut-over),
+    /// so that each fence and hand-over is computed from a map that records every earlier one.
+    records: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl TransferLocks {
+    /// The lock of source `shard`.
+    fn source(&self, shard: ShardId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(sources.entry(shard).or_default())
+    }
+}
+
+/// The [`TransferLocks`] one transfer's driver holds.
+#[derive(Default)]
+struct Held {
+    source: Option<tokio::sync::OwnedMutexGuard<()>>,
+    records: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// Which locks `phase` needs: (its source's, the records').
+fn locks_needed(phase: Phase) -> (bool, bool) {
+    match phase {
+        Phase::Prepare => (false, true),
+        Phase::Copy => (true, false),
+        Phase::CatchUp | Phase::CutOver => (true, true),
+        Phase::CleanUp | Phase::Done => (false, false),
+    }
+}
+
+/// Carries transfer `from` → `to` of move `move_id` through its phases until it is done,
+/// holding the locks each phase needs ([`locks_needed`]): copies from different sources run at
+/// once, a source's transfers are copied and cut over one after the other, and records change
+/// for one transfer at a time. A source's lock is always taken before the records' one.
 async fn drive(
     node: ShardNode,
     move_id: u64,
     (from, to): (ShardId, ShardId),
-    copying: Arc<tokio::sync::Mutex<()>>,
-    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+    locks: TransferLocks,
+    mut held: Held,
 ) -> Result<(), String> {
-    let mut exclusive = held;
     loop {
         let Some(map) = node.read_map().await.map_err(|e| e.to_string())? else {
             return Ok(());
@@ -317,15 +357,27 @@ async fn drive(
         else {
             return Ok(());
         };
-        match transfer.phase {
-            Phase::Done => return Ok(()),
-            Phase::CleanUp => exclusive = None,
-            _ if exclusive.is_none() => {
-                exclusive = Some(Arc::clone(&copying).lock_owned().await);
-                // Read the map again: it may have changed while this transfer waited.
-                continue;
+        if transfer.phase == Phase::Done {
+            return Ok(());
+        }
+        let (source, records) = locks_needed(transfer.phase);
+        if !source {
+            held.source = None;
+        }
+        if !records {
+            held.records = None;
+        }
+        let missing_source = source && held.source.is_none();
+        if missing_source || (records && held.records.is_none()) {
+            if missing_source {
+                held.records = None;
+                held.source = Some(locks.source(from).lock_owned().await);
             }
-            _ => {}
+            if records && held.records.is_none() {
+                held.records = Some(Arc::clone(&locks.records).lock_owned().await);
+            }
+            // Read the map again: it may have changed while this transfer waited.
+            continue;
         }
         run_phase(&node, &map, move_id, &transfer).await?;
     }
@@ -357,7 +409,7 @@ async fn run_phase(
             let copied = copy(node, map, &source, &destination, (from, to)).await;
             if copied.is_err() {
                 // The report shows no copy until the retry starts one.
-                node.inner.mover.lock().copying = None;
+                node.inner.mover.lock().copying.remove(&(from, to));
             }
             let (capture, keys, bytes) = copied?;
             return update(node, |m| {
@@ -542,10 +594,16 @@ const MAX_ROUNDS_BEFORE_FENCE: u32 = 50;
 /// How long the replica following the changes may take to apply the fence.
 const FENCE_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Pages of a copy being stored at the destination at once: the source reads the next page
+/// while they commit, and the destination's Raft log takes them in one write when it can.
+const IMPORTS_IN_FLIGHT: usize = 2;
+
 /// Starts following the changes to transfer `from` → `to` at the source's leader, clears what
 /// the destination holds of the ranges (leftovers of an abandoned attempt, which must not come
-/// back), then copies every key from the replica that follows the changes, page by page (the
-/// next page is read while the last one is stored). Returns the capture, keys and bytes copied.
+/// back), then copies every key from the replica that follows the changes, page by page: the
+/// source reads pages one after the other, up to [`IMPORTS_IN_FLIGHT`] are stored at once (they
+/// hold different keys, and the catch-up starts only once all are stored). Returns the
+/// capture, keys and bytes copied.
 async fn copy(
     node: &ShardNode,
     map: &ClusterMap,
@@ -582,46 +640,56 @@ async fn copy(
                 .unwrap_or_default()
         );
         let follower = &follower;
-        async move { decode_page(call(follower, Method::POST, &path, None).await?) }
+        Box::pin(timed(async move {
+            decode_page(call(follower, Method::POST, &path, None).await?)
+        }))
     };
     // Time spent reading pages and storing them (they overlap).
     let mut times = (Duration::ZERO, Duration::ZERO);
-    let mut page = export(None).await?;
+    let mut reading = Some(export(None));
+    // A page read and waiting for room among the imports in flight.
+    let mut read: Option<Changes> = None;
+    let mut storing = FuturesUnordered::new();
     loop {
-        let changes = Changes {
-            deletes: Vec::new(),
-            puts: std::mem::take(&mut page.entries),
-        };
-        keys += changes.puts.len() as u64;
-        bytes += changes.bytes();
-        let next = page.next.take();
-        let stored = timed(import(destination, (from, to), &changes));
-        match next {
-            Some(after) => {
-                let ((fetched, export_time), (stored, import_time)) =
-                    tokio::join!(timed(export(Some(after))), stored);
-                stored?;
-                page = fetched?;
-                times.0 += export_time;
-                times.1 += import_time;
-            }
-            None => {
-                let (stored, import_time) = stored.await;
-                stored?;
-                times.1 += import_time;
-                break;
+        if storing.len() < IMPORTS_IN_FLIGHT {
+            if let Some(changes) = read.take() {
+                keys += changes.puts.len() as u64;
+                bytes += changes.bytes();
+                storing.push(timed(import_owned(destination, (from, to), changes)));
+                node.inner.mover.lock().copying.insert(
+                    (from, to),
+                    CopyProgress {
+                        from,
+                        to,
+                        keys,
+                        bytes,
+                        estimated_keys,
+                        since: started,
+                    },
+                );
             }
         }
-        node.inner.mover.lock().copying = Some(CopyProgress {
-            from,
-            to,
-            keys,
-            bytes,
-            estimated_keys,
-            since: started,
-        });
+        let want_page = reading.is_some() && read.is_none();
+        if !want_page && storing.is_empty() {
+            break;
+        }
+        tokio::select! {
+            Some((stored, import_time)) = storing.next(), if !storing.is_empty() => {
+                stored?;
+                times.1 += import_time;
+            }
+            (page, export_time) = next_of(&mut reading), if want_page => {
+                let mut page = page?;
+                times.0 += export_time;
+                reading = page.next.take().map(|after| export(Some(after)));
+                read = Some(Changes {
+                    deletes: Vec::new(),
+                    puts: page.entries,
+                });
+            }
+        }
     }
-    node.inner.mover.lock().copying = None;
+    node.inner.mover.lock().copying.remove(&(from, to));
     tracing::info!(
         %from, %to, keys, bytes, cleared, capture = id, replica,
         ms = started.elapsed().as_millis() as u64,
@@ -630,6 +698,27 @@ async fn copy(
         "transfer copied"
     );
     Ok((capture, keys, bytes))
+}
+
+/// The output of the future in `slot` (which the caller checked is there), emptying it.
+async fn next_of<F: std::future::Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot.as_mut() {
+        Some(future) => {
+            let out = future.await;
+            *slot = None;
+            out
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// [`import`] of changes it owns.
+async fn import_owned(
+    destination: &MapClient,
+    ends: (ShardId, ShardId),
+    changes: Changes,
+) -> Result<(), String> {
+    import(destination, ends, &changes).await
 }
 
 /// `future`'s output and how long it took.
