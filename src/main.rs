@@ -36,7 +36,8 @@ use cli::{
 /// Built without transparent huge pages (`no_thp`): mimalloc gives freed memory back to the
 /// kernel and takes it again, and with huge pages every refault zeroed 2 MiB; while a shard was
 /// added, that zeroing took 28% of the busy CPU and the move ran 1.4x slower
-/// (`bench/rebalance.sh --no-load`).
+/// (`bench/rebalance.sh --no-load`); `redis-benchmark -P 16` SETs against one shard ran 15-20%
+/// faster without them, the rest within the noise (docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
