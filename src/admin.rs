@@ -7,13 +7,43 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::Method;
-use limedb_server::http::client::{request, ADD_REPLICA_TIMEOUT};
+use limedb_server::http::client::{request_as, ADD_REPLICA_TIMEOUT, MAX_ANSWER_BYTES};
 
 use crate::cli::{AdminArgs, AdminCommand};
 
+/// The node asked, and the credentials sent to it.
+struct Target {
+    url: String,
+    /// The `Authorization` header: basic auth for --user, the default user's bearer
+    /// password without it.
+    authorization: Option<String>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+/// The `Authorization` header for `--user` and `--password` (none without a password).
+fn authorization(user: Option<&str>, password: Option<&str>) -> Option<String> {
+    use base64::Engine as _;
+    let password = password?;
+    Some(match user {
+        Some(user) => format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        ),
+        None => format!("Bearer {password}"),
+    })
+}
+
 /// Runs one admin command and prints its answer.
 pub async fn run(args: AdminArgs) -> Result<(), String> {
-    let base = args.coordinator.trim_end_matches('/').to_string();
+    let base = Target {
+        url: args.coordinator.trim_end_matches('/').to_string(),
+        authorization: authorization(args.user.as_deref(), args.password.as_deref()),
+    };
     match args.command {
         AdminCommand::Status => {
             let doc = call(&base, Method::GET, "/api/v1/cluster/state", None).await?;
@@ -114,7 +144,7 @@ enum Ending {
 /// Prints the started (or cancelled) move, then (unless `no_wait`) its progress until it
 /// leaves the map.
 async fn follow_move(
-    base: &str,
+    base: &Target,
     started: &serde_json::Value,
     no_wait: bool,
     json: bool,
@@ -255,7 +285,7 @@ fn replicas_path(shard: u32) -> String {
     format!("/api/v1/admin/shards/{shard}/replicas")
 }
 
-async fn add(base: &str, shard: u32, replica: u64, url: &str, json: bool) -> Result<(), String> {
+async fn add(base: &Target, shard: u32, replica: u64, url: &str, json: bool) -> Result<(), String> {
     if !json {
         eprintln!(
             "adding replica {replica} ({url}) to shard {shard}: waiting until it has caught up..."
@@ -273,7 +303,7 @@ async fn add(base: &str, shard: u32, replica: u64, url: &str, json: bool) -> Res
     Ok(())
 }
 
-async fn remove(base: &str, shard: u32, replica: u64, json: bool) -> Result<(), String> {
+async fn remove(base: &Target, shard: u32, replica: u64, json: bool) -> Result<(), String> {
     let path = format!("{}/{replica}", replicas_path(shard));
     let doc = call(base, Method::DELETE, &path, None).await?;
     show(&doc, json);
@@ -281,13 +311,22 @@ async fn remove(base: &str, shard: u32, replica: u64, json: bool) -> Result<(), 
 }
 
 async fn call(
-    base: &str,
+    base: &Target,
     method: Method,
     path: &str,
     body: Option<Bytes>,
 ) -> Result<serde_json::Value, String> {
     let timeout = ADD_REPLICA_TIMEOUT + Duration::from_secs(60);
-    let (status, answer) = request(method, base, path, body, timeout).await?;
+    let (status, answer) = request_as(
+        method,
+        &base.url,
+        path,
+        body,
+        timeout,
+        MAX_ANSWER_BYTES,
+        base.authorization.as_deref(),
+    )
+    .await?;
     let doc: serde_json::Value = serde_json::from_slice(&answer)
         .map_err(|e| format!("{base}{path} answered {status} without JSON: {e}"))?;
     if !status.is_success() {

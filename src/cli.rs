@@ -58,6 +58,9 @@ pub enum Command {
     /// Administration of a running cluster: the replicas of each shard's group, and adding and
     /// removing shards.
     Admin(AdminArgs),
+    /// Read a password from standard input (one line) and print its salted argon2 hash, for
+    /// the `password_hash` of a `[[users]]` table in the configuration file.
+    HashPassword,
 }
 
 /// Options of `limedb admin`.
@@ -76,6 +79,22 @@ pub struct AdminArgs {
     /// Print the answer as JSON (for scripts) instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// The user to authenticate as, when the node asks for credentials (an admin user).
+    /// [default: default]
+    #[arg(long, global = true, env = "LIMEDB_USER", value_name = "USER")]
+    pub user: Option<String>,
+
+    /// The password of --user (of the default user: --requirepass), when the node asks for
+    /// credentials. Prefer the environment variable: a flag shows in the process list.
+    #[arg(
+        long,
+        global = true,
+        env = "LIMEDB_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
 
     /// What to do.
     #[command(subcommand)]
@@ -266,6 +285,10 @@ pub struct ShardArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// Options of `limedb meta` (also the `[meta]` table of the TOML file).
@@ -390,6 +413,33 @@ pub struct RespArgs {
     pub resp_idle_timeout_ms: Option<u64>,
 }
 
+/// Client authentication of a shard, coordinator or dev cluster (users with their own
+/// passwords and permissions go in the configuration file's `[[users]]` tables).
+#[derive(Default, Clone, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthArgs {
+    /// Password of the `default` user, asked of every client of the HTTP and RESP listeners
+    /// (`AUTH password`, redis-cli -a, `Authorization: Bearer <password>` or basic auth as
+    /// `default`). Kept only as a salted hash in memory. Prefer the environment variable: a
+    /// flag shows in the process list. [default: none; no password asked]
+    #[arg(
+        long,
+        env = "LIMEDB_REQUIREPASS",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub requirepass: Option<String>,
+}
+
+/// Never prints the password.
+impl std::fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthArgs")
+            .field("requirepass", &self.requirepass.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
 /// Size and connection limits shared by every node kind.
 #[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
 #[serde(default)]
@@ -465,6 +515,10 @@ pub struct CoordinatorArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// Options of `limedb dev` (also the `[dev]` table of the TOML file).
@@ -533,6 +587,10 @@ pub struct DevArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// Options of `limedb bench`.
@@ -619,6 +677,9 @@ pub struct FileConfig {
     pub dev: DevArgs,
     /// `[meta]`
     pub meta: MetaArgs,
+    /// `[[users]]`: users of every node started with this file, each with the argon2 hash of
+    /// its password (`limedb hash-password`) and a permission: read, read-write or admin.
+    pub users: Vec<limedb_server::auth::UserConfig>,
 }
 
 impl FileConfig {

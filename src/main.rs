@@ -73,11 +73,11 @@ fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     match cli.command {
         Command::Shard(args) => {
-            let config = shard_config(cli::overlay(&args, &file.shard)?)?;
+            let config = shard_config(cli::overlay(&args, &file.shard)?, &file.users)?;
             runtime.block_on(run_shard(config))
         }
         Command::Coordinator(args) => {
-            let config = coordinator_config(cli::overlay(&args, &file.coordinator)?)?;
+            let config = coordinator_config(cli::overlay(&args, &file.coordinator)?, &file.users)?;
             runtime.block_on(run_coordinator(config))
         }
         Command::Meta(args) => {
@@ -85,12 +85,38 @@ fn run(cli: Cli) -> Result<(), String> {
             runtime.block_on(run_shard(config))
         }
         Command::Dev(args) => {
-            let config = dev_config(cli::overlay(&args, &file.dev)?)?;
+            let config = dev_config(cli::overlay(&args, &file.dev)?, &file.users)?;
             runtime.block_on(run_dev(config))
         }
         Command::Bench(args) => runtime.block_on(run_bench(args)),
         Command::Admin(args) => runtime.block_on(admin::run(args)),
+        Command::HashPassword => hash_password(),
     }
+}
+
+/// `limedb hash-password`: one line of standard input to its argon2 hash.
+fn hash_password() -> Result<(), String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err("no password on standard input (give it as one line)".into());
+    }
+    let hash = limedb_server::auth::hash_password(password).map_err(|e| e.to_string())?;
+    println!("{hash}");
+    Ok(())
+}
+
+/// The users a node asks for: `--requirepass` (the default user) and the file's `[[users]]`.
+fn users(
+    args: &cli::AuthArgs,
+    configured: &[limedb_server::auth::UserConfig],
+) -> Result<std::sync::Arc<limedb_server::auth::Users>, String> {
+    limedb_server::auth::Users::new(args.requirepass.as_deref(), configured)
+        .map(std::sync::Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 /// `--log-level` (or LIMEDB_LOG_LEVEL) wins, then RUST_LOG, then the file's `log_level`, then
@@ -242,7 +268,10 @@ fn pg_settings(storage: StorageKind, args: &PgArgs) -> Result<Option<PgSettings>
     Ok(Some(settings))
 }
 
-fn shard_config(args: ShardArgs) -> Result<ShardConfig, String> {
+fn shard_config(
+    args: ShardArgs,
+    configured: &[limedb_server::auth::UserConfig],
+) -> Result<ShardConfig, String> {
     let id = args.id.unwrap_or(1);
     if id == 0 {
         return Err("--id: shard ids start at 1".into());
@@ -288,6 +317,7 @@ fn shard_config(args: ShardArgs) -> Result<ShardConfig, String> {
         resp_addr: args.resp.resp_port.map(|p| SocketAddr::new(host, p)),
         resp_idle_timeout: resp_idle_timeout(&args.resp),
         replication,
+        users: users(&args.auth, configured)?,
     })
 }
 
@@ -368,7 +398,10 @@ fn resp_idle_timeout(args: &cli::RespArgs) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-fn coordinator_config(args: CoordinatorArgs) -> Result<CoordinatorConfig, String> {
+fn coordinator_config(
+    args: CoordinatorArgs,
+    configured: &[limedb_server::auth::UserConfig],
+) -> Result<CoordinatorConfig, String> {
     let meta: Vec<String> = args
         .meta
         .unwrap_or_default()
@@ -422,10 +455,14 @@ fn coordinator_config(args: CoordinatorArgs) -> Result<CoordinatorConfig, String
         resp_addr: args.resp.resp_port.map(|p| SocketAddr::new(host, p)),
         resp_idle_timeout: resp_idle_timeout(&args.resp),
         meta,
+        users: users(&args.auth, configured)?,
     })
 }
 
-fn dev_config(args: DevArgs) -> Result<DevConfig, String> {
+fn dev_config(
+    args: DevArgs,
+    configured: &[limedb_server::auth::UserConfig],
+) -> Result<DevConfig, String> {
     let defaults = DevConfig::default();
     let storage = storage_kind(args.storage.as_deref())?;
     Ok(DevConfig {
@@ -450,6 +487,7 @@ fn dev_config(args: DevArgs) -> Result<DevConfig, String> {
         max_connections: max_connections(&args.limits),
         resp_port: args.resp_port.unwrap_or(defaults.resp_port),
         meta_port: args.meta_port.unwrap_or(defaults.meta_port),
+        users: users(&args.auth, configured)?,
     })
 }
 
@@ -496,6 +534,7 @@ async fn run_dev(config: DevConfig) -> Result<(), String> {
         .postgres
         .as_ref()
         .map(|pg| pg.database_template.clone());
+    let asks_credentials = config.users.required();
     let cluster = DevCluster::bind(config).await.map_err(|e| e.to_string())?;
     let endpoints = cluster.endpoints();
     let c = endpoints.coordinator;
@@ -546,6 +585,11 @@ async fn run_dev(config: DevConfig) -> Result<(), String> {
     if replicated {
         banner.push_str(
             "\nEach shard is a Raft group: writes are acknowledged once a majority of its replicas has them on disk,\nand a new leader takes over within about a second when one stops. `limedb admin status` shows the roles.\nThe cluster map lives in its own Raft group: add a shard online with `limedb admin add-shard --id 4 --peers 1=URL`\n(start it first: `limedb shard --id 4 --replica 1 --peers 1=URL --port PORT`), remove one with `limedb admin remove-shard ID`.\n",
+        );
+    }
+    if asks_credentials {
+        banner.push_str(
+            "\nClients must authenticate (--requirepass, [[users]]): redis-cli -a PASSWORD, curl -H 'Authorization: Bearer PASSWORD' or curl -u USER:PASSWORD.\n",
         );
     }
     banner.push_str(&format!(

@@ -1143,13 +1143,14 @@ fn introspection_commands_answer_what_clients_ask() {
         .collect();
     names.sort();
     // Every command the server answers, and no other.
-    let mut served: Vec<&str> = "APPEND CLIENT COMMAND CONFIG COPY DBSIZE DECR DECRBY DEL DISCARD \
+    let mut served: Vec<&str> =
+        "ACL APPEND AUTH CLIENT COMMAND CONFIG COPY DBSIZE DECR DECRBY DEL DISCARD \
         ECHO EXEC EXISTS EXPIRE EXPIREAT EXPIRETIME FLUSHALL FLUSHDB GET GETDEL GETEX GETRANGE \
         GETSET HELLO INCR INCRBY INCRBYFLOAT INFO KEYS MGET MSET MSETNX MULTI PERSIST PEXPIRE \
         PEXPIREAT PEXPIRETIME PING PSETEX PTTL QUIT RANDOMKEY RENAME RENAMENX SCAN SELECT SET \
         SETEX SETNX SETRANGE STRLEN TTL TYPE UNLINK UNWATCH WATCH"
-        .split_whitespace()
-        .collect();
+            .split_whitespace()
+            .collect();
     served.sort_unstable();
     assert_eq!(names, served);
     let entries: Vec<redis::Value> = run(&mut c, &["COMMAND", "INFO", "get", "set", "nosuch"]);

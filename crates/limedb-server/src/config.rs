@@ -264,6 +264,8 @@ pub struct ShardConfig {
     /// Replication: this shard as one replica of a Raft group (`--replica`, `--peers`); `None`
     /// is a shard on its own, as before replication existed.
     pub replication: Option<ReplicationConfig>,
+    /// The users its client listeners (HTTP, RESP) ask for (`--requirepass`, `[[users]]`).
+    pub users: std::sync::Arc<crate::auth::Users>,
 }
 
 impl ShardConfig {
@@ -294,6 +296,7 @@ impl ShardConfig {
             max_connections,
             resp_addr: None,
             resp_idle_timeout: None,
+            users: std::sync::Arc::new(crate::auth::Users::open()),
             replication: Some(ReplicationConfig {
                 log_sync: SyncPolicy::Always,
                 ..replication
@@ -390,6 +393,8 @@ pub struct CoordinatorConfig {
     /// before the map existed. With members, `shards` creates the map on an empty cluster and
     /// must agree with it otherwise; empty `shards` routes by the stored map.
     pub meta: Vec<String>,
+    /// The users its client listeners (HTTP, RESP) ask for (`--requirepass`, `[[users]]`).
+    pub users: std::sync::Arc<crate::auth::Users>,
 }
 
 /// Parses a `--shards` entry: `URL` (its 1-based position in the list is its id) or `ID=URL`.

@@ -60,6 +60,8 @@ pub struct DevConfig {
     /// HTTP port of the map group's replica 1 (replica r on this + r − 1); 0 picks free ports.
     /// The map group runs only when shards are replicated.
     pub meta_port: u16,
+    /// Who may use the coordinator's and the shards' client listeners.
+    pub users: std::sync::Arc<crate::auth::Users>,
 }
 
 /// Replicas of the map group in `limedb dev`.
@@ -244,6 +246,7 @@ impl DevCluster {
                     max_connections: config.max_connections,
                     resp_addr: None,
                     resp_idle_timeout: None,
+                    users: std::sync::Arc::clone(&config.users),
                     replication: replicated.then(|| ReplicationConfig {
                         replica_id: replica,
                         peers: peers.clone(),
@@ -301,6 +304,7 @@ impl DevCluster {
             max_connections: config.max_connections,
             resp_addr: Some(SocketAddr::new(config.host, config.resp_port)),
             resp_idle_timeout: None,
+            users: std::sync::Arc::clone(&config.users),
             meta: meta_endpoints
                 .iter()
                 .map(|(_, addr)| format!("http://{addr}"))
@@ -417,6 +421,7 @@ impl Default for DevConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             resp_port: 6379,
             meta_port: 7901,
+            users: std::sync::Arc::new(crate::auth::Users::open()),
         }
     }
 }

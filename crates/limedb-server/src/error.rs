@@ -18,6 +18,12 @@ pub enum ApiError {
     /// Malformed JSON, a missing or mistyped field, a bad query parameter.
     #[error("{0}")]
     BadRequest(String),
+    /// The node asks for credentials and the request brought none, or wrong ones (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The request's user lacks the permission the route needs (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// The key is over the configured limit.
     #[error("key is {len} bytes, over the limit of {max} bytes")]
     KeyTooLarge {
@@ -125,6 +131,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::KeyTooLarge { .. } | ApiError::ValueTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -155,6 +163,8 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::KeyTooLarge { .. } => "key_too_large",
             ApiError::ValueTooLarge { .. } => "value_too_large",
             ApiError::NotFound | ApiError::NoSuchResource(_) => "not_found",

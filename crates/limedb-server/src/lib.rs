@@ -24,6 +24,7 @@
 //! returns.
 
 mod accept;
+pub mod auth;
 pub mod config;
 pub mod coordinator;
 pub mod dev;

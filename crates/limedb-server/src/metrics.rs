@@ -116,6 +116,8 @@ pub struct Metrics {
     pub raft: RaftGauges,
     /// The move in progress (coordinators with `--meta` and map-group replicas; zero elsewhere).
     moves: MoveGauges,
+    /// Credentials refused by the client listeners since start (set before each scrape).
+    pub auth_failures: Gauge,
 }
 
 /// A move's figures as `/metrics` shows them (see [`MoveGauges`]); a node leaves at 0 what it
@@ -307,6 +309,12 @@ impl Metrics {
             "limedb_open_connections",
             "Client connections currently open, by listener",
             connections.clone(),
+        );
+        let auth_failures = Gauge::default();
+        registry.register(
+            "limedb_auth_failures",
+            "Credentials refused by the HTTP and RESP listeners (wrong user or password) since start",
+            auth_failures.clone(),
         );
         let storage_keys = Gauge::default();
         let storage_live_bytes = Gauge::default();
@@ -504,6 +512,7 @@ impl Metrics {
             registry.register(name, help, gauge.clone());
         }
         Metrics {
+            auth_failures,
             moves,
             raft,
             storage_engine,

@@ -147,6 +147,8 @@ pub trait KvNode: Clone + Send + Sync + 'static {
     fn limits(&self) -> Limits;
     /// The node's metrics.
     fn metrics(&self) -> &Metrics;
+    /// Who may use the node's client listeners.
+    fn users(&self) -> &std::sync::Arc<crate::auth::Users>;
     /// Refreshes gauges that are sampled rather than counted (storage and replication figures)
     /// before a scrape.
     fn refresh_metrics(&self) -> impl Future<Output = ()> + Send {

@@ -43,6 +43,8 @@ pub struct CoordinatorNode {
 
 #[derive(Debug)]
 struct CoordinatorInner {
+    /// Who may use the client listeners (see [`crate::auth`]).
+    users: Arc<crate::auth::Users>,
     /// The routing and the shard groups (see [`routes`]).
     routes: routes::Routes,
     /// How long a request may wait for its shard (and for the map to settle after a
@@ -498,6 +500,10 @@ impl KvNode for CoordinatorNode {
         &self.inner.metrics
     }
 
+    fn users(&self) -> &Arc<crate::auth::Users> {
+        &self.inner.users
+    }
+
     async fn refresh_metrics(&self) {
         for group in self.inner.routes.members() {
             group.refresh_metrics();
@@ -625,6 +631,7 @@ impl CoordinatorServer {
         Ok(CoordinatorServer {
             node: CoordinatorNode {
                 inner: Arc::new(CoordinatorInner {
+                    users: Arc::clone(&config.users),
                     routes,
                     shard_timeout: config.shard_timeout,
                     limits: config.limits,
@@ -712,6 +719,7 @@ impl CoordinatorServer {
         let resp_task = crate::resp::serve_if_bound(
             resp,
             node.clone(),
+            Arc::clone(&node.inner.users),
             resp_config,
             max_connections,
             &node.inner.metrics,

@@ -103,6 +103,10 @@ pub fn router<N: KvNode>(node: N) -> Router {
         )
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            super::access::check::<N>,
+        ))
         .with_state(node)
 }
 
@@ -362,6 +366,8 @@ async fn ring<N: KvNode>(State(node): State<N>) -> Response {
 
 async fn metrics<N: KvNode>(State(node): State<N>) -> Response {
     node.refresh_metrics().await;
+    let failures = i64::try_from(node.users().failures()).unwrap_or(i64::MAX);
+    node.metrics().auth_failures.set(failures);
     (
         StatusCode::OK,
         [(

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// Largest answer body read.
-const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 /// `host:port` of a normalized `http://host:port` base URL.
 pub fn authority(url: &str) -> &str {
@@ -39,14 +39,27 @@ pub async fn request_limited(
     timeout: Duration,
     max_answer: usize,
 ) -> Result<(hyper::StatusCode, Bytes), String> {
-    tokio::time::timeout(timeout, send(method.clone(), url, path, body, max_answer))
-        .await
-        .map_err(|_| {
-            format!(
-                "{method} {url}{path}: no answer within {} ms",
-                timeout.as_millis()
-            )
-        })?
+    request_as(method, url, path, body, timeout, max_answer, None).await
+}
+
+/// [`request_limited`] with an `Authorization` header (`limedb admin` against a node that asks
+/// for credentials).
+pub async fn request_as(
+    method: hyper::Method,
+    url: &str,
+    path: &str,
+    body: Option<Bytes>,
+    timeout: Duration,
+    max_answer: usize,
+    authorization: Option<&str>,
+) -> Result<(hyper::StatusCode, Bytes), String> {
+    let sent = send(method.clone(), url, path, body, max_answer, authorization);
+    tokio::time::timeout(timeout, sent).await.map_err(|_| {
+        format!(
+            "{method} {url}{path}: no answer within {} ms",
+            timeout.as_millis()
+        )
+    })?
 }
 
 async fn send(
@@ -55,6 +68,7 @@ async fn send(
     path: &str,
     body: Option<Bytes>,
     max_answer: usize,
+    authorization: Option<&str>,
 ) -> Result<(hyper::StatusCode, Bytes), String> {
     let authority = authority(url);
     let stream = TcpStream::connect(authority)
@@ -72,6 +86,9 @@ async fn send(
         .header(HOST, authority);
     if body.is_some() {
         builder = builder.header(CONTENT_TYPE, "application/json");
+    }
+    if let Some(authorization) = authorization {
+        builder = builder.header(hyper::header::AUTHORIZATION, authorization);
     }
     let request = builder
         .body(Full::new(body.unwrap_or_default()))

@@ -1,6 +1,8 @@
 //! One RESP connection's state and the commands it answers itself: PING, ECHO, HELLO, SELECT,
-//! QUIT, COMMAND, CLIENT, INFO, CONFIG, and the transaction commands MULTI, EXEC, DISCARD,
-//! WATCH and UNWATCH. Every other command goes to the node's [`Backend`].
+//! QUIT, COMMAND, CLIENT, INFO, CONFIG, AUTH, ACL, and the transaction commands MULTI, EXEC,
+//! DISCARD, WATCH and UNWATCH. Every other command goes to the node's [`Backend`], once the
+//! client has authenticated (when the node asks for credentials) and only within its user's
+//! permission ([`super::access`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -10,9 +12,11 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use limedb_resp::{string_to_i64, Protocol, Value};
 
+use super::access;
 use super::glob::glob_match;
 use super::table::{lookup, Route, COMMANDS};
 use super::{arity_error, unknown_command, Backend, Fail, Reply, RespStats};
+use crate::auth::{Identity, Users};
 
 /// The version LimeDB reports as `redis_version`: the Redis release whose commands and
 /// replies it follows.
@@ -56,12 +60,24 @@ pub struct Session<B> {
     watch_failed: bool,
     /// Most commands of the next stretch: see [`FIRST_STRETCH`].
     stretch: usize,
+    /// The users of the node, and who this client proved to be (`None`: not yet, and the node
+    /// asks for credentials).
+    users: Arc<Users>,
+    identity: Option<Identity>,
 }
 
 impl<B: Backend> Session<B> {
     /// A fresh connection's state.
-    pub fn new(id: u64, peer: SocketAddr, backend: B, stats: Arc<RespStats>) -> Self {
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        backend: B,
+        stats: Arc<RespStats>,
+        users: Arc<Users>,
+    ) -> Self {
         Session {
+            identity: users.anonymous(),
+            users,
             id,
             peer,
             backend,
@@ -105,7 +121,9 @@ impl<B: Backend> Session<B> {
             };
             let is_data = self.queued.is_none()
                 && args.first().and_then(|n| lookup(n)).is_some_and(|spec| {
-                    spec.route != Route::Connection && spec.arity_ok(args.len())
+                    spec.route != Route::Connection
+                        && spec.arity_ok(args.len())
+                        && access::allowed(self.identity.as_ref(), spec, &args)
                 });
             if is_data {
                 run.push(args);
@@ -173,6 +191,17 @@ impl<B: Backend> Session<B> {
             }
             return Err(arity_error(spec.name));
         }
+        if self.identity.is_none() && !access::runs_unauthenticated(spec.name) {
+            return Err(Fail::new(access::NOAUTH));
+        }
+        if !matches!(spec.name, "auth" | "hello" | "quit")
+            && !access::allowed(self.identity.as_ref(), spec, &args)
+        {
+            if self.queued.is_some() {
+                self.queue_failed = true;
+            }
+            return Err(access::no_permission(spec));
+        }
         if let Some(queue) = self.queued.as_mut() {
             match spec.name {
                 "exec" | "discard" | "multi" | "watch" | "quit" | "reset" => {}
@@ -202,7 +231,14 @@ impl<B: Backend> Session<B> {
                 Some(_) => Err(Fail::new("ERR DB index is out of range")),
                 None => Err(Fail::new("ERR value is not an integer or out of range")),
             },
-            "hello" => self.hello(&args),
+            "hello" => self.hello(&args).await,
+            "auth" => {
+                if let Some(identity) = access::auth(&self.users, &args).await? {
+                    self.identity = Some(identity);
+                }
+                Ok(Value::ok())
+            }
+            "acl" => access::acl(&self.users, self.identity.as_ref(), &args),
             "client" => self.client(&args),
             "command" => command(&args),
             "config" => config(&args),
@@ -273,7 +309,7 @@ impl<B: Backend> Session<B> {
         self.watch_failed = false;
     }
 
-    fn hello(&mut self, args: &[Bytes]) -> Reply {
+    async fn hello(&mut self, args: &[Bytes]) -> Reply {
         let mut protocol = self.protocol;
         if let Some(version) = args.get(1) {
             protocol = match string_to_i64(version) {
@@ -289,10 +325,13 @@ impl<B: Backend> Session<B> {
         }
         let mut i = 2;
         let mut name = None;
+        let mut credentials = None;
         while let Some(opt) = args.get(i) {
             match &opt.to_ascii_uppercase()[..] {
-                // LimeDB has no users yet: any credentials are accepted.
-                b"AUTH" if args.len() > i + 2 => i += 3,
+                b"AUTH" if args.len() > i + 2 => {
+                    credentials = Some((&args[i + 1], &args[i + 2]));
+                    i += 3;
+                }
                 b"SETNAME" if args.len() > i + 1 => {
                     name = args.get(i + 1).cloned();
                     i += 2;
@@ -304,6 +343,15 @@ impl<B: Backend> Session<B> {
                     )))
                 }
             }
+        }
+        match credentials {
+            Some((user, password)) => {
+                if let Some(identity) = access::hello_auth(&self.users, user, password).await? {
+                    self.identity = Some(identity);
+                }
+            }
+            None if self.identity.is_none() => return Err(Fail::new(access::HELLO_NOAUTH)),
+            None => {}
         }
         if name.is_some() {
             self.name = name;
@@ -328,12 +376,15 @@ impl<B: Backend> Session<B> {
                 .unwrap_or_default()
         };
         format!(
-            "id={} addr={} laddr=127.0.0.1:{} fd=0 name={} age=0 idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
+            "id={} addr={} laddr=127.0.0.1:{} fd=0 name={} age=0 idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
             self.id,
             self.peer,
             self.stats.port,
             text(&self.name),
             self.queued.as_ref().map_or(-1, |q| q.len() as i64),
+            self.identity
+                .as_ref()
+                .map_or(crate::auth::DEFAULT_USER, |i| &*i.user),
             if self.protocol == Protocol::Resp3 { 3 } else { 2 },
             text(&self.lib_name),
             text(&self.lib_ver),

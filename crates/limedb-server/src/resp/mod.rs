@@ -18,11 +18,13 @@
 //!   if each is larger).
 //! - A protocol error is answered with Redis's text and the connection closed, as Redis does;
 //!   an idle connection is closed after [`RespConfig::idle_timeout`] (if set).
-//! - [`conn`] answers the connection's own commands (PING, HELLO, CLIENT, MULTI, ...);
+//! - [`conn`] answers the connection's own commands (PING, HELLO, AUTH, CLIENT, MULTI, ...),
+//!   [`access`] checks credentials and each command's permission;
 //!   everything else goes to the node's [`Backend`]: [`keys`] on a shard, the router on a
 //!   coordinator. [`table`] lists the commands; [`glob`] matches `KEYS`/`SCAN` patterns;
 //!   [`cursor`] keeps `SCAN` cursors.
 
+pub mod access;
 pub mod conn;
 pub mod cursor;
 pub mod glob;
@@ -170,6 +172,7 @@ pub struct RespStats {
 pub async fn serve_if_bound<B: Backend>(
     listener: Option<TcpListener>,
     backend: B,
+    users: Arc<crate::auth::Users>,
     config: RespConfig,
     max_connections: usize,
     metrics: &crate::metrics::Metrics,
@@ -180,6 +183,7 @@ pub async fn serve_if_bound<B: Backend>(
         serve(
             listener,
             backend,
+            users,
             config,
             max_connections,
             open_connections,
@@ -194,6 +198,7 @@ pub async fn serve_if_bound<B: Backend>(
 pub async fn serve<B: Backend>(
     listener: TcpListener,
     backend: B,
+    users: Arc<crate::auth::Users>,
     config: RespConfig,
     max_connections: usize,
     open_connections: Gauge,
@@ -213,6 +218,7 @@ pub async fn serve<B: Backend>(
     while let Some((stream, peer, permit)) = acceptor.next(&mut shutdown).await {
         while connections.try_join_next().is_some() {}
         let backend = backend.clone();
+        let users = Arc::clone(&users);
         let gauge = open_connections.clone();
         let shutdown = shutdown.clone();
         let stats = Arc::clone(&stats);
@@ -220,7 +226,14 @@ pub async fn serve<B: Backend>(
         stats.connected.fetch_add(1, Ordering::Relaxed);
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         connections.spawn(async move {
-            if let Err(e) = serve_connection(stream, peer, backend, config, &stats, shutdown).await
+            let session = conn::Session::new(
+                stats.next_id.fetch_add(1, Ordering::Relaxed),
+                peer,
+                backend,
+                Arc::clone(&stats),
+                users,
+            );
+            if let Err(e) = serve_connection(stream, peer, session, config, &stats, shutdown).await
             {
                 tracing::debug!(%peer, error = %e, "resp connection closed with an error");
             }
@@ -238,16 +251,14 @@ pub async fn serve<B: Backend>(
 async fn serve_connection<B: Backend>(
     mut stream: TcpStream,
     peer: SocketAddr,
-    backend: B,
+    mut session: conn::Session<B>,
     config: RespConfig,
-    stats: &Arc<RespStats>,
+    stats: &RespStats,
     mut shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let mut parser = RequestParser::new(config.limits);
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::new();
-    let id = stats.next_id.fetch_add(1, Ordering::Relaxed);
-    let mut session = conn::Session::new(id, peer, backend, Arc::clone(stats));
     let mut batch: VecDeque<Vec<Bytes>> = VecDeque::new();
     loop {
         loop {

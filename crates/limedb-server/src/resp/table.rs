@@ -55,7 +55,25 @@ macro_rules! spec {
 
 /// Every command, sorted by name.
 pub const COMMANDS: &[Spec] = &[
+    spec!(
+        "acl",
+        -2,
+        &["admin", "noscript", "loading", "stale"],
+        0,
+        0,
+        0,
+        Connection
+    ),
     spec!("append", 3, WD, 1, 1, 1, OneKey),
+    spec!(
+        "auth",
+        -2,
+        &["noscript", "loading", "stale", "fast", "no_auth"],
+        0,
+        0,
+        0,
+        Connection
+    ),
     spec!("client", -2, L, 0, 0, 0, Connection),
     spec!("command", -1, L, 0, 0, 0, Connection),
     spec!("config", -2, L, 0, 0, 0, Connection),

@@ -69,6 +69,8 @@ struct ShardInner {
     mover: mover::MoverStatus,
     /// The changes this replica follows for a transfer being copied (see [`capture`]).
     captures: Arc<capture::Captures>,
+    /// Who may use the client listeners (see [`crate::auth`]).
+    users: Arc<crate::auth::Users>,
 }
 
 impl std::fmt::Debug for ShardNode {
@@ -360,6 +362,8 @@ pub fn error_response(e: &ApiError) -> Response {
         | ApiError::RequestTimeout(_)
         | ApiError::Conflict { .. }
         | ApiError::Gone(_)
+        | ApiError::Unauthorized(_)
+        | ApiError::Forbidden(_)
         | ApiError::NoSuchResource(_) => ErrorCode::BadRequest,
         ApiError::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
         ApiError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
@@ -717,6 +721,10 @@ impl KvNode for ShardNode {
         &self.inner.metrics
     }
 
+    fn users(&self) -> &Arc<crate::auth::Users> {
+        &self.inner.users
+    }
+
     async fn refresh_metrics(&self) {
         let stats = self.inner.storage.engine().stats();
         self.inner.metrics.set_storage(&stats);
@@ -946,6 +954,7 @@ impl ShardServer {
                 ownership: ownership::Ownership::default(),
                 mover: mover::MoverStatus::default(),
                 captures,
+                users: Arc::clone(&config.users),
             }),
         };
         let resp_config = RespConfig::for_limits(&config.limits, config.resp_idle_timeout);
@@ -1033,6 +1042,7 @@ impl ShardServer {
         let resp_task = crate::resp::serve_if_bound(
             resp,
             node.clone(),
+            Arc::clone(&node.inner.users),
             resp_config,
             max_connections,
             metrics,

@@ -202,12 +202,16 @@ async fn step(node: &ShardNode) -> Result<bool, String> {
         // The furthest along of a source's transfers between copy and cut-over starts holding
         // the source's lock, so that no other one overtakes it.
         let source = locks.source(t.from);
+        let between = |first, last| (first..=last).contains(&t.phase);
         let held = Held {
-            source: (Phase::Copy..=Phase::CutOver)
-                .contains(&t.phase)
+            source: between(Phase::Copy, Phase::CutOver)
                 .then(|| source.try_lock_owned().ok())
                 .flatten(),
-            records: None,
+            // The (one) transfer between catch-up and cut-over may have fenced its source:
+            // it goes on before any other record changes.
+            records: between(Phase::CatchUp, Phase::CutOver)
+                .then(|| Arc::clone(&locks.records).try_lock_owned().ok())
+                .flatten(),
         };
         drives.spawn(drive(
             node.clone(),
@@ -379,16 +383,18 @@ async fn drive(
             // Read the map again: it may have changed while this transfer waited.
             continue;
         }
-        run_phase(&node, &map, move_id, &transfer).await?;
+        run_phase(&node, &map, move_id, &transfer, (&locks, &mut held)).await?;
     }
 }
 
-/// Carries out `transfer`'s current phase and records the next one in the map.
+/// Carries out `transfer`'s current phase and records the next one in the map, with the locks
+/// the transfer's driver holds (a copy takes the records' lock to record its end).
 async fn run_phase(
     node: &ShardNode,
     map: &ClusterMap,
     move_id: u64,
     transfer: &TransferState,
+    (locks, held): (&TransferLocks, &mut Held),
 ) -> Result<(), String> {
     let (from, to) = (transfer.from, transfer.to);
     let group = |id: ShardId| {
@@ -412,6 +418,12 @@ async fn run_phase(
                 node.inner.mover.lock().copying.remove(&(from, to));
             }
             let (capture, keys, bytes) = copied?;
+            // Entering the catch-up takes the records' lock, held until the cut-over is
+            // recorded: at most one transfer is ever between catch-up and cut-over in the map,
+            // so a driver that takes over knows which one may have fenced its source.
+            if held.records.is_none() {
+                held.records = Some(Arc::clone(&locks.records).lock_owned().await);
+            }
             return update(node, |m| {
                 m.record_copy(move_id, (from, to), capture, keys, bytes)?;
                 m.advance(move_id, from, to, Phase::Copy).map(drop)
@@ -673,20 +685,30 @@ async fn copy(
         if !want_page && storing.is_empty() {
             break;
         }
-        tokio::select! {
+        let failed = tokio::select! {
             Some((stored, import_time)) = storing.next(), if !storing.is_empty() => {
-                stored?;
                 times.1 += import_time;
+                stored.err()
             }
             (page, export_time) = next_of(&mut reading), if want_page => {
-                let mut page = page?;
                 times.0 += export_time;
-                reading = page.next.take().map(|after| export(Some(after)));
-                read = Some(Changes {
-                    deletes: Vec::new(),
-                    puts: page.entries,
-                });
+                match page {
+                    Ok(mut page) => {
+                        reading = page.next.take().map(|after| export(Some(after)));
+                        read = Some(Changes {
+                            deletes: Vec::new(),
+                            puts: page.entries,
+                        });
+                        None
+                    }
+                    Err(e) => Some(e),
+                }
             }
+        };
+        if let Some(e) = failed {
+            // Imports still in flight finish first: none may land after a retry's clear.
+            while storing.next().await.is_some() {}
+            return Err(e);
         }
     }
     node.inner.mover.lock().copying.remove(&(from, to));

@@ -737,9 +737,18 @@ impl ShardNode {
         let mut scanned = 0usize;
         let mut cursor = after;
         loop {
-            let (found, next, exhausted) = self
-                .transfer_step(&routing, from, to, cursor, false)
-                .await?;
+            let step = self.transfer_step(&routing, from, to, cursor, false).await;
+            let (found, next, exhausted) = match step {
+                Ok(step) => step,
+                Err(e) => {
+                    // The batch committing finishes before the answer, so the next request
+                    // counts what it finds.
+                    if let Some(last) = committing.take() {
+                        let _ = last.await;
+                    }
+                    return Err(e);
+                }
+            };
             doomed.extend(found.into_iter().map(|(key, _)| key));
             scanned += SCAN_STEP;
             let done = exhausted || scanned >= DELETE_SCAN_KEYS;
