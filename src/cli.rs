@@ -316,6 +316,10 @@ pub struct MetaArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub replication: ReplicationArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub protection: ProtectionArgs,
 }
 
 /// Replication of a shard: this process as one replica of the shard's Raft group.
@@ -429,6 +433,27 @@ pub struct AuthArgs {
         hide_env_values = true
     )]
     pub requirepass: Option<String>,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub protection: ProtectionArgs,
+}
+
+/// Protected mode, of every node kind.
+#[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProtectionArgs {
+    /// Listen on an address other than loopback although clients are asked for no
+    /// credentials (protected mode refuses to start otherwise, as Redis's does). Only on a
+    /// network you trust. [default: false]
+    #[arg(
+        long,
+        env = "LIMEDB_INSECURE",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub insecure: Option<bool>,
 }
 
 /// Never prints the password.
@@ -436,6 +461,7 @@ impl std::fmt::Debug for AuthArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthArgs")
             .field("requirepass", &self.requirepass.as_ref().map(|_| "<set>"))
+            .field("protection", &self.protection)
             .finish()
     }
 }

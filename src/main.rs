@@ -109,6 +109,22 @@ fn hash_password() -> Result<(), String> {
     Ok(())
 }
 
+/// Protected mode: a node that would listen on `host`, not a loopback address, while asking
+/// clients for no credentials refuses to start unless `--insecure` accepts the risk.
+fn protected_mode(
+    host: IpAddr,
+    asks_credentials: bool,
+    protection: &cli::ProtectionArgs,
+    what: &str,
+) -> Result<(), String> {
+    if host.is_loopback() || asks_credentials || protection.insecure == Some(true) {
+        return Ok(());
+    }
+    Err(format!(
+        "protected mode: refusing to listen on {host}, which is not a loopback address, while {what}: anyone who can reach it could read and change every key. Set a password (--requirepass, LIMEDB_REQUIREPASS, or [[users]] in the config file), listen on 127.0.0.1, or pass --insecure to accept the risk on a network you trust"
+    ))
+}
+
 /// The users a node asks for: `--requirepass` (the default user) and the file's `[[users]]`.
 fn users(
     args: &cli::AuthArgs,
@@ -278,6 +294,13 @@ fn shard_config(
     }
     let lsm = lsm_tuning(&args)?;
     let host = parse_host(args.host)?;
+    let users = users(&args.auth, configured)?;
+    protected_mode(
+        host,
+        users.required(),
+        &args.auth.protection,
+        "asking clients for no password",
+    )?;
     let port = match args.port {
         Some(p) => p,
         None => u16::try_from(7000 + u64::from(id))
@@ -317,7 +340,7 @@ fn shard_config(
         resp_addr: args.resp.resp_port.map(|p| SocketAddr::new(host, p)),
         resp_idle_timeout: resp_idle_timeout(&args.resp),
         replication,
-        users: users(&args.auth, configured)?,
+        users,
     })
 }
 
@@ -329,6 +352,11 @@ fn meta_config(args: MetaArgs) -> Result<ShardConfig, String> {
     )?;
     let replica = replication.replica_id;
     let host = parse_host(args.host)?;
+    if !host.is_loopback() && args.protection.insecure != Some(true) {
+        return Err(format!(
+            "protected mode: refusing to listen on {host}, which is not a loopback address: a map-group replica asks its callers for no credentials (the cluster secret that will guard it is not built yet), so anyone who can reach it could rewrite the cluster map. Listen on 127.0.0.1, or pass --insecure to accept the risk on a network you trust"
+        ));
+    }
     let port = match args.port {
         Some(p) => p,
         None => u16::try_from(7900 + replica)
@@ -428,6 +456,13 @@ fn coordinator_config(
         None => Ok(default),
     };
     let host = parse_host(args.host)?;
+    let users = users(&args.auth, configured)?;
+    protected_mode(
+        host,
+        users.required(),
+        &args.auth.protection,
+        "asking clients for no password",
+    )?;
     Ok(CoordinatorConfig {
         http_addr: SocketAddr::new(host, args.port.unwrap_or(8080)),
         shards: if shard_urls.is_empty() {
@@ -455,7 +490,7 @@ fn coordinator_config(
         resp_addr: args.resp.resp_port.map(|p| SocketAddr::new(host, p)),
         resp_idle_timeout: resp_idle_timeout(&args.resp),
         meta,
-        users: users(&args.auth, configured)?,
+        users,
     })
 }
 
@@ -465,8 +500,16 @@ fn dev_config(
 ) -> Result<DevConfig, String> {
     let defaults = DevConfig::default();
     let storage = storage_kind(args.storage.as_deref())?;
+    let host = parse_host(args.host)?;
+    let users = users(&args.auth, configured)?;
+    protected_mode(
+        host,
+        users.required(),
+        &args.auth.protection,
+        "asking clients for no password",
+    )?;
     Ok(DevConfig {
-        host: parse_host(args.host)?,
+        host,
         coordinator_port: args.coordinator_port.unwrap_or(defaults.coordinator_port),
         shard_ports: args.shard_ports.unwrap_or(defaults.shard_ports),
         data_dir: args.data_dir.unwrap_or(defaults.data_dir),
@@ -487,7 +530,7 @@ fn dev_config(
         max_connections: max_connections(&args.limits),
         resp_port: args.resp_port.unwrap_or(defaults.resp_port),
         meta_port: args.meta_port.unwrap_or(defaults.meta_port),
-        users: users(&args.auth, configured)?,
+        users,
     })
 }
 

@@ -642,3 +642,62 @@ fn sigterm_right_after_the_ready_line_is_a_clean_stop() {
         );
     }
 }
+
+/// Protected mode: a node that would listen on an address other than loopback while asking
+/// clients for no credentials refuses to start and says what to set; with a password, or with
+/// `--insecure`, it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_mode_refuses_an_open_node_on_a_public_address() {
+    let dir = temp_dir();
+    let data = dir.path().join("d").to_string_lossy().into_owned();
+    let shard = [
+        "shard",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "0",
+        "--internal-port",
+        "0",
+        "--data-dir",
+        &data,
+    ];
+    for needle in ["protected mode", "0.0.0.0", "--requirepass", "--insecure"] {
+        fails_with(&shard, needle);
+    }
+    fails_with(
+        &["coordinator", "--host", "0.0.0.0", "--port", "0"],
+        "protected mode",
+    );
+    fails_with(
+        &[
+            "meta",
+            "--host",
+            "0.0.0.0",
+            "--replica",
+            "1",
+            "--peers",
+            "1=http://127.0.0.1:7901",
+        ],
+        "protected mode",
+    );
+    fails_with(&["dev", "--host", "0.0.0.0"], "protected mode");
+    for extra in [&["--requirepass", "pw"][..], &["--insecure"]] {
+        let args = [&shard[..], extra].concat();
+        let node = Node::spawn(bin(), &args, &dir.path().join("open.log"))
+            .unwrap_or_else(|e| panic!("{args:?} starts: {e}"));
+        let addr = node.http_addr();
+        assert!(addr.starts_with("0.0.0.0:"), "{addr}");
+        let port = addr.rsplit(':').next().unwrap_or_default();
+        let health = limedb_testkit::http::request(
+            &format!("127.0.0.1:{port}"),
+            "GET",
+            "/api/v1/health",
+            &[],
+            None,
+        )
+        .await
+        .expect("health");
+        assert_eq!(health.status, 200, "{args:?}");
+        drop(node);
+    }
+}

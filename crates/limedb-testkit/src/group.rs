@@ -156,6 +156,14 @@ impl Group {
             "--data-dir".into(),
             self.data_dir(r).to_string_lossy().into_owned(),
         ]);
+        // Replicas in network namespaces listen on addresses that are not loopback: they accept
+        // the risk protected mode would refuse.
+        if p.ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| !ip.is_loopback())
+        {
+            args.push("--insecure".into());
+        }
         args.extend(self.extra.iter().cloned());
         args
     }
