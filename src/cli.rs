@@ -623,7 +623,8 @@ pub struct DevArgs {
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Base URL of a coordinator or shard (with --target etcd: an etcd client URL such as
-    /// http://127.0.0.1:2379).
+    /// http://127.0.0.1:2379). Credentials go in it: http://user:password@host:port (basic
+    /// auth) or http://:password@host:port (the default user).
     #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
     pub url: String,
 

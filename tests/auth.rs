@@ -238,6 +238,23 @@ async fn clients_authenticate_and_stay_within_their_permission() {
             .query(&mut conn)
             .expect("whoami");
         assert_eq!(whoami, "reader");
+        // Who a connection is changes only outside a transaction.
+        let () = redis::cmd("MULTI").query(&mut conn).expect("multi");
+        let err = redis::cmd("AUTH")
+            .arg("writer")
+            .arg("w-pass")
+            .query::<()>(&mut conn)
+            .expect_err("AUTH inside MULTI");
+        assert!(err.to_string().contains("inside MULTI"), "{err}");
+        let err = redis::cmd("EXEC")
+            .query::<redis::Value>(&mut conn)
+            .expect_err("the transaction is aborted");
+        assert!(err.to_string().contains("Transaction discarded"), "{err}");
+        let whoami: String = redis::cmd("ACL")
+            .arg("WHOAMI")
+            .query(&mut conn)
+            .expect("whoami");
+        assert_eq!(whoami, "reader");
 
         // Refusals are counted.
         let (_, metrics) = http(&addr, "GET", "/metrics", Some(&bearer), "").await;
@@ -279,6 +296,28 @@ async fn clients_authenticate_and_stay_within_their_permission() {
     assert!(text.contains("shard 1"), "{text}");
     let (ok, text) = admin(&[("LIMEDB_USER", "reader"), ("LIMEDB_PASSWORD", "r-pass")]);
     assert!(ok, "status reads: {text}");
+    // `limedb bench` takes the credentials in its URL; without them every request fails.
+    let bench = |url: String| {
+        let out = Command::new(bin())
+            .args([
+                "bench", "--url", &url, "-c", "2", "-n", "400", "-w", "mixed",
+            ])
+            .args(["--keyspace", "50", "--no-prefill", "--json"])
+            .output()
+            .expect("limedb bench runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let report: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_default();
+        (report, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (report, err) = bench(format!("http://writer:w-pass@{}", cluster.addr()));
+    assert_eq!(report["errors"], 0, "{report} {err}");
+    assert_eq!(report["requests"], 400, "{report} {err}");
+    let (report, err) = bench(format!("http://{}", cluster.addr()));
+    assert!(
+        report["errors"].as_u64().is_some_and(|e| e > 0) || !err.is_empty(),
+        "{report} {err}"
+    );
     // Writes through the coordinator reached the shards over the internal protocol.
     let logs = std::fs::read_dir(cluster.dir.path()).expect("logs");
     for log in logs.flatten() {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
@@ -77,6 +77,8 @@ pub enum Outcome {
 pub struct RequestParts {
     api: Api,
     host: HeaderValue,
+    /// From the URL's user info (see [`crate::options::Credentials`]).
+    authorization: Option<HeaderValue>,
     json: HeaderValue,
     /// LimeDB GETs: the path up to the key.
     get_prefix: Vec<u8>,
@@ -109,9 +111,17 @@ impl RequestParts {
             Api::LimeDb => uri("/api/v1/set"),
             Api::Etcd => uri(etcd::PUT_PATH),
         };
+        let authorization = target
+            .credentials()
+            .and_then(|c| HeaderValue::from_str(c.header_value()).ok())
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
         Arc::new(RequestParts {
             api,
             host,
+            authorization,
             json: HeaderValue::from_static("application/json"),
             get_prefix: format!("{}/api/v1/get/", target.path_prefix()).into_bytes(),
             set_uri,
@@ -316,6 +326,11 @@ impl Client {
             }
         };
         request.headers_mut().insert(HOST, self.parts.host.clone());
+        if let Some(authorization) = &self.parts.authorization {
+            request
+                .headers_mut()
+                .insert(AUTHORIZATION, authorization.clone());
+        }
         request
     }
 }

@@ -341,6 +341,45 @@ pub struct Target {
     host: String,
     port: u16,
     path_prefix: String,
+    credentials: Option<Credentials>,
+}
+
+/// The `Authorization` header a URL's user info stands for (`http://user:password@host`: basic
+/// auth; `http://:password@host`: the default user's bearer password). Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials(String);
+
+impl Credentials {
+    fn from_userinfo(userinfo: &str) -> Option<Credentials> {
+        use base64::Engine as _;
+        let (user, password) = userinfo.split_once(':')?;
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .ok()
+                .map(|s| s.into_owned())
+        };
+        let (user, password) = (decode(user)?, decode(password)?);
+        Some(Credentials(if user.is_empty() {
+            format!("Bearer {password}")
+        } else {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            )
+        }))
+    }
+
+    /// The `Authorization` header's value.
+    pub fn header_value(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(<hidden>)")
+    }
 }
 
 impl Target {
@@ -371,9 +410,16 @@ impl Target {
             .authority()
             .cloned()
             .ok_or_else(|| invalid("missing host"))?;
-        if authority.as_str().contains('@') {
-            return Err(invalid("user info is not supported"));
-        }
+        let (credentials, authority) = match authority.as_str().rsplit_once('@') {
+            Some((userinfo, rest)) => {
+                let credentials = Credentials::from_userinfo(userinfo).ok_or_else(|| {
+                    invalid("user info must be user:password (or :password for the default user)")
+                })?;
+                let rest: Authority = rest.parse().map_err(|_| invalid("missing host"))?;
+                (Some(credentials), rest)
+            }
+            None => (None, authority),
+        };
         if uri.query().is_some() {
             return Err(invalid("a query string is not supported in the base URL"));
         }
@@ -392,7 +438,13 @@ impl Target {
             host,
             port,
             path_prefix,
+            credentials,
         })
+    }
+
+    /// The credentials of the URL's user info, if any.
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_ref()
     }
 
     /// `host[:port]` as written, used for the `Host` header.

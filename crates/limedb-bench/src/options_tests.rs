@@ -133,6 +133,30 @@ fn target_rejects_what_it_cannot_serve() {
 }
 
 #[test]
+fn user_info_becomes_an_authorization_header_and_leaves_the_host() {
+    let t = Target::parse("http://app:p%40ss:w@127.0.0.1:8080").expect("basic");
+    assert_eq!(t.authority(), "127.0.0.1:8080");
+    // base64("app:p@ss:w")
+    assert_eq!(
+        t.credentials().map(Credentials::header_value),
+        Some("Basic YXBwOnBAc3M6dw==")
+    );
+    assert!(
+        !format!("{t:?}").contains("YXBw"),
+        "credentials are not printed"
+    );
+    let t = Target::parse("http://:s3cret@h:1").expect("bearer");
+    assert_eq!(
+        t.credentials().map(Credentials::header_value),
+        Some("Bearer s3cret")
+    );
+    assert_eq!(
+        Target::parse("http://h:1").expect("plain").credentials(),
+        None
+    );
+}
+
+#[test]
 fn validate_checks_ranges() {
     let ok = BenchOptions::default();
     assert!(ok.validate().is_ok());

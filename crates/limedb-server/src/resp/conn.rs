@@ -205,6 +205,14 @@ impl<B: Backend> Session<B> {
         if let Some(queue) = self.queued.as_mut() {
             match spec.name {
                 "exec" | "discard" | "multi" | "watch" | "quit" | "reset" => {}
+                // Who the connection is changes only outside a transaction.
+                "auth" | "hello" | "acl" => {
+                    self.queue_failed = true;
+                    return Err(Fail::new(format!(
+                        "ERR {} inside MULTI is not supported by LimeDB",
+                        spec.name.to_uppercase()
+                    )));
+                }
                 _ => {
                     if matches!(spec.route, Route::Keyspace) && spec.is_write() {
                         self.queue_failed = true;
