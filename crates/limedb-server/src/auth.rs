@@ -12,7 +12,9 @@
 //! so that a client authenticating on every request (HTTP basic auth, a pool of RESP
 //! connections) pays it once per process; the set of remembered successes is bounded. The
 //! checks themselves (argon2's comparison, the lookup by keyed digest) take the same time
-//! whatever part of a wrong password matches.
+//! whatever part of a wrong password matches, and an unknown user's password is checked against
+//! a decoy hash, so timing does not tell which user names exist. At most two argon2 runs go at
+//! once: a flood of wrong passwords waits its turn instead of taking every core.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,7 +101,17 @@ pub struct Users {
     key: [u8; 32],
     /// Credentials refused since start.
     failures: AtomicU64,
+    /// The hash an unknown user's password is checked against (of a random password).
+    decoy: String,
+    /// Argon2 runs at once ([`CONCURRENT_CHECKS`]).
+    checking: tokio::sync::Semaphore,
+    /// Argon2 runs since start.
+    runs: AtomicU64,
 }
+
+/// Passwords checked by argon2 at once; more wait (each run takes tens of milliseconds of CPU
+/// on purpose, so unbounded they would crowd out every request).
+const CONCURRENT_CHECKS: usize = 2;
 
 impl Users {
     /// A node that asks for no credentials.
@@ -146,11 +158,25 @@ impl Users {
     fn with(users: HashMap<String, (String, Permission)>) -> Users {
         let mut key = [0u8; 32];
         OsRng.fill_bytes(&mut key);
+        // Made only where passwords are checked (an argon2 run costs start-up time).
+        let decoy = if users.is_empty() {
+            String::new()
+        } else {
+            let mut random = [0u8; 16];
+            OsRng.fill_bytes(&mut random);
+            SaltString::encode_b64(&random)
+                .ok()
+                .and_then(|salt| hash_with(salt.as_str().as_bytes(), &salt).ok())
+                .unwrap_or_default()
+        };
         Users {
             users,
             remembered: Mutex::new(HashMap::new()),
             key,
             failures: AtomicU64::new(0),
+            decoy,
+            checking: tokio::sync::Semaphore::new(CONCURRENT_CHECKS),
+            runs: AtomicU64::new(0),
         }
     }
 
@@ -186,10 +212,18 @@ impl Users {
         if let Some(identity) = self.lock().get(&digest) {
             return Ok(identity.clone());
         }
-        let Some((hash, permission)) = self.users.get(user).cloned() else {
-            return self.refused();
+        // An unknown user costs the same argon2 run as a known one, so timing does not tell
+        // which names exist.
+        let (hash, permission, known) = match self.users.get(user) {
+            Some((hash, permission)) => (hash.clone(), *permission, true),
+            None => (self.decoy.clone(), Permission::Read, false),
         };
         let password = password.to_vec();
+        // A flood of wrong passwords queues here instead of taking every core.
+        let Ok(_permit) = self.checking.acquire().await else {
+            return self.refused();
+        };
+        self.runs.fetch_add(1, Ordering::Relaxed);
         let checked = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .map(|parsed| {
@@ -201,7 +235,7 @@ impl Users {
         })
         .await
         .unwrap_or(false);
-        if !checked {
+        if !(checked && known) {
             return self.refused();
         }
         let identity = Identity {
@@ -214,6 +248,11 @@ impl Users {
         }
         remembered.insert(digest, identity.clone());
         Ok(identity)
+    }
+
+    /// Passwords checked by argon2 since start (remembered successes are not).
+    pub fn argon2_runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
     }
 
     /// Credentials refused since start.
@@ -259,9 +298,12 @@ impl std::fmt::Debug for Users {
 /// A salted argon2 hash of `password`, as a PHC string (what `limedb hash-password` prints and
 /// `[[users]]` tables hold).
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
-    let salt = SaltString::generate(&mut OsRng);
+    hash_with(password.as_bytes(), &SaltString::generate(&mut OsRng))
+}
+
+fn hash_with(password: &[u8], salt: &SaltString) -> Result<String, AuthError> {
     Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
+        .hash_password(password, salt)
         .map(|h| h.to_string())
         .map_err(|e| AuthError::Config(format!("cannot hash the password: {e}")))
 }
@@ -317,6 +359,15 @@ mod tests {
             );
         }
         assert_eq!(users.failures(), 4);
+        // An unknown user costs an argon2 run, as a wrong password does; a remembered success
+        // costs none.
+        let runs = users.argon2_runs();
+        let _ = users.authenticate("nobody-else", b"guess").await;
+        assert_eq!(users.argon2_runs(), runs + 1, "an unknown user");
+        let _ = users.authenticate("reader", b"guess").await;
+        assert_eq!(users.argon2_runs(), runs + 2, "a wrong password");
+        let _ = users.authenticate("reader", b"r-pass").await;
+        assert_eq!(users.argon2_runs(), runs + 2, "remembered");
         assert_eq!(users.names(), ["default", "reader"]);
     }
 
