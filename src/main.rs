@@ -109,19 +109,34 @@ fn hash_password() -> Result<(), String> {
     Ok(())
 }
 
-/// Protected mode: a node that would listen on `host`, not a loopback address, while asking
-/// clients for no credentials refuses to start unless `--insecure` accepts the risk.
-fn protected_mode(
+/// Protected mode: a coordinator that would listen on `host`, not a loopback address, while
+/// asking clients for no credentials refuses to start unless `--insecure` accepts the risk.
+fn protected_coordinator(
     host: IpAddr,
     asks_credentials: bool,
     protection: &cli::ProtectionArgs,
-    what: &str,
 ) -> Result<(), String> {
     if host.is_loopback() || asks_credentials || protection.insecure == Some(true) {
         return Ok(());
     }
     Err(format!(
-        "protected mode: refusing to listen on {host}, which is not a loopback address, while {what}: anyone who can reach it could read and change every key. Set a password (--requirepass, LIMEDB_REQUIREPASS, or [[users]] in the config file), listen on 127.0.0.1, or pass --insecure to accept the risk on a network you trust"
+        "protected mode: refusing to listen on {host}, which is not a loopback address, while asking clients for no password: anyone who can reach it could read and change every key. Set a password (--requirepass, LIMEDB_REQUIREPASS, or [[users]] in the config file), listen on 127.0.0.1, or pass --insecure to accept the risk on a network you trust"
+    ))
+}
+
+/// Protected mode for nodes that hold data (a shard, `limedb dev`'s shards, a map-group
+/// replica): beyond loopback they need `--insecure`, password or not, until the cluster secret
+/// guards their internal listener and the routes cluster members call on them.
+fn protected_data_node(
+    host: IpAddr,
+    protection: &cli::ProtectionArgs,
+    what: &str,
+) -> Result<(), String> {
+    if host.is_loopback() || protection.insecure == Some(true) {
+        return Ok(());
+    }
+    Err(format!(
+        "protected mode: refusing to listen on {host}, which is not a loopback address: {what} internal protocol and the routes cluster members call on it (/api/v1/admin/transfer/*, /api/v1/admin/ownership, /api/v1/admin/replicas, /api/v1/meta/map on the map group) accept anyone who can reach them, whatever --requirepass says, until the cluster secret that will guard them is built. Listen on 127.0.0.1, or pass --insecure to accept the risk on a network you trust"
     ))
 }
 
@@ -295,12 +310,7 @@ fn shard_config(
     let lsm = lsm_tuning(&args)?;
     let host = parse_host(args.host)?;
     let users = users(&args.auth, configured)?;
-    protected_mode(
-        host,
-        users.required(),
-        &args.auth.protection,
-        "asking clients for no password",
-    )?;
+    protected_data_node(host, &args.auth.protection, "a shard's")?;
     let port = match args.port {
         Some(p) => p,
         None => u16::try_from(7000 + u64::from(id))
@@ -352,11 +362,7 @@ fn meta_config(args: MetaArgs) -> Result<ShardConfig, String> {
     )?;
     let replica = replication.replica_id;
     let host = parse_host(args.host)?;
-    if !host.is_loopback() && args.protection.insecure != Some(true) {
-        return Err(format!(
-            "protected mode: refusing to listen on {host}, which is not a loopback address: a map-group replica asks its callers for no credentials (the cluster secret that will guard it is not built yet), so anyone who can reach it could rewrite the cluster map. Listen on 127.0.0.1, or pass --insecure to accept the risk on a network you trust"
-        ));
-    }
+    protected_data_node(host, &args.protection, "a map-group replica's")?;
     let port = match args.port {
         Some(p) => p,
         None => u16::try_from(7900 + replica)
@@ -457,12 +463,7 @@ fn coordinator_config(
     };
     let host = parse_host(args.host)?;
     let users = users(&args.auth, configured)?;
-    protected_mode(
-        host,
-        users.required(),
-        &args.auth.protection,
-        "asking clients for no password",
-    )?;
+    protected_coordinator(host, users.required(), &args.auth.protection)?;
     Ok(CoordinatorConfig {
         http_addr: SocketAddr::new(host, args.port.unwrap_or(8080)),
         shards: if shard_urls.is_empty() {
@@ -502,12 +503,7 @@ fn dev_config(
     let storage = storage_kind(args.storage.as_deref())?;
     let host = parse_host(args.host)?;
     let users = users(&args.auth, configured)?;
-    protected_mode(
-        host,
-        users.required(),
-        &args.auth.protection,
-        "asking clients for no password",
-    )?;
+    protected_data_node(host, &args.auth.protection, "each shard's")?;
     Ok(DevConfig {
         host,
         coordinator_port: args.coordinator_port.unwrap_or(defaults.coordinator_port),

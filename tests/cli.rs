@@ -661,13 +661,16 @@ async fn protected_mode_refuses_an_open_node_on_a_public_address() {
         "--data-dir",
         &data,
     ];
-    for needle in ["protected mode", "0.0.0.0", "--requirepass", "--insecure"] {
+    // A shard needs --insecure beyond loopback, password or not (its internal listener and
+    // the routes cluster members call on it are not guarded yet).
+    for needle in ["protected mode", "0.0.0.0", "--insecure", "cluster secret"] {
         fails_with(&shard, needle);
+        fails_with(&[&shard[..], &["--requirepass", "pw"]].concat(), needle);
     }
-    fails_with(
-        &["coordinator", "--host", "0.0.0.0", "--port", "0"],
-        "protected mode",
-    );
+    let coordinator = ["coordinator", "--host", "0.0.0.0", "--port", "0"];
+    for needle in ["protected mode", "--requirepass", "--insecure"] {
+        fails_with(&coordinator, needle);
+    }
     fails_with(
         &[
             "meta",
@@ -680,9 +683,16 @@ async fn protected_mode_refuses_an_open_node_on_a_public_address() {
         ],
         "protected mode",
     );
-    fails_with(&["dev", "--host", "0.0.0.0"], "protected mode");
-    for extra in [&["--requirepass", "pw"][..], &["--insecure"]] {
-        let args = [&shard[..], extra].concat();
+    fails_with(
+        &["dev", "--host", "0.0.0.0", "--requirepass", "pw"],
+        "protected mode",
+    );
+    let started = [
+        [&shard[..], &["--insecure"]].concat(),
+        [&coordinator[..], &["--requirepass", "pw"]].concat(),
+        [&coordinator[..], &["--insecure"]].concat(),
+    ];
+    for args in started {
         let node = Node::spawn(bin(), &args, &dir.path().join("open.log"))
             .unwrap_or_else(|e| panic!("{args:?} starts: {e}"));
         let addr = node.http_addr();
@@ -697,7 +707,12 @@ async fn protected_mode_refuses_an_open_node_on_a_public_address() {
         )
         .await
         .expect("health");
-        assert_eq!(health.status, 200, "{args:?}");
+        // A coordinator whose (seed) shards are down answers 503: it serves, as asked.
+        assert!(
+            matches!(health.status, 200 | 503),
+            "{args:?}: {}",
+            health.status
+        );
         drop(node);
     }
 }

@@ -382,25 +382,40 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// `url` with the password of its user info (if any) replaced by `***`, for reports and errors.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 impl Target {
     /// Parses a base URL: `http://host[:port][/prefix]`.
     pub fn parse(url: &str) -> Result<Target, BenchError> {
         let invalid = |reason: &str| BenchError::InvalidUrl {
-            url: url.to_owned(),
+            url: redacted(url),
             reason: reason.to_owned(),
         };
         let uri: Uri = url
             .trim()
             .parse()
             .map_err(|e: hyper::http::uri::InvalidUri| BenchError::InvalidUrl {
-                url: url.to_owned(),
+                url: redacted(url),
                 reason: e.to_string(),
             })?;
         match uri.scheme_str() {
             Some("http") => {}
             Some(other) => {
                 return Err(BenchError::UnsupportedScheme {
-                    url: url.to_owned(),
+                    url: redacted(url),
                     scheme: other.to_owned(),
                 })
             }

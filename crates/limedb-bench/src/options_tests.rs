@@ -154,6 +154,11 @@ fn user_info_becomes_an_authorization_header_and_leaves_the_host() {
         Target::parse("http://h:1").expect("plain").credentials(),
         None
     );
+    assert_eq!(redacted("http://app:s3cret@h:1/p"), "http://app:***@h:1/p");
+    assert_eq!(redacted("http://:s3cret@h:1"), "http://:***@h:1");
+    assert_eq!(redacted("http://h:1/a@b"), "http://h:1/a@b");
+    let err = Target::parse("http://u:s3cret@h:1/?q=1").expect_err("query");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
 }
 
 #[test]

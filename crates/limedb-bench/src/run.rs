@@ -91,7 +91,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     let (recorder, elapsed) = measured?;
     let mut report = BenchReport::from_recorder(
         options.workload.to_string(),
-        options.url.clone(),
+        crate::options::redacted(&options.url),
         options.connections,
         &recorder,
         elapsed,

@@ -4,10 +4,10 @@
 //! JSON error and `WWW-Authenticate`; with a user that lacks the permission, 403.
 //!
 //! `GET /api/v1/health` needs none (load balancers probe it). The routes cluster members call
-//! on each other (a move's transfer and ownership routes, a replica's `/api/v1/admin/replicas`
-//! to which coordinators and replicas forward membership changes, the map group's
-//! `/api/v1/meta/map`) are not checked here: they are for the cluster secret to protect
-//! (ARCHITECTURE.md, *Security and backups*; not built yet).
+//! on a shard (a move's transfer and ownership routes, a replica's `/api/v1/admin/replicas` to
+//! which coordinators and replicas forward membership changes) are not checked here: they are
+//! for the cluster secret to protect (ARCHITECTURE.md, *Security and backups*; not built yet),
+//! and until it exists protected mode keeps shards on loopback unless `--insecure`.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
@@ -35,15 +35,16 @@ pub fn needs(method: &Method, path: &str) -> Needs {
     let internal = path.starts_with("/api/v1/admin/transfer/")
         || path == "/api/v1/admin/ownership"
         || path == "/api/v1/admin/replicas"
-        || path.starts_with("/api/v1/admin/replicas/")
-        || path == "/api/v1/meta/map";
+        || path.starts_with("/api/v1/admin/replicas/");
     if internal {
         return Needs::Cluster;
     }
-    if path == "/api/v1/health" && method == Method::GET {
+    if path == "/api/v1/health" && (method == Method::GET || method == Method::HEAD) {
         return Needs::Nothing;
     }
-    if path.starts_with("/api/v1/admin/") {
+    // The cluster map (kept by the map group, whose replicas ask for no credentials) is an
+    // administrator's business on any other node.
+    if path.starts_with("/api/v1/admin/") || path == "/api/v1/meta/map" {
         return Needs::User(Permission::Admin);
     }
     if method == Method::GET || method == Method::HEAD {
@@ -136,6 +137,11 @@ mod tests {
     fn routes_need_what_they_do() {
         let get = Method::GET;
         assert_eq!(needs(&get, "/api/v1/health"), Needs::Nothing);
+        assert_eq!(needs(&Method::HEAD, "/api/v1/health"), Needs::Nothing);
+        assert_eq!(
+            needs(&get, "/api/v1/meta/map"),
+            Needs::User(Permission::Admin)
+        );
         assert_eq!(needs(&get, "/api/v1/get/k"), Needs::User(Permission::Read));
         assert_eq!(needs(&get, "/metrics"), Needs::User(Permission::Read));
         assert_eq!(
