@@ -643,9 +643,9 @@ fn sigterm_right_after_the_ready_line_is_a_clean_stop() {
     }
 }
 
-/// Protected mode: a node that would listen on an address other than loopback while asking
-/// clients for no credentials refuses to start and says what to set; with a password, or with
-/// `--insecure`, it starts.
+/// Protected mode: beyond loopback, a coordinator without a password, and a shard, map-group
+/// replica or dev cluster without `--insecure` (password or not), refuse to start and say what
+/// to set; a coordinator with a password, and any node with `--insecure`, start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protected_mode_refuses_an_open_node_on_a_public_address() {
     let dir = temp_dir();

@@ -602,6 +602,22 @@ async fn write_new_keys(
     (acked, failed)
 }
 
+/// Pass `round` of an updater over key `key` (its `j`-th): a delete one time in five, else a
+/// set to `u<j>-<round>`; the answer, and the key's state if the answer acknowledges it.
+async fn update_once(
+    conn: &mut limedb_testkit::HttpConn,
+    key: &str,
+    j: usize,
+    round: usize,
+) -> Result<(limedb_testkit::HttpResponse, Option<String>), String> {
+    if (round * 7 + j).is_multiple_of(5) {
+        conn.del(key).await.map(|r| (r, None))
+    } else {
+        let value = format!("u{j}-{round}");
+        conn.set(key, &value).await.map(|r| (r, Some(value)))
+    }
+}
+
 /// A client going over keys `<prefix><j>` (j below [`UPDATED_PER_CLIENT`]) through coordinator
 /// `addr` until `stop`, setting each to `u<j>-<pass>` or deleting it, counting its passes: the
 /// last acknowledged state of each key (`Some(None)`: deleted; `None`: its last request
@@ -624,13 +640,7 @@ async fn update_keys(
     while !stop.load(Ordering::Relaxed) && failures.len() < 20 {
         for (j, slot) in expected.iter_mut().enumerate() {
             let key = format!("{prefix}{j}");
-            let answer = if (round * 7 + j) % 5 == 0 {
-                conn.del(&key).await.map(|r| (r, None))
-            } else {
-                let value = format!("u{j}-{round}");
-                conn.set(&key, &value).await.map(|r| (r, Some(value)))
-            };
-            *slot = match answer {
+            *slot = match update_once(&mut conn, &key, j, round).await {
                 Ok((r, state)) if r.status == 200 || r.status == 404 => Some(state),
                 Ok((r, _)) => {
                     failures.push((key, r.status, r.text()));
@@ -1467,13 +1477,7 @@ async fn a_removal_survives_a_fault_in_every_phase() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 for (j, slot) in expected.iter_mut().enumerate() {
                     let key = format!("upd-{j}");
-                    let answer = if (round * 7 + j) % 5 == 0 {
-                        conn.del(&key).await.map(|r| (r, None))
-                    } else {
-                        let value = format!("u{j}-{round}");
-                        conn.set(&key, &value).await.map(|r| (r, Some(value)))
-                    };
-                    *slot = match answer {
+                    *slot = match update_once(&mut conn, &key, j, round).await {
                         Ok((r, state)) if r.status == 200 || r.status == 404 => Some(state),
                         Ok(_) => None,
                         Err(_) => {

@@ -246,37 +246,42 @@ impl Routing {
         Ok(true)
     }
 
-    /// Abandons the move in progress, none of whose transfers was handed over: the base ring
-    /// stays the ring. Bumps the epoch by two: past the epoch of any fence a source may hold
-    /// (a fence is this routing with one more hand-over, one epoch up), so the record that
-    /// lifts it is newer.
+    /// Whether the move in progress (`move_id`) can still be cancelled: none of its transfers
+    /// was handed over.
     ///
     /// # Errors
     ///
-    /// [`ClusterError::NoMove`] without a move in progress, [`ClusterError::HandedOver`] (move
-    /// id 0: the routing does not know it) when a transfer was handed over.
-    pub fn cancel(&mut self) -> Result<(), ClusterError> {
+    /// [`ClusterError::NoMove`] without a move in progress, [`ClusterError::HandedOver`] when a
+    /// transfer was handed over.
+    pub fn check_cancellable(&self, move_id: u64) -> Result<(), ClusterError> {
         if self.target.is_none() {
             return Err(ClusterError::NoMove);
         }
         if !self.handed_over.is_empty() {
-            return Err(ClusterError::HandedOver {
-                move_id: 0,
-                transfers: self.handed_over_list(),
-            });
+            let transfers = self
+                .handed_over
+                .iter()
+                .map(|(from, to)| format!("{from} → {to}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(ClusterError::HandedOver { move_id, transfers });
         }
-        self.target = None;
-        self.epoch += 2;
         Ok(())
     }
 
-    /// The transfers handed over, as `from → to, ...`.
-    fn handed_over_list(&self) -> String {
-        self.handed_over
-            .iter()
-            .map(|(from, to)| format!("{from} → {to}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+    /// Abandons the move in progress (`move_id`), none of whose transfers was handed over: the
+    /// base ring stays the ring. Bumps the epoch by two: past the epoch of any fence a source
+    /// may hold (a fence is this routing with one more hand-over, one epoch up), so the record
+    /// that lifts it is newer.
+    ///
+    /// # Errors
+    ///
+    /// As [`Routing::check_cancellable`].
+    pub fn cancel(&mut self, move_id: u64) -> Result<(), ClusterError> {
+        self.check_cancellable(move_id)?;
+        self.target = None;
+        self.epoch += 2;
+        Ok(())
     }
 
     /// Ends the move: the target ring becomes the base. Bumps the epoch; ownership is what it
@@ -708,9 +713,7 @@ impl ClusterMap {
     /// [`ClusterError::NoSuchMove`], [`ClusterError::HandedOver`].
     pub fn request_cancel(&mut self, move_id: u64) -> Result<(), ClusterError> {
         self.move_mut(move_id)?;
-        if let Err(ClusterError::HandedOver { transfers, .. }) = self.routing.clone().cancel() {
-            return Err(ClusterError::HandedOver { move_id, transfers });
-        }
+        self.routing.check_cancellable(move_id)?;
         if let Some(m) = self.moving.as_mut() {
             if !m.cancelling {
                 m.cancelling = true;
@@ -733,12 +736,7 @@ impl ClusterMap {
             return Err(ClusterError::NoSuchMove(move_id));
         }
         let kind = m.kind;
-        self.routing.cancel().map_err(|e| match e {
-            ClusterError::HandedOver { transfers, .. } => {
-                ClusterError::HandedOver { move_id, transfers }
-            }
-            e => e,
-        })?;
+        self.routing.cancel(move_id)?;
         self.moving = None;
         if let MoveKind::AddShard(id) = kind {
             self.groups.remove(&id);

@@ -191,16 +191,16 @@ impl<B: Backend> Session<B> {
             }
             return Err(arity_error(spec.name));
         }
-        if self.identity.is_none() && !access::runs_unauthenticated(spec.name) {
-            return Err(Fail::new(access::NOAUTH));
-        }
-        if !matches!(spec.name, "auth" | "hello" | "quit")
-            && !access::allowed(self.identity.as_ref(), spec, &args)
-        {
-            if self.queued.is_some() {
-                self.queue_failed = true;
+        if !access::runs_unauthenticated(spec.name) {
+            let Some(identity) = &self.identity else {
+                return Err(Fail::new(access::NOAUTH));
+            };
+            if !access::allowed(Some(identity), spec, &args) {
+                if self.queued.is_some() {
+                    self.queue_failed = true;
+                }
+                return Err(access::no_permission(spec));
             }
-            return Err(access::no_permission(spec));
         }
         if let Some(queue) = self.queued.as_mut() {
             match spec.name {

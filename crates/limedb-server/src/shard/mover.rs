@@ -328,6 +328,32 @@ struct Held {
     records: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
+impl Held {
+    /// Holds exactly the locks `phase` needs ([`locks_needed`]) of transfer from `from`,
+    /// taking a source's lock before the records' (never waiting for a source while holding
+    /// the records); whether it waited for one.
+    async fn settle(&mut self, phase: Phase, locks: &TransferLocks, from: ShardId) -> bool {
+        let (source, records) = locks_needed(phase);
+        if !source {
+            self.source = None;
+        }
+        if !records {
+            self.records = None;
+        }
+        let mut waited = false;
+        if source && self.source.is_none() {
+            self.records = None;
+            self.source = Some(locks.source(from).lock_owned().await);
+            waited = true;
+        }
+        if records && self.records.is_none() {
+            self.records = Some(Arc::clone(&locks.records).lock_owned().await);
+            waited = true;
+        }
+        waited
+    }
+}
+
 /// Which locks `phase` needs: (its source's, the records').
 fn locks_needed(phase: Phase) -> (bool, bool) {
     match phase {
@@ -364,22 +390,7 @@ async fn drive(
         if transfer.phase == Phase::Done {
             return Ok(());
         }
-        let (source, records) = locks_needed(transfer.phase);
-        if !source {
-            held.source = None;
-        }
-        if !records {
-            held.records = None;
-        }
-        let missing_source = source && held.source.is_none();
-        if missing_source || (records && held.records.is_none()) {
-            if missing_source {
-                held.records = None;
-                held.source = Some(locks.source(from).lock_owned().await);
-            }
-            if records && held.records.is_none() {
-                held.records = Some(Arc::clone(&locks.records).lock_owned().await);
-            }
+        if held.settle(transfer.phase, &locks, from).await {
             // Read the map again: it may have changed while this transfer waited.
             continue;
         }
@@ -667,7 +678,7 @@ async fn copy(
             if let Some(changes) = read.take() {
                 keys += changes.puts.len() as u64;
                 bytes += changes.bytes();
-                storing.push(timed(import_owned(destination, (from, to), changes)));
+                storing.push(timed(import(destination, (from, to), changes)));
                 node.inner.mover.lock().copying.insert(
                     (from, to),
                     CopyProgress {
@@ -734,15 +745,6 @@ async fn next_of<F: std::future::Future + Unpin>(slot: &mut Option<F>) -> F::Out
     }
 }
 
-/// [`import`] of changes it owns.
-async fn import_owned(
-    destination: &MapClient,
-    ends: (ShardId, ShardId),
-    changes: Changes,
-) -> Result<(), String> {
-    import(destination, ends, &changes).await
-}
-
 /// `future`'s output and how long it took.
 async fn timed<T>(future: impl std::future::Future<Output = T>) -> (T, Duration) {
     let started = Instant::now();
@@ -754,7 +756,7 @@ async fn timed<T>(future: impl std::future::Future<Output = T>) -> (T, Duration)
 async fn import(
     destination: &MapClient,
     (from, to): (ShardId, ShardId),
-    changes: &Changes,
+    changes: Changes,
 ) -> Result<(), String> {
     if changes.is_empty() {
         return Ok(());
@@ -763,7 +765,7 @@ async fn import(
         destination,
         Method::POST,
         &format!("/api/v1/admin/transfer/import?from={from}&to={to}"),
-        Some(encode_changes(changes)),
+        Some(encode_changes(&changes)),
     )
     .await
     .map(drop)
@@ -828,9 +830,9 @@ async fn catch_up(
             Err(e) => return Ok(CatchUp::Restart(e)),
         };
         let n = drained.changes.len() as u64;
-        import(destination, (from, to), &drained.changes).await?;
-        keys += n;
         bytes += drained.changes.bytes();
+        import(destination, (from, to), drained.changes).await?;
+        keys += n;
         ack = Some(drained.generation);
         {
             let mut status = node.inner.mover.lock();

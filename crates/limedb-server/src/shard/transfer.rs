@@ -53,9 +53,16 @@ pub struct ExportPage {
     pub next: Option<Bytes>,
 }
 
-/// The result of a task that deletes a batch.
-fn joined(result: Result<Result<u64, ApiError>, tokio::task::JoinError>) -> Result<u64, ApiError> {
-    result.map_err(|e| ApiError::Internal(format!("a deleting task failed: {e}")))?
+/// Waits for the batch being deleted in `committing`, if any: how many keys it deleted.
+async fn committed(
+    committing: &mut Option<tokio::task::JoinHandle<Result<u64, ApiError>>>,
+) -> Result<u64, ApiError> {
+    match committing.take() {
+        Some(task) => task
+            .await
+            .map_err(|e| ApiError::Internal(format!("a deleting task failed: {e}")))?,
+        None => Ok(0),
+    }
 }
 
 /// Encodes an export page: `next_len u32 (u32::MAX: no more) | next | entries`.
@@ -743,9 +750,7 @@ impl ShardNode {
                 Err(e) => {
                     // The batch committing finishes before the answer, so the next request
                     // counts what it finds.
-                    if let Some(last) = committing.take() {
-                        let _ = last.await;
-                    }
+                    let _ = committed(&mut committing).await;
                     return Err(e);
                 }
             };
@@ -753,17 +758,13 @@ impl ShardNode {
             scanned += SCAN_STEP;
             let done = exhausted || scanned >= DELETE_SCAN_KEYS;
             if done || doomed.len() >= DELETE_BATCH {
-                if let Some(previous) = committing.take() {
-                    deleted += joined(previous.await)?;
-                }
+                deleted += committed(&mut committing).await?;
                 let node = self.clone();
                 let batch = std::mem::take(&mut doomed);
                 committing = Some(tokio::spawn(async move { node.delete_batch(batch).await }));
             }
             if done {
-                if let Some(last) = committing.take() {
-                    deleted += joined(last.await)?;
-                }
+                deleted += committed(&mut committing).await?;
                 return Ok((deleted, if exhausted { None } else { next }));
             }
             cursor = next;
